@@ -1,0 +1,186 @@
+"""`biovita-data`: a thin CLI over the Python API (every command is a function you can import)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from biovita_data import __version__
+
+app = typer.Typer(
+    help="Build the BioVITA corpus: crawl sources, build manifests, materialize, publish.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+sample_app = typer.Typer(help="The embedded sample world: serve it, export its tables.")
+app.add_typer(sample_app, name="sample")
+console = Console(stderr=True)
+
+
+def _version(value: bool) -> None:
+    if value:
+        typer.echo(f"biovita-data {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
+    ] = False,
+) -> None:
+    """BioVITA data pipeline: sources -> manifests -> media -> dataset -> loader."""
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def fetch(
+    taxa: Annotated[
+        list[str],
+        typer.Option("--taxa", help="Class, order, family, genus or species; repeatable."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Build directory.")],
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source",
+            help="xeno-canto | inaturalist | inat-open-data | all; repeatable (default: both APIs).",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only records new or updated since YYYY-MM-DD.")
+    ] = None,
+    licenses: Annotated[
+        str, typer.Option(help="Comma-separated allowed licence families.")
+    ] = "cc0,cc-by,cc-by-sa,cc-by-nc,cc-by-nc-sa",
+    max_per_species: Annotated[
+        int | None, typer.Option(help="Cap records per species and source.")
+    ] = None,
+    max_records: Annotated[
+        int | None, typer.Option(help="Stop each source after N records.")
+    ] = None,
+    no_throttle: Annotated[
+        bool, typer.Option(help="Disable per-host rate limits (loopback only!).")
+    ] = False,
+    restart: Annotated[
+        bool, typer.Option(help="Discard an unfinished crawl with other settings.")
+    ] = False,
+) -> None:
+    """Crawl Xeno-canto v3, iNaturalist v1 and iNaturalist Open Data into OUT/raw/<source>/."""
+    from biovita_data.fetch import SOURCES, settings_from_env
+    from biovita_data.fetch import fetch as run_fetch
+    from biovita_data.http import FetchError
+    from biovita_data.sources.xeno_canto import MissingKey
+
+    # default: the two APIs; Open Data (the same photos, for scale) is opt-in or part of "all"
+    source = source or ["xeno-canto", "inaturalist"]
+    sources = list(SOURCES) if "all" in source else list(dict.fromkeys(source))
+    unknown = set(sources) - set(SOURCES)
+    if unknown:
+        _fail(f"unknown source(s) {sorted(unknown)}; choose from {', '.join(SOURCES)} or all")
+    settings = settings_from_env(
+        taxa=taxa,
+        sources=sources,
+        since=since,
+        licenses=tuple(x.strip().lower() for x in licenses.split(",") if x.strip()),
+        max_per_species=max_per_species,
+        max_records=max_records,
+        throttle=not no_throttle,
+    )
+    try:
+        run_fetch(settings, out, console=console, restart=restart)
+    except (MissingKey, FetchError) as exc:
+        _fail(
+            f"{exc}\nThe crawl state is kept under {out}/raw: run the same command again to resume."
+        )
+
+
+@app.command()
+def run(
+    pipeline: Annotated[Path, typer.Argument(help="A pipeline TOML file.")],
+    out: Annotated[Path | None, typer.Option(help="Override the pipeline's build dir.")] = None,
+) -> None:
+    """Run a pipeline file's stages (fetch); a [sample] section serves the sample world."""
+    from biovita_data.fetch import fetch as run_fetch
+    from biovita_data.pipeline import load_pipeline, sample_environment
+
+    try:
+        p = load_pipeline(pipeline)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    with ExitStack() as stack:
+        if p.sample is not None:
+            sample_environment(
+                stack,
+                p.sample.get("size", "default"),
+                p.sample.get("seed", 0),
+                p.sample.get("faults", "none"),
+            )
+        run_fetch(p.fetch_settings(), out or p.out, console=console)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where to build.")] = Path("biovita-demo"),
+    size: Annotated[str, typer.Option(help="Sample world size: tiny | default.")] = "default",
+    seed: Annotated[int, typer.Option(help="Sample world seed.")] = 0,
+) -> None:
+    """Run the whole pipeline that exists, end to end, on the sample world (served in-process)."""
+    from biovita_data.demo import run_demo
+
+    run_demo(workdir, size=size, seed=seed, console=console)
+
+
+@sample_app.command("serve")
+def sample_serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: a free one).")] = 0,
+    size: Annotated[str, typer.Option(help="tiny | default")] = "default",
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+    faults: Annotated[str, typer.Option(help="none | light | heavy")] = "none",
+) -> None:
+    """Serve the sample world like Xeno-canto v3, iNaturalist v1 and Open Data; print the URLs."""
+    from biovita_data.sample.server import DEFAULT_XC_KEY, SampleServer
+    from biovita_data.sample.world import World
+
+    try:
+        server = SampleServer(World(size, seed), host=host, port=port, faults=faults)
+    except ValueError as exc:
+        _fail(str(exc))
+    info = {**server.urls, "XENO_CANTO_API_KEY": DEFAULT_XC_KEY}
+    typer.echo(json.dumps(info), color=False)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server.start()
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@sample_app.command("export-traits")
+def sample_export_traits(
+    directory: Annotated[Path, typer.Argument(help="Folder to write the trait tables into.")],
+    size: Annotated[str, typer.Option(help="tiny | default")] = "default",
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+) -> None:
+    """Write the sample world's trait tables (AVONET, EltonTraits, AmphiBIO, CSV formats)."""
+    from biovita_data.sample.taxonomy import generate_taxonomy
+    from biovita_data.sample.trait_tables import export_trait_tables
+
+    paths = export_trait_tables(generate_taxonomy(size, seed), directory)
+    for name, path in paths.items():
+        typer.echo(f"{name}\t{path}")

@@ -1,0 +1,59 @@
+"""Licence strings of every source -> SPDX-like codes, and the allow-list check."""
+
+from __future__ import annotations
+
+import re
+
+DEFAULT_ALLOWED = ("cc0", "cc-by", "cc-by-sa", "cc-by-nc", "cc-by-nc-sa")
+ALL_RIGHTS_RESERVED = "all-rights-reserved"
+_FAMILIES = {"by", "by-sa", "by-nc", "by-nc-sa", "by-nd", "by-nc-nd"}
+_URL = re.compile(
+    r"^(?:https?:)?//creativecommons\.org/(licenses|publicdomain)/([a-z-]+)/([\d.]+)/?$"
+)
+
+
+class UnknownLicense(ValueError):
+    """A licence string that is not a Creative Commons licence we know."""
+
+
+def normalize_license(raw: str | None) -> str:
+    """`//creativecommons.org/licenses/by-nc-sa/4.0/`, `cc-by-nc`, `CC-BY-NC`, None -> a code.
+
+    Codes: `cc0-1.0`, `cc-<family>-<version>` (iNaturalist codes carry no version: 4.0 is
+    assumed, as iNaturalist applies 4.0), `all-rights-reserved` for a null iNaturalist code.
+    """
+    if raw is None:
+        return ALL_RIGHTS_RESERVED
+    text = raw.strip().lower()
+    if text in ("", "null", "none", "all rights reserved", "c"):
+        return ALL_RIGHTS_RESERVED
+    m = _URL.match(text)
+    if m:
+        kind, family, version = m.groups()
+        if kind == "publicdomain":
+            if family == "zero":
+                return f"cc0-{version}"
+            if family == "mark":
+                return "pdm-1.0"
+            raise UnknownLicense(raw)
+        if family not in _FAMILIES:
+            raise UnknownLicense(raw)
+        return f"cc-{family}-{version}"
+    text = text.replace("_", "-").replace(" ", "-")
+    if text in ("cc0", "cc-0", "cc0-1.0"):
+        return "cc0-1.0"
+    m = re.fullmatch(r"cc-(by(?:-nc)?(?:-sa|-nd)?)(?:-([\d.]+))?", text)
+    if m and m.group(1) in _FAMILIES:
+        return f"cc-{m.group(1)}-{m.group(2) or '4.0'}"
+    raise UnknownLicense(raw)
+
+
+def license_family(code: str) -> str:
+    """`cc-by-nc-sa-3.0` -> `cc-by-nc-sa`; `cc0-1.0` -> `cc0`."""
+    if code.startswith("cc0"):
+        return "cc0"
+    return re.sub(r"-[\d.]+$", "", code)
+
+
+def is_allowed(code: str, allowed: tuple[str, ...] = DEFAULT_ALLOWED) -> bool:
+    return license_family(code) in allowed or code in allowed
