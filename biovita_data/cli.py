@@ -55,7 +55,7 @@ def fetch(
         list[str] | None,
         typer.Option(
             "--source",
-            help="xeno-canto | inaturalist | inat-open-data | all; repeatable (default: both APIs).",
+            help="xeno-canto, inaturalist, inat-open-data or all; repeatable (default: both APIs).",
         ),
     ] = None,
     since: Annotated[
@@ -184,3 +184,7 @@ def sample_export_traits(
     paths = export_trait_tables(generate_taxonomy(size, seed), directory)
     for name, path in paths.items():
         typer.echo(f"{name}\t{path}")
+
+
+if __name__ == "__main__":
+    app()

@@ -129,6 +129,7 @@ class _Handler(BaseHTTPRequestHandler):
             # RST instead of FIN: the client sees "connection reset by peer"
             self.connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
             self.close_connection = True
+            self.connection.close()  # now: socketserver would shut down (FIN) before closing
             return
         if fault in ("429", "500", "503"):
             headers = (
@@ -296,9 +297,16 @@ def inat_taxa(svc: SampleServer, qs: dict) -> _Reply:
     per_page = min(_int(qs, "per_page", 30), 200)
     page = _int(qs, "page", 1)
     taxa = sorted(world.taxonomy.taxa.values(), key=lambda t: t.id)
+    # taxon_id: "these taxa or their descendants"; parent_id: direct children (as on iNaturalist)
+    within = {int(x) for v in qs.get("taxon_id", []) for x in v.split(",") if x.isdigit()}
+    parent = _one(qs, "parent_id")
     hits = []
     for t in taxa:
         if rank and t.rank != rank:
+            continue
+        if within and not (within & {t.id, *t.ancestor_ids}):
+            continue
+        if parent and str(t.parent_id) != parent:
             continue
         names = [t.name.lower(), (t.common_name or "").lower()]
         if q and not any(n.startswith(q) or f" {q}" in n for n in names):
@@ -339,6 +347,8 @@ def inat_photo(svc: SampleServer, qs: dict, pid: str, size: str, ext: str) -> _R
     photo = svc.world.photo_by_id.get(int(pid))
     if photo is None or ext.replace("jpeg", "jpg") != photo.fmt:
         return _json(404, {"error": "not found"})
+    if svc.world.observation_by_id[photo.observation_id].created_at.date() > svc.as_of:
+        return _json(404, {"error": "not found"})  # not uploaded yet at as_of
     if size not in ("square", "small", "medium", "large", "original"):
         return _json(404, {"error": f"unknown size {size}"})
     return _Reply(200, svc.world.photo_bytes(photo.id, size), R.IMAGE_MIME[photo.fmt])
@@ -346,7 +356,7 @@ def inat_photo(svc: SampleServer, qs: dict, pid: str, size: str, ext: str) -> _R
 
 def inat_sound(svc: SampleServer, qs: dict, sid: str, ext: str) -> _Reply:
     rec = svc.world.recording_by_id.get(("inaturalist", int(sid)))
-    if rec is None or ext != rec.fmt:
+    if rec is None or ext != rec.fmt or rec.uploaded > svc.as_of:
         return _json(404, {"error": "not found"})
     return _Reply(200, svc.world.audio_bytes("inaturalist", rec.id), R.AUDIO_MIME[rec.fmt])
 
