@@ -87,8 +87,10 @@ def expected_sets(world: World, species: set[int]) -> tuple[set, dict]:
 def crawled(out: Path) -> tuple[set, dict]:
     got = keys(records(out, "xeno-canto")) | keys(records(out, "inaturalist"))
     f = failures(out).filter(pl.col("stage") == "fetch")
-    drops = {(s, m, r): reason for s, m, r, reason in
-             f.select("source", "modality", "record_id", "reason").iter_rows()}  # fmt: skip
+    drops = {
+        (s, m, r): reason
+        for s, m, r, reason in f.select("source", "modality", "record_id", "reason").iter_rows()
+    }
     return got, drops
 
 
@@ -134,8 +136,10 @@ def _old_genus(world: World, key: tuple[str, str, str]) -> bool:
 
 def test_amphibia_and_open_data_same_photos(world: World, tmp_path: Path) -> None:
     with SampleServer(world, xc_key=KEY) as server:
-        fetch(settings(server, ["Amphibia"], sources=["xeno-canto", "inaturalist",
-                                                      "inat-open-data"]), tmp_path)  # fmt: skip
+        fetch(
+            settings(server, ["Amphibia"], sources=["xeno-canto", "inaturalist", "inat-open-data"]),
+            tmp_path,
+        )
     amphibians = {s.index for s in world.species if s.class_name == "Amphibia"}
     kept, _ = expected_sets(world, amphibians)
     got, _ = crawled(tmp_path)
@@ -183,9 +187,11 @@ def test_heavy_faults_same_result_bounded_retries(world: World, tmp_path: Path) 
 
 def test_outage_fails_clearly_and_resumes(world: World, tmp_path: Path) -> None:
     down = FaultPlan(rate=1.0, max_consecutive=10**6, kinds=("503",), retry_after=0)
-    with SampleServer(world, xc_key=KEY, faults=down) as server:
-        with pytest.raises(FetchError, match="giving up after 2 retries: HTTP 503"):
-            fetch(settings(server, ["Aves"], retries=2), tmp_path)
+    with (
+        SampleServer(world, xc_key=KEY, faults=down) as server,
+        pytest.raises(FetchError, match="giving up after 2 retries: HTTP 503"),
+    ):
+        fetch(settings(server, ["Aves"], retries=2), tmp_path)
     assert not (tmp_path / "raw" / "xeno_canto" / "records.parquet").exists()
     assert (tmp_path / "raw" / "xeno_canto" / "state.json").exists()
     with SampleServer(world, xc_key=KEY) as server:
@@ -215,8 +221,9 @@ def test_incremental_since_merges_without_loss(world: World, tmp_path: Path) -> 
     assert requests_full > 0
 
 
-def test_missing_key_is_an_error_before_any_request(world: World, tmp_path: Path,
-                                                    monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_missing_key_is_an_error_before_any_request(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.delenv("XENO_CANTO_API_KEY")
     with SampleServer(world, xc_key=KEY) as server:
         for k, v in server.urls.items():
@@ -227,19 +234,22 @@ def test_missing_key_is_an_error_before_any_request(world: World, tmp_path: Path
     assert "XENO_CANTO_API_KEY is not set" in result.output
 
 
-def test_key_never_written_or_printed(world: World, tmp_path: Path,
-                                      monkeypatch: pytest.MonkeyPatch) -> None:  # fmt: skip
+def test_key_never_written_or_printed(
+    world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     plan = FaultPlan(rate=0.5, max_consecutive=2, seed=3, retry_after=0, slow_s=0.01)
     with SampleServer(world, xc_key=KEY, faults=plan) as server:
         for k, v in server.urls.items():
             monkeypatch.setenv(k, v)
-        ok = CliRunner().invoke(app, ["fetch", "--taxa", "Aves", "--out", str(tmp_path),
-                                      "--no-throttle"])  # fmt: skip
+        ok = CliRunner().invoke(
+            app, ["fetch", "--taxa", "Aves", "--out", str(tmp_path), "--no-throttle"]
+        )
     with SampleServer(world, xc_key=KEY, faults=FaultPlan(1.0, 10**6, kinds=("500",))) as server:
         for k, v in server.urls.items():
             monkeypatch.setenv(k, v)
-        bad = CliRunner().invoke(app, ["fetch", "--taxa", "Aves", "--out", str(tmp_path / "b"),
-                                       "--no-throttle"])  # fmt: skip
+        bad = CliRunner().invoke(
+            app, ["fetch", "--taxa", "Aves", "--out", str(tmp_path / "b"), "--no-throttle"]
+        )
     assert ok.exit_code == 0, ok.output
     assert bad.exit_code == 2 and "giving up" in bad.output
     for output in (ok.output, bad.output):
@@ -254,14 +264,25 @@ def test_kill_and_resume_equals_uninterrupted(big_world: World, tmp_path: Path) 
     """SIGKILL a real `biovita-data fetch` mid-crawl; the rerun resumes and ends identically."""
     with SampleServer(big_world, xc_key=KEY) as server:
         env = {**os.environ, **server.urls, "XENO_CANTO_API_KEY": KEY}
-        cmd = [sys.executable, "-m", "biovita_data.cli", "fetch", "--taxa", "Aves", "--taxa",
-               "Mammalia", "--out", str(tmp_path / "killed")]  # fmt: skip
+        cmd = [
+            sys.executable,
+            "-m",
+            "biovita_data.cli",
+            "fetch",
+            "--taxa",
+            "Aves",
+            "--taxa",
+            "Mammalia",
+            "--out",
+            str(tmp_path / "killed"),
+        ]
         proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         state = tmp_path / "killed" / "raw" / "xeno_canto" / "state.json"
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
-            if state.exists() and any(p["seq"] > 0 for p in
-                                      json.loads(state.read_text())["progress"].values()):  # fmt: skip
+            if state.exists() and any(
+                p["seq"] > 0 for p in json.loads(state.read_text())["progress"].values()
+            ):
                 break
             time.sleep(0.05)
         proc.send_signal(signal.SIGKILL)
@@ -270,11 +291,15 @@ def test_kill_and_resume_equals_uninterrupted(big_world: World, tmp_path: Path) 
         done_pages = sum(p["seq"] for p in before["progress"].values())
         assert done_pages >= 1
         n0 = server.faults.counts["requests"]
-        rerun = subprocess.run(cmd + ["--no-throttle"], env=env, capture_output=True, text=True)
+        rerun = subprocess.run([*cmd, "--no-throttle"], env=env, capture_output=True, text=True)
         assert rerun.returncode == 0, rerun.stderr
         resumed_requests = server.faults.counts["requests"] - n0
-        subprocess.run([*cmd[:-1], str(tmp_path / "clean"), "--no-throttle"], env=env, check=True,
-                       capture_output=True)  # fmt: skip
+        subprocess.run(
+            [*cmd[:-1], str(tmp_path / "clean"), "--no-throttle"],
+            env=env,
+            check=True,
+            capture_output=True,
+        )
         clean_requests = server.faults.counts["requests"] - n0 - resumed_requests
     assert resumed_requests < clean_requests  # it did not start over
     for src in ("xeno-canto", "inaturalist"):

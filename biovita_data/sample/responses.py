@@ -38,6 +38,10 @@ INAT_LICENSE_LABEL = {
 }
 
 
+# iNaturalist's iconic taxa among the world's taxa: Animalia and the four classes.
+ICONIC_TAXON_IDS = frozenset({1, 3, 20978, 40151, 47158})
+
+
 class QueryError(ValueError):
     """A malformed query (answered 400 by the server)."""
 
@@ -252,8 +256,9 @@ def _user(obs: Observation) -> dict:
 def inat_taxon(world: World, taxon: Taxon, *, search: bool = False, term: str = "") -> dict:
     """A taxon object: the observation-embedded form, or the /taxa search form."""
     ancestor_ids = [*taxon.ancestor_ids, taxon.id]
-    cls = next((world.taxonomy.taxa[i] for i in ancestor_ids if world.taxonomy.taxa[i].rank
-                == "class"), None)  # fmt: skip
+    # The nearest iconic taxon: the class, or Animalia above it (null only for Life).
+    iconic = next((world.taxonomy.taxa[i] for i in reversed(ancestor_ids) if i in ICONIC_TAXON_IDS),
+                  None)  # fmt: skip
     count = _observation_counts(world).get(taxon.id, 0)
     common = taxon.common_name
     base = {
@@ -265,14 +270,15 @@ def inat_taxon(world: World, taxon: Taxon, *, search: bool = False, term: str = 
         "default_photo": None,
         "extinct": False,
         "flag_counts": {"unresolved": 0, "resolved": 0},
-        "iconic_taxon_id": cls.id if cls else None,
-        "iconic_taxon_name": cls.name if cls else None,
+        "iconic_taxon_id": iconic.id if iconic else None,
+        "iconic_taxon_name": iconic.name if iconic else None,
         "id": taxon.id,
         "is_active": True,
         "name": taxon.name,
         "observations_count": count,
         "parent_id": taxon.parent_id,
-        "preferred_common_name": common,
+        # iNaturalist leaves the key out (it never answers null) when there is no common name.
+        **({"preferred_common_name": common} if common is not None else {}),
         "rank": taxon.rank,
         "rank_level": RANK_LEVEL[taxon.rank],
         "taxon_changes_count": 0,
@@ -282,8 +288,7 @@ def inat_taxon(world: World, taxon: Taxon, *, search: bool = False, term: str = 
     if search:
         return {**base, "matched_term": term or taxon.name, "vision": taxon.rank == "species"}
     return {
-        **base,
-        "conservation_status": None,
+        **base,  # no "conservation_status": iNaturalist leaves it out when there is none
         "created_at": "2010-10-26T20:24:33+00:00",
         "endemic": False,
         "introduced": False,

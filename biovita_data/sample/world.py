@@ -351,12 +351,16 @@ class World:
             c, d = d, c
         self.recordings[a] = _replace(self.recordings[a], flaw="corrupt")
         self.recordings[b] = _replace(self.recordings[b], flaw="silent")
-        # d is a byte-identical copy of c, under another id (and perhaps another species' name)
+        # d is a byte-identical copy of c, under another id (and perhaps another species' name);
+        # its metadata describes those bytes (format, sample rate, channels, duration).
         self.recordings[d] = _replace(
             self.recordings[d],
             flaw="duplicate",
             duplicate_of=self.recordings[c].id,
             fmt=self.recordings[c].fmt,
+            sample_rate=self.recordings[c].sample_rate,
+            channels=self.recordings[c].channels,
+            duration_s=self.recordings[c].duration_s,
         )
         research = {o.id for o in self.observations if o.quality_grade == "research"}
         ok_ph = [
@@ -394,8 +398,10 @@ class World:
             return self.audio_bytes(source, rec.duplicate_of)
         data = _render_audio(self, source, rid)
         if rec.flaw == "corrupt":
+            # Keep only the magic (16 bytes): with the whole header kept, a WAV's garbage data
+            # still decodes as PCM noise, so the file would not be undecodable.
             digest = hashlib.sha256(data).digest()
-            return data[:64] + digest * (max(1, (len(data) - 64) // 32))
+            return data[:16] + digest * (max(1, (len(data) - 16) // 32))
         return data
 
     def photo_bytes(self, pid: int, size: str = "original") -> bytes:
