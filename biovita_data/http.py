@@ -167,17 +167,13 @@ class HttpClient:
                         raise _Retryable(f"HTTP {resp.status_code} for {where}", ra)
                     declared = int(resp.headers.get("Content-Length") or 0)
                     if declared > self.max_bytes:
-                        raise FetchError(
-                            f"response of {declared} bytes exceeds the cap for {where}"
-                        )
+                        raise FetchError(f"{declared} bytes exceed the size cap: {where}")
                     body = bytearray()
                     try:
                         for chunk in resp.iter_content(1 << 16):
                             body += chunk
                             if len(body) > self.max_bytes:
-                                raise FetchError(
-                                    f"response exceeds {self.max_bytes} bytes: {where}"
-                                )
+                                raise FetchError(f"body exceeds the size cap: {where}")
                     except (
                         requests.ConnectionError,
                         requests.exceptions.ChunkedEncodingError,

@@ -111,6 +111,8 @@ def _q_match(quality: str, spec: str) -> bool:
             return False
         i, j = order.index(quality), order.index(spec[1].upper())
         return i < j if spec[0] == ">" else i > j
+    if spec == "0":  # Xeno-canto's tag for recordings without a rating
+        return quality == "no score"
     return quality == spec.upper()
 
 
