@@ -106,6 +106,22 @@ def fetch(
         )
 
 
+@app.command("import-official")
+def import_official_cmd(
+    metadata: Annotated[Path, typer.Argument(help="The original release's audio metadata CSV.")],
+    out: Annotated[Path, typer.Option("--out", help="Build directory.")],
+) -> None:
+    """Import the original BioVITA release's metadata table as raw records (source `official`)."""
+    from biovita_data.sources.official import import_official
+
+    try:
+        res = import_official(metadata, out)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    dropped = ", ".join(f"{k}: {v}" for k, v in sorted(res.dropped.items())) or "none"
+    console.print(f"imported {res.kept} recordings into {out}/raw/official; dropped {dropped}")
+
+
 @app.command()
 def run(
     pipeline: Annotated[Path, typer.Argument(help="A pipeline TOML file.")],
@@ -169,6 +185,21 @@ def sample_serve(
         pass
     finally:
         server.stop()
+
+
+@sample_app.command("export-official")
+def sample_export_official(
+    path: Annotated[Path, typer.Argument(help="CSV file to write.")],
+    root: Annotated[str, typer.Option(help="Base URL of a running `sample serve`.")],
+    size: Annotated[str, typer.Option(help="tiny | default")] = "default",
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+) -> None:
+    """Write the sample world's recordings as the original release's metadata table."""
+    from biovita_data.sample.official import write_official_metadata
+    from biovita_data.sample.world import World
+
+    write_official_metadata(World(size, seed), root.rstrip("/"), path)
+    typer.echo(str(path))
 
 
 @sample_app.command("export-traits")

@@ -59,3 +59,22 @@ FAILURE = pa.schema(
         pa.field("detail", pa.string()),  # human-readable explanation
     ]
 )
+
+# The release's lineage, one row per accepted name: a user-supplied backbone for align.
+OFFICIAL_TAXONOMY = pa.schema(
+    [
+        pa.field("accepted_name", pa.string(), nullable=False),
+        pa.field("class", pa.string()),
+        pa.field("order", pa.string()),
+        pa.field("family", pa.string()),
+        pa.field("genus", pa.string()),
+    ]
+)
+# The release's own name decision per record: raw name -> accepted name.
+OFFICIAL_NAMES = pa.schema(
+    [
+        pa.field("record_id", pa.string(), nullable=False),
+        pa.field("raw_scientific_name", pa.string()),
+        pa.field("accepted_name", pa.string()),
+    ]
+)

@@ -120,3 +120,15 @@ def test_export_traits(tmp_path: Path) -> None:
         "AmphiBIO_v1.csv",
         "traits_other.csv",
     }
+
+
+def test_import_official_through_the_cli(tmp_path: Path) -> None:
+    csv = tmp_path / "metadata.csv"
+    args = ["sample", "export-official", str(csv), "--root", "http://127.0.0.1:9", "--size", "tiny"]
+    assert runner.invoke(app, args).exit_code == 0
+    result = runner.invoke(app, ["import-official", str(csv), "--out", str(tmp_path / "o")])
+    assert result.exit_code == 0, result.output
+    df = pl.read_parquet(tmp_path / "o" / "raw" / "official" / "records.parquet")
+    assert len(df) == len(csv.read_text().splitlines()) - 1
+    missing = runner.invoke(app, ["import-official", str(tmp_path / "nope.csv"), "--out", "x"])
+    assert missing.exit_code == 2
