@@ -69,7 +69,10 @@ class SampleServer:
         }
 
     def start(self) -> SampleServer:
-        self._thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        # a short poll interval: stop() waits up to one interval for the serving loop to end
+        self._thread = threading.Thread(
+            target=self.httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self._thread.start()
         return self
 
@@ -115,6 +118,9 @@ def _int(qs: dict[str, list[str]], name: str, default: int) -> int:
 class _Handler(BaseHTTPRequestHandler):
     server_version = "BioVITASample/1"
     protocol_version = "HTTP/1.1"
+    # Headers and body go out in two writes: with Nagle on, every keep-alive answer waits
+    # ~40 ms for the client's delayed ACK.
+    disable_nagle_algorithm = True
 
     def log_message(self, format: str, *args: object) -> None:  # quiet
         pass
