@@ -134,16 +134,10 @@ class XenoCantoSource:
                     queries.append(q)
         return queries
 
-    def _wanted(self, query: str, rec: Any) -> bool:
-        """Whether a result of `query` belongs to a target (lower ranks filter client-side)."""
-        if not isinstance(rec, dict):
-            return True
-        gen, sp = (str(rec.get(k) or "") for k in ("gen", "sp"))
-        return any(
-            t.xc_keeps(gen, sp)
-            for t in self.targets
-            if any(query.startswith(q) for q in t.xc_queries)
-        )
+    def _filters(self, query: str) -> list[Target] | None:
+        """The targets behind `query` that filter client-side; None when one keeps everything."""
+        mine = [t for t in self.targets if any(query.startswith(q) for q in t.xc_queries)]
+        return None if any(not t.xc_genera for t in mine) else mine
 
     def fetch_page(self, query: str, cursor: Any) -> Page:
         page_no = int(cursor or 1)
@@ -157,14 +151,19 @@ class XenoCantoSource:
         if not isinstance(data, dict) or not isinstance(data.get("recordings"), list):
             raise FetchError(f"malformed Xeno-canto page {page_no} for {query!r}: no recordings")
         page = Page(cursor=page_no + 1)
+        filters = self._filters(query)  # lower ranks: keep only the target's species
         for rec in data["recordings"]:
-            if not self._wanted(query, rec):
-                continue
-            rid = rec.get("id") if isinstance(rec, dict) else None
-            name = " ".join(str(rec.get(k, "")) for k in ("gen", "sp")) if rid else None
+            if filters is not None and isinstance(rec, dict):
+                gen, sp = str(rec.get("gen") or ""), str(rec.get("sp") or "")
+                if not any(t.xc_keeps(gen, sp) for t in filters):
+                    continue
             try:
                 page.rows.append(parse_recording(rec, query, self.allowed))
             except BadRecord as exc:
+                rid = rec.get("id") if isinstance(rec, dict) else None
+                name = (
+                    f"{rec.get('gen', '')} {rec.get('sp', '')}" if isinstance(rec, dict) else None
+                )
                 page.failures.append(failure(NAME, "audio", rid, name, exc))
         num_pages = data.get("numPages")
         if not isinstance(num_pages, int):
