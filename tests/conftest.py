@@ -1,0 +1,32 @@
+"""Shared fixtures: the tiny sample world and a loopback sample server serving it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from biovita_data.sample.server import SampleServer
+from biovita_data.sample.world import World
+
+
+@pytest.fixture(scope="session")
+def tiny_world() -> World:
+    """World("tiny"), built once per session (its media caches are shared by all tests)."""
+    return World("tiny")
+
+
+@pytest.fixture(scope="session")
+def default_world() -> World:
+    """World("default"), for checks that do not render media (it has many more records)."""
+    return World("default")
+
+
+@pytest.fixture
+def sample_server(tiny_world: World) -> Iterator[SampleServer]:
+    """SampleServer(tiny_world) running in-process on a free loopback port, stopped afterwards."""
+    server = SampleServer(tiny_world, port=0).start()
+    try:
+        yield server
+    finally:
+        server.stop()
