@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
+import os
 import random
 import threading
 from collections import Counter
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
+from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -145,6 +148,14 @@ class HttpClient:
     # ------------------------------------------------------------------ API
     def get(self, url: str, params: dict | None = None, *, policy: str | None = None) -> bytes:
         """The body of a 200 response; FetchError once retries are exhausted or on a 4xx."""
+        return self._fetch(url, params, policy, None)
+
+    def download(self, url: str, dest: Path, *, policy: str | None = None) -> Path:
+        """Stream a (large) 200 body to `dest` atomically, without the in-memory size cap."""
+        self._fetch(url, None, policy, dest)
+        return dest
+
+    def _fetch(self, url: str, params: dict | None, policy: str | None, dest: Path | None) -> bytes:
         name = policy or route(url)
         limiter, slot = self._gates(name)
         where = url.split("?", 1)[0]
@@ -166,14 +177,20 @@ class HttpClient:
                         ra = _retry_after(resp.headers.get("Retry-After"))
                         raise _Retryable(f"HTTP {resp.status_code} for {where}", ra)
                     declared = int(resp.headers.get("Content-Length") or 0)
-                    if declared > self.max_bytes:
+                    to_file = dest is not None and resp.status_code == 200
+                    if declared > self.max_bytes and not to_file:
                         raise FetchError(f"{declared} bytes exceed the size cap: {where}")
                     body = bytearray()
+                    tmp = dest.with_name(f".{dest.name}.part") if to_file else None
                     try:
-                        for chunk in resp.iter_content(1 << 16):
-                            body += chunk
-                            if len(body) > self.max_bytes:
-                                raise FetchError(f"body exceeds the size cap: {where}")
+                        with open(tmp, "wb") if tmp else contextlib.nullcontext() as sink:
+                            for chunk in resp.iter_content(1 << 20):
+                                if sink is not None:
+                                    sink.write(chunk)
+                                    continue
+                                body += chunk
+                                if len(body) > self.max_bytes:
+                                    raise FetchError(f"body exceeds the size cap: {where}")
                     except (
                         requests.ConnectionError,
                         requests.exceptions.ChunkedEncodingError,
@@ -187,6 +204,8 @@ class HttpClient:
                         raise FetchError(
                             f"HTTP {resp.status_code} for {where}: {text}", resp.status_code
                         )
+                    if tmp is not None:
+                        os.replace(tmp, dest)
                     return bytes(body)
                 finally:
                     resp.close()

@@ -91,14 +91,18 @@ def test_client_errors_are_not_retried_and_secrets_redacted() -> None:
         srv.close()
 
 
-def test_size_cap_and_invalid_json() -> None:
-    srv = Canned([(200, {}, b"x" * 5000), (200, {}, b"{not json")])
+def test_size_cap_invalid_json_and_streamed_download(tmp_path: Path) -> None:
+    srv = Canned([(200, {}, b"x" * 5000), (200, {}, b"{not json"), (200, {}, b"y" * 5000)])
     try:
         http = HttpClient(max_bytes=1000, throttle=False)
         with pytest.raises(FetchError, match="size cap"):
             http.get(f"{srv.url}/big")
         with pytest.raises(FetchError, match="invalid JSON"):
             http.get_json(f"{srv.url}/bad")
+        # big tables stream to disk: the in-memory cap does not apply, the bytes are intact
+        path = http.download(f"{srv.url}/table.csv.gz", tmp_path / "t.gz")
+        assert path.read_bytes() == b"y" * 5000
+        assert [p.name for p in tmp_path.iterdir()] == ["t.gz"]
     finally:
         srv.close()
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import gzip
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -39,16 +41,21 @@ class OpenDataSource:
     def plan(self) -> list[str]:
         return list(dict.fromkeys(f"taxon_id={t.inat_id}" for t in self.targets))
 
-    def _table(self, name: str) -> pl.DataFrame:
-        path = self.cache_dir / f"{name}.csv.gz"
-        if not path.exists():
-            body = self.http.get(f"{self.base_url}/{name}.csv.gz")
-            path.parent.mkdir(parents=True, exist_ok=True)
-            tmp = path.with_suffix(".part")
-            tmp.write_bytes(body)
-            tmp.replace(path)
+    def _table(self, name: str) -> pl.LazyFrame:
+        """The table as a lazy scan: downloaded (streamed) and unpacked once, then cached."""
+        tsv = self.cache_dir / f"{name}.tsv"
+        if not tsv.exists():
+            self.cache_dir.mkdir(parents=True, exist_ok=True)
+            gz = self.http.download(
+                f"{self.base_url}/{name}.csv.gz", self.cache_dir / f"{name}.csv.gz"
+            )
+            part = tsv.with_suffix(".part")
+            with gzip.open(gz, "rb") as src, open(part, "wb") as dst:
+                shutil.copyfileobj(src, dst, 1 << 20)
+            part.replace(tsv)
+            gz.unlink()
         # The bucket's TSVs use no quoting at all; quotes inside fields are literal.
-        return pl.read_csv(path, separator="\t", quote_char=None, infer_schema=False)
+        return pl.scan_csv(tsv, separator="\t", quote_char=None, infer_schema=False)
 
     def fetch_page(self, query: str, cursor: Any) -> Page:
         taxon_id = query.split("=", 1)[1]
@@ -64,6 +71,7 @@ class OpenDataSource:
             .join(wanted, on="taxon_id", how="inner")
             .join(self._table("observers"), on="observer_id", how="left")
             .sort(pl.col("photo_id").cast(pl.Int64))
+            .collect(engine="streaming")
         )
         page = Page(cursor=None, done=True)
         for r in joined.iter_rows(named=True):
