@@ -8,20 +8,9 @@ from pathlib import Path
 
 from biovita_data.sample.responses import sound_url
 from biovita_data.sample.world import World
+from biovita_data.sources.official import COLUMNS
 
-OFFICIAL_COLUMNS = (
-    "file_name",
-    "scientific_name",
-    "accepted_name",
-    "class",
-    "order",
-    "family",
-    "genus",
-    "com",
-    "source",
-    "recording_id",
-    "download_url",
-)
+OFFICIAL_COLUMNS = COLUMNS  # the release's column order, as the importer reads it
 SOURCE_CODES = {"xeno-canto": "xc", "inaturalist": "inat"}
 
 
