@@ -24,18 +24,19 @@ app.add_typer(sample_app, name="sample")
 console = Console(stderr=True)
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"biovita-data {__version__}")
-        raise typer.Exit()
+def version_option(prog: str) -> typer.models.OptionInfo:
+    """A `--version` option that prints `<prog> <version>` and exits (shared by both CLIs)."""
+
+    def show(value: bool) -> None:
+        if value:
+            typer.echo(f"{prog} {__version__}")
+            raise typer.Exit()
+
+    return typer.Option("--version", callback=show, is_eager=True, help="Show version.")
 
 
 @app.callback()
-def main(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
-    ] = False,
-) -> None:
+def main(version: Annotated[bool, version_option("biovita-data")] = False) -> None:
     """BioVITA data pipeline: sources -> manifests -> media -> dataset -> loader."""
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from biovita_model import __version__
+from biovita_data.cli import version_option
 
 app = typer.Typer(
     help="Train and evaluate the BioVITA audio-image-text model.",
@@ -18,18 +18,8 @@ app = typer.Typer(
 MODEL_PACKAGES = ("torch", "torchvision", "open_clip_torch", "transformers", "torchcodec")
 
 
-def _version(value: bool) -> None:
-    if value:
-        typer.echo(f"biovita-model {__version__}")
-        raise typer.Exit()
-
-
 @app.callback()
-def main(
-    version: Annotated[
-        bool, typer.Option("--version", callback=_version, is_eager=True, help="Show version.")
-    ] = False,
-) -> None:
+def main(version: Annotated[bool, version_option("biovita-model")] = False) -> None:
     """BioVITA model: HTS-AT audio tower aligned to BioCLIP 2 image and text towers."""
 
 
