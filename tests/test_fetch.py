@@ -25,14 +25,15 @@ from biovita_data.sample.world import World
 KEY = "test-xc-key-7f3a9"
 
 
-@pytest.fixture(scope="module")
-def world() -> World:
-    return World("tiny")
+@pytest.fixture
+def world(tiny_world: World) -> World:
+    """The session's tiny world (conftest), so its media caches are shared."""
+    return tiny_world
 
 
-@pytest.fixture(scope="module")
-def big_world() -> World:
-    return World("default")
+@pytest.fixture
+def big_world(default_world: World) -> World:
+    return default_world
 
 
 def settings(server: SampleServer, taxa: list[str], **kw) -> FetchSettings:
