@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import signal
 import threading
-from contextlib import ExitStack
 from pathlib import Path
 from typing import Annotated
 
@@ -123,28 +122,133 @@ def import_official_cmd(
     console.print(f"imported {res.kept} recordings into {out}/raw/official; dropped {dropped}")
 
 
+OutOption = Annotated[Path, typer.Option("--out", help="Build directory.")]
+
+
+def _stage(fn, *args) -> object:
+    """Run a stage; turn the errors a user can fix into a one-line message."""
+    try:
+        return fn(*args)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        from biovita_data.http import FetchError
+
+        if isinstance(exc, FetchError):
+            _fail(f"{exc}\nAnswers so far are cached under OUT/raw/backbone: run it again.")
+        raise
+
+
+@app.command("align")
+def align_cmd(
+    out: OutOption,
+    backbone: Annotated[
+        str, typer.Option(help="inat (iNaturalist taxa) or a backbone CSV/TSV (GBIF columns).")
+    ] = "inat",
+    synonyms: Annotated[
+        list[Path] | None,
+        typer.Option("--synonyms", help="CSV with name, accepted_name; repeatable."),
+    ] = None,
+    min_audio: Annotated[int, typer.Option(help="Recordings a species needs.")] = 1,
+    min_images: Annotated[int, typer.Option(help="Photos a species needs.")] = 1,
+    max_images: Annotated[
+        int | None, typer.Option("--max-images", help="Cap photos per species (seeded).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the photo cap.")] = 0,
+    no_throttle: Annotated[
+        bool, typer.Option(help="Disable per-host rate limits (loopback only!).")
+    ] = False,
+) -> None:
+    """Align raw names to one backbone -> OUT/manifests/{species,audio,image,unmatched}.parquet."""
+    from biovita_data.stages import run_align
+
+    cfg = {
+        "backbone": backbone,
+        "synonyms": synonyms or [],
+        "min_audio": min_audio,
+        "min_images": min_images,
+        "max_images_per_species": max_images,
+        "seed": seed,
+        "throttle": not no_throttle,
+    }
+    _stage(run_align, out, cfg, console)
+
+
+@app.command("traits")
+def traits_cmd(
+    out: OutOption,
+    table: Annotated[
+        list[str],
+        typer.Option(
+            "--table",
+            help="KIND=FILE, KIND in avonet, eltontraits, amphibio, csv; repeatable; "
+            "earlier tables win where two give a label.",
+        ),
+    ],
+) -> None:
+    """Attach the 34 trait labels (with provenance) to species.parquet; print coverage."""
+    from biovita_data.stages import run_traits_stage
+
+    _stage(run_traits_stage, out, {"tables": table}, console)
+
+
+@app.command("split")
+def split_cmd(
+    out: OutOption,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    test_fraction: Annotated[float, typer.Option(help="Share of a seen species -> test.")] = 0.1,
+    unseen_max_audio: Annotated[
+        int, typer.Option(help="Species with at most N recordings are held out as unseen.")
+    ] = 2,
+) -> None:
+    """Add `split` (train/test/unseen) to audio and image rows and `split_group` to species."""
+    from biovita_data.stages import run_split
+
+    cfg = {"seed": seed, "test_fraction": test_fraction, "unseen_max_audio": unseen_max_audio}
+    _stage(run_split, out, cfg, console)
+
+
+@app.command("bench")
+def bench_cmd(
+    out: OutOption,
+    candidates: Annotated[int, typer.Option(help="Candidate taxa per query.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    max_queries_per_taxon: Annotated[int, typer.Option(help="Query cap per taxon and task.")] = 25,
+    max_queries_per_task: Annotated[int, typer.Option(help="Query cap per task.")] = 2000,
+) -> None:
+    """Build BioVITA-Bench (seen, unseen; 6 directions x 3 levels) under OUT/bench/."""
+    from biovita_data.stages import run_bench
+
+    cfg = {
+        "candidates": candidates,
+        "seed": seed,
+        "max_queries_per_taxon": max_queries_per_taxon,
+        "max_queries_per_task": max_queries_per_task,
+    }
+    _stage(run_bench, out, cfg, console)
+
+
+@app.command("stats")
+def stats_cmd(out: OutOption) -> None:
+    """Print the corpus statistics and write OUT/stats.json."""
+    from biovita_data.stages import run_stats
+
+    _stage(run_stats, out, {}, Console())
+
+
 @app.command()
 def run(
     pipeline: Annotated[Path, typer.Argument(help="A pipeline TOML file.")],
     out: Annotated[Path | None, typer.Option(help="Override the pipeline's build dir.")] = None,
 ) -> None:
-    """Run a pipeline file's stages (fetch); a [sample] section serves the sample world."""
-    from biovita_data.fetch import fetch as run_fetch
-    from biovita_data.pipeline import load_pipeline, sample_environment
+    """Run a pipeline file's stages in order; a [sample] section serves the sample world."""
+    from biovita_data.pipeline import load_pipeline, run_pipeline
 
     try:
         p = load_pipeline(pipeline)
     except (OSError, ValueError) as exc:
         _fail(str(exc))
-    with ExitStack() as stack:
-        if p.sample is not None:
-            sample_environment(
-                stack,
-                p.sample.get("size", "default"),
-                p.sample.get("seed", 0),
-                p.sample.get("faults", "none"),
-            )
-        run_fetch(p.fetch_settings(), out or p.out, console=console)
+    _stage(run_pipeline, p, out or p.out, console)
 
 
 @app.command()

@@ -14,14 +14,22 @@ from rich.table import Table
 
 from biovita_data import __version__
 from biovita_data.fetch import fetch, settings_from_env
-from biovita_data.pipeline import sample_environment
+from biovita_data.pipeline import sample_environment, sample_trait_tables
+from biovita_data.stages import run_build
 from biovita_data.tables import write_json_atomic
 
 TAXA = ["Aves", "Amphibia", "Mammalia", "Insecta"]
+BUILD_OUTPUTS = {
+    "align": "manifests/{species,audio,image,unmatched}.parquet",
+    "traits": "species.parquet trait_* + manifests/traits_coverage.json",
+    "split": "split on audio/image, split_group on species",
+    "bench": "bench/{seen,unseen}/ (Parquet + official CSV)",
+    "stats": "stats.json",
+}
 
 
 def run_demo(workdir: Path, *, size: str = "default", seed: int = 0, console: Console) -> dict:
-    """Serve the sample world in-process, crawl it, export its trait tables; write build.json."""
+    """Serve the sample world, crawl it, then build manifests, traits, splits, bench and stats."""
     t0 = time.monotonic()
     workdir.mkdir(parents=True, exist_ok=True)
     stages: dict[str, dict] = {}
@@ -39,11 +47,14 @@ def run_demo(workdir: Path, *, size: str = "default", seed: int = 0, console: Co
             "records": {r.source: r.kept for r in results},
             "dropped": {r.source: r.dropped for r in results},
         }
-    from biovita_data.sample.taxonomy import generate_taxonomy
-    from biovita_data.sample.trait_tables import export_trait_tables
-
-    traits = export_trait_tables(generate_taxonomy(size, seed), workdir / "traits")
-    stages["sample-traits"] = {"tables": {k: str(v) for k, v in traits.items()}}
+        tables = sample_trait_tables(size, seed, workdir)
+        sections = {
+            "align": {"backbone": "inat", "throttle": False, "max_images_per_species": 200},
+            "traits": {"tables": tables},
+            "split": {"seed": seed},
+            "bench": {"seed": seed},
+        }
+        stages.update(run_build(workdir, sections, console))
     build = {
         "tool": f"biovita {__version__}",
         "python": platform.python_version(),
@@ -67,7 +78,8 @@ def run_demo(workdir: Path, *, size: str = "default", seed: int = 0, console: Co
             f"{n} records kept, {dropped} dropped",
         )
     table.add_row("fetch", "manifests/failures.parquet", "every dropped record with its reason")
-    table.add_row("sample traits", "traits/", ", ".join(sorted(traits)))
+    for stage, wrote in BUILD_OUTPUTS.items():
+        table.add_row(stage, wrote, f"{stages.get(stage, '-')} s")
     table.add_row("build", "build.json", f"{build['seconds']} s in all")
     console.print(table)
     console.print(json.dumps({"workdir": str(workdir), "seconds": build["seconds"]}))

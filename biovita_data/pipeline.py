@@ -3,16 +3,19 @@
 from __future__ import annotations
 
 import os
+import time
 import tomllib
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from rich.console import Console
+
 from biovita_data.fetch import FetchSettings, settings_from_env
 from biovita_data.licenses import DEFAULT_ALLOWED
 
-STAGES = ("fetch",)
+STAGES = ("fetch", "align", "traits", "split", "bench", "stats")
 
 
 @dataclass
@@ -86,3 +89,37 @@ def sample_environment(stack: ExitStack, size: str, seed: int, faults: str) -> d
 
     stack.callback(restore)
     return env
+
+
+def sample_trait_tables(size: str, seed: int, out: Path) -> list[str]:
+    """Export the sample world's trait tables to OUT/traits; `--table` specs in precedence order."""
+    from biovita_data.sample.taxonomy import generate_taxonomy
+    from biovita_data.sample.trait_tables import export_trait_tables
+
+    paths = export_trait_tables(generate_taxonomy(size, seed), out / "traits")
+    kinds = {"eltontraits_birds": "eltontraits", "eltontraits_mammals": "eltontraits"}
+    order = ("csv", "amphibio", "eltontraits_birds", "eltontraits_mammals", "avonet")
+    return [f"{kinds.get(name, name)}={paths[name]}" for name in order]
+
+
+def run_pipeline(p: Pipeline, out: Path, console: Console, *, fetch: bool = True) -> dict:
+    """fetch, then align, traits, split, bench and stats, with each [section]'s settings."""
+    from biovita_data.fetch import fetch as run_fetch
+    from biovita_data.stages import run_build
+
+    with ExitStack() as stack:
+        sections = {k: dict(v) for k, v in p.extra.items() if isinstance(v, dict)}
+        sections.setdefault("align", {}).setdefault("throttle", p.fetch.get("throttle", True))
+        if p.sample is not None:
+            size, seed = p.sample.get("size", "default"), p.sample.get("seed", 0)
+            sample_environment(stack, size, seed, p.sample.get("faults", "none"))
+            traits = sections.setdefault("traits", {})
+            if traits.get("tables") == "sample":
+                traits["tables"] = sample_trait_tables(size, seed, out)
+        seconds = {}
+        if fetch:
+            t = time.monotonic()
+            run_fetch(p.fetch_settings(), out, console=console)
+            seconds["fetch"] = round(time.monotonic() - t, 2)
+        seconds.update(run_build(out, sections, console))
+    return seconds

@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import difflib
 from dataclasses import dataclass, field
 
 from biovita_data.http import FetchError, HttpClient
+from biovita_data.names import closest_epithet
 
 # Classes: real iNaturalist taxon ids and the Xeno-canto groups that hold them.
 CLASSES: dict[str, tuple[int, tuple[str, ...]]] = {
@@ -42,20 +42,12 @@ class Target:
             return False
         if epithets is None:
             return True
-        return _closest(sp.strip().lower(), epithets | self.xc_siblings) in epithets
+        return closest_epithet(sp.strip().lower(), epithets | self.xc_siblings)[0] in epithets
 
 
 def xc_tag(tag: str, value: str) -> str:
     """A Xeno-canto search tag; values with spaces are quoted (`grp:"land mammals"`)."""
     return f'{tag}:"{value}"' if " " in value else f"{tag}:{value}"
-
-
-def _closest(epithet: str, candidates: set[str]) -> str | None:
-    """The candidate this epithet is (a spelling variant of), conservatively; None if none."""
-    if epithet in candidates:
-        return epithet
-    close = difflib.get_close_matches(epithet, sorted(candidates), n=2, cutoff=0.8)
-    return close[0] if close and epithet[:3] == close[0][:3] else None
 
 
 class TaxonResolver:

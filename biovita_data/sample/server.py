@@ -306,7 +306,10 @@ def inat_taxa(svc: SampleServer, qs: dict) -> _Reply:
     # taxon_id: "these taxa or their descendants"; parent_id: direct children (as on iNaturalist)
     within = {int(x) for v in qs.get("taxon_id", []) for x in v.split(",") if x.isdigit()}
     parent = _one(qs, "parent_id")
-    hits = []
+    synonyms: dict[int, list[str]] = {}
+    for name, tid in sorted(world.taxonomy.synonyms.items()):
+        synonyms.setdefault(tid, []).append(name)
+    hits: list[tuple] = []
     for t in taxa:
         if rank and t.rank != rank:
             continue
@@ -314,11 +317,13 @@ def inat_taxa(svc: SampleServer, qs: dict) -> _Reply:
             continue
         if parent and str(t.parent_id) != parent:
             continue
-        names = [t.name.lower(), (t.common_name or "").lower()]
-        if q and not any(n.startswith(q) or f" {q}" in n for n in names):
+        # iNaturalist searches every name of a taxon, synonyms included; `matched_term` says which
+        names = [t.name, t.common_name or "", *synonyms.get(t.id, ())]
+        term = next((n for n in names if _term_matches(n.lower(), q)), None) if q else t.name
+        if term is None:
             continue
-        hits.append(t)
-    hits.sort(key=lambda t: (t.name.lower() != q, -RANK_LEVEL[t.rank], t.id))
+        hits.append((t, term))
+    hits.sort(key=lambda h: (h[1].lower() != q, -RANK_LEVEL[h[0].rank], h[0].id))
     chunk = hits[(page - 1) * per_page : page * per_page]
     return _json(
         200,
@@ -326,9 +331,13 @@ def inat_taxa(svc: SampleServer, qs: dict) -> _Reply:
             "total_results": len(hits),
             "page": page,
             "per_page": per_page,
-            "results": [R.inat_taxon(world, t, search=True, term=t.name) for t in chunk],
+            "results": [R.inat_taxon(world, t, search=True, term=term) for t, term in chunk],
         },
     )
+
+
+def _term_matches(name: str, q: str) -> bool:
+    return name.startswith(q) or f" {q}" in name
 
 
 def inat_taxa_ids(svc: SampleServer, qs: dict, ids: str) -> _Reply:

@@ -1,0 +1,48 @@
+"""The build folder's layout (DESIGN.md, "Stages and their contracts"): every path, named once."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+# Formats libsndfile decodes: kept as they are by materialize; anything else becomes FLAC.
+KEPT_AUDIO_FORMATS = frozenset({"mp3", "flac", "ogg", "wav"})
+
+
+def manifests_dir(out: Path) -> Path:
+    return out / "manifests"
+
+
+def species_path(out: Path) -> Path:
+    return manifests_dir(out) / "species.parquet"
+
+
+def media_manifest_path(out: Path, modality: str) -> Path:
+    """OUT/manifests/audio.parquet or image.parquet."""
+    if modality not in ("audio", "image"):
+        raise ValueError(f"modality must be audio or image, not {modality!r}")
+    return manifests_dir(out) / f"{modality}.parquet"
+
+
+def unmatched_path(out: Path) -> Path:
+    return manifests_dir(out) / "unmatched.parquet"
+
+
+def bench_dir(out: Path, subset: str) -> Path:
+    """OUT/bench/seen or OUT/bench/unseen: one BENCH folder in the official layout."""
+    if subset not in ("seen", "unseen"):
+        raise ValueError(f"subset must be seen or unseen, not {subset!r}")
+    return out / "bench" / subset
+
+
+def media_file_path(modality: str, source: str, record_id: str, file_format: str | None) -> str:
+    """The relative path an item has once materialized: audio/<source>/<id>.<ext>, image/...jpg.
+
+    Audio keeps its format when libsndfile reads it and becomes FLAC otherwise; images are JPEG.
+    The bench's index files and the published dataset use this same path.
+    """
+    if modality == "image":
+        ext = "jpg"
+    else:
+        fmt = (file_format or "").lower()
+        ext = fmt if fmt in KEPT_AUDIO_FORMATS else "flac"
+    return f"{modality}/{source}/{record_id}.{ext}"

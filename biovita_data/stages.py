@@ -1,0 +1,114 @@
+"""The manifest stages by name, with their settings from a pipeline file's sections or the CLI."""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from biovita_data.align import AlignSettings, align, name_resolver, saved_settings
+from biovita_data.http import HttpClient
+
+BUILD_STAGES = ("align", "traits", "split", "bench", "stats")
+TRAIT_KINDS = ("avonet", "eltontraits", "amphibio", "csv")
+
+
+def parse_tables(specs: list[str]) -> list[tuple[str, Path]]:
+    """`kind=FILE` strings -> (kind, path), checked; the order is the precedence."""
+    tables = []
+    for spec in specs:
+        kind, sep, file = spec.partition("=")
+        kind = kind.strip().lower()
+        if not sep or kind not in TRAIT_KINDS:
+            raise ValueError(f"--table {spec!r}: expected KIND=FILE with KIND in {TRAIT_KINDS}")
+        path = Path(file)
+        if not path.exists():
+            raise FileNotFoundError(f"--table {spec!r}: {path} does not exist")
+        tables.append((kind, path))
+    return tables
+
+
+def align_settings(cfg: dict[str, Any], *, throttle: bool = True) -> AlignSettings:
+    return AlignSettings(
+        backbone=str(cfg.get("backbone", "inat")),
+        synonyms=[Path(p) for p in cfg.get("synonyms", [])],
+        min_audio=int(cfg.get("min_audio", 1)),
+        min_images=int(cfg.get("min_images", 1)),
+        max_images_per_species=cfg.get("max_images_per_species"),
+        seed=int(cfg.get("seed", 0)),
+        inaturalist_url=os.environ.get("INATURALIST_API_URL", "https://api.inaturalist.org/v1"),
+        throttle=bool(cfg.get("throttle", throttle)),
+    )
+
+
+def run_align(out: Path, cfg: dict, console: Console, http: HttpClient | None = None):
+    return align(out, align_settings(cfg), http=http, console=console)
+
+
+def run_traits_stage(out: Path, cfg: dict, console: Console, http: HttpClient | None = None):
+    from biovita_data.traits import print_coverage, run_traits
+
+    tables = parse_tables(list(cfg.get("tables", [])))
+    if not tables:
+        raise ValueError("traits needs at least one --table KIND=FILE")
+    resolve = name_resolver(out, saved_settings(out), http)
+    result = run_traits(out, tables, resolve)
+    print_coverage(result, console)
+    return result
+
+
+def run_split(out: Path, cfg: dict, console: Console):
+    from biovita_data.split import split
+
+    return split(
+        out,
+        seed=int(cfg.get("seed", 0)),
+        test_fraction=float(cfg.get("test_fraction", 0.1)),
+        unseen_max_audio=int(cfg.get("unseen_max_audio", 2)),
+        console=console,
+    )
+
+
+def run_bench(out: Path, cfg: dict, console: Console):
+    from biovita_data.bench import build_bench, print_summary
+
+    keys = ("candidates", "seed", "max_images", "max_clips", "max_texts",
+            "max_queries_per_taxon", "max_queries_per_task")  # fmt: skip
+    result = build_bench(out, **{k: int(cfg[k]) for k in keys if k in cfg})
+    print_summary(result, console)
+    return result
+
+
+def run_stats(out: Path, cfg: dict, console: Console):
+    from biovita_data.stats import stats
+
+    return stats(out, console)
+
+
+RUNNERS: dict[str, Callable] = {
+    "align": run_align,
+    "traits": run_traits_stage,
+    "split": run_split,
+    "bench": run_bench,
+    "stats": run_stats,
+}
+
+
+def run_build(
+    out: Path, sections: dict[str, dict], console: Console, stages=BUILD_STAGES
+) -> dict[str, float]:
+    """Run the manifest stages in order; traits is skipped when no table is configured."""
+    seconds = {}
+    for stage in stages:
+        cfg = sections.get(stage, {})
+        if stage == "traits" and not cfg.get("tables"):
+            console.print("[yellow]traits: no trait tables configured; skipped[/yellow]")
+            continue
+        t = time.monotonic()
+        RUNNERS[stage](out, cfg, console)
+        seconds[stage] = round(time.monotonic() - t, 2)
+    return seconds
