@@ -214,7 +214,7 @@ def bench_cmd(
     candidates: Annotated[int, typer.Option(help="Candidate taxa per query.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     max_queries_per_taxon: Annotated[int, typer.Option(help="Query cap per taxon and task.")] = 25,
-    max_queries_per_task: Annotated[int, typer.Option(help="Query cap per task.")] = 2000,
+    max_queries_per_task: Annotated[int, typer.Option(help="Query cap per task (seeded).")] = 1024,
 ) -> None:
     """Build BioVITA-Bench (seen, unseen; 6 directions x 3 levels) under OUT/bench/."""
     from biovita_data.stages import run_bench

@@ -79,7 +79,8 @@ def run_demo(workdir: Path, *, size: str = "default", seed: int = 0, console: Co
         )
     table.add_row("fetch", "manifests/failures.parquet", "every dropped record with its reason")
     for stage, wrote in BUILD_OUTPUTS.items():
-        table.add_row(stage, wrote, f"{stages.get(stage, '-')} s")
+        if stage in stages:
+            table.add_row(stage, wrote, stages[stage]["result"])
     table.add_row("build", "build.json", f"{build['seconds']} s in all")
     console.print(table)
     console.print(json.dumps({"workdir": str(workdir), "seconds": build["seconds"]}))

@@ -120,6 +120,6 @@ def run_pipeline(p: Pipeline, out: Path, console: Console, *, fetch: bool = True
         if fetch:
             t = time.monotonic()
             run_fetch(p.fetch_settings(), out, console=console)
-            seconds["fetch"] = round(time.monotonic() - t, 2)
+            seconds["fetch"] = {"seconds": round(time.monotonic() - t, 2)}
         seconds.update(run_build(out, sections, console))
     return seconds

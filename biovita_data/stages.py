@@ -98,17 +98,40 @@ RUNNERS: dict[str, Callable] = {
 }
 
 
+def describe(stage: str, result: Any) -> str:
+    """One line on what a stage produced, for summary tables."""
+    if stage == "align":
+        return (
+            f"{result.species} species, {result.audio} recordings, {result.image} photos; "
+            f"{result.unmatched_names} names unmatched"
+        )
+    if stage == "traits":
+        cov = result.coverage
+        return f"{cov['species_with_any_label']} of {cov['species']} species with known traits"
+    if stage == "split":
+        return (
+            f"test: {result.audio.get('test', 0)} clips, {result.image.get('test', 0)} photos; "
+            f"{result.species.get('unseen', 0)} unseen species"
+        )
+    if stage == "bench":
+        queries = sum(t.queries for t in result.tasks)
+        return f"{len(result.tasks)} tasks (2 subsets x 3 levels x 6), {queries} queries"
+    if stage == "stats":
+        return f"{result['species']} species, {result['audio']} + {result['image']} records"
+    return ""
+
+
 def run_build(
     out: Path, sections: dict[str, dict], console: Console, stages=BUILD_STAGES
-) -> dict[str, float]:
+) -> dict[str, dict]:
     """Run the manifest stages in order; traits is skipped when no table is configured."""
-    seconds = {}
+    done = {}
     for stage in stages:
         cfg = sections.get(stage, {})
         if stage == "traits" and not cfg.get("tables"):
             console.print("[yellow]traits: no trait tables configured; skipped[/yellow]")
             continue
         t = time.monotonic()
-        RUNNERS[stage](out, cfg, console)
-        seconds[stage] = round(time.monotonic() - t, 2)
-    return seconds
+        result = RUNNERS[stage](out, cfg, console)
+        done[stage] = {"seconds": round(time.monotonic() - t, 2), "result": describe(stage, result)}
+    return done

@@ -14,6 +14,13 @@ import pyarrow.parquet as pq
 from biovita_data.schemas import FAILURE
 
 
+def _umask_mode() -> int:
+    """The mode a plainly created file gets (mkstemp's 0600 would hide shared builds)."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return 0o666 & ~mask
+
+
 def to_table(rows: Iterable[dict], schema: pa.Schema) -> pa.Table:
     return pa.Table.from_pylist(list(rows), schema=schema)
 
@@ -27,6 +34,7 @@ def write_table(table: pa.Table | pl.DataFrame, path: Path) -> Path:
     os.close(fd)
     try:
         pq.write_table(table, tmp, compression="zstd")
+        os.chmod(tmp, _umask_mode())
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):

@@ -29,6 +29,11 @@ runner = CliRunner()
         ["sample"],
         ["sample", "serve"],
         ["sample", "export-traits"],
+        ["align"],
+        ["traits"],
+        ["split"],
+        ["bench"],
+        ["stats"],
     ],
 )
 def test_help_on_every_command(args: list[str]) -> None:
@@ -56,9 +61,14 @@ def test_demo_tiny_builds_the_layout(tmp_path: Path) -> None:
     assert set(fails["reason"]) >= {"license_not_allowed", "restricted"}
     build = json.loads((tmp_path / "build.json").read_text())
     assert build["world"] == {"size": "tiny", "seed": 0}
-    assert set(build["stages"]) == {"fetch", "sample-traits"}
+    assert set(build["stages"]) == {"fetch", "align", "traits", "split", "bench", "stats"}
     assert (tmp_path / "traits" / "AVONET1_BirdLife.csv").exists()
-    assert "biovita-data demo" in result.output
+    for name in ("species", "audio", "image", "unmatched"):
+        assert (tmp_path / "manifests" / f"{name}.parquet").exists()
+    for subset in ("seen", "unseen"):
+        assert (tmp_path / "bench" / subset / "species" / "test_audio_to_image.csv").exists()
+    assert json.loads((tmp_path / "stats.json").read_text())["species"] > 10
+    assert "biovita-data demo" in result.output and "records per species" in result.output
     assert dict(os.environ) == env_before  # the sample world's URLs and key do not leak out
 
 
@@ -71,6 +81,11 @@ def test_run_sample_pipeline(tmp_path: Path) -> None:
     assert result.exit_code == 0, result.output
     df = pl.read_parquet(tmp_path / "out" / "raw" / "xeno_canto" / "records.parquet")
     assert df["source_group"].unique().to_list() == ["frogs"]
+    species = pl.read_parquet(tmp_path / "out" / "manifests" / "species.parquet")
+    assert set(species["class"]) == {"Amphibia"}
+    known = species.select(pl.any_horizontal(pl.col("^trait_.*$").is_not_null())).to_series()
+    assert known.all()  # every frog has AmphiBIO labels
+    assert (tmp_path / "out" / "bench" / "seen" / "tasks.parquet").exists()
     bad = tmp_path / "bad.toml"
     bad.write_text("[fetch]\nsources = []\n")
     result = runner.invoke(app, ["run", str(bad)])
@@ -132,3 +147,37 @@ def test_import_official_through_the_cli(tmp_path: Path) -> None:
     assert len(df) == len(csv.read_text().splitlines()) - 1
     missing = runner.invoke(app, ["import-official", str(tmp_path / "nope.csv"), "--out", "x"])
     assert missing.exit_code == 2
+
+
+def test_stage_commands_one_by_one(tmp_path: Path) -> None:
+    """fetch (via demo), then each stage as a user types it; errors are one clear line."""
+    out = tmp_path / "b"
+    assert runner.invoke(app, ["split", "--out", str(out)]).exit_code == 2  # nothing aligned
+    result = runner.invoke(app, ["demo", "--workdir", str(out), "--size", "tiny"])
+    assert result.exit_code == 0, result.output
+    before = (out / "bench" / "seen" / "tasks.parquet").read_bytes()
+    # align again with a CSV backbone: no network needed
+    from biovita_data.sample.world import World
+
+    world = World("tiny")
+    rows = [
+        {"scientific_name": s.name, "class": s.class_name, "order": s.order,
+         "family": s.family, "genus": s.genus, "common_name": s.common_name}
+        for s in world.species
+    ]  # fmt: skip
+    backbone = tmp_path / "backbone.csv"
+    pl.DataFrame(rows).write_csv(backbone)
+    result = runner.invoke(app, ["align", "--out", str(out), "--backbone", str(backbone)])
+    assert result.exit_code == 0, result.output
+    assert "species in the corpus" in result.output
+    tables = [f"avonet={out / 'traits' / 'AVONET1_BirdLife.csv'}"]
+    result = runner.invoke(app, ["traits", "--out", str(out), "--table", tables[0]])
+    assert result.exit_code == 0, result.output
+    for cmd in (["split", "--seed", "0"], ["bench"], ["stats"]):
+        result = runner.invoke(app, [cmd[0], "--out", str(out), *cmd[1:]])
+        assert result.exit_code == 0, (cmd, result.output)
+    assert (out / "bench" / "seen" / "tasks.parquet").read_bytes() != before  # new species ids
+    bad = runner.invoke(app, ["traits", "--out", str(out), "--table", "avonet"])
+    assert bad.exit_code == 2 and "KIND=FILE" in bad.output
+    bad = runner.invoke(app, ["align", "--out", str(out), "--backbone", str(tmp_path / "no.csv")])
+    assert bad.exit_code == 2 and "no.csv" in bad.output

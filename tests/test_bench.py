@@ -1,0 +1,520 @@
+"""The bench stage (BioVITA-Bench) on small synthetic manifests: layout, rules, determinism."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import re
+from collections import Counter
+from pathlib import Path
+
+import polars as pl
+import pyarrow as pa
+import pytest
+from rich.console import Console
+
+from biovita_data import layout
+from biovita_data.bench import (
+    LEVELS,
+    SUBSETS,
+    TASK_BY_CODE,
+    TASK_COLUMNS,
+    TASKS,
+    build_bench,
+    index_csv_path,
+    index_parquet_path,
+    print_summary,
+    read_official,
+    task_csv_path,
+    tasks_parquet_path,
+)
+from biovita_data.schemas import MEDIA, SPECIES
+from biovita_data.tables import write_table
+
+# ---- a synthetic world ------------------------------------------------------------------------
+
+
+def make_world(
+    out: Path,
+    *,
+    classes: int = 3,
+    families: int = 2,
+    genera: int = 2,
+    species: int = 3,
+    n_test: int = 3,
+    n_train: int = 2,
+    n_unseen: int = 3,
+    unseen_every: int = 4,
+    no_images: tuple[int, ...] = (),
+    extra_images: dict[int, int] | None = None,
+) -> Path:
+    """Manifests for classes x families x genera x species; every `unseen_every`-th species is
+    unseen. Species with index in `no_images` have no photos; `extra_images` adds test photos."""
+    extra_images = extra_images or {}
+    sp_rows, media_rows = [], {"audio": [], "image": []}
+    i = 0
+    for c in range(classes):
+        klass = f"Class{c}"
+        for f in range(families):
+            family = f"Fam{c}x{f}idae"
+            for g in range(genera):
+                genus = f"Gen{c}x{f}x{g}"
+                for s in range(species):
+                    sid = 1000 + i
+                    name = f"{genus} sp{s}"
+                    unseen = i % unseen_every == unseen_every - 1
+                    sp_rows.append(
+                        {
+                            "species_id": sid,
+                            "scientific_name": name,
+                            "common_name": f'Common, "bird" {i}',
+                            "kingdom": "Animalia",
+                            "class": klass,
+                            "order": f"Ord{c}",
+                            "family": family,
+                            "genus": genus,
+                            "species": name,
+                            "split_group": "unseen" if unseen else "seen",
+                        }
+                    )
+                    for modality in ("audio", "image"):
+                        if modality == "image" and i in no_images:
+                            continue
+                        if unseen:
+                            splits = ["unseen"] * n_unseen
+                        else:
+                            more = extra_images.get(i, 0) if modality == "image" else 0
+                            splits = ["test"] * (n_test + more) + ["train"] * n_train
+                        for j, split in enumerate(splits):
+                            source = ("xeno-canto", "inaturalist")[j % 2]
+                            media_rows[modality].append(
+                                {
+                                    "source": source,
+                                    "record_id": f"{modality[0]}{sid}-{j:03d}",
+                                    "modality": modality,
+                                    "species_id": sid,
+                                    "scientific_name": name,
+                                    "match_kind": "exact",
+                                    "file_format": ("mp3", "m4a")[j % 2]
+                                    if modality == "audio"
+                                    else "jpeg",
+                                    "split": split,
+                                }
+                            )
+                    i += 1
+    # rows in a shuffled-looking order: the bench must not depend on it
+    write_table(pa.Table.from_pylist(sp_rows[::-1], schema=SPECIES), layout.species_path(out))
+    for modality, rows in media_rows.items():
+        table = pa.Table.from_pylist(rows[::-1], schema=MEDIA)
+        write_table(table, layout.media_manifest_path(out, modality))
+    return out
+
+
+@pytest.fixture(scope="module")
+def small(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """36 species (9 unseen) in 12 genera, 6 families, 3 classes, built with the defaults."""
+    out = make_world(tmp_path_factory.mktemp("small"), no_images=(5,), extra_images={0: 40, 1: 120})
+    build_bench(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def large(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """144 species (108 seen) in 4 classes: more than 100 species-level candidates."""
+    out = make_world(
+        tmp_path_factory.mktemp("large"), classes=4, families=3, genera=3, species=4, n_test=2
+    )
+    build_bench(out)
+    return out
+
+
+def _tasks(out: Path, subset: str) -> pl.DataFrame:
+    return pl.read_parquet(tasks_parquet_path(layout.bench_dir(out, subset)))
+
+
+def _index(out: Path, subset: str, modality: str) -> pl.DataFrame:
+    return pl.read_parquet(index_parquet_path(layout.bench_dir(out, subset), modality))
+
+
+def _species(out: Path) -> pl.DataFrame:
+    return pl.read_parquet(layout.species_path(out))
+
+
+def _taxon_of(out: Path, subset: str, modality: str, level: str) -> dict[int, str]:
+    """id -> the item's taxon name at `level`."""
+    idx = _index(out, subset, modality)
+    if modality == "text":
+        return dict(zip(idx["id"], idx[level], strict=True))
+    sp = _species(out).select("species_id", level)
+    joined = idx.join(sp, on="species_id", how="left").sort("id")
+    return dict(zip(joined["id"], joined[level], strict=True))
+
+
+def _files(root: Path) -> dict[str, bytes]:
+    bench = root / "bench"
+    return {
+        p.relative_to(bench).as_posix(): p.read_bytes() for p in bench.rglob("*") if p.is_file()
+    }
+
+
+# ---- layout -----------------------------------------------------------------------------------
+
+
+def test_official_layout_files_and_columns(small: Path) -> None:
+    for subset in SUBSETS:
+        bench = layout.bench_dir(small, subset)
+        names = {p.relative_to(bench).as_posix() for p in bench.rglob("*") if p.is_file()}
+        expected = {
+            f"{level}/test_{q}_to_{t}.csv"
+            for level in LEVELS
+            for q, t in [
+                ("audio", "image"),
+                ("image", "audio"),
+                ("audio", "text"),
+                ("text", "audio"),
+                ("image", "text"),
+                ("text", "image"),
+            ]
+        }
+        expected |= {
+            f"ids/{m}_index.{ext}" for m in ("audio", "image", "text") for ext in ("csv", "parquet")
+        }
+        expected |= {"tasks.parquet", "bench.json"}
+        assert names == expected
+        for level in LEVELS:
+            for task in TASKS:
+                with task_csv_path(bench, level, task).open(newline="") as f:
+                    rows = list(csv.reader(f))
+                assert tuple(rows[0]) == TASK_COLUMNS
+                assert len(rows) > 1
+                for row in rows[1:]:
+                    rec = dict(zip(TASK_COLUMNS, row, strict=True))
+                    assert rec["task"] == task.code and rec["taxon_level"] == level
+                    int(rec["query_payload_id"])
+                    taxa = json.loads(rec["candidates_taxa"])
+                    ids = json.loads(rec["candidates_target_ids"])
+                    assert len(taxa) == len(ids)
+                    assert all(isinstance(x, int) for group in ids for x in group)
+        heads = {
+            m: index_csv_path(bench, m).read_text().splitlines()[0]
+            for m in ("audio", "image", "text")
+        }
+        assert heads == {
+            "audio": "id,file_path",
+            "image": "id,file_path",
+            "text": "id,species,genus,family,class,common_name",
+        }
+
+
+def test_indexes_sorted_and_paths(small: Path) -> None:
+    for subset in SUBSETS:
+        for modality in ("audio", "image"):
+            idx = _index(small, subset, modality)
+            assert idx["id"].to_list() == list(range(idx.height))
+            assert idx.select("source", "record_id").equals(
+                idx.select("source", "record_id").sort("source", "record_id")
+            )
+            for row in idx.iter_rows(named=True):
+                ext = (
+                    "jpg"
+                    if modality == "image"
+                    else ("mp3" if row["record_id"].endswith(("0", "2", "4", "6", "8")) else "flac")
+                )
+                assert row["file_path"] == f"{modality}/{row['source']}/{row['record_id']}.{ext}"
+        text = _index(small, subset, "text")
+        sp = _species(small).filter(pl.col("split_group") == subset).sort("scientific_name")
+        assert text["species"].to_list() == sp["scientific_name"].to_list()
+        assert text["id"].to_list() == list(range(text.height))
+
+
+# ---- rules ------------------------------------------------------------------------------------
+
+
+def test_no_leakage(small: Path) -> None:
+    sp = _species(small)
+    group = dict(zip(sp["species_id"], sp["split_group"], strict=True))
+    media = {m: pl.read_parquet(layout.media_manifest_path(small, m)) for m in ("audio", "image")}
+    for subset in SUBSETS:
+        for modality in ("audio", "image"):
+            idx = _index(small, subset, modality)
+            assert {group[s] for s in idx["species_id"]} == {subset}
+            joined = idx.join(media[modality], on=["source", "record_id"], how="left")
+            expected_split = "test" if subset == "seen" else "unseen"
+            assert set(joined["split"]) == {expected_split}
+            # every test item of the subset's species is in the pool
+            pool = media[modality].filter(
+                pl.col("species_id").is_in([s for s, g in group.items() if g == subset])
+            )
+            if subset == "seen":
+                pool = pool.filter(pl.col("split") == "test")
+            assert idx.height == pool.height
+        text = _index(small, subset, "text")
+        assert {group[s] for s in text["species_id"]} == {subset}
+
+
+def test_candidates_correct_once_and_counts(small: Path, large: Path) -> None:
+    for out in (small, large):
+        for subset in SUBSETS:
+            tasks = _tasks(out, subset)
+            for row in tasks.iter_rows(named=True):
+                cands = row["candidates_taxa"]
+                assert cands.count(row["correct_taxon"]) == 1
+                assert len(set(cands)) == len(cands)
+                assert len(cands) == len(row["candidates_target_ids"])
+    # small world: fewer than 100 taxa, so all available; large world: 100 at species level
+    small_seen = _tasks(small, "seen")
+    n_seen = _species(small).filter(pl.col("split_group") == "seen").height
+    a2t = small_seen.filter((pl.col("task") == "A2T") & (pl.col("taxon_level") == "species"))
+    assert set(a2t["candidates_taxa"].list.len()) == {n_seen}
+    large_seen = _tasks(large, "seen")
+    for level, n in (("species", 100), ("genus", 36), ("family", 12)):
+        sel = large_seen.filter(pl.col("taxon_level") == level)
+        assert set(sel["candidates_taxa"].list.len()) == {n}, level
+    large_unseen = _tasks(large, "unseen").filter(pl.col("taxon_level") == "species")
+    assert set(large_unseen["candidates_taxa"].list.len()) == {36}
+
+
+def test_targets_exist_and_belong_to_candidate(small: Path, large: Path) -> None:
+    for out in (small, large):
+        for subset in SUBSETS:
+            tasks = _tasks(out, subset)
+            for level in LEVELS:
+                taxon_of = {m: _taxon_of(out, subset, m, level) for m in ("audio", "image", "text")}
+                for code in ("A2I", "I2A", "A2T", "T2A", "I2T", "T2I"):
+                    task = TASK_BY_CODE[code]
+                    rows = tasks.filter((pl.col("task") == code) & (pl.col("taxon_level") == level))
+                    assert rows.height
+                    for row in rows.iter_rows(named=True):
+                        q = row["query_payload_id"]
+                        assert taxon_of[task.query][q] == row["correct_taxon"]
+                        for name, ids in zip(
+                            row["candidates_taxa"], row["candidates_target_ids"], strict=True
+                        ):
+                            assert ids, name
+                            assert ids == sorted(set(ids))
+                            for i in ids:
+                                assert taxon_of[task.target][i] == name
+
+
+def test_levels_use_genus_and_family_names(small: Path) -> None:
+    sp = _species(small)
+    tasks = _tasks(small, "seen")
+    for level in LEVELS:
+        names = set(sp[level])
+        sel = tasks.filter(pl.col("taxon_level") == level)
+        assert set(sel["correct_taxon"]) <= names
+        assert set(sel["candidates_taxa"].explode()) <= names
+    genus = tasks.filter(pl.col("taxon_level") == "genus")
+    assert set(genus["correct_taxon"]) == set(sp.filter(pl.col("split_group") == "seen")["genus"])
+    # taxon_class = the class of the correct taxon
+    klass = dict(zip(sp["family"], sp["class"], strict=True))
+    fam = tasks.filter(pl.col("taxon_level") == "family")
+    assert all(klass[t] == c for t, c in zip(fam["correct_taxon"], fam["taxon_class"], strict=True))
+
+
+def test_text_candidates_text_equals_name(small: Path) -> None:
+    off = read_official(layout.bench_dir(small, "seen"))
+    text = off.text_index
+    for level in LEVELS:
+        for code in ("A2T", "I2T"):
+            rows = off.task(level, code)
+            for row in rows.iter_rows(named=True):
+                for name, ids in zip(
+                    row["candidates_taxa"], row["candidates_target_ids"], strict=True
+                ):
+                    assert len(ids) == 1
+                    assert text[ids[0], level] == name
+        # text queries: one per taxon
+        t2a = off.task(level, "T2A")
+        assert t2a["correct_taxon"].is_unique().all()
+        assert [text[i, level] for i in t2a["query_payload_id"]] == t2a["correct_taxon"].to_list()
+
+
+def test_group_caps(tmp_path: Path, small: Path) -> None:
+    # defaults: species 1 has 123 test photos -> 95; family groups of many species -> <= 95 / 28
+    tasks = _tasks(small, "seen")
+    sizes = tasks.select(
+        "task", pl.col("candidates_target_ids").list.eval(pl.element().list.len()).alias("n")
+    ).explode("n")
+    assert sizes.filter(pl.col("task").is_in(["A2I", "T2I"]))["n"].max() == 95
+    assert sizes.filter(pl.col("task").is_in(["I2A", "T2A"]))["n"].max() <= 28
+    assert sizes.filter(pl.col("task").is_in(["A2T", "I2T"]))["n"].max() == 1
+    out = make_world(tmp_path)
+    build_bench(out, max_images=2, max_clips=1)
+    for subset in SUBSETS:
+        t = _tasks(out, subset)
+        n = t.select(
+            "task", pl.col("candidates_target_ids").list.eval(pl.element().list.len()).alias("n")
+        ).explode("n")
+        assert n.filter(pl.col("task").is_in(["A2I", "T2I"]))["n"].max() == 2
+        assert n.filter(pl.col("task").is_in(["I2A", "T2A"]))["n"].max() == 1
+        # a group is fixed per taxon within a task
+        for level in LEVELS:
+            sel = t.filter((pl.col("task") == "A2I") & (pl.col("taxon_level") == level))
+            seen: dict[str, list[int]] = {}
+            for row in sel.iter_rows(named=True):
+                for name, ids in zip(
+                    row["candidates_taxa"], row["candidates_target_ids"], strict=True
+                ):
+                    assert seen.setdefault(name, ids) == ids
+
+
+def test_query_never_in_own_group(small: Path) -> None:
+    for subset in SUBSETS:
+        paths = {m: _index(small, subset, m)["file_path"].to_list() for m in ("audio", "image")}
+        paths["text"] = [f"text:{i}" for i in range(_index(small, subset, "text").height)]
+        for row in _tasks(small, subset).iter_rows(named=True):
+            task = TASK_BY_CODE[row["task"]]
+            q = paths[task.query][row["query_payload_id"]]
+            for ids in row["candidates_target_ids"]:
+                assert q not in {paths[task.target][i] for i in ids}
+
+
+def test_skipped_queries_counted(small: Path) -> None:
+    # species 5 (seen) has no photos: its audio queries are skipped in A2I at species level only
+    doc = json.loads((layout.bench_dir(small, "seen") / "bench.json").read_text())
+    a2i = doc["tasks"]["species"]["A2I"]
+    assert a2i["skipped"] == 3 and doc["tasks"]["genus"]["A2I"]["skipped"] == 0
+    assert doc["tasks"]["species"]["A2T"]["skipped"] == 0
+    assert doc["tasks"]["species"]["T2I"]["skipped"] == 1
+    sp5 = _species(small).filter(pl.col("species_id") == 1005)["scientific_name"][0]
+    sel = _tasks(small, "seen").filter(
+        (pl.col("task") == "A2I") & (pl.col("taxon_level") == "species")
+    )
+    assert sp5 not in set(sel["correct_taxon"]) and sp5 not in set(sel["candidates_taxa"].explode())
+    for level in LEVELS:
+        for code, st in doc["tasks"][level].items():
+            task = TASK_BY_CODE[code]
+            pool = doc["pool"][task.query] if task.query != "text" else None
+            if pool is not None:
+                assert st["queries"] + st["skipped"] + st["capped"] == pool
+            # the defaults use every usable query but for photos past 25 of one taxon
+            if task.query == "image" and task.target == "audio":
+                per_taxon = Counter(_taxon_of(small, "seen", "image", level).values())
+                assert st["capped"] == sum(max(0, n - 25) for n in per_taxon.values()) > 0
+            elif task.query != "image":
+                assert st["capped"] == 0
+
+
+def test_query_caps(tmp_path: Path) -> None:
+    out = make_world(tmp_path, n_test=6)
+    build_bench(out, max_queries_per_taxon=2)
+    tasks = _tasks(out, "seen")
+    per = tasks.group_by("task", "taxon_level", "correct_taxon").len()
+    assert per["len"].max() == 2
+    build_bench(out, max_queries_per_task=7)
+    tasks = _tasks(out, "seen")
+    counts = tasks.group_by("task", "taxon_level").len()
+    assert set(counts["len"]) == {7, 6}  # 6 families: T2A and T2I at family level have 6 texts
+    assert counts.filter(pl.col("len") == 6)["taxon_level"].to_list() == ["family"] * 2
+    # the per-task cap spreads queries over taxa (one per taxon first)
+    a2i = tasks.filter((pl.col("task") == "A2I") & (pl.col("taxon_level") == "species"))
+    assert a2i["correct_taxon"].is_unique().all()
+    doc = json.loads((layout.bench_dir(out, "seen") / "bench.json").read_text())
+    assert doc["tasks"]["species"]["A2I"]["capped"] == 27 * 6 - 7
+    assert doc["settings"]["max_queries_per_task"] == 7
+
+
+def test_read_official_round_trips(small: Path) -> None:
+    for subset in SUBSETS:
+        bench = layout.bench_dir(small, subset)
+        off = read_official(bench)
+        assert off.tasks.equals(_tasks(small, subset))
+        assert off.tasks.schema == _tasks(small, subset).schema
+        for m, cols in (("audio", ["id", "file_path"]), ("image", ["id", "file_path"])):
+            assert off.index(m).equals(_index(small, subset, m).select(cols))
+        text_cols = ["id", "species", "genus", "family", "class", "common_name"]
+        assert off.text_index.equals(_index(small, subset, "text").select(text_cols))
+
+
+def _corrupt(src: Path, dst: Path, edit) -> Path:
+    import shutil
+
+    shutil.copytree(src, dst)
+    path = task_csv_path(dst, "genus", "I2A")
+    text = path.read_text()
+    path.write_text(edit(text))
+    return path
+
+
+@pytest.mark.parametrize(
+    "edit",
+    [
+        lambda t: t.replace("taxon_class", "klass", 1),
+        lambda t: t.replace("[[", "[(", 1),
+        lambda t: t.replace("],[", "],", 1),
+        lambda t: "\n".join([t.splitlines()[0], t.splitlines()[1].replace("I2A", "A2I", 1)]),
+    ],
+    ids=["columns", "json", "lengths", "task"],
+)
+def test_read_official_rejects_malformed(small: Path, tmp_path: Path, edit) -> None:
+    path = _corrupt(layout.bench_dir(small, "seen"), tmp_path / "b", edit)
+    with pytest.raises(ValueError, match=re.escape(str(path))):
+        read_official(tmp_path / "b")
+
+
+def test_deterministic_bytes_and_seed(tmp_path: Path) -> None:
+    a = make_world(tmp_path / "a", classes=2)
+    b = make_world(tmp_path / "b", classes=2)
+    build_bench(a)
+    build_bench(b)
+    fa, fb = _files(a), _files(b)
+    assert fa.keys() == fb.keys() and len(fa) == 2 * 26
+    assert all(fa[k] == fb[k] for k in fa)
+    build_bench(b)  # a rebuild in place writes the same bytes
+    assert _files(b) == fa
+    build_bench(b, seed=1)
+    fc = _files(b)
+    changed = {k for k in fa if fa[k] != fc[k]}
+    assert "seen/species/test_audio_to_text.csv" in changed
+    assert "seen/ids/audio_index.csv" not in changed
+    s0 = _tasks(a, "seen").filter(pl.col("taxon_level") == "species")
+    s1 = _tasks(b, "seen").filter(pl.col("taxon_level") == "species")
+    assert s0["query_payload_id"].equals(s1["query_payload_id"])
+    assert not s0["candidates_taxa"].equals(s1["candidates_taxa"])
+
+
+def test_distractors_drawn_from_many_taxa(large: Path) -> None:
+    # 108 seen species, 100 candidates: each query leaves out 8 different ones
+    sel = _tasks(large, "seen").filter(
+        (pl.col("task") == "A2T") & (pl.col("taxon_level") == "species")
+    )
+    firsts = sel["candidates_taxa"].list.first()
+    assert firsts.n_unique() > 10  # order is shuffled
+    pairs = zip(sel["candidates_taxa"].to_list(), sel["correct_taxon"].to_list(), strict=True)
+    where = [c.index(t) for c, t in pairs]
+    assert len(set(where)) > 10  # the correct taxon is anywhere
+    left_out = {frozenset(c) for c in sel["candidates_taxa"].to_list()}
+    assert len(left_out) > 10
+
+
+def test_empty_unseen_subset(tmp_path: Path) -> None:
+    out = make_world(tmp_path, classes=1, unseen_every=1000)
+    result = build_bench(out)
+    assert all(s.queries == 0 for s in result.tasks if s.subset == "unseen")
+    bench = layout.bench_dir(out, "unseen")
+    assert task_csv_path(bench, "species", "A2I").read_text() == ",".join(TASK_COLUMNS) + "\n"
+    assert _tasks(out, "unseen").height == 0
+    assert _index(out, "unseen", "text").height == 0
+    off = read_official(bench)
+    assert off.tasks.height == 0 and off.tasks.schema == _tasks(out, "unseen").schema
+
+
+def test_summary_and_result(small: Path) -> None:
+    result = build_bench(small)
+    assert len(result.tasks) == 36
+    st = result.stats("seen", "species", "A2T")
+    assert st.queries > 0 and st.mean_candidates == 27
+    console = Console(record=True, width=200, file=io.StringIO())
+    print_summary(result, console)
+    text = console.export_text()
+    assert "A2I" in text and "unseen" in text and "family" in text
+
+
+def test_missing_manifests(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match=r"species\.parquet"):
+        build_bench(tmp_path)
+    make_world(tmp_path)
+    with pytest.raises(ValueError, match="candidates"):
+        build_bench(tmp_path, candidates=0)
