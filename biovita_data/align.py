@@ -24,8 +24,6 @@ from biovita_data.schemas import FAILURE, MEDIA, SPECIES, UNMATCHED
 from biovita_data.tables import read_table, replace_failures, write_json_atomic, write_table
 
 INAT_SOURCES = ("inaturalist", "inat-open-data")
-# When the same photo or sound arrives by two routes, the first source here keeps it.
-SOURCE_PRIORITY = ("inaturalist", "inat-open-data", "xeno-canto", "official")
 MEDIA_COLUMNS = [f.name for f in MEDIA if f.name not in ("species_id", "scientific_name",
                                                            "match_kind", "split")]  # fmt: skip
 RESOLUTION = {
@@ -101,26 +99,19 @@ def _failures(df: pl.DataFrame, reason: str, detail: pl.Expr) -> pl.DataFrame:
 
 
 def _dedupe_routes(raw: pl.DataFrame) -> tuple[pl.DataFrame, pl.DataFrame]:
-    """One row per medium: iNaturalist's API and Open Data name the same photo by the same id."""
-    priority = {s: i for i, s in enumerate(SOURCE_PRIORITY)}
-    keyed = raw.with_columns(
-        _key=pl.when(pl.col("source").is_in(INAT_SOURCES))
-        .then(pl.lit("inat"))
-        .otherwise(pl.col("source")),
-        _prio=pl.col("source").replace_strict(
-            priority, default=len(priority), return_dtype=pl.Int32
-        ),
-    ).sort("_prio", "source", "record_id")
-    first = pl.col("source").first().over("_key", "modality", "record_id")
-    keyed = keyed.with_columns(_kept_by=first)
-    dup = keyed.filter(pl.col("source") != pl.col("_kept_by"))
-    fails = _failures(
-        dup,
-        "duplicate_across_sources",
-        pl.format("the same medium is kept from {}", pl.col("_kept_by")),
+    """One row per medium: iNaturalist's API and Open Data name the same photo by the same id.
+
+    The API row is kept; the Open Data copy becomes a failure row.
+    """
+    api = raw.filter(pl.col("source") == "inaturalist").select("modality", "record_id")
+    is_copy = (pl.col("source") == "inat-open-data") & pl.struct("modality", "record_id").is_in(
+        api.select(pl.struct("modality", "record_id")).to_series().implode()
     )
-    kept = keyed.filter(pl.col("source") == pl.col("_kept_by")).drop("_key", "_prio", "_kept_by")
-    return kept, fails
+    dup = raw.filter(is_copy)
+    fails = _failures(
+        dup, "duplicate_across_sources", pl.lit("the same medium is kept from inaturalist")
+    )
+    return raw.filter(~is_copy), fails
 
 
 def build_backbone(raw: pl.DataFrame, out: Path, settings: AlignSettings, http: HttpClient | None):
@@ -206,6 +197,7 @@ def align(
     df, _ = resolve_records(raw, bb)
 
     unresolved = df.filter(pl.col("species_id").is_null())
+    df = df.filter(pl.col("species_id").is_not_null()).drop("normalized", "reason", "closest")
     unmatched_fail = _failures(
         unresolved,
         "unmatched_name",
@@ -224,7 +216,6 @@ def align(
         .rename({"raw_scientific_name": "name"})
         .sort("source", "modality", "name", nulls_last=True)
     )
-    df = df.filter(pl.col("species_id").is_not_null())
 
     counts = df.group_by("species_id").agg(
         n_audio=(pl.col("modality") == "audio").sum().cast(pl.Int32),
