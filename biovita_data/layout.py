@@ -34,6 +34,22 @@ def bench_dir(out: Path, subset: str) -> Path:
     return out / "bench" / subset
 
 
+def media_dir(out: Path, modality: str) -> Path:
+    """OUT/media/audio or OUT/media/image: the shards materialize writes."""
+    if modality not in ("audio", "image"):
+        raise ValueError(f"modality must be audio or image, not {modality!r}")
+    return out / "media" / modality
+
+
+def media_shard_path(out: Path, modality: str, shard: int) -> Path:
+    return media_dir(out, modality) / f"shard-{shard:05d}.parquet"
+
+
+def hf_dir(out: Path) -> Path:
+    """OUT/hf: the Hugging Face dataset folder publish writes."""
+    return out / "hf"
+
+
 def media_file_path(modality: str, source: str, record_id: str, file_format: str | None) -> str:
     """The relative path an item has once materialized: audio/<source>/<id>.<ext>, image/...jpg.
 

@@ -193,3 +193,29 @@ BENCH_TEXT_INDEX = pa.schema(
         pa.field("species_id", pa.int64(), nullable=False),
     ]
 )
+
+# ---- media (materialize) -------------------------------------------------------------------------
+
+# OUT/media/<modality>/shard-<i>.parquet: one row per stored file. A recording longer than the
+# segment limit is stored as several rows (segment 0..n_segments-1), each a FLAC file of its own.
+MEDIA_FILE = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("record_id", pa.string(), nullable=False),
+        pa.field("modality", pa.string(), nullable=False),
+        pa.field("segment", pa.int32(), nullable=False),
+        pa.field("n_segments", pa.int32(), nullable=False),
+        pa.field("path", pa.string(), nullable=False),  # relative: audio/<source>/<id>[_sNNN].<ext>
+        pa.field("bytes", pa.large_binary(), nullable=False),
+        pa.field("sha256", pa.string(), nullable=False),  # of `bytes`
+        pa.field("file_format", pa.string(), nullable=False),  # stored: mp3 flac ogg wav | jpg
+        pa.field("transcoded", pa.bool_(), nullable=False),  # False: the original bytes
+        pa.field("source_sha256", pa.string()),  # of the downloaded original (duplicates)
+        pa.field("offset_s", pa.float64()),  # segment start within the recording
+        pa.field("duration_s", pa.float64()),
+        pa.field("sample_rate", pa.int32()),
+        pa.field("channels", pa.int32()),
+        pa.field("width", pa.int32()),
+        pa.field("height", pa.int32()),
+    ]
+)
