@@ -236,6 +236,80 @@ def stats_cmd(out: OutOption) -> None:
     _stage(run_stats, out, {}, Console())
 
 
+@app.command("materialize")
+def materialize_cmd(
+    out: OutOption,
+    engine: Annotated[str, typer.Option(help="local (this machine) or ray (Ray Data).")] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="A Ray cluster address (default: a local Ray).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: cores).")] = None,
+    image_size: Annotated[int, typer.Option(help="Short side of stored photos, at most.")] = 512,
+    segment_seconds: Annotated[
+        float, typer.Option(help="Longer recordings are cut into segments of this length.")
+    ] = 60.0,
+    shard_size: Annotated[int, typer.Option(help="Records per media shard.")] = 500,
+    modality: Annotated[
+        list[str] | None, typer.Option("--modality", help="audio and/or image (default both).")
+    ] = None,
+    download_threads: Annotated[int, typer.Option(help="Download threads per worker.")] = 16,
+    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of stored photos.")] = 90,
+    no_throttle: Annotated[
+        bool, typer.Option(help="Disable per-host rate limits (loopback only!).")
+    ] = False,
+) -> None:
+    """Download, verify, hash and store every selected recording and photo in OUT/media/."""
+    from biovita_data.stages import run_materialize
+
+    cfg = {
+        "engine": engine,
+        "ray_address": ray_address,
+        "workers": workers,
+        "image_size": image_size,
+        "segment_seconds": segment_seconds,
+        "shard_size": shard_size,
+        "modalities": tuple(modality or ("audio", "image")),
+        "download_threads": download_threads,
+        "jpeg_quality": jpeg_quality,
+        "throttle": not no_throttle,
+    }
+    _stage(run_materialize, out, cfg, console)
+
+
+@app.command("publish")
+def publish_cmd(
+    out: OutOption,
+    repo_id: Annotated[str, typer.Option("--repo-id", help="NAMESPACE/NAME on the Hub.")],
+    media: Annotated[
+        str, typer.Option(help="embed (bytes in the Parquet) or urls (metadata + media URLs).")
+    ] = "embed",
+    folder_only: Annotated[bool, typer.Option(help="Write OUT/hf only; upload nothing.")] = False,
+    git_remote: Annotated[
+        str | None, typer.Option(help="Commit and push to this git remote instead of the Hub.")
+    ] = None,
+    private: Annotated[bool, typer.Option(help="Create the Hub repo private.")] = False,
+    max_shard_mb: Annotated[int, typer.Option(help="Parquet shard size limit in MB.")] = 500,
+    pretty_name: Annotated[str | None, typer.Option(help="The card's title.")] = None,
+) -> None:
+    """Write the Hugging Face dataset folder OUT/hf (card, plots, Parquet) and upload it."""
+    from biovita_data.publish import PublishError, publish
+
+    try:
+        publish(
+            out,
+            repo_id,
+            media=media,
+            folder_only=folder_only,
+            git_remote=None if folder_only else git_remote,
+            private=private,
+            max_shard_bytes=max_shard_mb * 2**20,
+            pretty_name=pretty_name,
+            console=console,
+        )
+    except (PublishError, OSError, ValueError) as exc:
+        _fail(str(exc))
+
+
 @app.command()
 def run(
     pipeline: Annotated[Path, typer.Argument(help="A pipeline TOML file.")],

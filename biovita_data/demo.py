@@ -15,7 +15,7 @@ from rich.table import Table
 from biovita_data import __version__
 from biovita_data.fetch import fetch, settings_from_env
 from biovita_data.pipeline import sample_environment, sample_trait_tables
-from biovita_data.stages import run_build
+from biovita_data.stages import BUILD_STAGES, RELEASE_STAGES, run_build
 from biovita_data.tables import write_json_atomic
 
 TAXA = ["Aves", "Amphibia", "Mammalia", "Insecta"]
@@ -25,7 +25,10 @@ BUILD_OUTPUTS = {
     "split": "split on audio/image, split_group on species",
     "bench": "bench/{seen,unseen}/ (Parquet + official CSV)",
     "stats": "stats.json",
+    "materialize": "media/{audio,image}/shard-*.parquet + index.parquet",
+    "publish": "hf/ (dataset card, configs audio/image/species/bench)",
 }
+DEMO_REPO_ID = "biovita/sample"
 
 
 def run_demo(workdir: Path, *, size: str = "default", seed: int = 0, console: Console) -> dict:
@@ -53,8 +56,10 @@ def run_demo(workdir: Path, *, size: str = "default", seed: int = 0, console: Co
             "traits": {"tables": tables},
             "split": {"seed": seed},
             "bench": {"seed": seed},
+            "materialize": {"throttle": False},
+            "publish": {"repo_id": DEMO_REPO_ID, "folder_only": True},
         }
-        stages.update(run_build(workdir, sections, console))
+        stages.update(run_build(workdir, sections, console, stages=BUILD_STAGES + RELEASE_STAGES))
     build = {
         "tool": f"biovita {__version__}",
         "python": platform.python_version(),

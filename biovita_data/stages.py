@@ -14,6 +14,7 @@ from biovita_data.align import AlignSettings, align, name_resolver, saved_settin
 from biovita_data.http import HttpClient
 
 BUILD_STAGES = ("align", "traits", "split", "bench", "stats")
+RELEASE_STAGES = ("materialize", "publish")
 TRAIT_KINDS = ("avonet", "eltontraits", "amphibio", "csv")
 
 
@@ -89,12 +90,41 @@ def run_stats(out: Path, cfg: dict, console: Console):
     return stats(out, console)
 
 
+def run_materialize(out: Path, cfg: dict, console: Console):
+    from biovita_data.media import MaterializeSettings, materialize
+
+    fields = MaterializeSettings.__dataclass_fields__
+    unknown = set(cfg) - set(fields)
+    if unknown:
+        raise ValueError(f"[materialize]: unknown settings {sorted(unknown)}")
+    return materialize(out, MaterializeSettings(**cfg), console=console)
+
+
+def run_publish(out: Path, cfg: dict, console: Console):
+    from biovita_data.publish import publish
+
+    if "repo_id" not in cfg:
+        raise ValueError("[publish] needs repo_id = \"NAMESPACE/NAME\"")
+    return publish(
+        out,
+        cfg["repo_id"],
+        media=cfg.get("media", "embed"),
+        folder_only=bool(cfg.get("folder_only", False)),
+        git_remote=cfg.get("git_remote"),
+        private=bool(cfg.get("private", False)),
+        max_shard_bytes=int(cfg.get("max_shard_mb", 500)) * 2**20,
+        console=console,
+    )
+
+
 RUNNERS: dict[str, Callable] = {
     "align": run_align,
     "traits": run_traits_stage,
     "split": run_split,
     "bench": run_bench,
     "stats": run_stats,
+    "materialize": run_materialize,
+    "publish": run_publish,
 }
 
 
@@ -116,6 +146,16 @@ def describe(stage: str, result: Any) -> str:
     if stage == "bench":
         queries = sum(t.queries for t in result.tasks)
         return f"{len(result.tasks)} tasks (2 subsets x 3 levels x 6), {queries} queries"
+    if stage == "materialize":
+        parts = []
+        for m in result.modalities:
+            failed = sum(m.failed.values())
+            parts.append(f"{m.modality}: {m.kept} kept, {failed} failed")
+        return "; ".join(parts)
+    if stage == "publish":
+        rows = {c: sum(v.values()) for c, v in result.rows.items()}
+        where = result.target or str(result.folder)
+        return ", ".join(f"{c} {n} rows" for c, n in rows.items()) + f" -> {where}"
     if stage == "stats":
         return f"{result['species']} species, {result['audio']} + {result['image']} records"
     return ""

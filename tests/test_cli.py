@@ -61,13 +61,27 @@ def test_demo_tiny_builds_the_layout(tmp_path: Path) -> None:
     assert set(fails["reason"]) >= {"license_not_allowed", "restricted"}
     build = json.loads((tmp_path / "build.json").read_text())
     assert build["world"] == {"size": "tiny", "seed": 0}
-    assert set(build["stages"]) == {"fetch", "align", "traits", "split", "bench", "stats"}
+    assert set(build["stages"]) == {
+        "fetch",
+        "align",
+        "traits",
+        "split",
+        "bench",
+        "stats",
+        "materialize",
+        "publish",
+    }
     assert (tmp_path / "traits" / "AVONET1_BirdLife.csv").exists()
     for name in ("species", "audio", "image", "unmatched"):
         assert (tmp_path / "manifests" / f"{name}.parquet").exists()
     for subset in ("seen", "unseen"):
         assert (tmp_path / "bench" / subset / "species" / "test_audio_to_image.csv").exists()
     assert json.loads((tmp_path / "stats.json").read_text())["species"] > 10
+    assert list((tmp_path / "media" / "audio").glob("shard-*.parquet"))
+    assert (tmp_path / "hf" / "README.md").read_text().startswith("---")
+    species = pl.read_parquet(tmp_path / "manifests" / "species.parquet")
+    published = pl.read_parquet(list((tmp_path / "hf" / "species").glob("*.parquet")))
+    assert published.height == species.height
     assert "biovita-data demo" in result.output and "records per species" in result.output
     assert dict(os.environ) == env_before  # the sample world's URLs and key do not leak out
 

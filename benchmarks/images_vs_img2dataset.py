@@ -1,0 +1,304 @@
+"""Photo materialize throughput against img2dataset: the same URLs, resize, processes, machine.
+
+N photo URLs (default 2,000) are served from a stdlib ThreadingHTTPServer on 127.0.0.1 in a child
+process: 64 distinct sample-world photos rendered at 1024 x 768 as JPEG (quality 90, ~90 KB),
+each URL's bytes made unique by a JPEG comment segment carrying its number (so no two downloads
+hash alike, and every one is decoded in full). Both tools download all N, decode, resize so the
+short side is 512 px (never upscaling), re-encode JPEG at quality 90, hash (sha256) and write
+Parquet shards of 500:
+
+- ours: `biovita_data.media.materialize` (engine local: download threads + `--processes` worker
+  processes) over an image manifest listing the URLs;
+- img2dataset: `download(..., processes_count=--processes, thread_count=16,
+  resize_mode="keep_ratio", resize_only_if_bigger=True, output_format="parquet",
+  compute_hash="sha256")`, run by `--img2dataset-python` (default: $IMG2DATASET_PYTHON or this
+  interpreter), e.g. a virtual environment with `pip install img2dataset` (its pins, such as
+  albumentations<2 and pandas<3, may not suit the project's environment).
+
+Each tool runs in a fresh interpreter of its own and is timed there (imports excluded, worker
+start-up included), the two alternating, best of --repeat. Also reported: CPU milliseconds per
+image of each tool's process tree (the server excluded), sampled from /proc; on a busy machine
+wall time follows the scheduler's share (img2dataset runs 16 busy threads per process), CPU time
+much less. stdout: one JSON line; stderr: progress. Target: ours >= 1.2 x img2dataset.
+
+    python3 benchmarks/images_vs_img2dataset.py [--images 2000] [--processes 2] [--repeat 2]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import os
+import subprocess
+import sys
+import tempfile
+import textwrap
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+DISTINCT = 64
+SIZE = (1024, 768)
+IMAGE_SIZE = 512
+QUALITY = 90
+SHARD = 500
+TARGET_SPEEDUP = 1.2
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def photos() -> list[bytes]:
+    """DISTINCT sample-world photos (seeded, so every run serves the same bytes)."""
+    from biovita_data.sample import images
+    from biovita_data.sample.taxonomy import generate_taxonomy
+
+    species = generate_taxonomy("tiny", 0).species
+    return [
+        images.render_image(species[i % len(species)].look, width=SIZE[0], height=SIZE[1],
+                            fmt="jpg", seed=1000 + i)
+        for i in range(DISTINCT)
+    ]  # fmt: skip
+
+
+def unique(jpeg: bytes, i: int) -> bytes:
+    """The same picture with a COM segment naming `i` after SOI: different bytes, same pixels."""
+    text = f"benchmark photo {i}".encode()
+    return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    server_version = "BioVITABench/1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        bodies: list[bytes] = self.server.bodies  # type: ignore[attr-defined]
+        name = self.path.rsplit("/", 1)[-1].split(".")[0]
+        if not name.isdigit() or int(name) >= len(bodies):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = bodies[int(name)]
+        self.send_response(200)
+        self.send_header("Content-Type", "image/jpeg")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def serve(conn, n: int) -> None:  # the child process
+    base = photos()
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    httpd.request_queue_size = 128
+    httpd.bodies = [unique(base[i % DISTINCT], i) for i in range(n)]  # type: ignore[attr-defined]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    root = "http://{}:{}".format(*httpd.server_address[:2])
+    conn.send((root, sum(map(len, httpd.bodies)) / n))  # type: ignore[attr-defined]
+    conn.recv()
+    httpd.shutdown()
+
+
+# Runs inside each timed child process: the CPU seconds (user + sys) of that process and its
+# descendants (download threads, pool workers, a forkserver), sampled from /proc at 20 Hz.
+TREE_CPU = textwrap.dedent(
+    """
+    import os, threading, time
+
+    class TreeCpu:
+        def __init__(self):
+            self.tick = os.sysconf("SC_CLK_TCK")
+            self.root = os.getpid()
+            self.base = self._scan()
+            self.last = dict(self.base)
+            self.stop_event = threading.Event()
+            self.thread = threading.Thread(target=self._loop, daemon=True)
+            self.thread.start()
+
+        def _scan(self):
+            procs = {}
+            for name in os.listdir("/proc"):
+                if name.isdigit():
+                    try:
+                        with open(f"/proc/{name}/stat") as f:
+                            fields = f.read().rsplit(")", 1)[1].split()
+                    except OSError:
+                        continue
+                    procs[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+            mine, todo = set(), [self.root]
+            while todo:
+                pid = todo.pop()
+                mine.add(pid)
+                todo += [p for p, (ppid, _) in procs.items() if ppid == pid and p not in mine]
+            return {p: procs[p][1] for p in mine if p in procs}
+
+        def _loop(self):
+            while not self.stop_event.wait(0.05):
+                self.last.update(self._scan())
+
+        def stop(self):
+            self.stop_event.set()
+            self.thread.join()
+            self.last.update(self._scan())
+            return sum(t - self.base.get(p, 0) for p, t in self.last.items()) / self.tick
+    """
+)
+
+OURS = TREE_CPU + textwrap.dedent(
+    """
+    import json, sys, tempfile, time
+    from pathlib import Path
+    import pyarrow as pa, pyarrow.parquet as pq
+    from rich.console import Console
+    from biovita_data.http import HostPolicy, HttpClient
+    from biovita_data.media import MaterializeSettings, materialize
+    from biovita_data.schemas import MEDIA
+
+    if __name__ == "__main__":
+        url_file, processes, size, quality, shard = sys.argv[1:6]
+        urls = Path(url_file).read_text().split()
+        rows = [
+            {"source": "inaturalist", "record_id": str(i), "modality": "image",
+             "species_id": 1, "scientific_name": "Benchmark photo", "match_kind": "exact",
+             "media_url": url, "file_format": "jpg"}
+            for i, url in enumerate(urls)
+        ]
+        with tempfile.TemporaryDirectory(prefix="bench-ours-") as out:
+            path = Path(out) / "manifests" / "image.parquet"
+            path.parent.mkdir(parents=True)
+            pq.write_table(pa.Table.from_pylist(rows, schema=MEDIA), path)
+            settings = MaterializeSettings(
+                modalities=("image",), workers=int(processes), image_size=int(size),
+                jpeg_quality=int(quality), shard_size=int(shard), throttle=False,
+                download_threads=16,
+            )
+            http = HttpClient({"127.0.0.1": HostPolicy(None, 16)}, throttle=False, retries=0)
+            cpu = TreeCpu()
+            t0 = time.perf_counter()
+            result = materialize(Path(out), settings, console=Console(stderr=True), http=http)
+            seconds = time.perf_counter() - t0
+            cpu_s = cpu.stop()
+        m = result.by_modality("image")
+        ok = m.kept + m.failed.get("duplicate", 0)
+        print(json.dumps({"seconds": seconds, "ok": ok, "cpu_s": cpu_s}))
+    """
+)
+
+IMG2DATASET = TREE_CPU + textwrap.dedent(
+    """
+    import glob, json, sys, tempfile, time
+    import pyarrow.parquet as pq
+    from img2dataset import download
+
+    if __name__ == "__main__":
+        url_file, processes, size, quality, shard = sys.argv[1:6]
+        with tempfile.TemporaryDirectory(prefix="bench-i2d-") as out:
+            cpu = TreeCpu()
+            t0 = time.perf_counter()
+            download(url_list=url_file, input_format="txt", output_folder=out + "/out",
+                     output_format="parquet", processes_count=int(processes), thread_count=16,
+                     image_size=int(size), resize_mode="keep_ratio", resize_only_if_bigger=True,
+                     encode_format="jpg", encode_quality=int(quality), compute_hash="sha256",
+                     number_sample_per_shard=int(shard), distributor="multiprocessing",
+                     timeout=30, retries=0, enable_wandb=False, disallowed_header_directives=[])
+            seconds = time.perf_counter() - t0
+            cpu_s = cpu.stop()
+            ok = 0
+            for f in glob.glob(out + "/out/*.parquet"):
+                status = pq.read_table(f, columns=["status"])["status"].to_pylist()
+                ok += sum(s == "success" for s in status)
+        print(json.dumps({"seconds": seconds, "ok": ok, "cpu_s": cpu_s}))
+    """
+)
+
+
+def run_child(python: str, code: str, urls: list[str], processes: int) -> dict:
+    """Run one tool in a fresh interpreter (its imports untimed, its pool start-up timed)."""
+    with tempfile.TemporaryDirectory(prefix="bench-urls-") as tmp:
+        url_file = Path(tmp) / "urls.txt"
+        url_file.write_text("\n".join(urls) + "\n")
+        script = Path(tmp) / "run.py"  # a file, so spawned/forkserver workers can import main
+        script.write_text(code)
+        args = [str(url_file), str(processes), str(IMAGE_SIZE), str(QUALITY), str(SHARD)]
+        env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1"}
+        proc = subprocess.run(
+            [python, str(script), *args], capture_output=True, text=True, cwd=tmp, env=env
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{python} failed: {proc.stderr[-3000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def img2dataset_version(python: str) -> str | None:
+    code = "import importlib.metadata as m; print(m.version('img2dataset'))"
+    proc = subprocess.run([python, "-c", code], capture_output=True, text=True)
+    return proc.stdout.strip() if proc.returncode == 0 else None
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--images", type=int, default=2000)
+    ap.add_argument("--processes", type=int, default=os.cpu_count() or 2)
+    ap.add_argument("--repeat", type=int, default=2)
+    default_python = os.environ.get("IMG2DATASET_PYTHON", sys.executable)
+    ap.add_argument("--img2dataset-python", default=default_python)
+    args = ap.parse_args()
+
+    version = img2dataset_version(args.img2dataset_python)
+    if version is None:
+        print(f"img2dataset is not importable by {args.img2dataset_python}", file=sys.stderr)
+    parent, child = mp.Pipe()
+    server = mp.get_context("spawn").Process(target=serve, args=(child, args.images), daemon=True)
+    server.start()
+    root, mean_bytes = parent.recv()
+    urls = [f"{root}/photos/{i}.jpg" for i in range(args.images)]
+    load = os.getloadavg()[0]
+    ours, theirs = [], []
+    try:
+        for r in range(args.repeat):
+            print(f"round {r + 1}: ours", file=sys.stderr)
+            ours.append(run_child(sys.executable, OURS, urls, args.processes))
+            if version:
+                print(f"round {r + 1}: img2dataset", file=sys.stderr)
+                theirs.append(run_child(args.img2dataset_python, IMG2DATASET, urls, args.processes))
+    finally:
+        parent.send("stop")
+        server.join(5)
+    best_ours = min(ours, key=lambda x: x["seconds"])
+    ours_rate = args.images / best_ours["seconds"]
+    result = {
+        "benchmark": "images_vs_img2dataset",
+        "images": args.images,
+        "mean_kb": round(mean_bytes / 1024, 1),
+        "size": f"{SIZE[0]}x{SIZE[1]}",
+        "short_side": IMAGE_SIZE,
+        "processes": args.processes,
+        "cores": os.cpu_count(),
+        "ours_images_per_s": round(ours_rate, 1),
+        "ours_ok": best_ours["ok"],
+        "ours_seconds": [round(x["seconds"], 2) for x in ours],
+        "ours_cpu_ms_per_image": round(1000 * best_ours["cpu_s"] / args.images, 2),
+        "load_average_at_start": round(load, 2),
+    }
+    if theirs:
+        best = min(theirs, key=lambda x: x["seconds"])
+        rate = args.images / best["seconds"]
+        result |= {
+            "img2dataset_version": version,
+            "img2dataset_images_per_s": round(rate, 1),
+            "img2dataset_ok": best["ok"],
+            "img2dataset_seconds": [round(x["seconds"], 2) for x in theirs],
+            "img2dataset_cpu_ms_per_image": round(1000 * best["cpu_s"] / args.images, 2),
+            "cpu_efficiency_ratio": round(best["cpu_s"] / best_ours["cpu_s"], 2),
+            "speedup": round(ours_rate / rate, 2),
+            "target_speedup": TARGET_SPEEDUP,
+            "meets_target": ours_rate / rate >= TARGET_SPEEDUP,
+        }
+    print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,79 @@
+"""What materialize is asked to do: the stage's settings and the picklable unit of work."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+ENGINES = ("local", "ray")
+MODALITIES = ("audio", "image")
+# Bump when the bytes materialize writes for the same input change: finished shards are redone.
+FORMAT_VERSION = 1
+
+
+@dataclass
+class MaterializeSettings:
+    """Settings of the materialize stage (the CLI's options, one field each)."""
+
+    engine: str = "local"  # local: threads + processes; ray: Ray Data
+    ray_address: str | None = None  # a Ray cluster ("auto", "ray://host:10001"); None: local Ray
+    workers: int | None = None  # CPU worker processes (local) or concurrent Ray tasks; None: cores
+    image_size: int = 512  # images: at most this many px on the short side (never upscaled)
+    segment_seconds: float = 60.0  # audio longer than this is cut into FLAC segments
+    shard_size: int = 500  # manifest records per shard
+    modalities: tuple[str, ...] = MODALITIES
+    download_threads: int = 16  # I/O threads; the HTTP client's per-host caps still apply
+    jpeg_quality: int = 90
+    throttle: bool = True  # per-host rate limits (off only against the sample world)
+    retries: int = 6
+    backoff_s: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise ValueError(f"engine must be one of {ENGINES}, not {self.engine!r}")
+        if self.ray_address and self.engine != "ray":
+            raise ValueError("ray_address needs engine='ray'")
+        bad = [m for m in self.modalities if m not in MODALITIES]
+        if bad or not self.modalities:
+            raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {bad}")
+        for name in ("image_size", "shard_size", "download_threads"):
+            if int(getattr(self, name)) < 1:
+                raise ValueError(f"{name} must be at least 1")
+        if self.workers is not None and self.workers < 1:
+            raise ValueError("workers must be at least 1")
+        if not self.segment_seconds > 0:
+            raise ValueError("segment_seconds must be positive")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ValueError("jpeg_quality must be within 1..100")
+
+    @property
+    def n_workers(self) -> int:
+        return self.workers or os.cpu_count() or 1
+
+    def process(self) -> ProcessSettings:
+        return ProcessSettings(
+            image_size=int(self.image_size),
+            segment_seconds=float(self.segment_seconds),
+            jpeg_quality=int(self.jpeg_quality),
+        )
+
+
+@dataclass(frozen=True)
+class ProcessSettings:
+    """Everything that decides the bytes of a stored file (part of each shard's fingerprint)."""
+
+    image_size: int = 512
+    segment_seconds: float = 60.0
+    jpeg_quality: int = 90
+
+
+@dataclass(frozen=True)
+class WorkItem:
+    """One manifest record to download and store."""
+
+    modality: str
+    source: str
+    record_id: str
+    media_url: str | None
+    file_format: str | None
+    name: str | None  # the scientific name, for failure rows

@@ -1,0 +1,174 @@
+"""`publish`: OUT -> OUT/hf (a plain-Parquet Hugging Face dataset folder) -> Hub or git remote."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import polars as pl
+from rich.console import Console
+
+from biovita_data import layout
+from biovita_data.bench.official import bench_json_path, tasks_parquet_path
+from biovita_data.publish.card import CardInputs, write_card
+from biovita_data.publish.configs import (
+    ConfigResult,
+    MediaResult,
+    load_species,
+    write_bench,
+    write_media_embed,
+    write_media_urls,
+    write_species,
+)
+from biovita_data.publish.features import BENCH_SPLIT_OF_SUBSET, CONFIGS
+from biovita_data.publish.upload import (
+    check_repo_id,
+    hub_token,
+    push_to_git,
+    redact,
+    upload_to_hub,
+)
+
+MEDIA_MODES = ("embed", "urls")
+DEFAULT_MAX_SHARD_BYTES = 500 * 2**20
+
+
+@dataclass(frozen=True)
+class PublishResult:
+    """What publish wrote and where it went."""
+
+    folder: Path
+    repo_id: str
+    media: str
+    rows: dict[str, dict[str, int]]  # config -> split -> rows
+    files: dict[str, dict[str, list[str]]]  # config -> split -> shard paths in the folder
+    license: str  # the card's licence
+    skipped: dict[str, dict[str, int]] = field(default_factory=dict)  # modality -> reason -> n
+    target: str | None = None  # the commit URL, or the git remote (credentials redacted)
+    commit: str | None = None  # the git commit pushed
+
+
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
+
+
+def build_folder(
+    out: Path,
+    folder: Path,
+    repo_id: str,
+    *,
+    media: str = "embed",
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    pretty_name: str | None = None,
+) -> tuple[dict[str, ConfigResult], str]:
+    """Write every config, the card and its figures into `folder` (which must be empty)."""
+    species = load_species(out)
+    names = species["scientific_name"].to_list()
+    results: dict[str, ConfigResult] = {}
+    writer = write_media_embed if media == "embed" else write_media_urls
+    for modality in ("audio", "image"):
+        results[modality] = writer(out, folder, modality, species, names, max_shard_bytes)
+    results["species"] = write_species(folder, species, names, max_shard_bytes)
+    results["bench"] = write_bench(out, folder, max_shard_bytes)
+    bench_tasks = {
+        split: pl.read_parquet(
+            tasks_parquet_path(layout.bench_dir(out, subset)), columns=["task", "taxon_level"]
+        )
+        for subset, split in BENCH_SPLIT_OF_SUBSET.items()
+    }
+    bench_settings = {
+        split: _read_json(bench_json_path(layout.bench_dir(out, subset))) or {}
+        for subset, split in BENCH_SPLIT_OF_SUBSET.items()
+    }
+    build = _read_json(out / "build.json") or {}
+    stats = _read_json(out / "stats.json")
+    for name in ("build.json", "stats.json"):
+        if (out / name).exists():
+            shutil.copyfile(out / name, folder / name)
+    records = {m: r.records for m, r in results.items() if isinstance(r, MediaResult)}
+    inputs = CardInputs(
+        repo_id, media, species, records, results, bench_tasks, bench_settings, build, stats
+    )
+    license_code = write_card(folder, inputs, pretty_name or repo_id.split("/", 1)[1])
+    return results, license_code
+
+
+def _swap_in(tmp: Path, target: Path) -> None:
+    """Replace `target` with `tmp` (old content moved aside first, then removed)."""
+    old = target.with_name(f".{target.name}.old")
+    if old.exists():
+        shutil.rmtree(old)
+    if target.exists():
+        target.rename(old)
+    tmp.rename(target)
+    if old.exists():
+        shutil.rmtree(old)
+
+
+def publish(
+    out: Path,
+    repo_id: str,
+    *,
+    media: str = "embed",
+    folder_only: bool = False,
+    git_remote: str | None = None,
+    private: bool = False,
+    max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
+    pretty_name: str | None = None,
+    console: Console | None = None,
+) -> PublishResult:
+    """Write OUT/hf (configs audio, image, species, bench + card), then upload it unless
+    `folder_only`: to `git_remote` when given, else to the Hub (HF_TOKEN, HF_ENDPOINT)."""
+    console = console or Console(stderr=True, quiet=True)
+    check_repo_id(repo_id)
+    if media not in MEDIA_MODES:
+        raise ValueError(f"media must be one of {MEDIA_MODES}, not {media!r}")
+    if not folder_only and git_remote is None:
+        hub_token()  # fail before hours of work, not after
+    out = Path(out)
+    hf = layout.hf_dir(out)
+    tmp = hf.with_name(f".{hf.name}.partial")
+    if tmp.exists():
+        shutil.rmtree(tmp)
+    tmp.mkdir(parents=True)
+    try:
+        results, license_code = build_folder(
+            out,
+            tmp,
+            repo_id,
+            media=media,
+            max_shard_bytes=max_shard_bytes,
+            pretty_name=pretty_name,
+        )
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    _swap_in(tmp, hf)
+    rows = {c: results[c].rows for c in CONFIGS}
+    for config in CONFIGS:
+        console.print(f"{config}: " + ", ".join(f"{s} {n:,}" for s, n in rows[config].items()))
+    console.print(f"wrote {hf} (licence {license_code})")
+    target = commit = None
+    message = f"Publish {repo_id} (biovita-data publish, media={media})"
+    if not folder_only:
+        if git_remote is not None:
+            snapshot = (_read_json(out / "build.json") or {}).get("snapshot")
+            commit = push_to_git(hf, git_remote, message=message, date=snapshot)
+            target = redact(git_remote)
+            console.print(f"pushed {commit[:12]} to {target}")
+        else:
+            target = upload_to_hub(hf, repo_id, private=private, message=message)
+            console.print(f"uploaded to {target}")
+    return PublishResult(
+        folder=hf,
+        repo_id=repo_id,
+        media=media,
+        rows=rows,
+        files={c: results[c].files for c in CONFIGS},
+        license=license_code,
+        skipped={m: r.skipped for m, r in results.items() if isinstance(r, MediaResult)},
+        target=target,
+        commit=commit,
+    )

@@ -1,0 +1,124 @@
+"""Sending the folder somewhere: the Hugging Face Hub (HfApi) or any git remote (a self-hosted hub).
+
+The token comes from HF_TOKEN and is never printed; credentials in a git URL are redacted from
+every message.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import tempfile
+from pathlib import Path
+
+REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+_CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+class PublishError(RuntimeError):
+    """An upload that could not be done, with a message safe to print."""
+
+
+def check_repo_id(repo_id: str) -> str:
+    """`namespace/name`, as the Hub spells dataset ids."""
+    if not REPO_ID.match(repo_id) or ".." in repo_id:
+        raise ValueError(f"repo id must be NAMESPACE/NAME, not {repo_id!r}")
+    return repo_id
+
+
+def hub_token() -> str:
+    """HF_TOKEN from the environment, or a clear error (the value is never shown)."""
+    token = os.environ.get("HF_TOKEN", "").strip()
+    if not token:
+        raise PublishError(
+            "HF_TOKEN is not set: export a Hugging Face token with write access "
+            "(or use --folder-only / --git-remote URL)"
+        )
+    return token
+
+
+def hub_endpoint() -> str | None:
+    """HF_ENDPOINT when set (a mirror or self-hosted hub), else the Hub's default."""
+    return os.environ.get("HF_ENDPOINT") or None
+
+
+def _scrub(text: str, token: str) -> str:
+    return text.replace(token, "***") if token else text
+
+
+def upload_to_hub(folder: Path, repo_id: str, *, private: bool, message: str) -> str:
+    """create_repo (exist_ok) + upload_folder; remote files the folder lacks are deleted (stale
+    shards would otherwise match a config's `split-*` pattern). Returns the commit URL."""
+    from huggingface_hub import HfApi
+
+    token = hub_token()
+    api = HfApi(endpoint=hub_endpoint(), token=token)
+    try:
+        api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        info = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=repo_id,
+            repo_type="dataset",
+            commit_message=message,
+            delete_patterns=["*"],
+        )
+    except Exception as exc:  # the hub's errors can quote request headers: scrub the token
+        raise PublishError(_scrub(f"upload to {repo_id} failed: {exc}", token)) from None
+    return str(getattr(info, "commit_url", info))
+
+
+def redact(url: str) -> str:
+    """`https://user:secret@host/x` -> `https://***@host/x`."""
+    return _CREDENTIALS.sub("***@", url)
+
+
+def _git(args: list[str], env: dict[str, str], remote: str) -> subprocess.CompletedProcess:
+    cwd = env["GIT_WORK_TREE"]
+    proc = subprocess.run(["git", *args], env=env, cwd=cwd, capture_output=True, text=True)
+    if proc.returncode != 0:
+        detail = redact((proc.stderr or proc.stdout).strip()).replace(remote, redact(remote))
+        raise PublishError(f"git {args[0]} failed: {detail}")
+    return proc
+
+
+def push_to_git(
+    folder: Path, remote: str, *, message: str, branch: str = "main", date: str | None = None
+) -> str:
+    """Commit the folder's exact content on top of the remote branch (if any) and push it.
+
+    The commit's tree is the folder (files it lacks are removed); nothing is pushed when the
+    tree is unchanged. `date` (ISO 8601) fixes the commit dates, so the same folder pushed onto
+    the same parent gives the same commit. Returns the commit id.
+    """
+    if "://" not in remote and Path(remote).exists():
+        remote = str(Path(remote).resolve())  # git runs inside the folder
+    with tempfile.TemporaryDirectory(prefix="biovita-publish-git-") as tmp:
+        env = {
+            **os.environ,
+            "GIT_DIR": str(Path(tmp) / "git"),
+            "GIT_WORK_TREE": str(folder.resolve()),
+            "GIT_TERMINAL_PROMPT": "0",
+            "GIT_AUTHOR_NAME": "biovita-data publish",
+            "GIT_AUTHOR_EMAIL": "biovita@localhost",
+            "GIT_COMMITTER_NAME": "biovita-data publish",
+            "GIT_COMMITTER_EMAIL": "biovita@localhost",
+        }
+        if date:
+            env["GIT_AUTHOR_DATE"] = env["GIT_COMMITTER_DATE"] = date
+        _git(["init", "-q"], env, remote)
+        _git(["config", "core.autocrlf", "false"], env, remote)
+        parent = None
+        if _git(["ls-remote", remote, f"refs/heads/{branch}"], env, remote).stdout.strip():
+            _git(["fetch", "-q", "--depth", "1", remote, branch], env, remote)
+            parent = _git(["rev-parse", "FETCH_HEAD"], env, remote).stdout.strip()
+        _git(["add", "-A", "."], env, remote)
+        tree = _git(["write-tree"], env, remote).stdout.strip()
+        if parent:
+            old_tree = _git(["rev-parse", f"{parent}^{{tree}}"], env, remote).stdout.strip()
+            if old_tree == tree:
+                return parent
+        args = ["commit-tree", tree, "-m", message] + (["-p", parent] if parent else [])
+        commit = _git(args, env, remote).stdout.strip()
+        _git(["push", "-q", remote, f"{commit}:refs/heads/{branch}"], env, remote)
+        return commit

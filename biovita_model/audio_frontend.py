@@ -1,0 +1,253 @@
+"""Audio front end: 48 kHz mono waveforms -> HTS-AT log-mel input (B, 1, T, F), in torch.
+
+The real parameters reproduce `transformers.ClapFeatureExtractor` with `truncation="rand_trunc"`
+(the unfused CLAP path): Hann window (periodic), centred reflect-padded STFT, power spectrum,
+Slaney-scale mel filters with Slaney area normalisation, 10 * log10(max(mel, 1e-10)), and
+`max_samples // hop_length + 1` frames. A clip shorter than `max_length_s` is padded as the
+extractor does (`repeatpad`: whole repeats, then zeros); a longer one is cropped (at its start, at
+random, or onset-aligned) before the STFT. Everything is batched: one `torch.stft` per batch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+import torch
+from torch import nn
+
+Crop = Literal["start", "random", "onset"]
+PADDINGS = ("repeatpad", "repeat", "pad")
+MEL_FLOOR = 1e-10  # the extractor's mel floor before the dB conversion
+
+
+@dataclass(frozen=True)
+class FrontendConfig:
+    """STFT / mel parameters of the audio front end (stored in the tower config JSON)."""
+
+    sample_rate: int = 48_000
+    max_length_s: int = 10
+    n_fft: int = 1024
+    hop_length: int = 480
+    n_mels: int = 64
+    f_min: float = 50.0
+    f_max: float = 14_000.0
+    padding: str = "repeatpad"
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.max_length_s, int) or isinstance(self.max_length_s, bool):
+            raise ValueError(f"max_length_s must be an integer, not {self.max_length_s!r}")
+        if self.padding not in PADDINGS:
+            raise ValueError(f"padding must be one of {PADDINGS}, not {self.padding!r}")
+        if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
+            raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2: {self}")
+        if self.hop_length <= 0 or self.n_fft <= 0 or self.n_mels <= 0:
+            raise ValueError(f"n_fft, hop_length and n_mels must be positive: {self}")
+
+    @property
+    def max_samples(self) -> int:
+        """Samples in one clip (sample_rate * max_length_s)."""
+        return self.sample_rate * self.max_length_s
+
+    @property
+    def n_frames(self) -> int:
+        """Frames per clip: max_samples // hop_length + 1 (centred STFT)."""
+        return self.max_samples // self.hop_length + 1
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> FrontendConfig:
+        """Build from a JSON dict, rejecting unknown keys."""
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise ValueError(f"unknown front end keys: {sorted(unknown)}")
+        return cls(**d)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As a JSON-ready dict."""
+        return asdict(self)
+
+    def extractor_kwargs(self) -> dict[str, Any]:
+        """Keyword arguments of the equivalent `transformers.ClapFeatureExtractor`."""
+        return {
+            "feature_size": self.n_mels,
+            "sampling_rate": self.sample_rate,
+            "hop_length": self.hop_length,
+            "max_length_s": self.max_length_s,
+            "fft_window_size": self.n_fft,
+            "frequency_min": self.f_min,
+            "frequency_max": self.f_max,
+            "truncation": "rand_trunc",
+            "padding": self.padding,
+        }
+
+
+def mel_filters(cfg: FrontendConfig) -> torch.Tensor:
+    """The extractor's Slaney mel filter bank, (n_fft // 2 + 1, n_mels), float32."""
+    from transformers.audio_utils import mel_filter_bank
+
+    fb = mel_filter_bank(
+        num_frequency_bins=cfg.n_fft // 2 + 1,
+        num_mel_filters=cfg.n_mels,
+        min_frequency=cfg.f_min,
+        max_frequency=cfg.f_max,
+        sampling_rate=cfg.sample_rate,
+        norm="slaney",
+        mel_scale="slaney",
+    )
+    return torch.from_numpy(fb).float()
+
+
+def _lengths(wave: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    if wave.ndim != 2:
+        raise ValueError(
+            f"expected a (batch, samples) waveform batch, got shape {tuple(wave.shape)}"
+        )
+    full = torch.full((wave.shape[0],), wave.shape[1], dtype=torch.long, device=wave.device)
+    if lengths is None:
+        return full
+    lengths = torch.as_tensor(lengths, dtype=torch.long, device=wave.device)
+    if lengths.shape != full.shape or (lengths < 1).any() or (lengths > full).any():
+        raise ValueError("lengths must be one value in 1..samples per waveform")
+    return lengths
+
+
+def onset_starts(
+    wave: torch.Tensor,
+    lengths: torch.Tensor | None = None,
+    *,
+    sample_rate: int = 48_000,
+    threshold: float = 0.01,
+    pre_roll_s: float = 0.2,
+) -> torch.Tensor:
+    """Per clip: pre_roll_s before the first sample whose |x| exceeds threshold * peak (>= 0)."""
+    n = _lengths(wave, lengths)
+    pos = torch.arange(wave.shape[1], device=wave.device)
+    mag = wave.abs().masked_fill(pos[None, :] >= n[:, None], 0)
+    above = mag > threshold * mag.amax(dim=1, keepdim=True)
+    first = torch.where(above.any(dim=1), above.to(torch.int8).argmax(dim=1), 0)
+    return (first - round(pre_roll_s * sample_rate)).clamp(min=0)
+
+
+def fit_length(
+    wave: torch.Tensor,
+    n: int,
+    *,
+    lengths: torch.Tensor | None = None,
+    crop: Crop = "start",
+    padding: str = "repeatpad",
+    sample_rate: int = 48_000,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Crop clips longer than n samples and pad shorter ones as the extractor does: (B, n)."""
+    lens = _lengths(wave, lengths)
+    if lengths is None and wave.shape[1] == n:
+        return wave
+    excess = (lens - n).clamp(min=0)
+    if crop == "start":
+        start = torch.zeros_like(lens)
+    elif crop == "random":
+        u = torch.rand(lens.shape, generator=generator, device="cpu").to(wave.device)
+        start = torch.minimum((u * (excess + 1).to(u.dtype)).long(), excess)
+    elif crop == "onset":
+        start = torch.minimum(onset_starts(wave, lens, sample_rate=sample_rate), excess)
+    else:
+        raise ValueError(f"crop must be 'start', 'random' or 'onset', not {crop!r}")
+    kept = lens.clamp(max=n)
+    if bool((kept == n).all()) and not bool(start.any()):
+        return wave[:, :n]
+    out = wave.new_zeros((wave.shape[0], n))
+    for b, (s, k) in enumerate(zip(start.tolist(), kept.tolist(), strict=True)):
+        clip = wave[b, s : s + k]
+        if k == n or padding == "pad":
+            out[b, :k] = clip
+        elif padding == "repeat":
+            out[b] = clip.repeat(n // k + 1)[:n]
+        elif padding == "repeatpad":
+            reps = n // k
+            out[b, : reps * k] = clip.repeat(reps)
+        else:
+            raise ValueError(f"padding must be one of {PADDINGS}, not {padding!r}")
+    return out
+
+
+class AudioFrontend(nn.Module):
+    """Waveforms (B, samples) at the configured rate -> log-mel (B, 1, n_frames, n_mels)."""
+
+    def __init__(self, cfg: FrontendConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.register_buffer(
+            "window", torch.hann_window(cfg.n_fft, periodic=True), persistent=False
+        )
+        self.register_buffer("mel_fb", mel_filters(cfg), persistent=False)
+
+    def forward(
+        self,
+        wave: torch.Tensor,
+        lengths: torch.Tensor | None = None,
+        *,
+        crop: Crop = "start",
+        generator: torch.Generator | None = None,
+    ) -> torch.Tensor:
+        """Fit each clip to max_length_s (crop / pad), then the batched log-mel spectrogram."""
+        cfg = self.cfg
+        x = fit_length(
+            wave.float(),
+            cfg.max_samples,
+            lengths=lengths,
+            crop=crop,
+            padding=cfg.padding,
+            sample_rate=cfg.sample_rate,
+            generator=generator,
+        )
+        spec = torch.stft(
+            x,
+            n_fft=cfg.n_fft,
+            hop_length=cfg.hop_length,
+            win_length=cfg.n_fft,
+            window=self.window,
+            center=True,
+            pad_mode="reflect",
+            onesided=True,
+            return_complex=True,
+        )
+        power = torch.view_as_real(spec).square().sum(-1)  # (B, n_freq, T)
+        mel = torch.matmul(power.transpose(1, 2), self.mel_fb)  # (B, T, n_mels)
+        return (10.0 * torch.log10(mel.clamp(min=MEL_FLOOR))).unsqueeze(1)
+
+
+def max_frames(spec_size: int, num_mel_bins: int) -> int:
+    """The most frames HTS-AT accepts: spec_size * (spec_size // num_mel_bins)."""
+    return spec_size * (spec_size // num_mel_bins)
+
+
+def check_frontend(cfg: FrontendConfig, spec_size: int, num_mel_bins: int) -> None:
+    """Raise ValueError when the front end's output does not fit the HTS-AT input."""
+    if cfg.n_mels != num_mel_bins:
+        raise ValueError(f"front end has {cfg.n_mels} mel bins, the audio tower {num_mel_bins}")
+    limit = max_frames(spec_size, num_mel_bins)
+    if cfg.n_frames > limit:
+        raise ValueError(
+            f"front end gives {cfg.n_frames} frames, HTS-AT accepts at most {limit} "
+            f"(spec_size {spec_size}, {num_mel_bins} mel bins): raise hop_length"
+        )
+
+
+def augment_mel(
+    mel: torch.Tensor,
+    *,
+    gain_db: float = 6.0,
+    max_mask: float = 0.1,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Training augmentation of a log-mel batch: a random gain (+-gain_db) and one time mask."""
+    b, _, t, _ = mel.shape
+    rand = torch.rand((3, b), generator=generator, device="cpu").to(mel.device)
+    gain = (rand[0] * 2 - 1) * gain_db
+    width = (rand[1] * max_mask * t).long()
+    start = (rand[2] * (t - width + 1).to(rand.dtype)).long()
+    pos = torch.arange(t, device=mel.device)
+    masked = (pos[None, :] >= start[:, None]) & (pos[None, :] < (start + width)[:, None])
+    out = mel + gain.view(b, 1, 1, 1).to(mel.dtype)
+    fill = out.mean(dim=(1, 2, 3), keepdim=True)
+    return torch.where(masked.view(b, 1, t, 1), fill, out)
