@@ -333,4 +333,4 @@ def settings_from_env(**overrides: Any) -> FetchSettings:
         "inaturalist_url": os.environ.get("INATURALIST_API_URL"),
         "open_data_url": os.environ.get("INATURALIST_OPEN_DATA_URL"),
     }
-    return FetchSettings(**{k: v for k, v in env.items() if v}, **overrides)
+    return FetchSettings(**{**{k: v for k, v in env.items() if v}, **overrides})

@@ -61,10 +61,9 @@ def crawled(server: SampleServer, tmp_path_factory: pytest.TempPathFactory) -> P
         inaturalist_url=server.urls["INATURALIST_API_URL"],
         open_data_url=server.urls["INATURALIST_OPEN_DATA_URL"],
     )
-    import os
-
-    os.environ["XENO_CANTO_API_KEY"] = "sample-world-key"
-    fetch(settings, out, console=QUIET)
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("XENO_CANTO_API_KEY", "sample-world-key")
+        fetch(settings, out, console=QUIET)
     return out
 
 
@@ -79,10 +78,9 @@ def built(crawled: Path, server: SampleServer, tmp_path_factory) -> Path:
         "align": {"throttle": False},
         "traits": {"tables": sample_trait_tables("default", 0, out)},
     }
-    import os
-
-    os.environ["INATURALIST_API_URL"] = server.urls["INATURALIST_API_URL"]
-    run_build(out, sections, QUIET, stages=("align", "traits", "split", "stats"))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("INATURALIST_API_URL", server.urls["INATURALIST_API_URL"])
+        run_build(out, sections, QUIET, stages=("align", "traits", "split", "stats"))
     return out
 
 
