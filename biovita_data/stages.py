@@ -104,7 +104,7 @@ def run_publish(out: Path, cfg: dict, console: Console):
     from biovita_data.publish import publish
 
     if "repo_id" not in cfg:
-        raise ValueError("[publish] needs repo_id = \"NAMESPACE/NAME\"")
+        raise ValueError('[publish] needs repo_id = "NAMESPACE/NAME"')
     return publish(
         out,
         cfg["repo_id"],

@@ -9,8 +9,10 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-# Rows per Parquet row group: small for media (the Hub's viewer and streaming read row groups).
+# Rows per Parquet row group: small for media (the Hub's viewer, streaming and the training
+# loader read whole row groups), and a media row group also closes at about MEDIA_GROUP_BYTES.
 MEDIA_ROW_GROUP = 100
+MEDIA_GROUP_BYTES = 4 * 2**20
 TABLE_ROW_GROUP = 10_000
 
 
@@ -30,6 +32,17 @@ def row_sizes(table: pa.Table, media_column: str | None = None) -> np.ndarray:
         lengths = pc.binary_length(pc.struct_field(table.column(media_column), "bytes"))
         sizes += lengths.fill_null(0).to_numpy()
     return np.ceil(sizes).astype(np.int64)
+
+
+def _leaf_paths(schema: pa.Schema) -> list[str]:
+    """Dotted paths of the leaf columns (`audio.bytes`, `audio.path`, `label`, ...)."""
+    paths = []
+    for f in schema:
+        if pa.types.is_struct(f.type):
+            paths += [f"{f.name}.{c.name}" for c in f.type]
+        else:
+            paths.append(f.name)
+    return paths
 
 
 class SplitWriter:
@@ -56,7 +69,16 @@ class SplitWriter:
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
         stats = [n for n in schema.names if n != media_column]
-        self._options = {"compression": "zstd", "write_statistics": stats}
+        leaves = _leaf_paths(schema)
+        media_bytes = f"{media_column}.bytes"
+        # encoded audio and JPEG do not shrink under zstd or a dictionary: store them plainly
+        self._options = {
+            "compression": {c: "none" if c == media_bytes else "zstd" for c in leaves},
+            "use_dictionary": [c for c in leaves if c != media_bytes],
+            "write_statistics": stats,
+            "write_page_index": True,
+        }
+        self._pending_bytes = 0
 
     def write(self, table: pa.Table) -> None:
         """Append rows (already in the split's schema), opening a new shard when one is full."""
@@ -87,6 +109,10 @@ class SplitWriter:
         self._size += size
         self._shard_rows += table.num_rows
         self.rows += table.num_rows
+        if self.media_column is not None:
+            self._pending_bytes += size
+            if self._pending_bytes >= MEDIA_GROUP_BYTES:
+                self._flush(min(self._pending_rows, self.row_group_rows))
         while self._pending_rows >= self.row_group_rows:
             self._flush(self.row_group_rows)
 
@@ -97,6 +123,10 @@ class SplitWriter:
         rest = merged.slice(limit)
         self._pending = [rest] if rest.num_rows else []
         self._pending_rows = rest.num_rows
+        if self.media_column is not None:
+            self._pending_bytes = (
+                int(row_sizes(rest, self.media_column).sum()) if rest.num_rows else 0
+            )
 
     def _close_shard(self) -> None:
         if self._writer is None:
