@@ -15,7 +15,7 @@ from rich.console import Console
 from biovita_data.fetch import FetchSettings, settings_from_env
 from biovita_data.licenses import DEFAULT_ALLOWED
 
-STAGES = ("fetch", "align", "traits", "split", "bench", "stats")
+STAGES = ("fetch", "align", "traits", "split", "bench", "stats", "materialize", "publish")
 
 
 @dataclass
@@ -103,9 +103,10 @@ def sample_trait_tables(size: str, seed: int, out: Path) -> list[str]:
 
 
 def run_pipeline(p: Pipeline, out: Path, console: Console, *, fetch: bool = True) -> dict:
-    """fetch, then align, traits, split, bench and stats, with each [section]'s settings."""
+    """fetch, align, traits, split, bench, stats, then materialize and publish when the file has
+    those sections; each stage takes its [section]'s settings."""
     from biovita_data.fetch import fetch as run_fetch
-    from biovita_data.stages import run_build
+    from biovita_data.stages import BUILD_STAGES, RELEASE_STAGES, run_build
 
     with ExitStack() as stack:
         sections = {k: dict(v) for k, v in p.extra.items() if isinstance(v, dict)}
@@ -121,5 +122,8 @@ def run_pipeline(p: Pipeline, out: Path, console: Console, *, fetch: bool = True
             t = time.monotonic()
             run_fetch(p.fetch_settings(), out, console=console)
             seconds["fetch"] = {"seconds": round(time.monotonic() - t, 2)}
-        seconds.update(run_build(out, sections, console))
+        release = tuple(st for st in RELEASE_STAGES if st in sections)
+        if "materialize" in sections:
+            sections["materialize"].setdefault("throttle", p.fetch.get("throttle", True))
+        seconds.update(run_build(out, sections, console, stages=BUILD_STAGES + release))
     return seconds

@@ -100,6 +100,7 @@ def test_run_sample_pipeline(tmp_path: Path) -> None:
     known = species.select(pl.any_horizontal(pl.col("^trait_.*$").is_not_null())).to_series()
     assert known.all()  # every frog has AmphiBIO labels
     assert (tmp_path / "out" / "bench" / "seen" / "tasks.parquet").exists()
+    assert list((tmp_path / "out" / "hf" / "audio").glob("train-*-of-*.parquet"))
     bad = tmp_path / "bad.toml"
     bad.write_text("[fetch]\nsources = []\n")
     result = runner.invoke(app, ["run", str(bad)])
