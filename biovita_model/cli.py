@@ -1,11 +1,20 @@
-"""`biovita-model`: train, evaluate and probe the tri-modal model (needs the `model` extra)."""
+"""`biovita-model`: train, evaluate and probe the tri-modal model (needs the `model` extra).
+
+Each command is a thin layer over a Python function usable from a notebook:
+`biovita_model.training.train`, `biovita_model.pretrain.pretrain_towers`,
+`biovita_model.embed.evaluate_run` / `embed_dataset`, `biovita_model.probe.probe_traits`,
+`biovita_model.official.import_official`.
+"""
 
 from __future__ import annotations
 
 import importlib.metadata
-from typing import Annotated
+import json
+from pathlib import Path
+from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 
 from biovita_data.cli import version_option
 
@@ -16,6 +25,8 @@ app = typer.Typer(
 )
 
 MODEL_PACKAGES = ("torch", "torchvision", "open_clip_torch", "transformers", "torchcodec")
+console = Console()
+err = Console(stderr=True)
 
 
 @app.callback()
@@ -35,3 +46,276 @@ def info() -> None:
             missing.append(name)
     if missing:
         typer.echo('install them with: pip install -e ".[model]"')
+
+
+# ---- training -------------------------------------------------------------------------------
+
+Opt = typer.Option
+DatasetOpt = Annotated[
+    str | None, Opt("--dataset", help="published folder (OUT/hf or OUT) or Hub repo NS/NAME")
+]
+OutOpt = Annotated[Path, Opt("--out", help="the run folder to write")]
+EpochsOpt = Annotated[int | None, Opt("--epochs", help="epochs (default 10)")]
+BatchOpt = Annotated[
+    int | None, Opt("--batch-size", help="global contrastive batch, one item per species (64)")
+]
+LrOpt = Annotated[float | None, Opt("--lr", help="peak learning rate (1e-3 tiny, else 1e-4)")]
+ResumeOpt = Annotated[bool, Opt("--resume", help="continue RUN from its last checkpoint")]
+WorkersOpt = Annotated[int | None, Opt("--workers", help="data worker processes per rank (0)")]
+DeviceOpt = Annotated[str | None, Opt("--device", help="cpu or cuda (one per rank)")]
+PrecisionOpt = Annotated[str | None, Opt("--precision", help="fp32, bf16 or fp16 (autocast)")]
+AccumOpt = Annotated[int | None, Opt("--grad-accum", help="batches per optimizer step (1)")]
+SeedOpt = Annotated[int | None, Opt("--seed", help="seed of the model, data and augmentation")]
+TowersOpt = Annotated[
+    str | None, Opt("--towers", help="tiny or local-dir:PATH (when there is no --init)")
+]
+ThreadsOpt = Annotated[
+    int | None, Opt("--threads", help="torch CPU threads per rank (default: cores / processes)")
+]
+
+
+def _options(**given: Any) -> dict[str, Any]:
+    """The options given on the command line (None: not given)."""
+    return {k: v for k, v in given.items() if v is not None}
+
+
+def _config(out: Path, resume: bool, given: dict[str, Any]) -> Any:
+    """The run's TrainConfig: on --resume, the stored one with the options given on top."""
+    from biovita_model.training import TrainConfig
+    from biovita_model.training.config import CONFIG_FILE
+
+    base: dict[str, Any] = {}
+    if resume and (out / CONFIG_FILE).is_file():
+        base = TrainConfig.read(out).to_dict()
+    base.update(given)
+    base["out"] = str(out)
+    if base.get("dataset") is None:
+        raise typer.BadParameter("--dataset is required", param_hint="--dataset")
+    try:
+        return TrainConfig.from_dict(base)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc)) from exc
+
+
+@app.command()
+def train(
+    out: OutOpt,
+    dataset: DatasetOpt = None,
+    stage: Annotated[
+        str | None, Opt("--stage", help="1 (ATC) or 2 (ATC + lambda (AIC + ITC))")
+    ] = None,
+    init: Annotated[
+        str | None, Opt("--init", help="a run folder or checkpoint to start from")
+    ] = None,
+    towers: TowersOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    text_lr: Annotated[float | None, Opt("--text-lr", help="stage 2 text tower lr (lr/10)")] = None,
+    train_text: Annotated[
+        bool | None, Opt("--train-text/--freeze-text", help="stage 2: train the text tower")
+    ] = None,
+    lambda_max: Annotated[
+        float | None, Opt("--lambda-max", help="stage 2: final weight of AIC + ITC (0.1)")
+    ] = None,
+    lambda_ramp: Annotated[
+        float | None, Opt("--lambda-ramp", help="ramp length: fraction of steps, or steps (1.0)")
+    ] = None,
+    warmup: Annotated[
+        float | None, Opt("--warmup", help="warm-up: fraction of steps, or steps (0.05)")
+    ] = None,
+    weight_decay: Annotated[float | None, Opt("--weight-decay", help="AdamW decay (0.05)")] = None,
+    max_audio_per_species: Annotated[
+        int | None, Opt("--max-audio-per-species", help="items per species per epoch")
+    ] = None,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    grad_accum: AccumOpt = None,
+    seed: SeedOpt = None,
+    threads: ThreadsOpt = None,
+    augment: Annotated[bool | None, Opt("--augment/--no-augment", help="augmentation")] = None,
+    dropout: Annotated[float | None, Opt("--dropout", help="override audio dropout")] = None,
+    keep_checkpoints: Annotated[int | None, Opt("--keep-checkpoints", help="(2)")] = None,
+    stop_after: Annotated[
+        int | None, Opt("--stop-after", help="end this session after N epochs (then --resume)")
+    ] = None,
+    resume: ResumeOpt = False,
+    progress: Annotated[bool, Opt("--progress/--no-progress")] = True,
+) -> None:
+    """Train Stage 1 or 2 (one process, or each rank of `torchrun --nproc_per_node N`)."""
+    from biovita_model.training import train as run_train
+
+    if stage is not None and stage not in ("1", "2"):
+        raise typer.BadParameter(
+            "use 1 or 2 (pretrain-towers trains the towers)", param_hint="--stage"
+        )
+    given = _options(
+        dataset=dataset, stage=stage, init=init, towers=towers, epochs=epochs,
+        batch_size=batch_size, lr=lr, text_lr=text_lr, train_text=train_text,
+        lambda_max=lambda_max, lambda_ramp=lambda_ramp, warmup=warmup,
+        weight_decay=weight_decay, max_audio_per_species=max_audio_per_species,
+        workers=workers, device=device, precision=precision, grad_accum=grad_accum, seed=seed,
+        threads=threads, augment=augment, dropout=dropout, keep_checkpoints=keep_checkpoints,
+        stop_after=stop_after, progress=progress,
+    )  # fmt: skip
+    if not resume and "stage" not in given:
+        raise typer.BadParameter("--stage is required", param_hint="--stage")
+    run_train(_config(out, resume, given), resume=resume, console=err)
+
+
+@app.command("pretrain-towers")
+def pretrain_towers_cmd(
+    out: OutOpt,
+    dataset: DatasetOpt = None,
+    towers: TowersOpt = None,
+    epochs: EpochsOpt = None,
+    batch_size: BatchOpt = None,
+    lr: LrOpt = None,
+    warmup: Annotated[float | None, Opt("--warmup", help="fraction of steps, or steps")] = None,
+    workers: WorkersOpt = None,
+    device: DeviceOpt = None,
+    precision: PrecisionOpt = None,
+    seed: SeedOpt = None,
+    threads: ThreadsOpt = None,
+    resume: ResumeOpt = False,
+    progress: Annotated[bool, Opt("--progress/--no-progress")] = True,
+) -> None:
+    """Train tiny image/text towers image-text contrastively: a STAND-IN for BioCLIP 2."""
+    from biovita_model.training import train as run_train
+
+    given = _options(
+        dataset=dataset, towers=towers, epochs=epochs, batch_size=batch_size, lr=lr,
+        warmup=warmup, workers=workers, device=device, precision=precision, seed=seed,
+        threads=threads, progress=progress,
+    )  # fmt: skip
+    given["stage"] = "pretrain"
+    run_train(_config(out, resume, given), resume=resume, console=err)
+
+
+# ---- evaluation -----------------------------------------------------------------------------
+
+RunOpt = Annotated[Path, Opt("--run", help="a run folder (config.json + model.pt)")]
+
+
+def _ks(text: str) -> list[int]:
+    try:
+        ks = sorted({int(k) for k in text.split(",") if k.strip()})
+    except ValueError as exc:
+        raise typer.BadParameter(f"not a list of integers: {text!r}", param_hint="--k") from exc
+    if not ks or ks[0] < 1:
+        raise typer.BadParameter("give positive integers, e.g. 1,5,10", param_hint="--k")
+    return ks
+
+
+@app.command("eval")
+def eval_cmd(
+    run: RunOpt,
+    bench: Annotated[
+        Path, Opt("--bench", help="OUT/bench, one BENCH folder, or a published folder")
+    ],
+    subset: Annotated[str, Opt("--subset", help="seen, unseen or all")] = "all",
+    k: Annotated[str, Opt("--k", help="Top-k cut-offs")] = "1,5,10",
+    dataset: Annotated[
+        str | None, Opt("--dataset", help="published folder with the media (default: OUT/hf)")
+    ] = None,
+    layout: Annotated[str, Opt("--layout", help="auto, parquet or csv (official layout)")] = "auto",
+    batch_size: Annotated[int, Opt("--batch-size")] = 64,
+    workers: Annotated[int, Opt("--workers")] = 0,
+    device: Annotated[str, Opt("--device")] = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Score a run on BioVITA-Bench: table, RUN/eval.json, eval_per_class.csv and eval.png."""
+    from biovita_model.embed import eval_table, evaluate_run
+
+    ks = _ks(k)
+    if subset not in ("seen", "unseen", "all"):
+        raise typer.BadParameter("use seen, unseen or all", param_hint="--subset")
+    if layout not in ("auto", "parquet", "csv"):
+        raise typer.BadParameter("use auto, parquet or csv", param_hint="--layout")
+    result = evaluate_run(
+        run, bench, subset=subset, ks=ks, dataset=dataset, layout=layout,  # type: ignore[arg-type]
+        batch_size=batch_size, workers=workers, device=device, threads=threads,
+    )  # fmt: skip
+    for table in eval_table(result.report, ks):
+        console.print(table)
+    for name, path in result.files.items():
+        err.print(f"wrote {path} ({name})")
+
+
+@app.command()
+def embed(
+    run: RunOpt,
+    dataset: Annotated[str, Opt("--dataset", help="published folder or Hub repo NS/NAME")],
+    out: Annotated[Path, Opt("--out", help="FILE.parquet")],
+    modality: Annotated[str, Opt("--modality", help="audio, image or text")] = "audio",
+    split: Annotated[list[str] | None, Opt("--split", help="train/test/unseen (all)")] = None,
+    batch_size: Annotated[int, Opt("--batch-size")] = 64,
+    workers: Annotated[int, Opt("--workers")] = 0,
+    device: Annotated[str, Opt("--device")] = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Embeddings of a dataset's items (text: every prompt of every species) as Parquet."""
+    import torch
+
+    from biovita_data.loader.index import SPLITS
+    from biovita_model.embed import embed_dataset, write_embeddings
+    from biovita_model.model import load_model
+    from biovita_model.training.distributed import cpu_threads
+
+    if modality not in ("audio", "image", "text"):
+        raise typer.BadParameter("use audio, image or text", param_hint="--modality")
+    torch.set_num_threads(cpu_threads(1, workers, threads))
+    model = load_model(run, map_location=device)
+    df = embed_dataset(
+        model, dataset, modality, split or SPLITS, batch_size=batch_size, workers=workers,
+        device=device,
+    )  # fmt: skip
+    path = write_embeddings(df, out)
+    err.print(f"wrote {path}: {df.height} {modality} embeddings of width {model.embed_dim}")
+
+
+@app.command("probe-traits")
+def probe_traits_cmd(
+    run: RunOpt,
+    dataset: Annotated[str, Opt("--dataset", help="published folder or Hub repo NS/NAME")],
+    modality: Annotated[list[str] | None, Opt("--modality", help="audio and/or image")] = None,
+    test_split: Annotated[str, Opt("--test-split", help="test or unseen")] = "test",
+    max_per_species: Annotated[int, Opt("--max-per-species", help="items per species")] = 50,
+    l2: Annotated[float, Opt("--l2", help="L2 penalty of the linear heads")] = 1e-3,
+    workers: Annotated[int, Opt("--workers")] = 0,
+    device: Annotated[str, Opt("--device")] = "cpu",
+    threads: ThreadsOpt = None,
+) -> None:
+    """Linear trait probes on frozen embeddings: F1 per trait and category vs the majority."""
+    from biovita_model.probe import probe_table, probe_traits
+
+    report = probe_traits(
+        run, dataset, modalities=modality or ("audio", "image"), test_split=test_split,
+        max_per_species=max_per_species, l2=l2, workers=workers, device=device, threads=threads,
+    )  # fmt: skip
+    for table in probe_table(report):
+        console.print(table)
+    err.print(f"wrote {Path(run) / 'probe.json'}")
+
+
+@app.command("import-official")
+def import_official_cmd(
+    clap_weights: Annotated[Path, Opt("--clap-weights", help="clap_weights.pth of the release")],
+    open_clip: Annotated[Path, Opt("--open-clip", help="open_clip ViT-L-14 folder (BioCLIP 2)")],
+    out: Annotated[Path, Opt("--out", help="the run folder to write")],
+    audio: Annotated[str, Opt("--audio", help="HTS-AT config in configs/")] = "htsat-unfused",
+) -> None:
+    """Build a run from the original release's weights (audio tower + adapter, open_clip)."""
+    from biovita_model.model import save_model
+    from biovita_model.official import import_official
+
+    model = import_official(clap_weights, open_clip, audio=audio)
+    extra = {"imported": {"clap_weights": str(clap_weights), "open_clip": str(open_clip)}}
+    save_model(model, out, extra=extra)
+    err.print(f"wrote {out} (towers {model.spec}, embed dim {model.embed_dim})")
+    console.print(json.dumps({"run": str(out), "embed_dim": model.embed_dim}))
+
+
+if __name__ == "__main__":  # `python -m biovita_model.cli ...`, e.g. under torchrun -m
+    app()

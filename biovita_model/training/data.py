@@ -1,0 +1,190 @@
+"""Training items and loaders: log-mel audio, augmented images, prompts, seeded per item.
+
+Every random choice of an item (the loader's crop, image and prompt; the mel and image
+augmentation here) is a function of (seed, epoch, index), so a batch is the same whatever the
+number of workers or ranks, and a resumed run sees the same items as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset
+
+from biovita_data.loader import BioVITADataset, decode_image, read_species
+from biovita_data.loader.index import RowReader, build_index, resolve_folder, split_files
+from biovita_model.audio_frontend import AudioFrontend, FrontendConfig, augment_mel
+from biovita_model.training.batches import SpeciesBatchSampler
+
+_AUGMENT_STREAM = 6  # first word of the augmentation seed sequences
+_IMAGE_ITEM_STREAM = 7
+
+
+def item_seed(seed: int, epoch: int, index: int, stream: int = _AUGMENT_STREAM) -> int:
+    """A 63-bit seed that depends on (seed, epoch, index) only."""
+    ss = np.random.SeedSequence([stream, seed, epoch, index])
+    return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
+
+
+class _Frontend:
+    """An AudioFrontend built lazily in each process (its mel filters are not pickled)."""
+
+    def __init__(self, cfg: FrontendConfig) -> None:
+        self.cfg = cfg
+        self._module: AudioFrontend | None = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {"cfg": self.cfg}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.cfg, self._module = state["cfg"], None
+
+    def __call__(self, wave: torch.Tensor, length: int) -> torch.Tensor:
+        """One waveform (samples,) -> log-mel (1, T, F)."""
+        if self._module is None:
+            self._module = AudioFrontend(self.cfg)
+        with torch.no_grad():
+            return self._module(wave[None], torch.tensor([length]))[0]
+
+
+class AudioItems(Dataset):
+    """BioVITADataset items as model inputs: `mel` (1, T, F), `image` tensor, `text`, `label`."""
+
+    def __init__(
+        self,
+        base: BioVITADataset,
+        frontend: FrontendConfig,
+        *,
+        augment: bool = True,
+        seed: int = 0,
+    ) -> None:
+        self.base = base
+        self.frontend = _Frontend(frontend)
+        self.augment = augment
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.base)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Each item's label."""
+        return self.base.labels
+
+    def eligible(self) -> np.ndarray | None:
+        """Items usable in a batch: with images on, those whose species has a photo."""
+        if not self.base.with_image:
+            return None
+        labels = self.base.labels
+        species = np.unique(labels)
+        has = {int(k): self.base.images_of(int(k)).size > 0 for k in species}
+        return np.fromiter((has[int(k)] for k in labels), dtype=bool, count=labels.size)
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, epoch = int(key[0]), int(key[1])
+        s = item_seed(self.seed, epoch, index)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s)  # the image transform draws from torch's global generator
+            item = self.base[(index, epoch)]
+        mel = self.frontend(item["audio"], int(item["audio_length"]))
+        if self.augment:
+            g = torch.Generator().manual_seed(s)
+            mel = augment_mel(mel[None], generator=g)[0]
+        out = {"mel": mel, "label": item["label"], "index": index}
+        if "text" in item:
+            out["text"] = item["text"]
+        if item.get("image") is not None:
+            out["image"] = item["image"]
+        return out
+
+
+class ImageTextItems(Dataset):
+    """Photos of one split with a random prompt of their species (for the tower pre-training)."""
+
+    def __init__(
+        self,
+        folder: str | os.PathLike[str],
+        split: str = "train",
+        *,
+        image_transform: Callable[[Image.Image], Any],
+        seed: int = 0,
+    ) -> None:
+        self.folder = resolve_folder(folder) if Path(folder).is_dir() else Path(folder)
+        files = split_files(self.folder, "image", split)
+        if not files:
+            raise FileNotFoundError(f"no image/{split}-*.parquet shards under {self.folder}")
+        self.index = build_index(files)
+        self.species = read_species(
+            split_files(self.folder, "species", "train"), labels=self.index.label
+        )
+        self.reader = RowReader(self.index, ["image"])
+        self.transform = image_transform
+        self.seed = int(seed)
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def labels(self) -> np.ndarray:
+        """Each photo's label."""
+        return self.index.label
+
+    def eligible(self) -> np.ndarray | None:
+        """Every photo is usable."""
+        return None
+
+    def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
+        index, epoch = int(key[0]), int(key[1])
+        label = int(self.index.label[index])
+        s = item_seed(self.seed, epoch, index, _IMAGE_ITEM_STREAM)
+        prompts = self.species.prompts[label]
+        pick = np.random.default_rng(s).integers(len(prompts))
+        img = decode_image(self.reader.read(index)["image"]["bytes"])
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(s)
+            image = self.transform(img)
+        return {"image": image, "text": prompts[pick], "label": label, "index": index}
+
+
+def collate_items(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """Stack tensors, keep texts as a list, labels and indexes as int64."""
+    out: dict[str, Any] = {}
+    for key in batch[0]:
+        values = [b[key] for b in batch]
+        if isinstance(values[0], torch.Tensor):
+            out[key] = torch.stack(values)
+        elif isinstance(values[0], int | np.integer):
+            out[key] = torch.tensor(values, dtype=torch.int64)
+        else:
+            out[key] = values
+    return out
+
+
+def _worker_init(_: int) -> None:
+    torch.set_num_threads(1)  # the main process's ops get the cores
+
+
+def make_loader(
+    dataset: Dataset,
+    sampler: SpeciesBatchSampler,
+    workers: int = 0,
+    *,
+    pin_memory: bool = False,
+) -> DataLoader:
+    """A DataLoader over (index, epoch) keys of the batch sampler."""
+    return DataLoader(
+        dataset,
+        batch_sampler=sampler,
+        num_workers=workers,
+        collate_fn=collate_items,
+        worker_init_fn=_worker_init if workers else None,
+        persistent_workers=workers > 0,
+        pin_memory=pin_memory,
+        prefetch_factor=4 if workers else None,
+    )

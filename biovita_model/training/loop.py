@@ -1,0 +1,517 @@
+"""The training loop of every stage: tower pre-training (image-text), Stage 1 (ATC), Stage 2.
+
+`train(TrainConfig(...))` runs as is on one CPU/GPU and under `torchrun --nproc_per_node N`
+(DDP; only rank 0 writes). See TrainConfig for the options and DESIGN.md ("Model") for the
+stages: Stage 1 trains the audio tower + adapter against frozen image and text towers (ATC);
+Stage 2 adds lambda (AIC + ITC) with lambda ramped 0 -> lambda_max, the image tower frozen and
+the text tower at a small learning rate; `pretrain` trains the image and text towers alone
+(ITC), the stand-in for BioCLIP 2 when its weights are not at hand.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import random
+import time
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+
+from biovita_data.loader import BioVITADataset
+from biovita_model.evaluate import embed_texts
+from biovita_model.losses import itc_loss, lambda_ramp, stage1_loss, stage2_loss
+from biovita_model.model import PAIRS, BioVITAModel, create_model, load_model, save_model
+from biovita_model.training import checkpoint as ck
+from biovita_model.training.batches import SpeciesBatchSampler
+from biovita_model.training.config import TrainConfig, steps_of
+from biovita_model.training.data import AudioItems, ImageTextItems, make_loader
+from biovita_model.training.distributed import (
+    DistInfo,
+    barrier,
+    convert_batch_norm,
+    cpu_threads,
+    mean_over_ranks,
+    setup,
+    teardown,
+)
+from biovita_model.training.schedule import warmup_cosine
+
+STAND_IN = (
+    "tiny image/text towers trained image-text contrastively on this dataset: a stand-in for "
+    "BioCLIP 2 (whose weights are not available here), not BioCLIP 2"
+)
+SUMMARY_FILE = "train_summary.json"
+_NO_DECAY = ("bn", "ln", "bias", "logit_scale", "norm")
+# the loss pairs each stage uses (their learnable scales train; the others stay frozen)
+STAGE_PAIRS = {"pretrain": ("image_text",), "1": ("audio_text",), "2": PAIRS}
+
+
+@dataclass
+class TrainResult:
+    """What a run did: where, how many epochs and steps, the mean loss per epoch, the time."""
+
+    run_dir: Path
+    stage: str
+    epochs: int
+    steps: int
+    seconds: float
+    history: list[dict[str, Any]] = field(default_factory=list)
+    resumed_from: int | None = None
+
+
+# ---- model ----------------------------------------------------------------------------------
+
+
+def resolve_init(path: str | Path) -> tuple[Path, Path | None]:
+    """(run folder, checkpoint file or None) of an --init value: a run or a checkpoint file."""
+    p = Path(path)
+    if p.is_file():
+        return p.parent.parent, p
+    if (p / "config.json").is_file():
+        return p, None
+    raise FileNotFoundError(f"{p}: neither a run folder (config.json + model.pt) nor a checkpoint")
+
+
+def initial_model(cfg: TrainConfig) -> BioVITAModel:
+    """The model a run starts from: --init (a run or checkpoint), else fresh --towers."""
+    if cfg.init is None:
+        return create_model(cfg.towers)
+    run, ckpt = resolve_init(cfg.init)
+    model = load_model(run)
+    if ckpt is not None:
+        model.load_state_dict(ck.load_checkpoint(ckpt)["model"], strict=True)
+    return model
+
+
+def configure_stage(model: BioVITAModel, cfg: TrainConfig) -> None:
+    """Freeze per stage (and the scales of unused pairs); apply the dropout override."""
+    if cfg.stage == "pretrain":
+        model.freeze(image=False, text=False, audio=True)
+    elif cfg.stage == "1":
+        model.freeze(image=True, text=True, audio=False)
+    else:
+        model.freeze(image=True, text=not cfg.train_text, audio=False)
+    for pair in PAIRS:
+        model.log_logit_scales[pair].requires_grad_(pair in STAGE_PAIRS[cfg.stage])
+    if cfg.dropout is not None:
+        for m in model.audio.modules():
+            if isinstance(m, nn.Dropout):
+                m.p = float(cfg.dropout)
+
+
+def param_groups(model: BioVITAModel, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: weight decay on matrices only; stage 2's text tower at text_lr."""
+    text_ids = {id(p) for p in model.part_parameters("text")} if cfg.stage == "2" else set()
+    groups: dict[tuple[bool, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = p.ndim >= 2 and not any(k in name for k in _NO_DECAY)
+        groups.setdefault((id(p) in text_ids, decay), []).append(p)
+    out = []
+    for (is_text, decay), params in sorted(groups.items()):
+        lr = cfg.text_base_lr if is_text else cfg.base_lr
+        wd = cfg.weight_decay if decay else 0.0
+        name = f"{'text' if is_text else 'main'}{'' if decay else '_no_decay'}"
+        out.append({"params": params, "lr": lr, "weight_decay": wd, "name": name})
+    return out
+
+
+# ---- data -----------------------------------------------------------------------------------
+
+
+def build_data(cfg: TrainConfig, model: BioVITAModel, info: DistInfo) -> tuple[Any, Any]:
+    """(dataset, batch sampler) of a stage's training split."""
+    train_tf, eval_tf = model.image_transforms()
+    image_tf = train_tf if cfg.augment else eval_tf
+    if cfg.stage == "pretrain":
+        ds: Any = ImageTextItems(cfg.dataset, "train", image_transform=image_tf, seed=cfg.seed)
+    else:
+        fe = model.frontend.cfg
+        base = BioVITADataset.from_pretrained(
+            cfg.dataset,
+            split="train",
+            seed=cfg.seed,
+            with_image=cfg.stage == "2",
+            image_transform=image_tf,
+            sample_rate=fe.sample_rate,
+            clip_seconds=float(fe.max_length_s),
+        )
+        ds = AudioItems(base, fe, augment=cfg.augment, seed=cfg.seed)
+    sampler = SpeciesBatchSampler(
+        ds.labels,
+        cfg.batch_size,
+        max_per_species=cfg.max_audio_per_species,
+        seed=cfg.seed,
+        rank=info.rank,
+        world=info.world,
+        multiple_of=cfg.grad_accum,
+        eligible=ds.eligible(),
+    )
+    return ds, sampler
+
+
+# ---- one step -------------------------------------------------------------------------------
+
+
+def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    return torch.autocast(device_type=device.type, dtype=dtype)
+
+
+class FrozenText:
+    """Embeddings of a fixed prompt set by a frozen text tower, computed once (Stage 1)."""
+
+    def __init__(self, model: BioVITAModel, prompts: Any, device: torch.device) -> None:
+        texts = sorted({p for group in prompts for p in group})
+        self.row = {t: i for i, t in enumerate(texts)}
+        with torch.no_grad():
+            self.embeddings = embed_texts(model, texts).to(device)
+
+    def __call__(self, texts: list[str]) -> torch.Tensor:
+        """The embeddings of a batch of prompts."""
+        return self.embeddings[[self.row[t] for t in texts]]
+
+
+def forward_loss(
+    module: nn.Module,
+    model: BioVITAModel,
+    batch: dict[str, Any],
+    stage: str,
+    lam: float,
+    device: torch.device,
+    precision: str,
+    text_cache: FrozenText | None = None,
+) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """The stage's loss on one (local) batch and its detached parts."""
+    inputs: dict[str, torch.Tensor] = {}
+    if text_cache is None:
+        inputs["text"] = model.tokenize(batch["text"]).to(device)
+    if stage != "pretrain":
+        inputs["audio"] = batch["mel"].to(device, non_blocking=True)
+    if stage != "1":
+        inputs["image"] = batch["image"].to(device, non_blocking=True)
+    with _autocast(device, precision):
+        out = module(**inputs)
+    out = {k: v.float() for k, v in out.items()}
+    if text_cache is not None:
+        out["text"] = text_cache(batch["text"])
+    if stage == "pretrain":
+        loss = itc_loss(out["image"], out["text"], out["scale_image_text"])
+        return loss, {"itc": loss.detach()}
+    if stage == "1":
+        loss = stage1_loss(out)
+        return loss, {"atc": loss.detach()}
+    return stage2_loss(out, lam)
+
+
+# ---- the run --------------------------------------------------------------------------------
+
+
+def _progress(enabled: bool, console: Console) -> Progress:
+    return Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("loss {task.fields[loss]:.4f}"),
+        TimeElapsedColumn(),
+        console=console,
+        disable=not enabled,
+        transient=False,
+    )
+
+
+def _check_resume(cfg: TrainConfig, run_dir: Path) -> None:
+    """A resumed run must keep the options that decide its numbers."""
+    stored = TrainConfig.read(run_dir).to_dict()
+    free = {"workers", "threads", "progress", "device", "keep_checkpoints", "stop_after", "out"}
+    free |= {"dataset", "log_every"}
+    diff = {
+        k: (stored.get(k), v)
+        for k, v in cfg.to_dict().items()
+        if k not in free and stored.get(k) != v
+    }
+    if diff:
+        raise ValueError(
+            f"--resume with other options than the run's (stored, given): {diff}; "
+            "a run continues exactly as it started"
+        )
+
+
+def _seed_all(seed: int) -> None:
+    torch.manual_seed(seed)
+    np.random.seed(seed % 2**32)
+    random.seed(seed)
+
+
+def _gather_rng(info: DistInfo) -> list[dict[str, Any]]:
+    state = ck.rng_state()
+    if info.world == 1:
+        return [state]
+    from torch import distributed as dist
+
+    states: list[Any] = [None] * info.world
+    dist.all_gather_object(states, state)
+    return states
+
+
+def train(cfg: TrainConfig, *, resume: bool = False, console: Console | None = None) -> TrainResult:
+    """Run one training stage to cfg.epochs epochs (continuing the run's checkpoints on resume)."""
+    info = setup(cfg.device)
+    torch.set_num_threads(cpu_threads(info.world, cfg.workers, cfg.threads))
+    try:
+        return _train(cfg, resume, info, console or Console(stderr=True))
+    finally:
+        teardown()
+
+
+def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> TrainResult:
+    run_dir = Path(cfg.out)
+    latest = ck.latest_checkpoint(run_dir)
+    if resume:
+        if latest is None:
+            raise FileNotFoundError(f"{run_dir}: no checkpoint to resume from")
+        _check_resume(cfg, run_dir)
+    elif latest is not None:
+        raise FileExistsError(f"{run_dir} already holds a run: pass --resume, or another --out")
+    _seed_all(cfg.seed)
+    model = initial_model(cfg)
+    configure_stage(model, cfg)
+    if info.world > 1:
+        convert_batch_norm(model)
+    model.to(info.device)
+    dataset, sampler = build_data(cfg, model, info)
+    loader = make_loader(dataset, sampler, cfg.workers, pin_memory=info.device.type == "cuda")
+    steps_per_epoch = len(sampler.global_batches(0)) // cfg.grad_accum
+    if steps_per_epoch == 0:
+        raise ValueError(
+            f"an epoch of {len(dataset)} items gives no full batch of {cfg.batch_size} x "
+            f"{cfg.grad_accum}: lower --batch-size or --grad-accum"
+        )
+    total = steps_per_epoch * cfg.epochs
+    optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=(0.9, 0.98), eps=1e-6)
+    scheduler = warmup_cosine(optimizer, steps_of(cfg.warmup, total), total, cfg.min_lr_ratio)
+    scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.precision == "fp16")
+    ramp = steps_of(cfg.lambda_ramp, total)
+    log = ck.MetricsLog(run_dir, enabled=info.is_main)
+    start_epoch, step, history, resumed_from = 0, 0, [], None
+    if resume and latest is not None:
+        state = ck.load_checkpoint(latest)
+        model.load_state_dict(state["model"], strict=True)
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        start_epoch, step, history = int(state["epoch"]), int(state["step"]), state["history"]
+        rngs = state["rng"]
+        ck.set_rng_state(rngs[info.rank] if len(rngs) == info.world else rngs[0])
+        resumed_from = start_epoch
+        log.truncate_after(step)
+    elif info.is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        cfg.write(run_dir)
+        log.reset()
+    barrier()
+    module: nn.Module = model
+    if info.world > 1:
+        ids = [info.device.index] if info.device.type == "cuda" else None
+        module = DistributedDataParallel(model, device_ids=ids)
+    text_cache = None
+    if cfg.stage == "1":  # the text tower is frozen: embed the finite prompt set once
+        text_cache = FrozenText(model, dataset.base.species.prompts, info.device)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    if info.is_main:
+        n_train = sum(p.numel() for p in trainable)
+        console.print(
+            f"[bold]stage {cfg.stage}[/bold] -> {run_dir}: {len(dataset)} items, "
+            f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs, global batch {cfg.batch_size}"
+            f" x accum {cfg.grad_accum} on {info.world} x {info.device}, "
+            f"{n_train:,} trainable parameters, lr {cfg.base_lr:g}"
+        )
+        if cfg.stage == "pretrain":
+            console.print(f"[yellow]note[/yellow]: {STAND_IN}")
+    end_epoch = cfg.epochs if cfg.stop_after is None else start_epoch + cfg.stop_after
+    end_epoch = min(cfg.epochs, end_epoch)
+    t_run = time.monotonic()
+    with _progress(info.is_main and cfg.progress, console) as progress:
+        for epoch in range(start_epoch, end_epoch):
+            sampler.set_epoch(epoch)
+            model.train()
+            task = progress.add_task(
+                f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, loss=0.0
+            )
+            t_epoch, losses = time.monotonic(), []
+            for records in _epoch_steps(
+                module, model, loader, optimizer, scheduler, scaler, cfg, info, step, ramp,
+                steps_per_epoch, text_cache,
+            ):  # fmt: skip
+                step += 1
+                records.update(step=step, epoch=epoch, seconds=round(time.monotonic() - t_run, 3))
+                losses.append(records["loss"])
+                if step % cfg.log_every == 0:
+                    log.write(records)
+                progress.update(task, advance=1, loss=records["loss"])
+            seconds = time.monotonic() - t_epoch
+            history.append(
+                {
+                    "epoch": epoch + 1,
+                    "step": step,
+                    "loss": float(np.mean(losses)) if losses else math.nan,
+                    "seconds": round(seconds, 2),
+                    "items_per_s": round(len(losses) * cfg.batch_size * cfg.grad_accum / seconds, 1)
+                    if seconds > 0
+                    else 0.0,
+                }
+            )
+            _save(model, optimizer, scheduler, scaler, cfg, info, epoch + 1, step, history)
+    log.close()
+    result = TrainResult(
+        run_dir, cfg.stage, end_epoch, step, time.monotonic() - t_run, history, resumed_from
+    )
+    if info.is_main:
+        (run_dir / SUMMARY_FILE).write_text(json.dumps(_summary(result, cfg), indent=2) + "\n")
+        console.print(summary_table(result, cfg))
+    barrier()
+    return result
+
+
+def _epoch_steps(
+    module: nn.Module,
+    model: BioVITAModel,
+    loader: Any,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    cfg: TrainConfig,
+    info: DistInfo,
+    step: int,
+    ramp: int,
+    steps_per_epoch: int,
+    text_cache: FrozenText | None = None,
+) -> Iterator[dict[str, Any]]:
+    """Run one epoch's optimizer steps; yield each step's metrics (global means)."""
+    k = cfg.grad_accum
+    parts_sum: dict[str, float] = {}
+    loss_sum = 0.0
+    micro = done = 0
+    optimizer.zero_grad(set_to_none=True)
+    for batch in loader:
+        if done == steps_per_epoch:  # a later epoch may draw a batch more than the first
+            break
+        lam = lambda_ramp(step, ramp, cfg.lambda_max) if cfg.stage == "2" else 0.0
+        last = micro == k - 1
+        sync = contextlib.nullcontext() if last or info.world == 1 else module.no_sync()
+        with sync:
+            loss, parts = forward_loss(
+                module, model, batch, cfg.stage, lam, info.device, cfg.precision, text_cache
+            )
+            scaler.scale(loss / k).backward()
+        loss_sum += float(mean_over_ranks(loss.detach()))
+        for name, v in parts.items():
+            parts_sum[name] = parts_sum.get(name, 0.0) + float(mean_over_ranks(v))
+        micro += 1
+        if not last:
+            continue
+        if cfg.grad_clip is not None:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(
+                [p for p in model.parameters() if p.requires_grad], cfg.grad_clip
+            )
+        scaler.step(optimizer)
+        scaler.update()
+        optimizer.zero_grad(set_to_none=True)
+        lr = optimizer.param_groups[0]["lr"]
+        with warnings.catch_warnings():  # fp16: a step the grad scaler skipped is no error
+            warnings.filterwarnings("ignore", "Detected call of `lr_scheduler")
+            scheduler.step()
+        step += 1
+        done += 1
+        record: dict[str, Any] = {"loss": loss_sum / k, "lr": lr}
+        record.update({name: v / k for name, v in parts_sum.items()})
+        if cfg.stage == "2":
+            record["lambda"] = lam
+        scales = model.logit_scales()
+        for pair in STAGE_PAIRS[cfg.stage]:
+            record[f"scale_{pair}"] = round(float(scales[pair].detach()), 4)
+        yield record
+        parts_sum, loss_sum, micro = {}, 0.0, 0
+
+
+def _save(
+    model: BioVITAModel,
+    optimizer: torch.optim.Optimizer,
+    scheduler: Any,
+    scaler: torch.amp.GradScaler,
+    cfg: TrainConfig,
+    info: DistInfo,
+    epoch: int,
+    step: int,
+    history: list[dict[str, Any]],
+) -> None:
+    """Rank 0 writes RUN/model.pt + config.json and the epoch's training-state checkpoint."""
+    rngs = _gather_rng(info)
+    if info.is_main:
+        extra = {
+            "stage": cfg.stage,
+            "epoch": epoch,
+            "step": step,
+            "dataset": cfg.dataset,
+            "train_config": cfg.to_dict(),
+        }
+        if cfg.stage == "pretrain":
+            extra["stand_in"] = STAND_IN
+        save_model(model, Path(cfg.out), extra=extra)
+        state = {
+            "epoch": epoch,
+            "step": step,
+            "history": history,
+            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "rng": rngs,
+            "config": cfg.to_dict(),
+        }
+        ck.save_checkpoint(Path(cfg.out), epoch, state, keep=cfg.keep_checkpoints)
+    barrier()
+
+
+def _summary(result: TrainResult, cfg: TrainConfig) -> dict[str, Any]:
+    return {
+        "stage": result.stage,
+        "epochs": result.epochs,
+        "steps": result.steps,
+        "seconds": round(result.seconds, 2),
+        "resumed_from": result.resumed_from,
+        "history": result.history,
+        "config": cfg.to_dict(),
+    }
+
+
+def summary_table(result: TrainResult, cfg: TrainConfig) -> Table:
+    """Per epoch: steps, mean loss, items/s, seconds."""
+    table = Table(title=f"stage {result.stage} -> {result.run_dir}")
+    for col in ("epoch", "step", "mean loss", "items/s", "seconds"):
+        table.add_column(col, justify="right")
+    for h in result.history:
+        table.add_row(
+            str(h["epoch"]),
+            str(h["step"]),
+            f"{h['loss']:.4f}",
+            f"{h['items_per_s']:.1f}",
+            f"{h['seconds']:.1f}",
+        )
+    return table
