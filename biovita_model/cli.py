@@ -193,6 +193,32 @@ def pretrain_towers_cmd(
     run_train(_config(out, resume, given), resume=resume, console=err)
 
 
+@app.command("train-tiny")
+def train_tiny_cmd(
+    dataset: Annotated[str, Opt("--dataset", help="published folder (OUT/hf or OUT)")],
+    runs: Annotated[Path, Opt("--runs", help="where RUNS/{towers,stage1,stage2} go")],
+    bench: Annotated[
+        Path | None, Opt("--bench", help="OUT/bench: evaluate stage 1 and 2 on it")
+    ] = None,
+    preset: Annotated[str, Opt("--preset", help="demo (minutes) or acceptance")] = "demo",
+    seed: Annotated[int, Opt("--seed")] = 0,
+    workers: WorkersOpt = None,
+) -> None:
+    """pretrain-towers -> Stage 1 -> Stage 2 with tiny towers (a measured preset), + eval."""
+    from biovita_model.embed import eval_table
+    from biovita_model.training.recipes import train_tiny
+
+    chain = train_tiny(
+        dataset, runs, bench=bench, preset=preset, seed=seed, workers=workers, console=err
+    )
+    for stage, report in chain.reports.items():
+        console.rule(f"{stage}: {chain.runs[stage]}")
+        for table in eval_table(report):
+            console.print(table)
+    console.print(json.dumps({"runs": {k: str(v) for k, v in chain.runs.items()},
+                              "seconds": chain.seconds, "reused": chain.reused}))  # fmt: skip
+
+
 # ---- evaluation -----------------------------------------------------------------------------
 
 RunOpt = Annotated[Path, Opt("--run", help="a run folder (config.json + model.pt)")]

@@ -1,10 +1,14 @@
 """Embeddings of published items (audio, image, text) and of BioVITA-Bench, and a run's eval.
 
 Media come from a published dataset folder (OUT/hf, OUT, or a Hub snapshot): a bench item
-(`ids/<modality>_index`: source, record_id) is found by (source, record_id) among the rows of
-every split of the dataset's audio or image config (segment 0 of a segmented recording).
-Audio is cropped onset-aligned (10 s from 0.2 s before the first sample above 1 % of the peak)
-and images get the tower's eval transform, as DESIGN.md's "Bench" evaluation asks.
+(`ids/<modality>_index`: source, record_id; or the official CSV's file_path
+`<modality>/<source>/<record_id>.<ext>`) is found by (source, record_id) among the rows of the
+subset's split (seen: `test`, unseen: `unseen`) of the dataset's audio or image config (segment 0
+of a segmented recording). Items the media stage dropped after the bench was built are left out
+of the scoring (`drop_missing`) and listed in the report's `meta.missing_media`. Audio is cropped
+onset-aligned (10 s from 0.2 s before the first sample above 1 % of the peak) and images get the
+tower's eval transform (JPEGs decoded at a reduced DCT scale that stays >= 2 x the tower's input),
+as DESIGN.md's "Bench" evaluation asks.
 """
 
 from __future__ import annotations
@@ -37,11 +41,12 @@ from biovita_data.bench.official import (
     index_parquet_path,
     tasks_parquet_path,
 )
-from biovita_data.loader import decode_clip, decode_image, read_species
+from biovita_data.loader import decode_clip, read_species
 from biovita_data.loader.index import SPLITS, MediaIndex, RowReader, resolve_folder, split_files
 from biovita_model import evaluate as ev
 from biovita_model.audio_frontend import AudioFrontend, FrontendConfig
 from biovita_model.model import BioVITAModel
+from biovita_model.training.data import decode_image_at, input_size
 from biovita_model.training.distributed import cpu_threads
 
 MODALITIES = ("audio", "image", "text")
@@ -163,6 +168,7 @@ class MediaItems(Dataset):
         self.reader = RowReader(index, [modality])
         self.frontend_cfg = frontend
         self.transform = image_transform
+        self.size = input_size(image_transform) if image_transform is not None else 224
         self._frontend: AudioFrontend | None = None
 
     def __len__(self) -> int:
@@ -175,7 +181,7 @@ class MediaItems(Dataset):
         data = self.reader.read(i)[self.modality]["bytes"]
         if self.modality == "image":
             assert self.transform is not None
-            return self.transform(decode_image(data))
+            return self.transform(decode_image_at(data, self.size))
         cfg = self.frontend_cfg
         assert cfg is not None
         clip = decode_clip(
@@ -511,34 +517,36 @@ def write_embeddings(df: pl.DataFrame, path: str | Path) -> Path:
 
 
 def eval_table(report: dict[str, Any], ks: Sequence[int] = ev.KS) -> list[Table]:
-    """Rich tables of a report: Top-k (%) per subset/level x direction; common names apart."""
+    """Rich tables of a report: Top-k (%) per subset, level, k and direction (+ the mean);
+    the common-name variant of the species-level text tasks in a second table."""
+    from rich import box
+
     tables = []
     sections = [("scientific names", report)]
     if ev.COMMON in report:
-        sections.append(("common names (species-level text tasks)", report[ev.COMMON]))
+        sections.append(("common names, species-level text tasks", report[ev.COMMON]))
     codes = [t.code for t in TASKS]
-    cut = " / ".join(f"top{k}" for k in ks)
     for title, data in sections:
         res = data["results"]
-        table = Table(title=f"BioVITA-Bench, {title}: {cut} (%)")
-        table.add_column("subset")
-        table.add_column("level")
-        for code in codes:
-            table.add_column(code, justify="right")
-        table.add_column("mean", justify="right")
+        table = Table(title=f"BioVITA-Bench, {title}: Top-k (%)", box=box.SIMPLE_HEAD)
+        for name in ("subset", "level", "k"):
+            table.add_column(name, no_wrap=True)
+        for code in [*codes, "mean"]:
+            table.add_column(code, justify="right", no_wrap=True)
         for subset in (*SUBSETS, "bench"):
             for level in LEVELS:
                 if not any(f"{subset}/{level}/{c}" in res for c in codes):
                     continue
-                cells = []
-                for code in codes:
-                    e = res.get(f"{subset}/{level}/{code}")
-                    cells.append("-" if e is None else _cell(e, ks))
-                s = data.get("summary", {}).get(f"{subset}/{level}")
-                table.add_row(subset, level, *cells, "-" if s is None else _cell(s, ks))
+                entries = [res.get(f"{subset}/{level}/{c}") for c in codes]
+                entries.append(data.get("summary", {}).get(f"{subset}/{level}"))
+                for i, k in enumerate(ks):
+                    cells = ["-" if e is None else f"{100 * e[f'top{k}']:.0f}" for e in entries]
+                    table.add_row(
+                        subset if i == 0 else "",
+                        level if i == 0 else "",
+                        f"top{k}",
+                        *cells,
+                        end_section=i == len(ks) - 1,
+                    )
         tables.append(table)
     return tables
-
-
-def _cell(entry: dict[str, Any], ks: Sequence[int]) -> str:
-    return " / ".join(f"{100 * entry[f'top{k}']:.0f}" for k in ks if f"top{k}" in entry)

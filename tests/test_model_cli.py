@@ -351,3 +351,17 @@ def test_import_official(tmp_path: Path) -> None:
     )
     model = load_model(tmp_path / "run")
     assert torch.equal(model.audio_adapter.weight, adapter.weight.detach())
+
+
+def test_train_tiny_chain_is_idempotent(runs: dict[str, Path], tmp_path: Path) -> None:
+    from biovita_model.training.recipes import train_tiny
+
+    small = {"epochs": 1, "batch_size": 4, "threads": 1, "workers": 0, "progress": False}
+    chain = train_tiny(runs["world"], tmp_path / "runs", bench=runs["bench"], **small)
+    assert set(chain.runs) == {"towers", "stage1", "stage2"} and not chain.reused
+    for stage in ("stage1", "stage2"):
+        assert (chain.runs[stage] / "eval.json").is_file()
+        assert chain.reports[stage]["results"]["seen/species/A2I"]["n_queries"] > 0
+    again = train_tiny(runs["world"], tmp_path / "runs", **small)
+    assert again.reused == ["towers", "stage1", "stage2"]
+    assert "train-tiny" in invoke("--help")

@@ -215,8 +215,10 @@ def test_two_gloo_processes_match_one(world: Path, tmp_path: Path) -> None:
     # gradients into lr-sized moves of those weights, so later steps differ by ~1e-4 relative
     assert l2[0] == pytest.approx(l1[0], rel=1e-5)
     np.testing.assert_allclose(l2, l1, rtol=1e-3)
+    # Adam moves a weight by at most about lr per step: the runs stay within steps x lr
     a, b = _state(one), _state(tmp_path / "two")
+    bound = len(l1) * 1e-3
     for k in a:
-        assert torch.allclose(a[k].float(), b[k].float(), atol=2e-3), k
+        assert float((a[k].float() - b[k].float()).abs().max()) <= bound, k
     cfg = json.loads((tmp_path / "two" / "train_config.json").read_text())
     assert cfg["batch_size"] == 4  # the global batch, split 2 + 2

@@ -7,6 +7,7 @@ number of workers or ranks, and a resumed run sees the same items as an uninterr
 
 from __future__ import annotations
 
+import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -17,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from biovita_data.loader import BioVITADataset, decode_image, read_species
+from biovita_data.loader import BioVITADataset, read_species
 from biovita_data.loader.index import RowReader, build_index, resolve_folder, split_files
 from biovita_model.audio_frontend import AudioFrontend, FrontendConfig, augment_mel
 from biovita_model.training.batches import SpeciesBatchSampler
@@ -53,19 +54,72 @@ class _Frontend:
             return self._module(wave[None], torch.tensor([length]))[0]
 
 
+def decode_image_at(data: bytes, size: int) -> Image.Image:
+    """Decode an image to RGB, letting JPEG decode at a reduced scale that stays >= 2 x size.
+
+    A 512 px photo for a 32 px tower decodes at 1/8 scale (DCT scaling, several times faster);
+    the transform's own resize then works from at least twice the tower's input size.
+    """
+    img = Image.open(io.BytesIO(data))
+    if img.format == "JPEG":
+        img.draft("RGB", (2 * size, 2 * size))
+    return img.convert("RGB")
+
+
+class SpeciesImages:
+    """The photos of one split by species: a seeded pick per item, decoded and transformed."""
+
+    def __init__(self, folder: Path, split: str, transform: Callable[[Image.Image], Any]) -> None:
+        files = split_files(folder, "image", split)
+        if not files:
+            raise FileNotFoundError(f"no image/{split}-*.parquet shards under {folder}")
+        self.index = build_index(files)
+        self.reader = RowReader(self.index, ["image"])
+        self.order, self.starts = self.index.by_label()
+        self.transform = transform
+        self.size = input_size(transform)
+
+    def rows_of(self, label: int) -> np.ndarray:
+        """Rows of the index that show species `label`."""
+        if label + 1 >= self.starts.shape[0]:
+            return self.order[:0]
+        return self.order[self.starts[label] : self.starts[label + 1]]
+
+    def load(self, row: int) -> Any:
+        """Row `row` decoded and transformed."""
+        return self.transform(decode_image_at(self.reader.read(row)["image"]["bytes"], self.size))
+
+
+def input_size(transform: Any) -> int:
+    """The output size of an image transform (the tower's input), 224 when it cannot tell."""
+    for t in getattr(transform, "transforms", []):
+        size = getattr(t, "size", None)
+        if isinstance(size, int):
+            return size
+        if isinstance(size, tuple | list) and size:
+            return int(max(size))
+    return 224
+
+
 class AudioItems(Dataset):
-    """BioVITADataset items as model inputs: `mel` (1, T, F), `image` tensor, `text`, `label`."""
+    """Audio items of a split as model inputs: `mel` (1, T, F), `text`, `label` (and `image`).
+
+    Audio, prompt and label come from BioVITADataset (random 10 s crop, random template); with
+    `images`, each item also gets a random photo of its species (seeded by the item).
+    """
 
     def __init__(
         self,
         base: BioVITADataset,
         frontend: FrontendConfig,
         *,
+        images: SpeciesImages | None = None,
         augment: bool = True,
         seed: int = 0,
     ) -> None:
         self.base = base
         self.frontend = _Frontend(frontend)
+        self.images = images
         self.augment = augment
         self.seed = int(seed)
 
@@ -78,29 +132,29 @@ class AudioItems(Dataset):
         return self.base.labels
 
     def eligible(self) -> np.ndarray | None:
-        """Items usable in a batch: with images on, those whose species has a photo."""
-        if not self.base.with_image:
+        """Items usable in a batch: with images, those whose species has a photo."""
+        if self.images is None:
             return None
         labels = self.base.labels
-        species = np.unique(labels)
-        has = {int(k): self.base.images_of(int(k)).size > 0 for k in species}
+        has = {int(k): self.images.rows_of(int(k)).size > 0 for k in np.unique(labels)}
         return np.fromiter((has[int(k)] for k in labels), dtype=bool, count=labels.size)
 
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         index, epoch = int(key[0]), int(key[1])
         s = item_seed(self.seed, epoch, index)
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)  # the image transform draws from torch's global generator
-            item = self.base[(index, epoch)]
+        item = self.base[(index, epoch)]
         mel = self.frontend(item["audio"], int(item["audio_length"]))
         if self.augment:
             g = torch.Generator().manual_seed(s)
             mel = augment_mel(mel[None], generator=g)[0]
-        out = {"mel": mel, "label": item["label"], "index": index}
-        if "text" in item:
-            out["text"] = item["text"]
-        if item.get("image") is not None:
-            out["image"] = item["image"]
+        out = {"mel": mel, "label": item["label"], "index": index, "text": item["text"]}
+        if self.images is not None:
+            rows = self.images.rows_of(item["label"])
+            if rows.size:
+                pick = int(rows[np.random.default_rng(s).integers(rows.size)])
+                with torch.random.fork_rng(devices=[]):
+                    torch.manual_seed(s)  # the transform draws from torch's global generator
+                    out["image"] = self.images.load(pick)
         return out
 
 
@@ -116,15 +170,11 @@ class ImageTextItems(Dataset):
         seed: int = 0,
     ) -> None:
         self.folder = resolve_folder(folder) if Path(folder).is_dir() else Path(folder)
-        files = split_files(self.folder, "image", split)
-        if not files:
-            raise FileNotFoundError(f"no image/{split}-*.parquet shards under {self.folder}")
-        self.index = build_index(files)
+        self.images = SpeciesImages(self.folder, split, image_transform)
+        self.index = self.images.index
         self.species = read_species(
             split_files(self.folder, "species", "train"), labels=self.index.label
         )
-        self.reader = RowReader(self.index, ["image"])
-        self.transform = image_transform
         self.seed = int(seed)
 
     def __len__(self) -> int:
@@ -145,10 +195,9 @@ class ImageTextItems(Dataset):
         s = item_seed(self.seed, epoch, index, _IMAGE_ITEM_STREAM)
         prompts = self.species.prompts[label]
         pick = np.random.default_rng(s).integers(len(prompts))
-        img = decode_image(self.reader.read(index)["image"]["bytes"])
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(s)
-            image = self.transform(img)
+            image = self.images.load(index)
         return {"image": image, "text": prompts[pick], "label": label, "index": index}
 
 

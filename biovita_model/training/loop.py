@@ -36,7 +36,7 @@ from biovita_model.model import PAIRS, BioVITAModel, create_model, load_model, s
 from biovita_model.training import checkpoint as ck
 from biovita_model.training.batches import SpeciesBatchSampler
 from biovita_model.training.config import TrainConfig, steps_of
-from biovita_model.training.data import AudioItems, ImageTextItems, make_loader
+from biovita_model.training.data import AudioItems, ImageTextItems, SpeciesImages, make_loader
 from biovita_model.training.distributed import (
     DistInfo,
     barrier,
@@ -144,12 +144,12 @@ def build_data(cfg: TrainConfig, model: BioVITAModel, info: DistInfo) -> tuple[A
             cfg.dataset,
             split="train",
             seed=cfg.seed,
-            with_image=cfg.stage == "2",
-            image_transform=image_tf,
+            with_image=False,
             sample_rate=fe.sample_rate,
             clip_seconds=float(fe.max_length_s),
         )
-        ds = AudioItems(base, fe, augment=cfg.augment, seed=cfg.seed)
+        images = SpeciesImages(base.folder, "train", image_tf) if cfg.stage == "2" else None
+        ds = AudioItems(base, fe, images=images, augment=cfg.augment, seed=cfg.seed)
     sampler = SpeciesBatchSampler(
         ds.labels,
         cfg.batch_size,

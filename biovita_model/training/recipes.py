@@ -1,0 +1,121 @@
+"""Measured recipes for the tiny towers, and the whole chain in one call (`train_tiny`).
+
+The chain: `pretrain-towers` (the image/text stand-in for BioCLIP 2) -> Stage 1 -> Stage 2, each
+evaluated on the bench when one is given. Presets were measured on the default sample world
+(135 species, ~950 training clips, ~680 training photos) on 2 busy CPU cores:
+
+- `acceptance`: about 2 + 4.5 + 3 minutes of training (the issue's acceptance figures);
+- `demo`: about a third of that, for `biovita-data demo` (lower figures, same code paths).
+
+Re-running is idempotent: a finished run with the same options is kept, an interrupted one is
+resumed from its last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from biovita_model.training.checkpoint import latest_checkpoint
+from biovita_model.training.config import TrainConfig
+from biovita_model.training.loop import SUMMARY_FILE, train
+
+STAGES = ("towers", "stage1", "stage2")
+PRESETS: dict[str, dict[str, dict[str, Any]]] = {
+    "acceptance": {
+        "towers": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "workers": 1},
+        "stage1": {"epochs": 30, "batch_size": 32, "lr": 3e-3, "workers": 2},
+        "stage2": {"epochs": 16, "batch_size": 32, "lr": 2e-3, "text_lr": 1e-5,
+                   "lambda_ramp": 0.25, "workers": 2},
+    },
+    "demo": {
+        "towers": {"epochs": 20, "batch_size": 32, "lr": 1e-3, "workers": 1},
+        "stage1": {"epochs": 10, "batch_size": 32, "lr": 3e-3, "workers": 2},
+        "stage2": {"epochs": 5, "batch_size": 32, "lr": 2e-3, "text_lr": 1e-5,
+                   "lambda_ramp": 0.25, "workers": 2},
+    },
+}  # fmt: skip
+STAGE_OF = {"towers": "pretrain", "stage1": "1", "stage2": "2"}
+
+
+@dataclass
+class ChainResult:
+    """The runs of a chain, their bench reports (when a bench was given) and timings."""
+
+    runs: dict[str, Path]
+    reports: dict[str, dict[str, Any]] = field(default_factory=dict)
+    seconds: dict[str, float] = field(default_factory=dict)
+    reused: list[str] = field(default_factory=list)
+
+
+def stage_config(
+    preset: str, name: str, dataset: str | Path, out: Path, init: Path | None, **overrides: Any
+) -> TrainConfig:
+    """The TrainConfig of one stage of a preset."""
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r} (known: {sorted(PRESETS)})")
+    options = {**PRESETS[preset][name], **overrides}
+    return TrainConfig(
+        dataset=str(dataset),
+        out=str(out),
+        stage=STAGE_OF[name],
+        init=None if init is None else str(init),
+        **options,
+    )
+
+
+def ensure_trained(cfg: TrainConfig, console: Console) -> bool:
+    """Train cfg's run unless it is already finished with these options; True if it trained."""
+    run = Path(cfg.out)
+    summary = run / SUMMARY_FILE
+    if summary.is_file():
+        done = json.loads(summary.read_text())
+        if done.get("config") == cfg.to_dict() and done.get("epochs") == cfg.epochs:
+            console.print(f"{run}: finished earlier with the same options, kept")
+            return False
+    train(cfg, resume=latest_checkpoint(run) is not None, console=console)
+    return True
+
+
+def train_tiny(
+    dataset: str | Path,
+    runs_dir: str | Path,
+    *,
+    bench: str | Path | None = None,
+    preset: str = "demo",
+    seed: int = 0,
+    workers: int | None = None,
+    console: Console | None = None,
+    **overrides: Any,
+) -> ChainResult:
+    """pretrain-towers -> Stage 1 -> Stage 2 with tiny towers into RUNS/{towers,stage1,stage2};
+    each stage's run is evaluated on `bench` (RUN/eval.json, eval_per_class.csv, eval.png)."""
+    from biovita_model.embed import evaluate_run
+
+    console = console or Console(stderr=True)
+    runs_dir = Path(runs_dir)
+    result = ChainResult(runs={name: runs_dir / name for name in STAGES})
+    init: Path | None = None
+    for name in STAGES:
+        extra = {"seed": seed, **overrides}
+        if workers is not None:
+            extra["workers"] = workers
+        cfg = stage_config(preset, name, dataset, result.runs[name], init, **extra)
+        t0 = time.monotonic()
+        if not ensure_trained(cfg, console):
+            result.reused.append(name)
+        result.seconds[name] = round(time.monotonic() - t0, 1)
+        init = result.runs[name]
+        if bench is not None and name != "towers":
+            t0 = time.monotonic()
+            report = evaluate_run(
+                init, bench, dataset=dataset, workers=min(2, cfg.workers), threads=None
+            )
+            result.reports[name] = report.report
+            result.seconds[f"eval_{name}"] = round(time.monotonic() - t0, 1)
+    return result
