@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import signal
 import threading
@@ -330,11 +331,46 @@ def demo(
     workdir: Annotated[Path, typer.Option(help="Where to build.")] = Path("biovita-demo"),
     size: Annotated[str, typer.Option(help="Sample world size: tiny | default.")] = "default",
     seed: Annotated[int, typer.Option(help="Sample world seed.")] = 0,
+    train: Annotated[
+        str,
+        typer.Option(
+            help="Tiny-model preset to train and evaluate at the end: demo (minutes), "
+            "acceptance (the issue's figures, ~10 min) or none."
+        ),
+    ] = "demo",
 ) -> None:
     """Run the whole pipeline that exists, end to end, on the sample world (served in-process)."""
     from biovita_data.demo import run_demo
 
-    run_demo(workdir, size=size, seed=seed, console=console)
+    try:
+        run_demo(workdir, size=size, seed=seed, train=train, console=console)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
+@app.command("hub")
+def hub_cmd(
+    root: Annotated[Path, typer.Option(help="Hub root: ROOT/mirrors/datasets/NS/NAME (bare git).")],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: a free one).")] = 0,
+    init: Annotated[
+        str | None, typer.Option(help="Create the bare repo of this NS/NAME and print its URL.")
+    ] = None,
+) -> None:
+    """Serve published git repos as a local Hugging Face Hub (olah, offline) for HF_ENDPOINT."""
+    from biovita_data.publish import localhub
+
+    if init is not None:
+        typer.echo(f"--git-remote {localhub.init_repo(root, init)}")
+        return
+    try:
+        with localhub.serve(root, port=port or None) as endpoint:
+            typer.echo(f"HF_ENDPOINT={endpoint}  (Ctrl-C stops)")
+            stop = threading.Event()
+            signal.signal(signal.SIGTERM, lambda *_: stop.set())
+            with contextlib.suppress(KeyboardInterrupt):
+                stop.wait()
+    except localhub.HubError as exc:
+        _fail(str(exc))
 
 
 @sample_app.command("serve")

@@ -3,8 +3,12 @@
 from __future__ import annotations
 
 import datetime as dt
+import importlib.util
 import json
+import os
 import platform
+import subprocess
+import sys
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -15,6 +19,7 @@ from rich.table import Table
 from biovita_data import __version__
 from biovita_data.fetch import fetch, settings_from_env
 from biovita_data.pipeline import sample_environment, sample_trait_tables
+from biovita_data.publish import localhub
 from biovita_data.stages import BUILD_STAGES, RELEASE_STAGES, run_build
 from biovita_data.tables import write_json_atomic
 
@@ -29,12 +34,28 @@ BUILD_OUTPUTS = {
     "publish": "hf/ (dataset card, configs audio/image/species/bench)",
 }
 DEMO_REPO_ID = "biovita/sample"
+LOAD_CONFIGS = ("audio", "image", "species", "bench")
+TRAIN_PRESETS = ("demo", "acceptance", "none")
 
 
-def run_demo(workdir: Path, *, size: str = "default", seed: int = 0, console: Console) -> dict:
-    """Serve the sample world, crawl it, then build manifests, traits, splits, bench and stats."""
+def run_demo(
+    workdir: Path,
+    *,
+    size: str = "default",
+    seed: int = 0,
+    train: str = "demo",
+    console: Console,
+) -> dict:
+    """Serve the sample world, crawl it, build manifests, traits, splits, bench and stats,
+    materialize and publish into a local hub, load it back by repo id, then train a tiny model
+    (`train`: a `biovita-model train-tiny` preset, or "none") and evaluate it on the bench."""
+    if train not in TRAIN_PRESETS:
+        raise ValueError(f"--train must be one of {TRAIN_PRESETS}, not {train!r}")
     t0 = time.monotonic()
+    workdir = workdir.resolve()
     workdir.mkdir(parents=True, exist_ok=True)
+    hub = workdir / "hub"
+    use_hub = localhub.available()
     stages: dict[str, dict] = {}
     with ExitStack() as stack:
         env = sample_environment(stack, size, seed, "none")
@@ -59,7 +80,14 @@ def run_demo(workdir: Path, *, size: str = "default", seed: int = 0, console: Co
             "materialize": {"throttle": False},
             "publish": {"repo_id": DEMO_REPO_ID, "folder_only": True},
         }
+        if use_hub:
+            remote = localhub.init_repo(hub, DEMO_REPO_ID)
+            sections["publish"] = {"repo_id": DEMO_REPO_ID, "git_remote": remote}
         stages.update(run_build(workdir, sections, console, stages=BUILD_STAGES + RELEASE_STAGES))
+    if use_hub:
+        stages["load"] = load_back(workdir, hub, console)
+    if train != "none":
+        stages["train"] = train_model(workdir, train, seed, console)
     build = {
         "tool": f"biovita {__version__}",
         "python": platform.python_version(),
@@ -86,7 +114,105 @@ def run_demo(workdir: Path, *, size: str = "default", seed: int = 0, console: Co
     for stage, wrote in BUILD_OUTPUTS.items():
         if stage in stages:
             table.add_row(stage, wrote, stages[stage]["result"])
+    if "load" in stages:
+        table.add_row("load", "hub/mirrors (git, served by olah)", stages["load"]["result"])
+    if "train" in stages:
+        table.add_row("train", "runs/{towers,stage1,stage2}", stages["train"]["result"])
     table.add_row("build", "build.json", f"{build['seconds']} s in all")
     console.print(table)
+    print_next_steps(workdir, hub, use_hub, console)
     console.print(json.dumps({"workdir": str(workdir), "seconds": build["seconds"]}))
     return build
+
+
+def published_rows(hf: Path) -> dict[str, dict[str, int]]:
+    """Rows per config and split, read from the published folder's Parquet footers."""
+    import pyarrow.parquet as pq
+
+    rows: dict[str, dict[str, int]] = {}
+    for config in LOAD_CONFIGS:
+        for path in sorted((hf / config).glob("*.parquet")):
+            split = path.name.split("-", 1)[0]
+            n = pq.ParquetFile(path).metadata.num_rows
+            rows.setdefault(config, {})[split] = rows.get(config, {}).get(split, 0) + n
+    return rows
+
+
+def load_back(workdir: Path, hub: Path, console: Console) -> dict:
+    """Serve the pushed repo on loopback and `load_dataset` every config by repo id."""
+    t = time.monotonic()
+    console.rule(f"load_dataset({DEMO_REPO_ID!r}) through a local hub")
+    with localhub.serve(hub, wait_repo=DEMO_REPO_ID) as endpoint:
+        got = localhub.load_counts(
+            DEMO_REPO_ID, endpoint, hub / "hf_home", LOAD_CONFIGS, dict(os.environ)
+        )
+    want = published_rows(workdir / "hf")
+    loaded = {c: {s: e["rows"] for s, e in splits.items()} for c, splits in got.items()}
+    if loaded != want:
+        raise RuntimeError(f"loaded by repo id {loaded}, but the folder holds {want}")
+    table = Table(title=f"load_dataset({DEMO_REPO_ID!r}, config) via {endpoint}")
+    for name in ("config", "split", "rows", "first item decoded"):
+        table.add_column(name)
+    for config, splits in got.items():
+        for split, entry in splits.items():
+            first = entry.get("first")
+            shown = "-" if first is None else ("x".join(map(str, first)) if config == "image"
+                                               else f"{first} samples")  # fmt: skip
+            table.add_row(config, split, f"{entry['rows']:,}", shown)
+    console.print(table)
+    total = sum(sum(s.values()) for s in loaded.values())
+    return {
+        "seconds": round(time.monotonic() - t, 2),
+        "rows": loaded,
+        "result": f"{total:,} rows in {len(loaded)} configs loaded by repo id, equal to hf/",
+    }
+
+
+def train_model(workdir: Path, preset: str, seed: int, console: Console) -> dict:
+    """`biovita-model train-tiny` in its own process (biovita_data never imports the model)."""
+    missing = [m for m in ("torch", "open_clip", "transformers") if not importlib.util.find_spec(m)]
+    if missing:
+        console.print(f"[yellow]skipping training: {', '.join(missing)} not installed[/yellow]")
+        return {"result": f"skipped ({', '.join(missing)} not installed)"}
+    t = time.monotonic()
+    console.rule(f"biovita-model train-tiny --preset {preset}")
+    cmd = [sys.executable, "-m", "biovita_model.cli", "train-tiny", "--dataset",
+           str(workdir / "hf"), "--runs", str(workdir / "runs"), "--bench",
+           str(workdir / "bench"), "--preset", preset, "--seed", str(seed)]  # fmt: skip
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True)
+    sys.stdout.write(proc.stdout)
+    if proc.returncode != 0:
+        raise RuntimeError(f"biovita-model train-tiny failed (exit {proc.returncode})")
+    report = json.loads((workdir / "runs" / "stage2" / "eval.json").read_text())
+    seen = {d: report["results"].get(f"seen/species/{d}", {}).get("top1") for d in ("A2I", "A2T")}
+    shown = ", ".join(f"{d} {100 * v:.0f} %" for d, v in seen.items() if v is not None)
+    return {
+        "seconds": round(time.monotonic() - t, 2),
+        "preset": preset,
+        "result": f"stage 1 + 2 trained ({preset} preset); stage 2 seen species Top-1 {shown}",
+    }
+
+
+def print_next_steps(workdir: Path, hub: Path, use_hub: bool, console: Console) -> None:
+    """What a user types next: load the dataset (by path and by repo id), evaluate a run."""
+    lines = [
+        "# load the published dataset by path",
+        "from datasets import load_dataset",
+        f'audio = load_dataset("{workdir / "hf"}", "audio", split="train")',
+    ]
+    if use_hub:
+        lines += [
+            "",
+            "# or by repo id: serve the local hub in one shell ...",
+            f"#   biovita-data hub --root {hub} --port 8090",
+            "# ... and in another: HF_ENDPOINT=http://127.0.0.1:8090 python",
+            f'audio = load_dataset("{DEMO_REPO_ID}", "audio", split="train")',
+        ]
+    if (workdir / "runs" / "stage2" / "model.pt").is_file():
+        lines += [
+            "",
+            "# evaluate the trained tiny model again, or embed the dataset",
+            f"#   biovita-model eval --run {workdir / 'runs' / 'stage2'}"
+            f" --bench {workdir / 'bench'}",
+        ]
+    console.print("\n".join(lines), markup=False, highlight=False)

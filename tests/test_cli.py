@@ -34,6 +34,9 @@ runner = CliRunner()
         ["split"],
         ["bench"],
         ["stats"],
+        ["materialize"],
+        ["publish"],
+        ["hub"],
     ],
 )
 def test_help_on_every_command(args: list[str]) -> None:
@@ -70,7 +73,24 @@ def test_demo_tiny_builds_the_layout(tmp_path: Path) -> None:
         "stats",
         "materialize",
         "publish",
+        "load",
+        "train",
     }
+    # published into the local hub's bare repo and loaded back by repo id, rows equal to hf/
+    assert (tmp_path / "hub" / "mirrors" / "datasets" / "biovita" / "sample" / "HEAD").is_file()
+    load = build["stages"]["load"]
+    assert load["rows"]["audio"] == {"train": 42, "test": 14, "unseen": 10}
+    assert set(load["rows"]) == {"audio", "image", "species", "bench"}
+    assert 'load_dataset("biovita/sample", "audio", split="train")' in result.output
+    assert "biovita-data hub --root" in result.output
+    # a trained tiny model: both stages evaluated on the bench, with table and plot
+    for stage in ("stage1", "stage2"):
+        report = json.loads((tmp_path / "runs" / stage / "eval.json").read_text())
+        entry = report["results"]["seen/species/A2I"]
+        assert entry["n_queries"] > 0 and 0 <= entry["top1"] <= entry["top10"] <= 1
+        assert (tmp_path / "runs" / stage / "eval.png").stat().st_size > 1000
+    assert "BioVITA-Bench" in result.output  # the evaluation tables
+    assert "seen species Top-1 A2I" in build["stages"]["train"]["result"]
     assert (tmp_path / "traits" / "AVONET1_BirdLife.csv").exists()
     for name in ("species", "audio", "image", "unmatched"):
         assert (tmp_path / "manifests" / f"{name}.parquet").exists()
@@ -84,6 +104,20 @@ def test_demo_tiny_builds_the_layout(tmp_path: Path) -> None:
     assert published.height == species.height
     assert "biovita-data demo" in result.output and "records per species" in result.output
     assert dict(os.environ) == env_before  # the sample world's URLs and key do not leak out
+
+
+def test_hub_init_and_bad_demo_option(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["hub", "--root", str(tmp_path), "--init", "ns/name"])
+    assert result.exit_code == 0, result.output
+    bare = tmp_path.resolve() / "mirrors" / "datasets" / "ns" / "name"
+    assert result.output.strip() == f"--git-remote file://{bare}"
+    assert (bare / "HEAD").is_file()
+    again = runner.invoke(app, ["hub", "--root", str(tmp_path), "--init", "ns/name"])
+    assert again.output == result.output  # idempotent
+    bad = runner.invoke(app, ["hub", "--root", str(tmp_path), "--init", "no-slash"])
+    assert bad.exit_code != 0
+    demo = runner.invoke(app, ["demo", "--workdir", str(tmp_path / "d"), "--train", "big"])
+    assert demo.exit_code == 2 and "--train must be one of" in demo.output
 
 
 def test_run_sample_pipeline(tmp_path: Path) -> None:
@@ -168,8 +202,11 @@ def test_stage_commands_one_by_one(tmp_path: Path) -> None:
     """fetch (via demo), then each stage as a user types it; errors are one clear line."""
     out = tmp_path / "b"
     assert runner.invoke(app, ["split", "--out", str(out)]).exit_code == 2  # nothing aligned
-    result = runner.invoke(app, ["demo", "--workdir", str(out), "--size", "tiny"])
+    result = runner.invoke(
+        app, ["demo", "--workdir", str(out), "--size", "tiny", "--train", "none"]
+    )
     assert result.exit_code == 0, result.output
+    assert not (out / "runs").exists()
     before = (out / "bench" / "seen" / "tasks.parquet").read_bytes()
     # align again with a CSV backbone: no network needed
     from biovita_data.sample.world import World

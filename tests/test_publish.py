@@ -9,11 +9,8 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -29,7 +26,7 @@ from rich.console import Console
 from biovita_data import layout
 from biovita_data.bench import build_bench, task_csv_path
 from biovita_data.bench.official import LEVELS, TASKS
-from biovita_data.publish import CONFIGS, SPLITS, PublishError, publish
+from biovita_data.publish import CONFIGS, SPLITS, PublishError, localhub, publish
 from biovita_data.publish.features import columns
 from biovita_data.publish.licensing import card_license
 from biovita_data.publish.upload import push_to_git, redact
@@ -553,12 +550,6 @@ def _expected_report(folder: Path) -> dict:
     return report
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _run_load(python: str, repo: str, env: dict[str, str], *extra: str) -> dict:
     proc = subprocess.run(
         [python, "-c", LOAD_SCRIPT, repo, *extra],
@@ -604,51 +595,17 @@ def test_load_by_repo_id_through_olah(build: Path, tmp_path: Path, hub_env: dict
     """publish(git_remote=...) into a bare repo where olah serves local mirrors, then
     load_dataset("ns/name", config) (and streaming) with HF_ENDPOINT pointing at olah."""
     pytest.importorskip("olah")
-    mirrors = tmp_path / "mirrors"
-    namespace, name = REPO_ID.split("/")
-    bare = mirrors / "datasets" / namespace / name
-    bare.parent.mkdir(parents=True)
-    subprocess.run(["git", "init", "-q", "--bare", "-b", "main", str(bare)], check=True)
+    hub = tmp_path / "hub"
+    remote = localhub.init_repo(hub, REPO_ID)
     copy = tmp_path / "build"
     shutil.copytree(build, copy, ignore=shutil.ignore_patterns("hf"))
     with pytest.MonkeyPatch.context() as mp:
         mp.delenv("HF_TOKEN", raising=False)  # a git remote needs no Hub token
-        result = publish(copy, REPO_ID, git_remote=f"file://{bare}", max_shard_bytes=20_000)
-    assert result.commit and result.target == f"file://{bare}"
+        result = publish(copy, REPO_ID, git_remote=remote, max_shard_bytes=20_000)
+    assert result.commit and result.target == remote
     published = layout.hf_dir(copy)
-
-    port = _free_port()
-    config = tmp_path / "olah.toml"
-    config.write_text(
-        f'[basic]\nhost = "127.0.0.1"\nport = {port}\nrepos-path = "{tmp_path / "repos"}"\n'
-        f'mirrors-path = ["{mirrors}"]\nmirror-netloc = "127.0.0.1:{port}"\n'
-        f'mirror-lfs-netloc = "127.0.0.1:{port}"\n\n[accessibility]\noffline = true\n'
-    )
-    log = (tmp_path / "olah.log").open("wb")
-    server = subprocess.Popen(
-        [sys.executable, "-m", "olah.server", "-c", str(config), "--log-path", str(tmp_path)],
-        cwd=tmp_path,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                urllib.request.urlopen(f"{url}/api/datasets/{REPO_ID}/revision/main", timeout=2)
-                break
-            except OSError as exc:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    log.flush()
-                    text = (tmp_path / "olah.log").read_text(errors="replace")[-2000:]
-                    raise RuntimeError(f"olah did not answer: {text}") from exc
-                time.sleep(0.2)
+    with localhub.serve(hub, wait_repo=REPO_ID) as url:
         report = _run_load(sys.executable, REPO_ID, {**hub_env, "HF_ENDPOINT": url}, "stream")
-    finally:
-        server.terminate()
-        server.wait(timeout=10)
-        log.close()
     expected = _expected_report(published)
     _check_report(report, expected)
     assert report["streamed_sha256"] == expected["audio"]["train"]["sha256"]

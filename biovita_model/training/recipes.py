@@ -82,6 +82,29 @@ def ensure_trained(cfg: TrainConfig, console: Console) -> bool:
     return True
 
 
+def species_per_stage(dataset: str | Path) -> dict[str, int]:
+    """Distinct training species each stage can batch: photos (towers), recordings (Stage 1),
+    recordings whose species has a photo (Stage 2); a batch holds one item per species."""
+    import pyarrow.parquet as pq
+
+    from biovita_data.loader.index import resolve_folder, split_files
+
+    folder = resolve_folder(dataset)
+    labels = {
+        config: {
+            int(v)
+            for f in split_files(folder, config, "train")
+            for v in pq.read_table(f, columns=["label"]).column("label").to_pylist()
+        }
+        for config in ("audio", "image")
+    }
+    return {
+        "towers": len(labels["image"]),
+        "stage1": len(labels["audio"]),
+        "stage2": len(labels["audio"] & labels["image"]),
+    }
+
+
 def train_tiny(
     dataset: str | Path,
     runs_dir: str | Path,
@@ -101,10 +124,17 @@ def train_tiny(
     runs_dir = Path(runs_dir)
     result = ChainResult(runs={name: runs_dir / name for name in STAGES})
     init: Path | None = None
+    species = species_per_stage(dataset)
     for name in STAGES:
         extra = {"seed": seed, **overrides}
         if workers is not None:
             extra["workers"] = workers
+        batch = extra.get("batch_size", PRESETS.get(preset, {}).get(name, {}).get("batch_size"))
+        if batch and name in species and species[name] < batch:
+            extra["batch_size"] = max(2, species[name])
+            console.print(
+                f"{name}: batch size {batch} -> {extra['batch_size']}, the species of the split"
+            )
         cfg = stage_config(preset, name, dataset, result.runs[name], init, **extra)
         t0 = time.monotonic()
         if not ensure_trained(cfg, console):
