@@ -5,7 +5,8 @@ evaluated on the bench when one is given. Presets were measured on the default s
 (135 species, ~950 training clips, ~680 training photos) on 2 busy CPU cores:
 
 - `acceptance`: about 2 + 4.5 + 3 minutes of training (the issue's acceptance figures);
-- `demo`: about a third of that, for `biovita-data demo` (lower figures, same code paths).
+- `demo`: about 60 % of that, for `biovita-data demo` (measured: Stage 2 seen species Top-1
+  A2I 9 %, I2A 11 %, A2T 29 %, T2A 30 %, I2T 53 %, T2I 64 %; same code paths).
 
 Re-running is idempotent: a finished run with the same options is kept, an interrupted one is
 resumed from its last checkpoint.
@@ -34,9 +35,9 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
                    "lambda_ramp": 0.25, "workers": 2},
     },
     "demo": {
-        "towers": {"epochs": 20, "batch_size": 32, "lr": 1e-3, "workers": 1},
-        "stage1": {"epochs": 10, "batch_size": 32, "lr": 3e-3, "workers": 2},
-        "stage2": {"epochs": 5, "batch_size": 32, "lr": 2e-3, "text_lr": 1e-5,
+        "towers": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "workers": 1},
+        "stage1": {"epochs": 20, "batch_size": 32, "lr": 3e-3, "workers": 2},
+        "stage2": {"epochs": 8, "batch_size": 32, "lr": 2e-3, "text_lr": 1e-5,
                    "lambda_ramp": 0.25, "workers": 2},
     },
 }  # fmt: skip
