@@ -1,39 +1,53 @@
 """Training-loader throughput: biovita_data.loader vs the plain `datasets` Audio decode path.
 
 A synthetic published folder (the publish contract: audio/train-*.parquet with {bytes, path}
-structs, image/, species/) holds N recordings of about 25 s at 44.1 kHz, half MP3 (CBR, about
-128 kbit/s) and half FLAC, 20 % stereo, tones plus noise so the codecs work as on real sound. Both
-loaders read the same Parquet shards through a torch DataLoader with the same workers, in the same
-(shuffled) order, and yield a random 10 s crop at 48 kHz mono:
+structs written with publish's options: media bytes stored plainly, a row group closes at 100 rows
+or 4 MiB; image/, species/) holds recordings at 44.1 kHz, 20 % stereo, tones plus noise so the
+codecs work as on real sound. --durations picks their lengths:
 
-- loader: BioVITADataset (soundfile reads only the crop's frames, soxr resamples the crop);
+- reference (default): lengths drawn (seeded) from 501 real Xeno-canto recordings
+  (benchmarks/data/xc_durations.json: mean 49 s, median 28 s, p90 106 s, max 617 s), cut as
+  `biovita-data materialize` cuts them (default --segment-seconds 60: a longer recording becomes
+  ceil(s / 60) equal FLAC segments, each a row); shorter recordings are half MP3 (CBR, about
+  160 kbit/s), half FLAC. 1000 recordings by default (about 1400 rows of 35 s on average);
+- fixed:S: S x U(0.6, 1.4) seconds, half MP3, half FLAC, no segment (fixed:25, 2000 recordings:
+  the workload of earlier versions of this benchmark).
+
+Both loaders read the same Parquet shards through a torch DataLoader with the same workers, in the
+same (shuffled) order, and yield a random 10 s crop at 48 kHz mono:
+
+- loader: BioVITADataset (reads only the row's bytes from the shard, soundfile decodes only the
+  crop's frames, soxr resamples the crop);
 - datasets: load_dataset("parquet", data_files=...) + cast_column("audio", Audio(sampling_rate=
   48000)); each item decodes the whole file through torchcodec (FFmpeg), resampled to 48 kHz, then
   crops.
 
-    python3 benchmarks/loader.py [--recordings 2000] [--workers 2] [--items 600]
-        [--layouts 100,100w4,16,4] [--workdir DIR] [--keep]
+    python3 benchmarks/loader.py [--durations reference|fixed:25|reference,fixed:25]
+        [--recordings N] [--workers 2] [--items 600] [--layouts 100,100w4] [--workdir DIR] [--keep]
 
-The folder is written once per --workdir and reused. samples/s is measured in steady state (from
-the first batch to the last; worker start-up and the first batch excluded), and the setup times
-(index build, the `datasets` Arrow cache) are reported apart. CPU ms per sample (this process and
-its workers, whole run) is reported too: on a shared machine wall time depends on the neighbours,
-CPU time much less, and the speedup is given both ways. The loader is timed on every
---layouts entry: N rows per audio row group (publish writes 100), "NwK" = N rows with the
-sampler's row_group_window=K (and K cached row groups per worker). The first layout is the
-headline. The `datasets` path copies the Parquet into its own Arrow cache, so the layout does not
-matter to it. stdout: exactly one JSON line; progress goes to stderr.
+Several --durations (comma separated) are timed one after the other: the first is the headline,
+and `by_durations` sums up each. The folder is written once per --workdir and workload and
+reused. samples/s is measured in steady state (from the first batch to the last; worker start-up
+and the first batch excluded), and the setup times (index build, the `datasets` Arrow cache) are
+reported apart. CPU ms per sample (this process and its workers, whole run) is reported too: on a
+shared machine wall time depends on the neighbours, CPU time much less, and the speedup is given
+both ways (`speedup`: wall, `speedup_cpu`). The loader is timed on every --layouts entry: N rows
+per audio row group (at most 4 MiB, as publish), "NwK" = N rows with the sampler's
+row_group_window=K (and K cached row groups per worker). The first layout is the headline. The
+`datasets` path copies the Parquet into its own Arrow cache, so the layout does not matter to it.
+stdout: exactly one JSON line; progress goes to stderr.
 
 Both paths decode at about the same speed per second of audio (libsndfile/mpg123 + soxr here,
-FFmpeg there), so the gain comes from decoding 10 s instead of the whole recording: its ceiling is
-about mean_seconds / 10.5 (MP3 windows decode 0.5 s of pre-roll), minus the cost of reading a row
-group, which grows with the row group's bytes.
+FFmpeg there), so the gain comes from decoding 10 s instead of the whole clip: its ceiling,
+`decode_ceiling` in the JSON line, is the clips' total seconds over the seconds a crop decodes
+(min(clip, 10 s), + 0.5 s of MP3 pre-roll).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import resource
 import shutil
@@ -50,9 +64,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from biovita_data.loader import BioVITADataset, collate, species_sampler
 from biovita_data.loader.synthetic import AudioSpec, write_config, write_synthetic_folder
+from biovita_data.publish.shards import MEDIA_GROUP_BYTES, MEDIA_ROW_GROUP
 
 CROP = 480_000
 SEED = 0
+SEGMENT_SECONDS = 60.0  # materialize's default --segment-seconds
+DURATIONS_FILE = Path(__file__).with_name("data") / "xc_durations.json"
 
 
 def log(msg: str) -> None:
@@ -60,29 +77,78 @@ def log(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
 
 
-def make_folder(root: Path, args: argparse.Namespace) -> Path:
-    """Write (or reuse) the synthetic folder with the first row-group layout."""
-    params = {k: getattr(args, k) for k in ("recordings", "species", "seconds", "images")}
+def load_reference_seconds() -> np.ndarray:
+    """The 501 real Xeno-canto recording lengths (benchmarks/data/xc_durations.json)."""
+    return np.asarray(json.loads(DURATIONS_FILE.read_text())["seconds"], dtype=np.float64)
+
+
+def materialize_cuts(seconds: float, segment_seconds: float = SEGMENT_SECONDS) -> list[float]:
+    """Segment lengths as materialize stores a recording (biovita_data.media.audio._bounds):
+    longer than segment_seconds -> ceil(seconds / segment_seconds) equal FLAC segments."""
+    n = max(1, math.ceil(seconds / segment_seconds - 1e-9))
+    return [seconds / n] * n
+
+
+def recording_specs(durations: str, recordings: int, species: int) -> list[AudioSpec]:
+    """The rows to publish: `fixed:S` recordings of S x U(0.6, 1.4) seconds, half MP3 and half
+    FLAC (the workload of earlier versions); `reference` recordings of lengths drawn from the
+    real ones (+- 0.5 s: the API gives whole seconds), cut as materialize cuts them (segments are
+    FLAC, shorter recordings keep the MP3/FLAC mix). 44.1 kHz, 20 % stereo, tones plus noise."""
+    rng = np.random.default_rng(SEED)
+    common = {"split": "train", "rate": 44100, "noise": 0.03, "mp3_compression": 0.6}
+    if durations.startswith("fixed:"):
+        mean = float(durations.removeprefix("fixed:"))
+        return [
+            AudioSpec(
+                label=j % species,
+                seconds=float(rng.uniform(0.6, 1.4) * mean),
+                channels=2 if j % 5 == 4 else 1,
+                fmt="mp3" if j % 2 == 0 else "flac",
+                seed=j,
+                **common,
+            )
+            for j in range(recordings)
+        ]
+    if durations != "reference":
+        raise SystemExit(f"--durations: reference or fixed:SECONDS, not {durations!r}")
+    real = load_reference_seconds()
+    drawn = rng.choice(real, size=recordings) + rng.uniform(-0.5, 0.5, size=recordings)
+    specs = []
+    for j, total in enumerate(np.maximum(drawn, 0.5).tolist()):
+        cuts = materialize_cuts(total)
+        for s, seconds in enumerate(cuts):
+            fmt = "flac" if len(cuts) > 1 else ("mp3" if j % 2 == 0 else "flac")
+            specs.append(
+                AudioSpec(
+                    label=j % species,
+                    seconds=seconds,
+                    channels=2 if j % 5 == 4 else 1,
+                    fmt=fmt,
+                    seed=j * 1000 + s,
+                    record=f"syn{j:06d}",
+                    segment=s,
+                    n_segments=len(cuts),
+                    **common,
+                )
+            )
+    return specs
+
+
+def make_folder(
+    root: Path, durations: str, args: argparse.Namespace
+) -> tuple[Path, list[AudioSpec], int]:
+    """Write (or reuse) the synthetic folder with the first row-group layout: its rows' specs and
+    the number of recordings they come from."""
+    recordings = args.recordings or (1000 if durations == "reference" else 2000)
+    specs = recording_specs(durations, recordings, args.species)
+    params = {"recordings": recordings, "species": args.species, "images": args.images}
+    params |= {"durations": durations, "version": 2}
     stamp = root / "params.json"
     folder = root / "hf"
+    seconds = [spec.seconds for spec in specs]
     if stamp.exists() and json.loads(stamp.read_text()) == params:
-        return folder
+        return folder, specs, recordings
     shutil.rmtree(folder, ignore_errors=True)
-    rng = np.random.default_rng(SEED)
-    specs = [
-        AudioSpec(
-            label=j % args.species,
-            split="train",
-            seconds=float(rng.uniform(0.6, 1.4) * args.seconds),
-            rate=44100,
-            channels=2 if j % 5 == 4 else 1,
-            fmt="mp3" if j % 2 == 0 else "flac",
-            noise=0.03,
-            seed=j,
-            mp3_compression=0.6,
-        )
-        for j in range(args.recordings)
-    ]
     t0 = time.perf_counter()
     write_synthetic_folder(
         folder,
@@ -90,13 +156,14 @@ def make_folder(root: Path, args: argparse.Namespace) -> Path:
         n_species=args.species,
         images_per_species={"train": args.images},
         image_size=(320, 240),
-        rows_per_group=100,
-        shards=max(1, round(args.recordings / 500)),  # about 500 MB each, as publish writes
+        rows_per_group=MEDIA_ROW_GROUP,
+        group_bytes=MEDIA_GROUP_BYTES,
+        shards=max(1, round(sum(seconds) / 12_500)),  # about 500 MB each, as publish writes
         processes=os.cpu_count() or 1,
     )
-    log(f"wrote {folder} in {time.perf_counter() - t0:.0f} s")
+    log(f"wrote {folder} ({len(specs)} rows) in {time.perf_counter() - t0:.0f} s")
     stamp.write_text(json.dumps(params))
-    return folder
+    return folder, specs, recordings
 
 
 def relayout(folder: Path, rows_per_group: int) -> Path:
@@ -112,7 +179,12 @@ def relayout(folder: Path, rows_per_group: int) -> Path:
     for k, path in enumerate(files):
         table = pq.read_table(path)
         written = write_config(
-            tmp, "audio", f"train-{k:05d}", table, rows_per_group=rows_per_group
+            tmp,
+            "audio",
+            f"train-{k:05d}",
+            table,
+            rows_per_group=rows_per_group,
+            group_bytes=MEDIA_GROUP_BYTES,
         )[0]
         written.rename(written.with_name(path.name))
     tmp.rename(out)
@@ -251,62 +323,99 @@ def time_layout(
     return numbers, list(plain)[:n]
 
 
+def run_workload(root: Path, durations: str, args: argparse.Namespace) -> dict[str, Any]:
+    """Every number of one --durations workload (its folder under root)."""
+    root.mkdir(parents=True, exist_ok=True)
+    layouts = args.layouts.split(",")
+    base, specs, recordings = make_folder(root, durations, args)
+    size = sum(p.stat().st_size for p in (base / "audio").glob("*.parquet"))
+    clips = np.asarray([spec.seconds for spec in specs])
+    # what a 10 s crop decodes (MP3: 0.5 s of pre-roll too), for the speedup's ceiling
+    decoded = [min(spec.seconds, 10.5 if spec.fmt == "mp3" else 10.0) for spec in specs]
+    result: dict[str, Any] = {
+        "durations": durations,
+        "recordings": recordings,
+        "rows": len(specs),
+        "audio_bytes": size,
+        "mean_clip_seconds": round(float(clips.mean()), 2),
+        "median_clip_seconds": round(float(np.median(clips)), 2),
+        "decode_ceiling": round(float(clips.sum() / sum(decoded)), 2),
+    }
+    per_layout: dict[str, dict[str, float]] = {}
+    order: list[Any] = []
+    for layout in layouts:
+        per_layout[layout], order = time_layout(base, layout, args)
+    result["headline_layout"] = layouts[0]
+    result["loader_samples_per_s"] = per_layout[layouts[0]]["samples_per_s"]
+    result["loader_cpu_ms_per_sample"] = per_layout[layouts[0]]["cpu_ms_per_sample"]
+    result["loader_by_layout"] = per_layout
+    log(f"{durations}: datasets: load_dataset + cast_column(Audio(sampling_rate=48000))")
+    result |= run_datasets(base, root / "hf-cache", order, args)
+    if "datasets_samples_per_s" in result:
+        wall, cpu = result["datasets_samples_per_s"], result["datasets_cpu_ms_per_sample"]
+        result["speedup"] = round(result["loader_samples_per_s"] / wall, 2)
+        result["speedup_cpu"] = round(cpu / result["loader_cpu_ms_per_sample"], 2)
+        result["speedup_by_layout"] = {
+            k: {
+                "wall": round(v["samples_per_s"] / wall, 2),
+                "cpu": round(cpu / v["cpu_ms_per_sample"], 2),
+            }
+            for k, v in per_layout.items()
+        }
+    return result
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--recordings", type=int, default=2000)
+    parser.add_argument(
+        "--durations",
+        default="reference",
+        help="reference (real Xeno-canto lengths, cut as materialize cuts them) or fixed:SECONDS;"
+        " several, comma separated: the first is the headline, the others go to by_durations",
+    )
+    parser.add_argument(
+        "--recordings",
+        type=int,
+        default=None,
+        help="recordings before segmentation (default 1000 for reference, 2000 for fixed:S)",
+    )
     parser.add_argument("--species", type=int, default=200)
-    parser.add_argument("--seconds", type=float, default=25.0, help="mean recording length")
     parser.add_argument("--images", type=int, default=5, help="photos per species")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--items", type=int, default=600, help="samples timed per loader")
     parser.add_argument(
         "--layouts",
-        default="100,100w4,16,4",
-        help="audio row groups: rows per group, optionally wN = row_group_window N",
+        default="100,100w4",
+        help="audio row groups: rows per group (4 MiB at most, as publish), optionally wN ="
+        " row_group_window N",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="kept and reused when given")
     parser.add_argument("--keep", action="store_true", help="keep a temporary workdir")
     args = parser.parse_args()
-    layouts = args.layouts.split(",")
+    workloads = args.durations.split(",")
 
     root = args.workdir or Path(tempfile.mkdtemp(prefix="biovita-loader-bench-"))
     root.mkdir(parents=True, exist_ok=True)
     try:
-        base = make_folder(root, args)
-        size = sum(p.stat().st_size for p in (base / "audio").glob("*.parquet"))
-        result: dict[str, Any] = {
+        common: dict[str, Any] = {
             "benchmark": "loader",
-            "recordings": args.recordings,
-            "audio_bytes": size,
-            "mean_seconds": args.seconds,
             "workers": args.workers,
             "batch_size": args.batch_size,
             "samples_timed": args.items,
             "cpus": os.cpu_count(),
             "torch": torch.__version__,
         }
-        per_layout: dict[str, dict[str, float]] = {}
-        order: list[Any] = []
-        for layout in layouts:
-            per_layout[layout], order = time_layout(base, layout, args)
-        result["headline_layout"] = layouts[0]
-        result["loader_samples_per_s"] = per_layout[layouts[0]]["samples_per_s"]
-        result["loader_cpu_ms_per_sample"] = per_layout[layouts[0]]["cpu_ms_per_sample"]
-        result["loader_by_layout"] = per_layout
-        log("datasets: load_dataset + cast_column(Audio(sampling_rate=48000))")
-        result |= run_datasets(base, root / "hf-cache", order, args)
-        if "datasets_samples_per_s" in result:
-            wall, cpu = result["datasets_samples_per_s"], result["datasets_cpu_ms_per_sample"]
-            result["speedup"] = round(result["loader_samples_per_s"] / wall, 2)
-            result["speedup_by_layout"] = {
-                k: {
-                    "wall": round(v["samples_per_s"] / wall, 2),
-                    "cpu": round(cpu / v["cpu_ms_per_sample"], 2),
-                }
-                for k, v in per_layout.items()
+        results = [run_workload(root / w.replace(":", "-"), w, args) for w in workloads]
+        out = common | results[0]
+        if len(results) > 1:
+            keys = ("mean_clip_seconds", "rows", "loader_samples_per_s", "datasets_samples_per_s")
+            keys += ("loader_cpu_ms_per_sample", "datasets_cpu_ms_per_sample", "speedup")
+            keys += ("speedup_cpu", "datasets_error")
+            out["by_durations"] = {
+                r["durations"]: {k: r[k] for k in keys if k in r} for r in results
             }
-        print(json.dumps(result))
+        print(json.dumps(out))
         return 0
     finally:
         if args.workdir is None and not args.keep:

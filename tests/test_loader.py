@@ -251,8 +251,8 @@ def test_images_are_drawn_at_random_within_the_species(
 ) -> None:
     assert train._image is not None and train.image_index is not None
     picks: list[int] = []
-    read = train._image.read
-    monkeypatch.setattr(train._image, "read", lambda i: picks.append(i) or read(i))
+    media = train._image.media
+    monkeypatch.setattr(train._image, "media", lambda i: picks.append(i) or media(i))
     label = train[0]["label"]
     picks.clear()
     for epoch in range(12):
@@ -371,12 +371,52 @@ def test_row_reader_reads_every_row_lazily_and_pickles_small(train: BioVITADatas
         for row in pq.read_table(path, columns=["audio"]).column("audio").to_pylist()
     ]
     assert got == want
-    assert len(reader._files) == 1 and len(reader._cache) == 1
+    assert [reader.media(i) for i in range(len(train))] == want
+    assert len(reader._files) == 1 and len(reader._cache) <= 1
+    # publish stores media bytes plainly: read a value at a time, never a decoded row group
+    assert reader._fast and all(reader._fast.values()) and not reader._cache
+    paths = [
+        row["path"]
+        for path in train.audio_index.files
+        for row in pq.read_table(path, columns=["audio"]).column("audio").to_pylist()
+    ]
+    assert [reader.read(i)["audio"] for i in range(len(train))] == [
+        {"bytes": b, "path": p} for b, p in zip(want, paths, strict=True)
+    ]
     clone = pickle.loads(pickle.dumps(reader))
     assert not clone._files and not clone._cache
     assert clone.read(len(train) - 1)["audio"]["bytes"] == want[-1]
     train[0]  # fill the dataset's own caches: they must not travel to workers
     assert len(pickle.dumps(train)) < 100_000
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"compression": "none", "data_page_version": "2.0"},
+        {"compression": "none", "data_page_size": 1000, "write_batch_size": 1},  # many pages
+        {"compression": "zstd"},  # not stored plainly: decoded row groups instead
+        {"compression": "none", "use_dictionary": True},
+    ],
+)
+def test_row_reader_matches_pyarrow_on_any_layout(tmp_path: Path, options: dict) -> None:
+    import pyarrow as pa
+
+    from biovita_data.loader.index import build_index
+
+    media = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    rows = [
+        None if j == 5 else {"bytes": None if j == 2 else bytes([j]) * (j * 700), "path": f"p{j}"}
+        for j in range(23)
+    ]
+    table = pa.table({"audio": pa.array(rows, type=media), "label": list(range(23))})
+    path = tmp_path / "x.parquet"
+    pq.write_table(table, path, row_group_size=7, **{"use_dictionary": False} | options)
+    reader = RowReader(build_index([path]), ["audio"])
+    assert [reader.read(i)["audio"] for i in range(23)] == rows
+    assert [reader.media(i) for i in range(23)] == [r and r["bytes"] for r in rows]
+    fast = options["compression"] == "none" and not options.get("use_dictionary")
+    assert all((group is not None) == fast for group in reader._fast.values())
 
 
 # -- construction -------------------------------------------------------------------------------

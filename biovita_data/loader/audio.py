@@ -88,6 +88,8 @@ def to_mono(x: np.ndarray) -> np.ndarray:
     """Average the channels of a (frames, channels) array into float32 (frames,)."""
     if x.ndim == 1:
         return x.astype(np.float32, copy=False)
+    if x.shape[1] == 1:  # a view, no copy
+        return x.reshape(-1).astype(np.float32, copy=False)
     out = np.array(x[:, 0], dtype=np.float32)  # column sums: much faster than mean(axis=1)
     for c in range(1, x.shape[1]):
         out += x[:, c]

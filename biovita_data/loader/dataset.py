@@ -172,11 +172,13 @@ class BioVITADataset(Dataset):
         u_crop, u_image, u_text = rng.random(3)  # drawn up front: fixed whatever is decoded
 
         label = int(self.audio_index.label[index])
-        row = self._audio.read(index)
+        data = self._audio.media(index)  # only this value's bytes are read
         crop: CropMode = "onset" if self.mode == "eval" else "random"
         try:
+            if data is None:
+                raise ValueError("the audio is null")
             clip = decode_clip(
-                row["audio"]["bytes"],
+                data,
                 mode=crop,
                 u=float(u_crop),
                 seconds=self.clip_seconds,
@@ -185,7 +187,7 @@ class BioVITADataset(Dataset):
             )
         except Exception as exc:  # name the item: a bare libsndfile error says nothing useful
             raise RuntimeError(
-                f"cannot decode audio item {index} ({row['audio'].get('path')}) "
+                f"cannot decode audio item {index} ({self._audio_path(index)}) "
                 f"of {self.folder} split {self.split}: {exc}"
             ) from exc
         audio: Any = torch.from_numpy(clip.samples)
@@ -210,13 +212,20 @@ class BioVITADataset(Dataset):
             item["image"] = self._image_item(label, float(u_image))
         return item
 
+    def _audio_path(self, index: int) -> str | None:
+        """The `path` of audio item `index`, for error messages."""
+        try:
+            return (self._audio.read(index)["audio"] or {}).get("path")
+        except Exception:  # reading the row is what failed: say so, not why
+            return None
+
     def _image_item(self, label: int, u: float) -> Any:
         """A random photo of the species (None when image_split has none)."""
         rows = self.images_of(label)
         if self._image is None or rows.size == 0:
             return None
         pick = int(rows[min(rows.size - 1, int(u * rows.size))])
-        img = decode_image(self._image.read(pick)["image"]["bytes"])
+        img = decode_image(self._image.media(pick))
         if self.image_transform is not None:
             return self.image_transform(img)
         return image_to_tensor(img)

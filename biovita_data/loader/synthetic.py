@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import soundfile as sf
 from PIL import Image
@@ -108,6 +109,28 @@ def _features(table: pa.Table) -> dict[str, Any]:
     return {"info": {"features": features}}
 
 
+def _leaves(schema: pa.Schema) -> list[str]:
+    """Dotted leaf column paths (`audio.bytes`, `audio.path`, `label`, ...)."""
+    return [
+        f"{f.name}.{c.name}" for f in schema for c in (f.type if pa.types.is_struct(f.type) else [])
+    ] + [f.name for f in schema if not pa.types.is_struct(f.type)]
+
+
+def _group_sizes(table: pa.Table, media: str | None, rows: int, max_bytes: int | None) -> list[int]:
+    """Rows per row group: `rows`, or fewer once the media bytes reach max_bytes (as publish)."""
+    if media is None or max_bytes is None:
+        return [min(rows, table.num_rows - i) for i in range(0, table.num_rows, rows)]
+    lengths = pc.binary_length(pc.struct_field(table.column(media), "bytes"))
+    sizes: list[int] = []
+    n = total = 0
+    for length in lengths.fill_null(0).to_pylist():
+        n, total = n + 1, total + length
+        if n == rows or total >= max_bytes:
+            sizes.append(n)
+            n = total = 0
+    return sizes + ([n] if n else [])
+
+
 def write_config(
     folder: Path,
     config: str,
@@ -116,24 +139,40 @@ def write_config(
     *,
     rows_per_group: int = 16,
     shards: int = 1,
+    group_bytes: int | None = None,
 ) -> list[Path]:
-    """Write {config}/{split}-{i:05d}-of-{n:05d}.parquet shards (zstd, HF feature metadata)."""
+    """Write {config}/{split}-{i:05d}-of-{n:05d}.parquet shards with publish's options.
+
+    As publish writes them: HF feature metadata, zstd and dictionaries except on the media
+    `bytes` (stored plainly: encoded audio and JPEG do not shrink), no statistics on the media
+    column, a page index; a row group closes at rows_per_group rows or, given group_bytes (publish:
+    4 MiB), once its media bytes reach group_bytes.
+    """
     meta = {b"huggingface": json.dumps(_features(table)).encode()}
     table = table.replace_schema_metadata(meta)
+    media = next((c for c in ("audio", "image") if c in table.column_names), None)
+    leaves = _leaves(table.schema)
+    plain = f"{media}.bytes"
+    options: dict[str, Any] = {
+        "compression": {c: "none" if c == plain else "zstd" for c in leaves},
+        "use_dictionary": [c for c in leaves if c != plain],
+        "write_statistics": [c for c in table.column_names if c != media],
+        "write_page_index": True,
+    }
     out = folder / config
     out.mkdir(parents=True, exist_ok=True)
     per = math.ceil(table.num_rows / shards) if table.num_rows else 0
     paths = []
     for i in range(shards):
         path = out / f"{split}-{i:05d}-of-{shards:05d}.parquet"
-        pq.write_table(
-            table.slice(i * per, per),
-            path,
-            row_group_size=rows_per_group,
-            compression="zstd",
-            use_dictionary=[c for c in table.column_names if c not in ("audio", "image")],
-            write_page_index=True,
-        )
+        part = table.slice(i * per, per)
+        with pq.ParquetWriter(path, part.schema, **options) as writer:
+            offset = 0
+            for n in _group_sizes(part, media, rows_per_group, group_bytes):
+                writer.write_table(part.slice(offset, n), row_group_size=n)
+                offset += n
+            if not part.num_rows:
+                writer.write_table(part)
         paths.append(path)
     return paths
 
@@ -152,6 +191,9 @@ class AudioSpec:
     noise: float = 0.0  # standard deviation of added white noise
     seed: int = 0  # of the noise
     mp3_compression: float | None = None  # see encode_audio
+    record: str | None = None  # the recording a segment comes from (default: one of its own)
+    segment: int = 0  # as materialize cuts long recordings: segment of n_segments
+    n_segments: int = 1
 
 
 def _render(spec: AudioSpec) -> bytes:
@@ -194,14 +236,15 @@ def audio_table(species: pa.Table, specs: Sequence[AudioSpec], blobs: Sequence[b
     rows: dict[str, list[Any]] = {k: [] for k in _AUDIO_COLUMNS}
     for j, (spec, data) in enumerate(zip(specs, blobs, strict=True)):
         k = spec.label
-        record = f"syn{j:06d}"
-        rows["audio"].append({"bytes": data, "path": f"audio/synthetic/{record}.{spec.fmt}"})
+        record = spec.record or f"syn{j:06d}"
+        name = record if spec.n_segments == 1 else f"{record}_s{spec.segment:03d}"
+        rows["audio"].append({"bytes": data, "path": f"audio/synthetic/{name}.{spec.fmt}"})
         for name in ("label", "species_id", "scientific_name", "common_name", *_LINEAGE[2:]):
             rows[name].append(sp[name][k])
         rows["source"].append("synthetic")
         rows["record_id"].append(record)
-        rows["segment"].append(0)
-        rows["n_segments"].append(1)
+        rows["segment"].append(spec.segment)
+        rows["n_segments"].append(spec.n_segments)
         rows["duration_s"].append(spec.seconds)
         rows["sample_rate"].append(spec.rate)
         rows["channels"].append(spec.channels)
@@ -277,10 +320,14 @@ def write_synthetic_folder(
     image_size: tuple[int, int] = (48, 40),
     rows_per_group: int = 16,
     shards: int = 1,
+    group_bytes: int | None = None,
     processes: int = 1,
     seed: int = 0,
 ) -> Path:
-    """Render the recordings and photos and write a published folder: audio/, image/, species/."""
+    """Render the recordings and photos and write a published folder: audio/, image/, species/.
+
+    rows_per_group, shards and group_bytes shape the audio shards (see write_config).
+    """
     folder = Path(folder)
     species = species_table(n_species, n_unseen, seed)
     if processes > 1:
@@ -294,7 +341,15 @@ def write_synthetic_folder(
     counts = np.zeros((n_species, 2), dtype=np.int32)
     for split, members in per_split.items():
         table = audio_table(species, [specs[j] for j in members], [blobs[j] for j in members])
-        write_config(folder, "audio", split, table, rows_per_group=rows_per_group, shards=shards)
+        write_config(
+            folder,
+            "audio",
+            split,
+            table,
+            rows_per_group=rows_per_group,
+            shards=shards,
+            group_bytes=group_bytes,
+        )
         np.add.at(counts[:, 0], [specs[j].label for j in members], 1)
     images = images_per_species or {"train": 3, "test": 1}
     unseen = set(range(n_species - n_unseen, n_species))
