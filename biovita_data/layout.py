@@ -45,6 +45,11 @@ def media_shard_path(out: Path, modality: str, shard: int) -> Path:
     return media_dir(out, modality) / f"shard-{shard:05d}.parquet"
 
 
+def media_index_path(out: Path, modality: str) -> Path:
+    """OUT/media/<modality>/index.parquet: every stored file (kept or a duplicate), no bytes."""
+    return media_dir(out, modality) / "index.parquet"
+
+
 def hf_dir(out: Path) -> Path:
     """OUT/hf: the Hugging Face dataset folder publish writes."""
     return out / "hf"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import time
 from collections.abc import Callable
@@ -10,6 +11,7 @@ from typing import Any
 
 from rich.console import Console
 
+from biovita_data import layout
 from biovita_data.align import AlignSettings, align, name_resolver, saved_settings
 from biovita_data.http import HttpClient
 
@@ -97,7 +99,21 @@ def run_materialize(out: Path, cfg: dict, console: Console):
     unknown = set(cfg) - set(fields)
     if unknown:
         raise ValueError(f"[materialize]: unknown settings {sorted(unknown)}")
-    return materialize(out, MaterializeSettings(**cfg), console=console)
+    result = materialize(out, MaterializeSettings(**cfg), console=console)
+    redraw_bench(out, console)
+    return result
+
+
+def redraw_bench(out: Path, console: Console):
+    """Draw an existing bench again with its recorded settings, now from the stored media only
+    (a record materialize could not keep can be neither query nor candidate); None if no bench."""
+    from biovita_data.bench.official import bench_json_path
+
+    path = bench_json_path(layout.bench_dir(out, "seen"))
+    if not path.exists():
+        return None
+    console.print("bench: drawn again from the media materialize stored")
+    return run_bench(out, json.loads(path.read_text())["settings"], console)
 
 
 def run_publish(out: Path, cfg: dict, console: Console):

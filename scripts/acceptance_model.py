@@ -57,10 +57,8 @@ def build_world(out: Path, size: str = "default", seed: int = 0) -> Path:
     """Crawl the sample world, build manifests + bench, materialize and publish OUT/hf."""
     from biovita_data.demo import TAXA
     from biovita_data.fetch import fetch, settings_from_env
-    from biovita_data.media import MaterializeSettings, materialize
     from biovita_data.pipeline import sample_environment, sample_trait_tables
-    from biovita_data.publish import publish
-    from biovita_data.stages import run_build
+    from biovita_data.stages import BUILD_STAGES, RELEASE_STAGES, run_build
 
     err = Console(stderr=True)
     with ExitStack() as stack:
@@ -72,10 +70,10 @@ def build_world(out: Path, size: str = "default", seed: int = 0) -> Path:
             "traits": {"tables": sample_trait_tables(size, seed, out)},
             "split": {"seed": seed},
             "bench": {"seed": seed},
+            "materialize": {"throttle": False},  # also draws the bench again from stored media
+            "publish": {"repo_id": "biovita/sample-world", "folder_only": True},
         }
-        run_build(out, sections, err)
-        materialize(out, MaterializeSettings(throttle=False), console=err)
-    publish(out, "biovita/sample-world", folder_only=True, console=err)
+        run_build(out, sections, err, stages=BUILD_STAGES + RELEASE_STAGES)
     return out / "hf"
 
 

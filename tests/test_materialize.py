@@ -373,3 +373,33 @@ def test_long_audio_is_cut_into_equal_flac_segments_while_streaming() -> None:
         with pytest.raises(ItemFailure) as cut:
             store_audio(whole.getvalue()[: len(whole.getvalue()) // 2], 60.0)
         assert cut.value.reason == "undecodable"
+
+
+def test_materialize_redraws_the_bench_from_stored_media(built: Path, tmp_path: Path) -> None:
+    """A bench drawn before the media holds records that materialize could not keep; the
+    materialize stage draws it again (same settings), from the kept records only."""
+    out = _copy(built, tmp_path / "out")
+    run_build(out, {"bench": {"seed": 3}}, QUIET, stages=("bench",))
+
+    def bench_records(modality: str) -> set[tuple[str, str]]:
+        ids = set()
+        for subset in ("seen", "unseen"):
+            index = pl.read_csv(layout.bench_dir(out, subset) / "ids" / f"{modality}_index.csv")
+            for path in index["file_path"]:
+                _, source, name = path.split("/")
+                ids.add((source, name.rsplit(".", 1)[0]))
+        return ids
+
+    before = bench_records("audio")
+    run_build(out, {"materialize": SETTINGS}, QUIET, stages=("materialize",))
+    stored = pl.read_parquet(index_path(out, "audio")).filter(pl.col("kept"))
+    kept = set(zip(stored["source"], stored["record_id"], strict=True))
+    failed = pl.read_parquet(out / "manifests" / "failures.parquet").filter(
+        pl.col("stage") == "materialize"
+    )
+    lost = set(zip(failed["source"], failed["record_id"], strict=True))
+    assert before & lost  # the first draw did pick some records that are now gone
+    after = bench_records("audio")
+    assert after and after <= kept and not after & lost
+    settings = json.loads((layout.bench_dir(out, "seen") / "bench.json").read_text())["settings"]
+    assert settings["seed"] == 3  # drawn again with the recorded settings

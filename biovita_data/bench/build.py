@@ -121,10 +121,22 @@ def _read_species(out: Path) -> pl.DataFrame:
 
 
 def _read_media(out: Path, modality: str) -> pl.DataFrame:
+    """The modality's manifest; once materialize has run, only the records it stored and kept
+    (a failed download, an undecodable file or a duplicate can be neither query nor candidate)."""
     path = layout.media_manifest_path(out, modality)
     if not path.exists():
         raise FileNotFoundError(f"{path}: run the earlier stages first (align, split)")
-    return pl.read_parquet(path, columns=list(_MEDIA_COLUMNS))
+    df = pl.read_parquet(path, columns=list(_MEDIA_COLUMNS))
+    stored = layout.media_index_path(out, modality)
+    if stored.exists():
+        kept = (
+            pl.scan_parquet(stored)
+            .filter(pl.col("kept") & (pl.col("segment") == 0))
+            .select("source", "record_id")
+            .collect()
+        )
+        df = df.join(kept, on=["source", "record_id"], how="semi", maintain_order="left")
+    return df
 
 
 def _rng(seed: int, *parts: str) -> np.random.Generator:

@@ -31,8 +31,7 @@ MEDIA_INDEX = pa.schema(
 _META_COLUMNS = [f.name for f in MEDIA_FILE if f.name != "bytes"]
 
 
-def index_path(out: Path, modality: str) -> Path:
-    return layout.media_dir(out, modality) / "index.parquet"
+index_path = layout.media_index_path
 
 
 def build_index(out: Path, specs: list[ShardSpec]) -> tuple[pa.Table, pa.Table]:
