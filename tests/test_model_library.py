@@ -426,6 +426,7 @@ b = b_all[rank * n : (rank + 1) * n].clone().requires_grad_(True)
 loss = info_nce(a, b, 5.0)
 loss.backward()
 torch.save({"loss": loss.detach(), "a": a.grad, "b": b.grad}, f"{out}/{rank}.pt")
+dist.barrier()  # leave together: a rank torn down while its peer is in a collective aborts
 dist.destroy_process_group()
 """
 
