@@ -56,6 +56,9 @@ def run_demo(
     workdir.mkdir(parents=True, exist_ok=True)
     hub = workdir / "hub"
     use_hub = localhub.available()
+    if not use_hub:
+        console.print("[yellow]olah is not installed: the dataset is published as a folder only "
+                      "and not loaded back by repo id (pip install olah)[/yellow]")  # fmt: skip
     stages: dict[str, dict] = {}
     with ExitStack() as stack:
         env = sample_environment(stack, size, seed, "none")
