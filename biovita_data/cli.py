@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import json
 import signal
 import threading
@@ -362,13 +361,17 @@ def hub_cmd(
     if init is not None:
         typer.echo(f"--git-remote {localhub.init_repo(root, init)}")
         return
+
+    def _stop(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM: leave through `serve`'s cleanup, stopping olah
+
+    signal.signal(signal.SIGTERM, _stop)
     try:
         with localhub.serve(root, port=port or None) as endpoint:
             typer.echo(f"HF_ENDPOINT={endpoint}  (Ctrl-C stops)")
-            stop = threading.Event()
-            signal.signal(signal.SIGTERM, lambda *_: stop.set())
-            with contextlib.suppress(KeyboardInterrupt):
-                stop.wait()
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
     except localhub.HubError as exc:
         _fail(str(exc))
 

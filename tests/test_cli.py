@@ -233,3 +233,30 @@ def test_stage_commands_one_by_one(tmp_path: Path) -> None:
     assert bad.exit_code == 2 and "KIND=FILE" in bad.output
     bad = runner.invoke(app, ["align", "--out", str(out), "--backbone", str(tmp_path / "no.csv")])
     assert bad.exit_code == 2 and "no.csv" in bad.output
+
+
+def test_hub_serves_until_sigterm_then_stops_olah(tmp_path: Path) -> None:
+    pytest.importorskip("olah")
+    import signal
+    import subprocess
+    import sys
+    import urllib.error
+    import urllib.request
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "biovita_data.cli", "hub", "--root", str(tmp_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = proc.stdout.readline()  # printed once the server answers
+        assert line.startswith("HF_ENDPOINT=http://127.0.0.1:"), line
+        url = line.split("=", 1)[1].split()[0]
+        with pytest.raises(urllib.error.HTTPError):  # up: an unknown repo is an HTTP error
+            urllib.request.urlopen(f"{url}/api/datasets/ns/none/revision/main", timeout=5)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    with pytest.raises(urllib.error.URLError) as refused:  # olah went down with it
+        urllib.request.urlopen(f"{url}/", timeout=5)
+    assert not isinstance(refused.value, urllib.error.HTTPError)

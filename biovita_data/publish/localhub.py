@@ -13,6 +13,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -107,17 +108,23 @@ def serve(
 def _wait(
     server: subprocess.Popen, url: str, repo_id: str | None, log_path: Path, timeout: float
 ) -> None:
+    """Until the server answers: for `repo_id`, its revision; else any HTTP answer at all."""
     probe = f"{url}/api/datasets/{repo_id}/revision/main" if repo_id else f"{url}/"
     deadline = time.monotonic() + timeout
     while True:
         try:
             urllib.request.urlopen(probe, timeout=2)
             return
+        except urllib.error.HTTPError as exc:
+            if repo_id is None:
+                return
+            error: OSError = exc
         except OSError as exc:
-            if server.poll() is not None or time.monotonic() > deadline:
-                tail = log_path.read_text(errors="replace")[-1500:]
-                raise HubError(f"the local hub at {url} did not answer {probe}: {tail}") from exc
-            time.sleep(0.2)
+            error = exc
+        if server.poll() is not None or time.monotonic() > deadline:
+            tail = log_path.read_text(errors="replace")[-1500:]
+            raise HubError(f"the local hub at {url} did not answer {probe}: {tail}") from error
+        time.sleep(0.2)
 
 
 def hub_env(endpoint: str, home: Path, base: dict[str, str]) -> dict[str, str]:
