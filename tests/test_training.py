@@ -177,6 +177,16 @@ def test_resume_continues_exactly(world: Path, tmp_path: Path) -> None:
     assert all(torch.equal(a[k], b[k]) for k in a)
 
 
+def test_resume_with_worker_processes_continues_exactly(world: Path, tmp_path: Path) -> None:
+    """Persistent DataLoader workers draw no seed from torch's global generator when a session
+    starts, so a resumed run keeps the model's random stream (dropout) of an uninterrupted one."""
+    kw = {"epochs": 2, "workers": 2, "dropout": 0.2}
+    straight = train(_cfg(world, tmp_path / "a", **kw)).run_dir
+    train(_cfg(world, tmp_path / "b", stop_after=1, **kw))
+    train(_cfg(world, tmp_path / "b", **kw), resume=True)
+    assert _losses(straight) == _losses(tmp_path / "b")
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_and_accumulation(world: Path, tmp_path: Path, precision: str) -> None:
     cfg = _cfg(world, tmp_path / precision, stage="2", epochs=1, precision=precision, grad_accum=2)

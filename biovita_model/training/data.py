@@ -225,8 +225,14 @@ def make_loader(
     workers: int = 0,
     *,
     pin_memory: bool = False,
+    seed: int = 0,
 ) -> DataLoader:
-    """A DataLoader over (index, epoch) keys of the batch sampler."""
+    """A DataLoader over (index, epoch) keys of the batch sampler.
+
+    It draws its workers' base seed from its own generator: drawn from torch's global one, each
+    new iterator (every epoch without persistent workers, the first epoch of a session with them)
+    would shift the model's random stream (dropout), and a resumed run would leave the path of an
+    uninterrupted one."""
     return DataLoader(
         dataset,
         batch_sampler=sampler,
@@ -236,4 +242,5 @@ def make_loader(
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
+        generator=torch.Generator().manual_seed(int(seed)),
     )

@@ -295,7 +295,9 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
         convert_batch_norm(model)
     model.to(info.device)
     dataset, sampler = build_data(cfg, model, info)
-    loader = make_loader(dataset, sampler, cfg.workers, pin_memory=info.device.type == "cuda")
+    loader = make_loader(
+        dataset, sampler, cfg.workers, pin_memory=info.device.type == "cuda", seed=cfg.seed
+    )
     steps_per_epoch = len(sampler.global_batches(0)) // cfg.grad_accum
     if steps_per_epoch == 0:
         raise ValueError(
