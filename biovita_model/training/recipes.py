@@ -6,7 +6,7 @@ evaluated on the bench when one is given. Presets were measured on the default s
 
 - `acceptance`: about 2 + 4.5 + 3 minutes of training (the issue's acceptance figures);
 - `demo`: about 60 % of that, for `biovita-data demo` (measured: Stage 2 seen species Top-1
-  A2I 9 %, I2A 11 %, A2T 29 %, T2A 30 %, I2T 53 %, T2I 64 %; same code paths).
+  A2I 11 %, I2A 14 %, A2T 28 %, T2A 29 %, I2T 53 %, T2I 65 %; same code paths).
 
 Re-running is idempotent: a finished run with the same options is kept, an interrupted one is
 resumed from its last checkpoint.
