@@ -16,6 +16,7 @@ torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 pytest.importorskip("transformers")
 
+from test_model_library import _open_clip_folder, _tiny_clap  # noqa: E402
 from test_training import synthetic_world  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
@@ -24,7 +25,6 @@ from biovita_data.loader import decode_clip, decode_image  # noqa: E402
 from biovita_data.schemas import BENCH_MEDIA_INDEX, BENCH_TASK, BENCH_TEXT_INDEX  # noqa: E402
 from biovita_model.cli import app  # noqa: E402
 from biovita_model.model import load_model  # noqa: E402
-from biovita_model.towers import create_towers, read_config  # noqa: E402
 
 runner = CliRunner()
 FAST = ["--epochs", "1", "--batch-size", "4", "--threads", "1", "--no-progress"]
@@ -315,26 +315,9 @@ def test_probe_traits(runs: dict[str, Path]) -> None:
 
 
 def test_import_official(tmp_path: Path) -> None:
-    from transformers import ClapConfig, ClapModel, ClapTextConfig
-
-    torch.manual_seed(0)
-    clip = create_towers("tiny").clip
     folder = tmp_path / "bioclip"
-    folder.mkdir()
-    model_cfg = open_clip.get_model_config(read_config("tiny")["open_clip"]["name"])
-    (folder / "open_clip_config.json").write_text(json.dumps({"model_cfg": model_cfg}))
-    torch.save(clip.state_dict(), folder / "open_clip_pytorch_model.bin")
-    text = ClapTextConfig(
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=40,
-    )
-    audio_cfg = read_config("tiny")["audio"]
-    clap_cfg = ClapConfig(text_config=text.to_dict(), audio_config=audio_cfg, projection_dim=64)
-    clap = ClapModel(clap_cfg)
+    _open_clip_folder(folder, seed=0, preprocess=False)
+    clap = _tiny_clap(0)
     adapter = torch.nn.Linear(64, 64, bias=False)
     weights = {"clap_audio": clap.state_dict(), "audio_adapter": adapter.state_dict()}
     torch.save(weights, tmp_path / "clap_weights.pth")

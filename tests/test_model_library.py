@@ -166,13 +166,16 @@ def test_unknown_specs(tmp_path: Path) -> None:
 # ---- tiny real-layout folders ---------------------------------------------------------------
 
 
-def _open_clip_folder(path: Path, seed: int = 0) -> torch.nn.Module:
-    """A tiny open_clip model folder, as BioCLIP 2 ships (config + open_clip_pytorch_model.bin)."""
+def _open_clip_folder(path: Path, seed: int = 0, preprocess: bool = True) -> torch.nn.Module:
+    """A tiny open_clip model folder, as BioCLIP 2 ships (config + open_clip_pytorch_model.bin);
+    without `preprocess`, its config has no preprocess_cfg (open_clip's defaults apply)."""
     torch.manual_seed(seed)
     clip = create_towers("tiny").clip
     model_cfg = open_clip.get_model_config(read_config("tiny")["open_clip"]["name"])
     path.mkdir(parents=True, exist_ok=True)
-    doc = {"model_cfg": model_cfg, "preprocess_cfg": {"mean": [0.5] * 3, "std": [0.25] * 3}}
+    doc: dict = {"model_cfg": model_cfg}
+    if preprocess:
+        doc["preprocess_cfg"] = {"mean": [0.5] * 3, "std": [0.25] * 3}
     (path / "open_clip_config.json").write_text(json.dumps(doc))
     torch.save(clip.state_dict(), path / "open_clip_pytorch_model.bin")
     return clip.eval()
