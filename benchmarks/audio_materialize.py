@@ -24,14 +24,13 @@ import multiprocessing as mp
 import os
 import sys
 import tempfile
-import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from harness import TreeCpu, serve
 from rich.console import Console
 
 from biovita_data.http import HostPolicy, HttpClient
@@ -68,83 +67,10 @@ def unique(mp3: bytes, i: int) -> bytes:
     return mp3 + b"TAG" + title + bytes(30 + 30 + 4 + 30) + b"\xff"
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "BioVITABench/1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        bodies: list[bytes] = self.server.bodies  # type: ignore[attr-defined]
-        name = self.path.rsplit("/", 1)[-1].split(".")[0]
-        if not name.isdigit() or int(name) >= len(bodies):
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        body = bodies[int(name)]
-        self.send_response(200)
-        self.send_header("Content-Type", "audio/mpeg")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-def serve(conn, n: int) -> None:  # the child process
+def bodies(n: int) -> list[bytes]:
+    """The n served bodies: the DISTINCT recordings in turn, each made unique."""
     base = recordings()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.request_queue_size = 128
-    httpd.bodies = [unique(base[i % DISTINCT], i) for i in range(n)]  # type: ignore[attr-defined]
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    root = "http://{}:{}".format(*httpd.server_address[:2])
-    conn.send((root, sum(map(len, httpd.bodies)) / n))  # type: ignore[attr-defined]
-    conn.recv()
-    httpd.shutdown()
-
-
-class TreeCpu:
-    """CPU seconds (user + sys) of this process and its descendants, sampled from /proc."""
-
-    def __init__(self, exclude: set[int]) -> None:
-        self.tick = os.sysconf("SC_CLK_TCK")
-        self.exclude = exclude
-        self.base = self._scan()
-        self.last = dict(self.base)
-        self.stopped = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
-
-    def _scan(self) -> dict[int, int]:
-        procs = {}
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    with open(f"/proc/{name}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                procs[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-        mine, todo = set(), [os.getpid()]
-        while todo:
-            pid = todo.pop()
-            mine.add(pid)
-            todo += [
-                p for p, (ppid, _) in procs.items()
-                if ppid == pid and p not in mine and p not in self.exclude
-            ]  # fmt: skip
-        return {p: procs[p][1] for p in mine if p in procs}
-
-    def _loop(self) -> None:
-        while not self.stopped.wait(0.05):
-            self.last.update(self._scan())
-
-    def stop(self) -> float:
-        self.stopped.set()
-        self.thread.join()
-        self.last.update(self._scan())
-        return sum(t - self.base.get(p, 0) for p, t in self.last.items()) / self.tick
+    return [unique(base[i % DISTINCT], i) for i in range(n)]
 
 
 def run(urls: list[str], workers: int, exclude: set[int]) -> dict:
@@ -189,7 +115,9 @@ def main() -> None:
     args = ap.parse_args()
 
     parent, child = mp.Pipe()
-    server = mp.get_context("spawn").Process(target=serve, args=(child, args.clips), daemon=True)
+    server = mp.get_context("spawn").Process(
+        target=serve, args=(child, bodies, args.clips, "audio/mpeg"), daemon=True
+    )
     server.start()
     root, mean_bytes = parent.recv()
     urls = [f"{root}/recordings/{i}.mp3" for i in range(args.clips)]

@@ -34,9 +34,9 @@ import subprocess
 import sys
 import tempfile
 import textwrap
-import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from harness import serve
 
 DISTINCT = 64
 SIZE = (1024, 768)
@@ -66,90 +66,16 @@ def unique(jpeg: bytes, i: int) -> bytes:
     return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
 
 
-class _Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-    server_version = "BioVITABench/1"
-
-    def log_message(self, format: str, *args: object) -> None:
-        pass
-
-    def do_GET(self) -> None:
-        bodies: list[bytes] = self.server.bodies  # type: ignore[attr-defined]
-        name = self.path.rsplit("/", 1)[-1].split(".")[0]
-        if not name.isdigit() or int(name) >= len(bodies):
-            self.send_response(404)
-            self.send_header("Content-Length", "0")
-            self.end_headers()
-            return
-        body = bodies[int(name)]
-        self.send_response(200)
-        self.send_header("Content-Type", "image/jpeg")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-
-def serve(conn, n: int) -> None:  # the child process
+def bodies(n: int) -> list[bytes]:
+    """The n served bodies: the DISTINCT photos in turn, each made unique."""
     base = photos()
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    httpd.daemon_threads = True
-    httpd.request_queue_size = 128
-    httpd.bodies = [unique(base[i % DISTINCT], i) for i in range(n)]  # type: ignore[attr-defined]
-    threading.Thread(target=httpd.serve_forever, daemon=True).start()
-    root = "http://{}:{}".format(*httpd.server_address[:2])
-    conn.send((root, sum(map(len, httpd.bodies)) / n))  # type: ignore[attr-defined]
-    conn.recv()
-    httpd.shutdown()
+    return [unique(base[i % DISTINCT], i) for i in range(n)]
 
 
-# Runs inside each timed child process: the CPU seconds (user + sys) of that process and its
-# descendants (download threads, pool workers, a forkserver), sampled from /proc at 20 Hz.
-TREE_CPU = textwrap.dedent(
-    """
-    import os, threading, time
-
-    class TreeCpu:
-        def __init__(self):
-            self.tick = os.sysconf("SC_CLK_TCK")
-            self.root = os.getpid()
-            self.base = self._scan()
-            self.last = dict(self.base)
-            self.stop_event = threading.Event()
-            self.thread = threading.Thread(target=self._loop, daemon=True)
-            self.thread.start()
-
-        def _scan(self):
-            procs = {}
-            for name in os.listdir("/proc"):
-                if name.isdigit():
-                    try:
-                        with open(f"/proc/{name}/stat") as f:
-                            fields = f.read().rsplit(")", 1)[1].split()
-                    except OSError:
-                        continue
-                    procs[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-            mine, todo = set(), [self.root]
-            while todo:
-                pid = todo.pop()
-                mine.add(pid)
-                todo += [p for p, (ppid, _) in procs.items() if ppid == pid and p not in mine]
-            return {p: procs[p][1] for p in mine if p in procs}
-
-        def _loop(self):
-            while not self.stop_event.wait(0.05):
-                self.last.update(self._scan())
-
-        def stop(self):
-            self.stop_event.set()
-            self.thread.join()
-            self.last.update(self._scan())
-            return sum(t - self.base.get(p, 0) for p, t in self.last.items()) / self.tick
-    """
-)
-
-OURS = TREE_CPU + textwrap.dedent(
+OURS = textwrap.dedent(
     """
     import json, sys, tempfile, time
+    from harness import TreeCpu
     from pathlib import Path
     import pyarrow as pa, pyarrow.parquet as pq
     from rich.console import Console
@@ -187,9 +113,10 @@ OURS = TREE_CPU + textwrap.dedent(
     """
 )
 
-IMG2DATASET = TREE_CPU + textwrap.dedent(
+IMG2DATASET = textwrap.dedent(
     """
     import glob, json, sys, tempfile, time
+    from harness import TreeCpu
     import pyarrow.parquet as pq
     from img2dataset import download
 
@@ -223,7 +150,8 @@ def run_child(python: str, code: str, urls: list[str], processes: int) -> dict:
         script = Path(tmp) / "run.py"  # a file, so spawned/forkserver workers can import main
         script.write_text(code)
         args = [str(url_file), str(processes), str(IMAGE_SIZE), str(QUALITY), str(SHARD)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "NO_ALBUMENTATIONS_UPDATE": "1"}
+        path = os.pathsep.join([str(ROOT), str(ROOT / "benchmarks")])  # biovita, harness
+        env = {**os.environ, "PYTHONPATH": path, "NO_ALBUMENTATIONS_UPDATE": "1"}
         proc = subprocess.run(
             [python, str(script), *args], capture_output=True, text=True, cwd=tmp, env=env
         )
@@ -251,7 +179,9 @@ def main() -> None:
     if version is None:
         print(f"img2dataset is not importable by {args.img2dataset_python}", file=sys.stderr)
     parent, child = mp.Pipe()
-    server = mp.get_context("spawn").Process(target=serve, args=(child, args.images), daemon=True)
+    server = mp.get_context("spawn").Process(
+        target=serve, args=(child, bodies, args.images, "image/jpeg"), daemon=True
+    )
     server.start()
     root, mean_bytes = parent.recv()
     urls = [f"{root}/photos/{i}.jpg" for i in range(args.images)]

@@ -1,0 +1,95 @@
+"""What the media benchmarks share: a loopback HTTP server of numbered bodies, and a CPU clock
+of a process tree. Standard library only, so another tool's interpreter (img2dataset's venv) can
+import it too (with benchmarks/ on its PYTHONPATH)."""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class _Handler(BaseHTTPRequestHandler):
+    """GET .../<i>.<ext> answers body i of the server's list (404 past its end)."""
+
+    protocol_version = "HTTP/1.1"
+    server_version = "BioVITABench/1"
+
+    def log_message(self, format: str, *args: object) -> None:
+        pass
+
+    def do_GET(self) -> None:
+        bodies: list[bytes] = self.server.bodies  # type: ignore[attr-defined]
+        name = self.path.rsplit("/", 1)[-1].split(".")[0]
+        if not name.isdigit() or int(name) >= len(bodies):
+            self.send_response(404)
+            self.send_header("Content-Length", "0")
+            self.end_headers()
+            return
+        body = bodies[int(name)]
+        self.send_response(200)
+        self.send_header("Content-Type", self.server.content_type)  # type: ignore[attr-defined]
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+
+def serve(conn, make_bodies: Callable[[int], list[bytes]], n: int, content_type: str) -> None:
+    """A child process's job: serve make_bodies(n) on 127.0.0.1, send (root URL, mean body
+    bytes) through `conn`, and stop when `conn` receives anything."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
+    httpd.daemon_threads = True
+    httpd.request_queue_size = 128
+    httpd.bodies = make_bodies(n)  # type: ignore[attr-defined]
+    httpd.content_type = content_type  # type: ignore[attr-defined]
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    root = "http://{}:{}".format(*httpd.server_address[:2])
+    conn.send((root, sum(map(len, httpd.bodies)) / n))  # type: ignore[attr-defined]
+    conn.recv()
+    httpd.shutdown()
+
+
+class TreeCpu:
+    """CPU seconds (user + sys) of this process and its descendants (but `exclude` and theirs),
+    sampled from /proc at 20 Hz, so short-lived workers are counted too."""
+
+    def __init__(self, exclude: set[int] | None = None) -> None:
+        self.tick = os.sysconf("SC_CLK_TCK")
+        self.exclude = exclude or set()
+        self.base = self._scan()
+        self.last = dict(self.base)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._loop, daemon=True)
+        self.thread.start()
+
+    def _scan(self) -> dict[int, int]:
+        procs = {}
+        for name in os.listdir("/proc"):
+            if name.isdigit():
+                try:
+                    with open(f"/proc/{name}/stat") as f:
+                        fields = f.read().rsplit(")", 1)[1].split()
+                except OSError:
+                    continue
+                procs[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+        mine, todo = set(), [os.getpid()]
+        while todo:
+            pid = todo.pop()
+            mine.add(pid)
+            todo += [
+                p for p, (ppid, _) in procs.items()
+                if ppid == pid and p not in mine and p not in self.exclude
+            ]  # fmt: skip
+        return {p: procs[p][1] for p in mine if p in procs}
+
+    def _loop(self) -> None:
+        while not self.stopped.wait(0.05):
+            self.last.update(self._scan())
+
+    def stop(self) -> float:
+        """Stop sampling; the CPU seconds used since the clock started."""
+        self.stopped.set()
+        self.thread.join()
+        self.last.update(self._scan())
+        return sum(t - self.base.get(p, 0) for p, t in self.last.items()) / self.tick
