@@ -19,7 +19,7 @@ from rich.table import Table
 from biovita_data import __version__
 from biovita_data.fetch import fetch, settings_from_env
 from biovita_data.pipeline import sample_environment, sample_trait_tables
-from biovita_data.publish import localhub
+from biovita_data.publish import CONFIGS, SPLITS, localhub
 from biovita_data.stages import BUILD_STAGES, RELEASE_STAGES, run_build
 from biovita_data.tables import write_json_atomic
 
@@ -34,7 +34,6 @@ BUILD_OUTPUTS = {
     "publish": "hf/ (dataset card, configs audio/image/species/bench)",
 }
 DEMO_REPO_ID = "biovita/sample"
-LOAD_CONFIGS = ("audio", "image", "species", "bench")
 TRAIN_PRESETS = ("demo", "acceptance", "none")
 
 
@@ -132,12 +131,12 @@ def published_rows(hf: Path) -> dict[str, dict[str, int]]:
     """Rows per config and split, read from the published folder's Parquet footers."""
     import pyarrow.parquet as pq
 
-    rows: dict[str, dict[str, int]] = {}
-    for config in LOAD_CONFIGS:
-        for path in sorted((hf / config).glob("*.parquet")):
-            split = path.name.split("-", 1)[0]
-            n = pq.ParquetFile(path).metadata.num_rows
-            rows.setdefault(config, {})[split] = rows.get(config, {}).get(split, 0) + n
+    rows: dict[str, dict[str, int]] = {config: {} for config in CONFIGS}
+    for config, splits in SPLITS.items():
+        for split in splits:
+            shards = sorted((hf / config).glob(f"{split}-*.parquet"))
+            if shards:
+                rows[config][split] = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
     return rows
 
 
@@ -147,7 +146,7 @@ def load_back(workdir: Path, hub: Path, console: Console) -> dict:
     console.rule(f"load_dataset({DEMO_REPO_ID!r}) through a local hub")
     with localhub.serve(hub, wait_repo=DEMO_REPO_ID) as endpoint:
         got = localhub.load_counts(
-            DEMO_REPO_ID, endpoint, hub / "hf_home", LOAD_CONFIGS, dict(os.environ)
+            DEMO_REPO_ID, endpoint, hub / "hf_home", CONFIGS, dict(os.environ)
         )
     want = published_rows(workdir / "hf")
     loaded = {c: {s: e["rows"] for s, e in splits.items()} for c, splits in got.items()}
