@@ -46,7 +46,7 @@ from biovita_data.loader.index import SPLITS, MediaIndex, RowReader, resolve_fol
 from biovita_model import evaluate as ev
 from biovita_model.audio_frontend import AudioFrontend, FrontendConfig
 from biovita_model.model import BioVITAModel
-from biovita_model.training.data import decode_image_at, input_size
+from biovita_model.training.data import input_size, load_image
 from biovita_model.training.distributed import cpu_threads
 
 MODALITIES = ("audio", "image", "text")
@@ -178,10 +178,10 @@ class MediaItems(Dataset):
         return {**self.__dict__, "_frontend": None}
 
     def __getitem__(self, i: int) -> torch.Tensor:
-        data = self.reader.read(i)[self.modality]["bytes"]
+        data = self.reader.media(i)
         if self.modality == "image":
             assert self.transform is not None
-            return self.transform(decode_image_at(data, self.size))
+            return self.transform(load_image(data, self.size))
         cfg = self.frontend_cfg
         assert cfg is not None
         clip = decode_clip(

@@ -34,9 +34,13 @@ def item_rng(seed: int, epoch: int, index: int) -> np.random.Generator:
     return np.random.default_rng(np.random.SeedSequence([_ITEM_STREAM, seed, epoch, index]))
 
 
-def decode_image(data: bytes) -> Image.Image:
-    """Decode image bytes to an RGB PIL image."""
+def decode_image(data: bytes, *, draft: int | None = None) -> Image.Image:
+    """Decode image bytes to an RGB PIL image. With `draft`, a JPEG decodes at the smallest DCT
+    scale (1/2, 1/4, 1/8) that keeps both sides >= draft px: several times faster when the
+    consumer resizes far below the stored size anyway."""
     with Image.open(io.BytesIO(data)) as img:
+        if draft is not None and img.format == "JPEG":
+            img.draft("RGB", (draft, draft))
         return img.convert("RGB")
 
 

@@ -7,7 +7,6 @@ number of workers or ranks, and a resumed run sees the same items as an uninterr
 
 from __future__ import annotations
 
-import io
 import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -18,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from biovita_data.loader import BioVITADataset, read_species
+from biovita_data.loader import BioVITADataset, decode_image, read_species
 from biovita_data.loader.index import RowReader, build_index, resolve_folder, split_files
 from biovita_model.audio_frontend import AudioFrontend, FrontendConfig, augment_mel
 from biovita_model.training.batches import SpeciesBatchSampler
@@ -54,18 +53,6 @@ class _Frontend:
             return self._module(wave[None], torch.tensor([length]))[0]
 
 
-def decode_image_at(data: bytes, size: int) -> Image.Image:
-    """Decode an image to RGB, letting JPEG decode at a reduced scale that stays >= 2 x size.
-
-    A 512 px photo for a 32 px tower decodes at 1/8 scale (DCT scaling, several times faster);
-    the transform's own resize then works from at least twice the tower's input size.
-    """
-    img = Image.open(io.BytesIO(data))
-    if img.format == "JPEG":
-        img.draft("RGB", (2 * size, 2 * size))
-    return img.convert("RGB")
-
-
 class SpeciesImages:
     """The photos of one split by species: a seeded pick per item, decoded and transformed."""
 
@@ -87,7 +74,14 @@ class SpeciesImages:
 
     def load(self, row: int) -> Any:
         """Row `row` decoded and transformed."""
-        return self.transform(decode_image_at(self.reader.read(row)["image"]["bytes"], self.size))
+        return self.transform(load_image(self.reader.media(row), self.size))
+
+
+def load_image(data: bytes, size: int) -> Image.Image:
+    """Photo bytes for a tower of input `size`: a JPEG decodes at a reduced DCT scale that stays
+    >= 2 x size (a 512 px photo for a 32 px tower at 1/8), so the transform's own resize still
+    works from at least twice the tower's input."""
+    return decode_image(data, draft=2 * size)
 
 
 def input_size(transform: Any) -> int:
