@@ -579,16 +579,8 @@ def _check_report(report: dict, expected: dict) -> None:
 
 @pytest.fixture
 def hub_env(tmp_path: Path) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
-    env.update(
-        HF_HOME=str(tmp_path / "hf_home"),
-        HF_DATASETS_CACHE=str(tmp_path / "ds_cache"),
-        HF_HUB_OFFLINE="0",
-        HF_DATASETS_OFFLINE="0",
-        HF_HUB_DISABLE_TELEMETRY="1",
-        HF_HUB_DISABLE_XET="1",
-    )
-    return env
+    env = localhub.hub_env(None, tmp_path / "hf_home", dict(os.environ))
+    return {**env, "HF_DATASETS_CACHE": str(tmp_path / "ds_cache")}
 
 
 def test_load_by_repo_id_through_olah(build: Path, tmp_path: Path, hub_env: dict) -> None:

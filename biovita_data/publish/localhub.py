@@ -127,11 +127,13 @@ def _wait(
         time.sleep(0.2)
 
 
-def hub_env(endpoint: str, home: Path, base: dict[str, str]) -> dict[str, str]:
-    """An environment that loads from `endpoint`, with its own HF cache and no Hub token."""
+def hub_env(endpoint: str | None, home: Path, base: dict[str, str]) -> dict[str, str]:
+    """`base` without any HF_* / HUGGINGFACE* setting (no token, no mirror), with its own HF
+    cache under `home`, loading from `endpoint` (None: the Hub's default)."""
     env = {k: v for k, v in base.items() if not k.startswith(("HF_", "HUGGINGFACE"))}
+    if endpoint is not None:
+        env["HF_ENDPOINT"] = endpoint
     env.update(
-        HF_ENDPOINT=endpoint,
         HF_HOME=str(home),
         HF_HUB_OFFLINE="0",
         HF_DATASETS_OFFLINE="0",
