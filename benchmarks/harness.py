@@ -50,6 +50,35 @@ def serve(conn, make_bodies: Callable[[int], list[bytes]], n: int, content_type:
     httpd.shutdown()
 
 
+def tree_ticks(exclude: set[int] | None = None) -> dict[int, int]:
+    """Clock ticks (user + sys) of each live process of this process's tree (but `exclude` and
+    their descendants), from /proc."""
+    exclude = exclude or set()
+    procs = {}
+    for name in os.listdir("/proc"):
+        if name.isdigit():
+            try:
+                with open(f"/proc/{name}/stat") as f:
+                    fields = f.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            procs[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
+    mine, todo = set(), [os.getpid()]
+    while todo:
+        pid = todo.pop()
+        mine.add(pid)
+        todo += [
+            p for p, (ppid, _) in procs.items()
+            if ppid == pid and p not in mine and p not in exclude
+        ]  # fmt: skip
+    return {p: procs[p][1] for p in mine if p in procs}
+
+
+def tree_cpu_seconds() -> float:
+    """CPU seconds so far of this process and its live descendants (one /proc scan)."""
+    return sum(tree_ticks().values()) / os.sysconf("SC_CLK_TCK")
+
+
 class TreeCpu:
     """CPU seconds (user + sys) of this process and its descendants (but `exclude` and theirs),
     sampled from /proc at 20 Hz, so short-lived workers are counted too."""
@@ -64,24 +93,7 @@ class TreeCpu:
         self.thread.start()
 
     def _scan(self) -> dict[int, int]:
-        procs = {}
-        for name in os.listdir("/proc"):
-            if name.isdigit():
-                try:
-                    with open(f"/proc/{name}/stat") as f:
-                        fields = f.read().rsplit(")", 1)[1].split()
-                except OSError:
-                    continue
-                procs[int(name)] = (int(fields[1]), int(fields[11]) + int(fields[12]))
-        mine, todo = set(), [os.getpid()]
-        while todo:
-            pid = todo.pop()
-            mine.add(pid)
-            todo += [
-                p for p, (ppid, _) in procs.items()
-                if ppid == pid and p not in mine and p not in self.exclude
-            ]  # fmt: skip
-        return {p: procs[p][1] for p in mine if p in procs}
+        return tree_ticks(self.exclude)
 
     def _loop(self) -> None:
         while not self.stopped.wait(0.05):

@@ -29,18 +29,23 @@ Several --durations (comma separated) are timed one after the other: the first i
 and `by_durations` sums up each. The folder is written once per --workdir and workload and
 reused. samples/s is measured in steady state (from the first batch to the last; worker start-up
 and the first batch excluded), and the setup times (index build, the `datasets` Arrow cache) are
-reported apart. CPU ms per sample (this process and its workers, whole run) is reported too: on a
-shared machine wall time depends on the neighbours, CPU time much less, and the speedup is given
-both ways (`speedup`: wall, `speedup_cpu`). The loader is timed on every --layouts entry: N rows
-per audio row group (at most 4 MiB, as publish), "NwK" = N rows with the sampler's
-row_group_window=K (and K cached row groups per worker). The first layout is the headline. The
-`datasets` path copies the Parquet into its own Arrow cache, so the layout does not matter to it.
+reported apart. CPU ms per sample (this process and its workers, read from /proc) is reported
+too, over the same steady state (`*cpu_ms_per_sample`) and over the whole run, worker start-up
+included (`*run_cpu_ms_per_sample`): on a shared machine wall time depends on the neighbours, CPU
+time much less, and the speedup is given both ways (`speedup`: wall, `speedup_cpu`: steady CPU).
+The loader is timed on every --layouts entry: N rows per audio row group (at most 4 MiB, as
+publish), "NwK" = N rows with the sampler's row_group_window=K (and K cached row groups per
+worker). The first layout is the headline. The `datasets` path copies the Parquet into its own
+Arrow cache, so the layout does not matter to it.
 stdout: exactly one JSON line; progress goes to stderr.
 
 Both paths decode at about the same speed per second of audio (libsndfile/mpg123 + soxr here,
 FFmpeg there), so the gain comes from decoding 10 s instead of the whole clip: its ceiling,
 `decode_ceiling` in the JSON line, is the clips' total seconds over the seconds a crop decodes
-(min(clip, 10 s), + 0.5 s of MP3 pre-roll).
+(min(clip, 10 s), + 0.5 s of MP3 pre-roll). `decode_floor_cpu_ms_per_sample` is what decoding
+and resampling the crops alone costs (decode_clip on bytes read beforehand, in this process, the
+same items): no loader built on soundfile + soxr can spend less, so `speedup_cpu_bound`
+(datasets CPU ms over that floor) is the most any such loader can reach on this workload.
 """
 
 from __future__ import annotations
@@ -60,9 +65,13 @@ from typing import Any
 import numpy as np
 import pyarrow.parquet as pq
 import torch
+from harness import tree_cpu_seconds
 from torch.utils.data import DataLoader, Dataset
 
 from biovita_data.loader import BioVITADataset, collate, species_sampler
+from biovita_data.loader.audio import decode_clip
+from biovita_data.loader.dataset import item_rng
+from biovita_data.loader.index import RowReader
 from biovita_data.loader.synthetic import AudioSpec, write_config, write_synthetic_folder
 from biovita_data.publish.shards import MEDIA_GROUP_BYTES, MEDIA_ROW_GROUP
 
@@ -201,8 +210,9 @@ def _cpu_seconds() -> float:
 
 
 def timed_loader(dataset: Any, order: list[Any], workers: int, batch_size: int) -> dict[str, float]:
-    """Steady-state samples/s (first batch excluded), seconds to the first batch, and CPU ms per
-    sample over the whole run, workers included (robust on a shared machine, unlike wall time)."""
+    """Steady-state samples/s and CPU ms per sample (from the first batch to the last, this process
+    and its workers: worker start-up and the first batch excluded), CPU ms per sample over the
+    whole run (start-up included), and seconds to the first batch."""
     loader = DataLoader(
         dataset,
         batch_size=batch_size,
@@ -211,23 +221,25 @@ def timed_loader(dataset: Any, order: list[Any], workers: int, batch_size: int) 
         collate_fn=collate,
         prefetch_factor=4 if workers else None,
     )
+    batches = math.ceil(len(order) / batch_size)
     cpu0, t0 = _cpu_seconds(), time.perf_counter()
-    first = None
+    first = end = tree0 = tree1 = 0.0
     n = total = 0
-    for batch in loader:
+    for b, batch in enumerate(loader, 1):
         assert batch["audio"].shape[1:] == (CROP,)
         total += batch["audio"].shape[0]
-        if first is None:
-            first = time.perf_counter()
+        if b == 1:
+            first, tree0 = time.perf_counter(), tree_cpu_seconds()
         else:
             n += batch["audio"].shape[0]
-    end = time.perf_counter()
+        if b == batches:  # the workers are done but still alive: their CPU is in /proc
+            end, tree1 = time.perf_counter(), tree_cpu_seconds()
     del loader  # workers are joined when the iterator ends, so their CPU time is in RUSAGE_CHILDREN
     cpu = _cpu_seconds() - cpu0
-    assert first is not None
     return {
         "samples_per_s": round(n / max(end - first, 1e-9), 2),
-        "cpu_ms_per_sample": round(1000 * cpu / total, 2),
+        "cpu_ms_per_sample": round(1000 * (tree1 - tree0) / max(n, 1), 2),
+        "run_cpu_ms_per_sample": round(1000 * cpu / total, 2),
         "first_batch_s": round(first - t0, 2),
     }
 
@@ -278,6 +290,7 @@ def run_datasets(
             "datasets_version": datasets.__version__,
             "datasets_samples_per_s": numbers["samples_per_s"],
             "datasets_cpu_ms_per_sample": numbers["cpu_ms_per_sample"],
+            "datasets_run_cpu_ms_per_sample": numbers["run_cpu_ms_per_sample"],
             "datasets_prepare_s": round(prepare, 2),
             "datasets_first_batch_s": numbers["first_batch_s"],
         }
@@ -315,12 +328,29 @@ def time_layout(
     numbers = {
         "samples_per_s": audio["samples_per_s"],
         "cpu_ms_per_sample": audio["cpu_ms_per_sample"],
+        "run_cpu_ms_per_sample": audio["run_cpu_ms_per_sample"],
         "triplet_samples_per_s": full["samples_per_s"],
         "triplet_cpu_ms_per_sample": full["cpu_ms_per_sample"],
         "open_s": round(opened, 3),
         "first_batch_s": audio["first_batch_s"],
     }
     return numbers, list(plain)[:n]
+
+
+def decode_floor(folder: Path, order: list[Any]) -> float:
+    """CPU ms per item of decode_clip alone (the bytes read beforehand, untimed), with the crop
+    position each item gets in BioVITADataset."""
+    dataset = BioVITADataset(folder, "train", seed=SEED, with_image=False)
+    reader = RowReader(dataset.audio_index, ["audio"])
+    spent = 0.0
+    for index, epoch in order:
+        data = reader.media(int(index))
+        u_crop = float(item_rng(SEED, int(epoch), int(index)).random(3)[0])
+        t0 = time.process_time()
+        decode_clip(data, u=u_crop)
+        spent += time.process_time() - t0
+    reader.close()
+    return 1000 * spent / len(order)
 
 
 def run_workload(root: Path, durations: str, args: argparse.Namespace) -> dict[str, Any]:
@@ -349,12 +379,15 @@ def run_workload(root: Path, durations: str, args: argparse.Namespace) -> dict[s
     result["loader_samples_per_s"] = per_layout[layouts[0]]["samples_per_s"]
     result["loader_cpu_ms_per_sample"] = per_layout[layouts[0]]["cpu_ms_per_sample"]
     result["loader_by_layout"] = per_layout
+    log(f"{durations}: decode_clip alone (the floor)")
+    result["decode_floor_cpu_ms_per_sample"] = round(decode_floor(base, order), 2)
     log(f"{durations}: datasets: load_dataset + cast_column(Audio(sampling_rate=48000))")
     result |= run_datasets(base, root / "hf-cache", order, args)
     if "datasets_samples_per_s" in result:
         wall, cpu = result["datasets_samples_per_s"], result["datasets_cpu_ms_per_sample"]
         result["speedup"] = round(result["loader_samples_per_s"] / wall, 2)
         result["speedup_cpu"] = round(cpu / result["loader_cpu_ms_per_sample"], 2)
+        result["speedup_cpu_bound"] = round(cpu / result["decode_floor_cpu_ms_per_sample"], 2)
         result["speedup_by_layout"] = {
             k: {
                 "wall": round(v["samples_per_s"] / wall, 2),
@@ -411,7 +444,8 @@ def main() -> int:
         if len(results) > 1:
             keys = ("mean_clip_seconds", "rows", "loader_samples_per_s", "datasets_samples_per_s")
             keys += ("loader_cpu_ms_per_sample", "datasets_cpu_ms_per_sample", "speedup")
-            keys += ("speedup_cpu", "datasets_error")
+            keys += ("speedup_cpu", "decode_floor_cpu_ms_per_sample", "speedup_cpu_bound")
+            keys += ("datasets_error",)
             out["by_durations"] = {
                 r["durations"]: {k: r[k] for k in keys if k in r} for r in results
             }
