@@ -8,7 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 from urllib.parse import urlsplit
 
+from biovita_data.http import HttpClient
 from biovita_data.licenses import DEFAULT_ALLOWED, UnknownLicense, is_allowed, normalize_license
+from biovita_data.taxa import Target
 
 
 @dataclass
@@ -35,6 +37,31 @@ class Source(Protocol):
     def plan(self) -> list[str]: ...
 
     def fetch_page(self, query: str, cursor: Any) -> Page: ...
+
+
+class TargetSource:
+    """What the crawling sources share: the HTTP client, the service root, the target taxa, an
+    optional `updated since` date and the licence allow-list; one query per iNaturalist taxon."""
+
+    name: str
+
+    def __init__(
+        self,
+        http: HttpClient,
+        base_url: str,
+        targets: list[Target],
+        *,
+        since: str | None = None,
+        allowed: tuple[str, ...] = DEFAULT_ALLOWED,
+    ) -> None:
+        self.http = http
+        self.base_url = base_url.rstrip("/")
+        self.targets = targets
+        self.since = since
+        self.allowed = allowed
+
+    def plan(self) -> list[str]:
+        return list(dict.fromkeys(f"taxon_id={t.inat_id}" for t in self.targets))
 
 
 class BadRecord(ValueError):

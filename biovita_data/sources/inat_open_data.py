@@ -11,14 +11,21 @@ import polars as pl
 
 from biovita_data.http import HttpClient
 from biovita_data.licenses import DEFAULT_ALLOWED
-from biovita_data.sources.base import BadRecord, Page, check_license, failure, to_date
+from biovita_data.sources.base import (
+    BadRecord,
+    Page,
+    TargetSource,
+    check_license,
+    failure,
+    to_date,
+)
 from biovita_data.taxa import Target
 
 NAME = "inat-open-data"
 TABLES = ("taxa", "observations", "photos", "observers")
 
 
-class OpenDataSource:
+class OpenDataSource(TargetSource):
     """Downloads each table once (kept under `cache_dir`, resumable), then one page per target."""
 
     name = NAME
@@ -32,14 +39,8 @@ class OpenDataSource:
         *,
         allowed: tuple[str, ...] = DEFAULT_ALLOWED,
     ) -> None:
-        self.http = http
-        self.base_url = base_url.rstrip("/")
-        self.targets = targets
+        super().__init__(http, base_url, targets, allowed=allowed)
         self.cache_dir = cache_dir
-        self.allowed = allowed
-
-    def plan(self) -> list[str]:
-        return list(dict.fromkeys(f"taxon_id={t.inat_id}" for t in self.targets))
 
     def _table(self, name: str) -> pl.LazyFrame:
         """The table as a lazy scan: downloaded (streamed) and unpacked once, then cached."""

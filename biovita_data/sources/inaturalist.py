@@ -5,11 +5,11 @@ from __future__ import annotations
 import re
 from typing import Any
 
-from biovita_data.http import FetchError, HttpClient
-from biovita_data.licenses import DEFAULT_ALLOWED
+from biovita_data.http import FetchError
 from biovita_data.sources.base import (
     BadRecord,
     Page,
+    TargetSource,
     check_license,
     check_media_url,
     failure,
@@ -18,7 +18,6 @@ from biovita_data.sources.base import (
     to_float,
     to_int,
 )
-from biovita_data.taxa import Target
 
 NAME = "inaturalist"
 PER_PAGE = 200
@@ -126,28 +125,10 @@ def _media(kind: str, item: Any, login: Any, allowed: tuple[str, ...]) -> dict:
     }
 
 
-class INaturalistSource:
+class INaturalistSource(TargetSource):
     """Observations of each target taxon, `order_by=id&order=asc&id_above=cursor`."""
 
     name = NAME
-
-    def __init__(
-        self,
-        http: HttpClient,
-        base_url: str,
-        targets: list[Target],
-        *,
-        since: str | None = None,
-        allowed: tuple[str, ...] = DEFAULT_ALLOWED,
-    ) -> None:
-        self.http = http
-        self.base_url = base_url.rstrip("/")
-        self.targets = targets
-        self.since = since
-        self.allowed = allowed
-
-    def plan(self) -> list[str]:
-        return list(dict.fromkeys(f"taxon_id={t.inat_id}" for t in self.targets))
 
     def fetch_page(self, query: str, cursor: Any) -> Page:
         id_above = int(cursor or 0)

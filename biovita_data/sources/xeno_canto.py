@@ -11,6 +11,7 @@ from biovita_data.sources.base import (
     BadRecord,
     Page,
     SplitQuery,
+    TargetSource,
     check_license,
     check_media_url,
     failure,
@@ -102,7 +103,7 @@ def parse_recording(rec: Any, query: str, allowed: tuple[str, ...]) -> dict:
     }
 
 
-class XenoCantoSource:
+class XenoCantoSource(TargetSource):
     """Crawls `/recordings` for each target's tag queries; cursor = the next page number."""
 
     name = NAME
@@ -117,11 +118,7 @@ class XenoCantoSource:
         allowed: tuple[str, ...] = DEFAULT_ALLOWED,
         key: str | None = None,
     ) -> None:
-        self.http = http
-        self.base_url = base_url.rstrip("/")
-        self.targets = targets
-        self.since = since
-        self.allowed = allowed
+        super().__init__(http, base_url, targets, since=since, allowed=allowed)
         self.key = key or api_key()
         http.secrets = (*http.secrets, self.key)
 
