@@ -230,38 +230,18 @@ def build_sources(settings: FetchSettings, http: HttpClient, out: Path) -> list[
         api_key()  # a missing key is an error before any request
     resolver = TaxonResolver(http, settings.inaturalist_url)
     targets = [resolver.resolve(t) for t in settings.taxa]
+    crawlers = {
+        "xeno-canto": (XenoCantoSource, settings.xeno_canto_url),
+        "inaturalist": (INaturalistSource, settings.inaturalist_url),
+    }
     built: list[Source] = []
     for name in settings.sources:
-        if name == "xeno-canto":
-            built.append(
-                XenoCantoSource(
-                    http,
-                    settings.xeno_canto_url,
-                    targets,
-                    since=settings.since,
-                    allowed=settings.licenses,
-                )
-            )
-        elif name == "inaturalist":
-            built.append(
-                INaturalistSource(
-                    http,
-                    settings.inaturalist_url,
-                    targets,
-                    since=settings.since,
-                    allowed=settings.licenses,
-                )
-            )
+        if name in crawlers:
+            cls, url = crawlers[name]
+            built.append(cls(http, url, targets, since=settings.since, allowed=settings.licenses))
         elif name == "inat-open-data":
-            built.append(
-                OpenDataSource(
-                    http,
-                    settings.open_data_url,
-                    targets,
-                    raw_dir(out, name) / "tables",
-                    allowed=settings.licenses,
-                )
-            )
+            url, tables = settings.open_data_url, raw_dir(out, name) / "tables"
+            built.append(OpenDataSource(http, url, targets, tables, allowed=settings.licenses))
         else:
             raise ValueError(f"unknown source {name!r}; choose from {', '.join(SOURCES)} or all")
     return built
