@@ -23,18 +23,21 @@ same (shuffled) order, and yield a random 10 s crop at 48 kHz mono:
   crops.
 
     python3 benchmarks/loader.py [--durations reference|fixed:25|reference,fixed:25]
-        [--recordings N] [--workers 2] [--items 600] [--layouts 100,100w4] [--workdir DIR] [--keep]
+        [--recordings N] [--workers 2] [--items 600] [--repeat 3] [--layouts 100,100w4]
+        [--workdir DIR] [--keep]
 
-Several --durations (comma separated) are timed one after the other: the first is the headline,
-and `by_durations` sums up each. The folder is written once per --workdir and workload and
-reused. samples/s is measured in steady state (from the first batch to the last; worker start-up
-and the first batch excluded), and the setup times (index build, the `datasets` Arrow cache) are
-reported apart. CPU ms per sample (this process and its workers, read from /proc) is reported
-too, over the same steady state (`*cpu_ms_per_sample`) and over the whole run, worker start-up
-included (`*run_cpu_ms_per_sample`): on a shared machine wall time depends on the neighbours, CPU
-time much less, and the speedup is given both ways (`speedup`: wall, `speedup_cpu`: steady CPU).
-The loader is timed on every --layouts entry: N rows per audio row group (at most 4 MiB, as
-publish), "NwK" = N rows with the sampler's row_group_window=K (and K cached row groups per
+Several --durations (comma separated) are timed one after the other: the first is the headline, and
+`by_durations` sums up each. Every measurement runs --repeat times, interleaved (loader, floor,
+datasets, loader, ...), and each number is the median of the runs: on a shared machine one run can
+be off by 30 %; `runs` lists each run's speedups. The folder is written once per --workdir and
+workload and reused. samples/s is measured in steady state (from the first batch to the last;
+worker start-up and the first batch excluded), and the setup times (index build, the `datasets`
+Arrow cache) are reported apart. CPU ms per sample (this process and its workers, read from /proc)
+is reported too, over the same steady state (`*cpu_ms_per_sample`) and over the whole run, worker
+start-up included (`*run_cpu_ms_per_sample`): on a shared machine wall time depends on the
+neighbours, CPU time much less, and the speedup is given both ways (`speedup`: wall, `speedup_cpu`:
+steady CPU). The loader is timed on every --layouts entry: N rows per audio row group (at most 4
+MiB, as publish), "NwK" = N rows with the sampler's row_group_window=K (and K cached row groups per
 worker). The first layout is the headline. The `datasets` path copies the Parquet into its own
 Arrow cache, so the layout does not matter to it.
 stdout: exactly one JSON line; progress goes to stderr.
@@ -353,6 +356,51 @@ def decode_floor(folder: Path, order: list[Any]) -> float:
     return 1000 * spent / len(order)
 
 
+def measure(base: Path, root: Path, layouts: list[str], args: argparse.Namespace) -> dict[str, Any]:
+    """One run: the loader on every layout, the decode floor, the datasets path, the speedups."""
+    result: dict[str, Any] = {}
+    per_layout: dict[str, dict[str, float]] = {}
+    order: list[Any] = []
+    for layout in layouts:
+        per_layout[layout], order = time_layout(base, layout, args)
+    result["headline_layout"] = layouts[0]
+    result["loader_samples_per_s"] = per_layout[layouts[0]]["samples_per_s"]
+    result["loader_cpu_ms_per_sample"] = per_layout[layouts[0]]["cpu_ms_per_sample"]
+    result["loader_by_layout"] = per_layout
+    log("decode_clip alone (the floor)")
+    result["decode_floor_cpu_ms_per_sample"] = round(decode_floor(base, order), 2)
+    log("datasets: load_dataset + cast_column(Audio(sampling_rate=48000))")
+    result |= run_datasets(base, root / "hf-cache", order, args)
+    if "datasets_samples_per_s" in result:
+        wall, cpu = result["datasets_samples_per_s"], result["datasets_cpu_ms_per_sample"]
+        result["speedup"] = round(result["loader_samples_per_s"] / wall, 2)
+        result["speedup_cpu"] = round(cpu / result["loader_cpu_ms_per_sample"], 2)
+        result["speedup_cpu_bound"] = round(cpu / result["decode_floor_cpu_ms_per_sample"], 2)
+        result["speedup_by_layout"] = {
+            k: {
+                "wall": round(v["samples_per_s"] / wall, 2),
+                "cpu": round(cpu / v["cpu_ms_per_sample"], 2),
+            }
+            for k, v in per_layout.items()
+        }
+    return result
+
+
+def median_of(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """The runs merged key by key: numbers -> their median, nested dicts likewise, the rest from
+    the first run."""
+    out: dict[str, Any] = {}
+    for key, first in runs[0].items():
+        values = [run[key] for run in runs if key in run]
+        if isinstance(first, dict):
+            out[key] = median_of(values)
+        elif isinstance(first, int | float) and not isinstance(first, bool):
+            out[key] = round(float(np.median(values)), 2)
+        else:
+            out[key] = first
+    return out
+
+
 def run_workload(root: Path, durations: str, args: argparse.Namespace) -> dict[str, Any]:
     """Every number of one --durations workload (its folder under root)."""
     root.mkdir(parents=True, exist_ok=True)
@@ -371,30 +419,14 @@ def run_workload(root: Path, durations: str, args: argparse.Namespace) -> dict[s
         "median_clip_seconds": round(float(np.median(clips)), 2),
         "decode_ceiling": round(float(clips.sum() / sum(decoded)), 2),
     }
-    per_layout: dict[str, dict[str, float]] = {}
-    order: list[Any] = []
-    for layout in layouts:
-        per_layout[layout], order = time_layout(base, layout, args)
-    result["headline_layout"] = layouts[0]
-    result["loader_samples_per_s"] = per_layout[layouts[0]]["samples_per_s"]
-    result["loader_cpu_ms_per_sample"] = per_layout[layouts[0]]["cpu_ms_per_sample"]
-    result["loader_by_layout"] = per_layout
-    log(f"{durations}: decode_clip alone (the floor)")
-    result["decode_floor_cpu_ms_per_sample"] = round(decode_floor(base, order), 2)
-    log(f"{durations}: datasets: load_dataset + cast_column(Audio(sampling_rate=48000))")
-    result |= run_datasets(base, root / "hf-cache", order, args)
-    if "datasets_samples_per_s" in result:
-        wall, cpu = result["datasets_samples_per_s"], result["datasets_cpu_ms_per_sample"]
-        result["speedup"] = round(result["loader_samples_per_s"] / wall, 2)
-        result["speedup_cpu"] = round(cpu / result["loader_cpu_ms_per_sample"], 2)
-        result["speedup_cpu_bound"] = round(cpu / result["decode_floor_cpu_ms_per_sample"], 2)
-        result["speedup_by_layout"] = {
-            k: {
-                "wall": round(v["samples_per_s"] / wall, 2),
-                "cpu": round(cpu / v["cpu_ms_per_sample"], 2),
-            }
-            for k, v in per_layout.items()
-        }
+    runs = []
+    for r in range(args.repeat):
+        log(f"{durations}: run {r + 1} of {args.repeat}")
+        runs.append(measure(base, root, layouts, args))
+    result |= median_of(runs)
+    if args.repeat > 1:
+        keys = ("speedup", "speedup_cpu", "speedup_cpu_bound")
+        result["runs"] = [{k: run[k] for k in keys if k in run} for run in runs]
     return result
 
 
@@ -417,6 +449,13 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--items", type=int, default=600, help="samples timed per loader")
+    parser.add_argument(
+        "--repeat",
+        type=int,
+        default=3,
+        help="runs of every measurement, interleaved; each number is the median (a shared machine"
+        " is noisy), `runs` lists each run's speedups",
+    )
     parser.add_argument(
         "--layouts",
         default="100,100w4",
