@@ -24,6 +24,7 @@ import pyarrow.parquet as pq
 import soundfile as sf
 from PIL import Image
 
+from biovita_data.publish.shards import parquet_options, shard_name
 from biovita_data.vocab import TRAIT_COLUMNS
 
 SF_FORMATS = {  # extension -> soundfile (format, subtype)
@@ -109,13 +110,6 @@ def _features(table: pa.Table) -> dict[str, Any]:
     return {"info": {"features": features}}
 
 
-def _leaves(schema: pa.Schema) -> list[str]:
-    """Dotted leaf column paths (`audio.bytes`, `audio.path`, `label`, ...)."""
-    return [
-        f"{f.name}.{c.name}" for f in schema for c in (f.type if pa.types.is_struct(f.type) else [])
-    ] + [f.name for f in schema if not pa.types.is_struct(f.type)]
-
-
 def _group_sizes(table: pa.Table, media: str | None, rows: int, max_bytes: int | None) -> list[int]:
     """Rows per row group: `rows`, or fewer once the media bytes reach max_bytes (as publish)."""
     if media is None or max_bytes is None:
@@ -143,28 +137,20 @@ def write_config(
 ) -> list[Path]:
     """Write {config}/{split}-{i:05d}-of-{n:05d}.parquet shards with publish's options.
 
-    As publish writes them: HF feature metadata, zstd and dictionaries except on the media
-    `bytes` (stored plainly: encoded audio and JPEG do not shrink), no statistics on the media
-    column, a page index; a row group closes at rows_per_group rows or, given group_bytes (publish:
-    4 MiB), once its media bytes reach group_bytes.
+    HF feature metadata and publish's ParquetWriter options (publish.shards.parquet_options);
+    a row group closes at rows_per_group rows or, given group_bytes (publish: 4 MiB), once its
+    media bytes reach group_bytes.
     """
     meta = {b"huggingface": json.dumps(_features(table)).encode()}
     table = table.replace_schema_metadata(meta)
     media = next((c for c in ("audio", "image") if c in table.column_names), None)
-    leaves = _leaves(table.schema)
-    plain = f"{media}.bytes"
-    options: dict[str, Any] = {
-        "compression": {c: "none" if c == plain else "zstd" for c in leaves},
-        "use_dictionary": [c for c in leaves if c != plain],
-        "write_statistics": [c for c in table.column_names if c != media],
-        "write_page_index": True,
-    }
+    options = parquet_options(table.schema, media)
     out = folder / config
     out.mkdir(parents=True, exist_ok=True)
     per = math.ceil(table.num_rows / shards) if table.num_rows else 0
     paths = []
     for i in range(shards):
-        path = out / f"{split}-{i:05d}-of-{shards:05d}.parquet"
+        path = out / shard_name(split, i, shards)
         part = table.slice(i * per, per)
         with pq.ParquetWriter(path, part.schema, **options) as writer:
             offset = 0

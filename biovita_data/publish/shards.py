@@ -45,6 +45,21 @@ def _leaf_paths(schema: pa.Schema) -> list[str]:
     return paths
 
 
+def parquet_options(schema: pa.Schema, media_column: str | None = None) -> dict:
+    """ParquetWriter options of a published shard: zstd and dictionaries except on the media
+    `bytes` (encoded audio and JPEG do not shrink under either: stored plainly, which also lets the
+    loader read one value without decoding its row group), no statistics on the media column, a
+    page index."""
+    media_bytes = f"{media_column}.bytes"
+    leaves = _leaf_paths(schema)
+    return {
+        "compression": {c: "none" if c == media_bytes else "zstd" for c in leaves},
+        "use_dictionary": [c for c in leaves if c != media_bytes],
+        "write_statistics": [n for n in schema.names if n != media_column],
+        "write_page_index": True,
+    }
+
+
 class SplitWriter:
     """Writes one split of one config as numbered shards, each at most about `max_bytes`."""
 
@@ -68,16 +83,7 @@ class SplitWriter:
         self._shard_rows = 0
         self._pending: list[pa.Table] = []
         self._pending_rows = 0
-        stats = [n for n in schema.names if n != media_column]
-        leaves = _leaf_paths(schema)
-        media_bytes = f"{media_column}.bytes"
-        # encoded audio and JPEG do not shrink under zstd or a dictionary: store them plainly
-        self._options = {
-            "compression": {c: "none" if c == media_bytes else "zstd" for c in leaves},
-            "use_dictionary": [c for c in leaves if c != media_bytes],
-            "write_statistics": stats,
-            "write_page_index": True,
-        }
+        self._options = parquet_options(schema, media_column)
         self._pending_bytes = 0
 
     def write(self, table: pa.Table) -> None:
