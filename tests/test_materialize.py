@@ -29,7 +29,6 @@ from biovita_data.http import HttpClient
 from biovita_data.media import MaterializeSettings, materialize
 from biovita_data.media.audio import store_audio
 from biovita_data.media.image import store_image
-from biovita_data.media.index import index_path
 from biovita_data.media.records import ItemFailure
 from biovita_data.sample.faults import FaultPlan
 from biovita_data.sample.server import SampleServer
@@ -113,7 +112,7 @@ def test_every_kept_record_has_verified_files(local_run, tiny_world: World) -> N
     truth = _truth(tiny_world)
     for modality in ("audio", "image"):
         manifest = _manifest(out, modality)
-        index = pl.read_parquet(index_path(out, modality)).filter(pl.col("kept"))
+        index = pl.read_parquet(layout.media_index_path(out, modality)).filter(pl.col("kept"))
         files = _shards(out, modality).join(
             index.select("source", "record_id", "segment"), on=["source", "record_id", "segment"]
         )
@@ -195,7 +194,7 @@ def test_failures_are_the_ground_truth_and_nothing_disappears(local_run, tiny_wo
     want = {}
     for modality in ("audio", "image"):
         manifest = _manifest(out, modality)
-        index = pl.read_parquet(index_path(out, modality))
+        index = pl.read_parquet(layout.media_index_path(out, modality))
         kept = set(index.filter(pl.col("kept")).select("source", "record_id").iter_rows())
         for source, rid in manifest.select("source", "record_id").iter_rows():
             key = (modality, source, rid)
@@ -208,7 +207,7 @@ def test_failures_are_the_ground_truth_and_nothing_disappears(local_run, tiny_wo
     dup = next(k for k, v in got.items() if v == "duplicate")
     original = tiny_world.recording_by_id[(dup[1], int(dup[2]))].duplicate_of
     row = (
-        pl.read_parquet(index_path(out, "audio"))
+        pl.read_parquet(layout.media_index_path(out, "audio"))
         .filter(pl.col("record_id") == dup[2])
         .row(0, named=True)
     )
@@ -277,7 +276,7 @@ def test_a_killed_run_resumes_without_redoing_finished_shards(
     finished = list(first.parent.glob("shard-?????.parquet"))  # done: failures written first
     finished += [p.with_name(p.name.replace("shard-", "failures-")) for p in finished]
     done = {p: (p.stat().st_mtime_ns, p.read_bytes()) for p in finished}
-    assert not index_path(out, "audio").exists()  # killed before the final pass
+    assert not layout.media_index_path(out, "audio").exists()  # killed before the final pass
 
     result = materialize(out, _settings(), console=QUIET, http=_client())
     assert result.by_modality("audio").shards_reused >= 1
@@ -392,7 +391,7 @@ def test_materialize_redraws_the_bench_from_stored_media(built: Path, tmp_path: 
 
     before = bench_records("audio")
     run_build(out, {"materialize": SETTINGS}, QUIET, stages=("materialize",))
-    stored = pl.read_parquet(index_path(out, "audio")).filter(pl.col("kept"))
+    stored = pl.read_parquet(layout.media_index_path(out, "audio")).filter(pl.col("kept"))
     kept = set(zip(stored["source"], stored["record_id"], strict=True))
     failed = pl.read_parquet(out / "manifests" / "failures.parquet").filter(
         pl.col("stage") == "materialize"

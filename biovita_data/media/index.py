@@ -31,9 +31,6 @@ MEDIA_INDEX = pa.schema(
 _META_COLUMNS = [f.name for f in MEDIA_FILE if f.name != "bytes"]
 
 
-index_path = layout.media_index_path
-
-
 def build_index(out: Path, specs: list[ShardSpec]) -> tuple[pa.Table, pa.Table]:
     """The modality's index (shard order = record order) and one failure row per duplicate."""
     parts = [_shard_index(out, s) for s in specs]

@@ -24,9 +24,10 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
+from biovita_data import layout
 from biovita_data.http import HttpClient
 from biovita_data.media import engines, shards
-from biovita_data.media.index import build_index, index_path, merge_failures, write_if_changed
+from biovita_data.media.index import build_index, merge_failures, write_if_changed
 from biovita_data.media.settings import MaterializeSettings
 from biovita_data.tables import write_json_atomic
 
@@ -137,7 +138,7 @@ def materialize(
     for m, specs in plans.items():
         shards.remove_stale(out, m, len(specs))
         index, duplicates[m] = build_index(out, specs)
-        write_if_changed(index, index_path(out, m))
+        write_if_changed(index, layout.media_index_path(out, m))
         kept = pl.from_arrow(index).filter(pl.col("kept"))
         results[m].kept = kept.select("source", "record_id").n_unique() if len(kept) else 0
         results[m].files, results[m].bytes = len(kept), int(kept["size"].sum() or 0)
