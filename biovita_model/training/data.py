@@ -8,7 +8,7 @@ number of workers or ranks, and a resumed run sees the same items as an uninterr
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from biovita_data.loader import BioVITADataset, decode_image, read_species
+from biovita_data.loader import BioVITADataset, collate, decode_image, read_species
 from biovita_data.loader.index import RowReader, build_index, resolve_folder, split_files
 from biovita_model.audio_frontend import AudioFrontend, FrontendConfig, augment_mel
 from biovita_model.training.batches import SpeciesBatchSampler
@@ -195,20 +195,6 @@ class ImageTextItems(Dataset):
         return {"image": image, "text": prompts[pick], "label": label, "index": index}
 
 
-def collate_items(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors, keep texts as a list, labels and indexes as int64."""
-    out: dict[str, Any] = {}
-    for key in batch[0]:
-        values = [b[key] for b in batch]
-        if isinstance(values[0], torch.Tensor):
-            out[key] = torch.stack(values)
-        elif isinstance(values[0], int | np.integer):
-            out[key] = torch.tensor(values, dtype=torch.int64)
-        else:
-            out[key] = values
-    return out
-
-
 def _worker_init(_: int) -> None:
     torch.set_num_threads(1)  # the main process's ops get the cores
 
@@ -231,7 +217,7 @@ def make_loader(
         dataset,
         batch_sampler=sampler,
         num_workers=workers,
-        collate_fn=collate_items,
+        collate_fn=collate,  # the loader's: in a worker, stacks into shared memory
         worker_init_fn=_worker_init if workers else None,
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
