@@ -30,15 +30,14 @@ from torch.utils.data import DataLoader, Dataset
 
 from biovita_data.bench.official import (
     LEVELS,
-    MEDIA_INDEX_COLUMNS,
     SUBSETS,
     TASK_BY_CODE,
     TASK_DTYPES,
     TASKS,
-    TEXT_INDEX_COLUMNS,
     OfficialBench,
     index_csv_path,
     index_parquet_path,
+    read_index_csv,
     tasks_parquet_path,
 )
 from biovita_data.loader import decode_clip, read_species
@@ -46,7 +45,7 @@ from biovita_data.loader.index import SPLITS, MediaIndex, RowReader, resolve_fol
 from biovita_model import evaluate as ev
 from biovita_model.audio_frontend import AudioFrontend, FrontendConfig
 from biovita_model.model import BioVITAModel
-from biovita_model.training.data import input_size, load_image
+from biovita_model.training.data import input_size, load_image, worker_init
 from biovita_model.training.distributed import cpu_threads
 
 MODALITIES = ("audio", "image", "text")
@@ -194,10 +193,6 @@ class MediaItems(Dataset):
             return self._frontend(wave, torch.tensor([max(1, clip.valid)]))[0]
 
 
-def _worker_init(_: int) -> None:
-    torch.set_num_threads(1)
-
-
 @torch.no_grad()
 def embed_items(
     model: BioVITAModel,
@@ -213,7 +208,7 @@ def embed_items(
         items,
         batch_size=batch_size,
         num_workers=workers,
-        worker_init_fn=_worker_init if workers else None,
+        worker_init_fn=worker_init if workers else None,
     )
     out = []
     for batch in loader:
@@ -233,10 +228,10 @@ def media_items(model: BioVITAModel, index: MediaIndex, modality: str) -> MediaI
 
 
 def _read_index(path_parquet: Path, path_csv: Path, modality: str) -> pl.DataFrame:
+    """An id index: the Parquet table (with source, record_id) when there, else the CSV."""
     if path_parquet.is_file():
         return pl.read_parquet(path_parquet)
-    cols = TEXT_INDEX_COLUMNS if modality == "text" else MEDIA_INDEX_COLUMNS
-    return pl.read_csv(path_csv, schema={c: pl.Int64() if c == "id" else pl.String() for c in cols})
+    return read_index_csv(path_csv, modality)
 
 
 def _published_bench(folder: Path, subset: str) -> OfficialBench:

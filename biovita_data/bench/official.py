@@ -119,8 +119,8 @@ def _read_csv(path: Path, columns: tuple[str, ...], dtypes: dict[str, pl.DataTyp
         raise ValueError(f"{path}: not a readable CSV: {exc}") from exc
 
 
-def _read_index(bench: Path, modality: str) -> pl.DataFrame:
-    path = index_csv_path(bench, modality)
+def read_index_csv(path: Path, modality: str) -> pl.DataFrame:
+    """An id index CSV (ids/<modality>_index.csv), checked: its columns, ids 0..n-1 in order."""
     cols = TEXT_INDEX_COLUMNS if modality == "text" else MEDIA_INDEX_COLUMNS
     df = _read_csv(path, cols, {c: pl.Int64() if c == "id" else pl.String() for c in cols})
     if df["id"].null_count() or not df["id"].equals(
@@ -182,7 +182,9 @@ def read_official(bench_dir: Path) -> OfficialBench:
     ValueError naming it.
     """
     bench_dir = Path(bench_dir)
-    indexes = {m: _read_index(bench_dir, m) for m in ("audio", "image", "text")}
+    indexes = {
+        m: read_index_csv(index_csv_path(bench_dir, m), m) for m in ("audio", "image", "text")
+    }
     sizes = {m: df.height for m, df in indexes.items()}
     frames = []
     for level in LEVELS:

@@ -195,7 +195,8 @@ class ImageTextItems(Dataset):
         return {"image": image, "text": prompts[pick], "label": label, "index": index}
 
 
-def _worker_init(_: int) -> None:
+def worker_init(_: int) -> None:
+    """A DataLoader worker runs its ops on one thread."""
     torch.set_num_threads(1)  # the main process's ops get the cores
 
 
@@ -218,7 +219,7 @@ def make_loader(
         batch_sampler=sampler,
         num_workers=workers,
         collate_fn=collate,  # the loader's: in a worker, stacks into shared memory
-        worker_init_fn=_worker_init if workers else None,
+        worker_init_fn=worker_init if workers else None,
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
         prefetch_factor=4 if workers else None,
