@@ -31,22 +31,22 @@ PROBE_FILE = "probe.json"
 METRIC = "macro F1 (mean of the F1 of label 1 and label 0) on test-split items"
 
 
+def class_f1(y: np.ndarray, pred: np.ndarray, c: int) -> float:
+    """F1 of label c (1 when c is absent from both y and pred)."""
+    tp = float(np.sum((pred == c) & (y == c)))
+    fp = float(np.sum((pred == c) & (y != c)))
+    fn = float(np.sum((pred != c) & (y == c)))
+    return 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+
+
 def macro_f1(y: np.ndarray, pred: np.ndarray) -> float:
-    """Mean of the F1 of label 1 and of label 0 (a class absent from both scores 1)."""
-    scores = []
-    for c in (1, 0):
-        tp = float(np.sum((pred == c) & (y == c)))
-        fp = float(np.sum((pred == c) & (y != c)))
-        fn = float(np.sum((pred != c) & (y == c)))
-        scores.append(1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn))
-    return float(np.mean(scores))
+    """Mean of the F1 of label 1 and of label 0."""
+    return float(np.mean([class_f1(y, pred, 1), class_f1(y, pred, 0)]))
 
 
 def positive_f1(y: np.ndarray, pred: np.ndarray) -> float:
     """F1 of label 1."""
-    tp = float(np.sum((pred == 1) & (y == 1)))
-    denom = 2 * tp + float(np.sum((pred == 1) & (y == 0))) + float(np.sum((pred == 0) & (y == 1)))
-    return 1.0 if denom == 0 else 2 * tp / denom
+    return class_f1(y, pred, 1)
 
 
 def fit_linear(
