@@ -269,7 +269,8 @@ def create_model(spec: str, *, load_weights: bool = True, **kwargs: Any) -> BioV
 # ---- checkpoints -------------------------------------------------------------------------
 
 
-def _write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
+    """Write path through `write` on a temporary file beside it, then rename (never half a file)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
@@ -301,9 +302,9 @@ def save_model(model: BioVITAModel, run_dir: Path, extra: dict[str, Any] | None 
         "extra": extra or {},
     }
     state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
-    _write_atomic(run_dir / WEIGHTS_FILE, lambda p: torch.save(state, p))
+    write_atomic(run_dir / WEIGHTS_FILE, lambda p: torch.save(state, p))
     text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
-    _write_atomic(run_dir / CONFIG_FILE, lambda p: p.write_text(text))
+    write_atomic(run_dir / CONFIG_FILE, lambda p: p.write_text(text))
     return run_dir
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from biovita_model.model import _write_atomic
+from biovita_model.model import write_atomic
 
 CHECKPOINT_DIR = "checkpoints"
 METRICS_FILE = "metrics.jsonl"
@@ -60,7 +60,7 @@ def list_checkpoints(run_dir: Path) -> list[Path]:
 def save_checkpoint(run_dir: Path, epoch: int, state: dict[str, Any], keep: int = 2) -> Path:
     """Write a checkpoint atomically; keep only the newest `keep`."""
     path = checkpoint_path(run_dir, epoch)
-    _write_atomic(path, lambda p: torch.save(state, p))
+    write_atomic(path, lambda p: torch.save(state, p))
     for old in list_checkpoints(run_dir)[:-keep]:
         old.unlink(missing_ok=True)
     return path
