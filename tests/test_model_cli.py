@@ -261,36 +261,20 @@ def test_eval_writes_the_report_and_matches_a_per_query_reference(runs: dict[str
 
 
 def test_embed_every_modality(runs: dict[str, Path], tmp_path: Path) -> None:
-    for modality, n in (("audio", 6 * 4 + 2 * 2), ("image", 6 * 3 + 2 * 2)):
+    def embed(modality: str) -> pl.DataFrame:
         path = tmp_path / f"{modality}.parquet"
         invoke(
-            "embed",
-            "--run",
-            runs["s2"],
-            "--dataset",
-            runs["world"],
-            "--out",
-            path,
-            "--modality",
-            modality,
-        )
-        df = pl.read_parquet(path)
+            "embed", "--run", runs["s2"], "--dataset", runs["world"], "--out", path,
+            "--modality", modality,
+        )  # fmt: skip
+        return pl.read_parquet(path)
+
+    for modality, n in (("audio", 6 * 4 + 2 * 2), ("image", 6 * 3 + 2 * 2)):
+        df = embed(modality)
         assert df.height == n and {"label", "split", "record_id", "embedding"} <= set(df.columns)
         e = np.stack(df["embedding"].to_numpy())
         assert e.shape == (n, 64) and np.allclose(np.linalg.norm(e, axis=1), 1, atol=1e-4)
-    path = tmp_path / "text.parquet"
-    invoke(
-        "embed",
-        "--run",
-        runs["s2"],
-        "--dataset",
-        runs["world"],
-        "--out",
-        path,
-        "--modality",
-        "text",
-    )
-    df = pl.read_parquet(path)
+    df = embed("text")
     assert {"template", "text", "embedding"} <= set(df.columns) and df["label"].n_unique() == 8
 
 
