@@ -24,6 +24,7 @@ import pyarrow as pa
 import torch
 
 from biovita_data.bench.official import LEVELS, TASK_DTYPES, TASKS, OfficialBench
+from biovita_data.loader import cap_per_label
 from biovita_model import evaluate as ev
 
 SPECIES, GENERA, FAMILIES = 14_133, 5_000, 1_000
@@ -35,11 +36,8 @@ CLASSES = np.array(["Aves", "Mammalia", "Amphibia", "Insecta"])
 
 def _groups(taxon_of_item: np.ndarray, n_taxa: int, cap: int, rng: np.random.Generator):
     """(start, length, items): each taxon's group, at most cap random items of the taxon."""
-    order = np.lexsort((rng.random(taxon_of_item.size), taxon_of_item))
-    sorted_taxa = taxon_of_item[order]
-    first = np.searchsorted(sorted_taxa, np.arange(n_taxa))
-    keep = np.arange(order.size) - first[sorted_taxa] < cap
-    items, taxa = order[keep], sorted_taxa[keep]
+    items = cap_per_label(taxon_of_item, cap, rng)
+    taxa = taxon_of_item[items]
     length = np.bincount(taxa, minlength=n_taxa)
     return np.cumsum(length) - length, length, items
 

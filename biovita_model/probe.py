@@ -20,7 +20,7 @@ import polars as pl
 import torch
 from rich.table import Table
 
-from biovita_data.loader import read_species
+from biovita_data.loader import cap_per_label, read_species
 from biovita_data.loader.index import resolve_folder, split_files
 from biovita_data.vocab import TRAIT_CATEGORIES, TRAIT_COLUMNS
 from biovita_model.embed import embed_items, media_items, split_items
@@ -153,10 +153,7 @@ def _split_embeddings(
     labels = index.label
     keep = np.arange(labels.size)
     if max_per_species is not None:
-        rng = np.random.default_rng(seed)
-        order = np.lexsort((rng.random(labels.size), labels))
-        rank = np.arange(labels.size) - np.searchsorted(labels[order], labels[order])
-        keep = np.sort(order[rank < max_per_species])
+        keep = np.sort(cap_per_label(labels, max_per_species, np.random.default_rng(seed)))
     sub = type(index)(index.files, index.file[keep], index.row_group[keep], index.row[keep],
                       labels[keep])  # fmt: skip
     items = media_items(model, sub, modality)

@@ -17,7 +17,12 @@
 from biovita_data.loader.audio import TARGET_RATE, Clip, decode_clip, onset_index
 from biovita_data.loader.dataset import BioVITADataset, collate, decode_image, item_rng
 from biovita_data.loader.prompts import TEMPLATES, species_prompts, taxonomic_name
-from biovita_data.loader.sampler import SpeciesSampler, draw_epoch, species_sampler
+from biovita_data.loader.sampler import (
+    SpeciesSampler,
+    cap_per_label,
+    draw_epoch,
+    species_sampler,
+)
 from biovita_data.loader.species import SpeciesTable, read_species
 
 __all__ = [
@@ -27,6 +32,7 @@ __all__ = [
     "Clip",
     "SpeciesSampler",
     "SpeciesTable",
+    "cap_per_label",
     "collate",
     "decode_clip",
     "decode_image",

@@ -14,6 +14,15 @@ _SAMPLER_STREAM = 2  # first words of the sampler's seed sequences (items use 1)
 _WINDOW_STREAM = 3
 
 
+def cap_per_label(labels: np.ndarray, cap: int, rng: np.random.Generator) -> np.ndarray:
+    """Indices of at most `cap` random items of every label, grouped by label (draws n uniforms)."""
+    labels = np.asarray(labels)
+    order = np.lexsort((rng.random(labels.shape[0]), labels))  # by label, random within one
+    grouped = labels[order]
+    rank = np.arange(labels.shape[0]) - np.searchsorted(grouped, grouped, side="left")
+    return order[rank < cap]
+
+
 def draw_epoch(
     labels: np.ndarray,
     *,
@@ -35,10 +44,7 @@ def draw_epoch(
     rng = np.random.default_rng(np.random.SeedSequence([_SAMPLER_STREAM, seed, epoch]))
     if max_per_species is None:
         return rng.permutation(n).astype(np.int64)
-    order = np.lexsort((rng.random(n), labels))  # grouped by label, random within a label
-    grouped = labels[order]
-    rank = np.arange(n) - np.searchsorted(grouped, grouped, side="left")
-    return rng.permutation(order[rank < max_per_species]).astype(np.int64)
+    return rng.permutation(cap_per_label(labels, max_per_species, rng)).astype(np.int64)
 
 
 def window_order(
