@@ -73,18 +73,10 @@ def run_demo(
             "records": {r.source: r.kept for r in results},
             "dropped": {r.source: r.dropped for r in results},
         }
-        tables = sample_trait_tables(size, seed, workdir)
-        sections = {
-            "align": {"backbone": "inat", "throttle": False, "max_images_per_species": 200},
-            "traits": {"tables": tables},
-            "split": {"seed": seed},
-            "bench": {"seed": seed},
-            "materialize": {"throttle": False},
-            "publish": {"repo_id": DEMO_REPO_ID, "folder_only": True},
-        }
+        publish = {"repo_id": DEMO_REPO_ID, "folder_only": True}
         if use_hub:
-            remote = localhub.init_repo(hub, DEMO_REPO_ID)
-            sections["publish"] = {"repo_id": DEMO_REPO_ID, "git_remote": remote}
+            publish = {"repo_id": DEMO_REPO_ID, "git_remote": localhub.init_repo(hub, DEMO_REPO_ID)}
+        sections = world_sections(workdir, size, seed, publish)
         stages.update(run_build(workdir, sections, console, stages=BUILD_STAGES + RELEASE_STAGES))
     if use_hub:
         stages["load"] = load_back(workdir, hub, console)
@@ -125,6 +117,18 @@ def run_demo(
     print_next_steps(workdir, hub, use_hub, console)
     console.print(json.dumps({"workdir": str(workdir), "seconds": build["seconds"]}))
     return build
+
+
+def world_sections(out: Path, size: str, seed: int, publish: dict) -> dict[str, dict]:
+    """The build settings (align .. publish) of the sample world after its crawl into `out`."""
+    return {
+        "align": {"backbone": "inat", "throttle": False, "max_images_per_species": 200},
+        "traits": {"tables": sample_trait_tables(size, seed, out)},
+        "split": {"seed": seed},
+        "bench": {"seed": seed},
+        "materialize": {"throttle": False},  # also draws the bench again from stored media
+        "publish": publish,
+    }
 
 
 def published_rows(hf: Path) -> dict[str, dict[str, int]]:

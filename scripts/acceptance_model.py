@@ -55,9 +55,9 @@ console = Console()
 
 def build_world(out: Path, size: str = "default", seed: int = 0) -> Path:
     """Crawl the sample world, build manifests + bench, materialize and publish OUT/hf."""
-    from biovita_data.demo import TAXA
+    from biovita_data.demo import TAXA, world_sections
     from biovita_data.fetch import fetch, settings_from_env
-    from biovita_data.pipeline import sample_environment, sample_trait_tables
+    from biovita_data.pipeline import sample_environment
     from biovita_data.stages import BUILD_STAGES, RELEASE_STAGES, run_build
 
     err = Console(stderr=True)
@@ -65,14 +65,8 @@ def build_world(out: Path, size: str = "default", seed: int = 0) -> Path:
         sample_environment(stack, size, seed, "none")  # up until the media are stored
         sources = ["xeno-canto", "inaturalist", "inat-open-data"]
         fetch(settings_from_env(taxa=TAXA, sources=sources, throttle=False), out, console=err)
-        sections = {
-            "align": {"backbone": "inat", "throttle": False, "max_images_per_species": 200},
-            "traits": {"tables": sample_trait_tables(size, seed, out)},
-            "split": {"seed": seed},
-            "bench": {"seed": seed},
-            "materialize": {"throttle": False},  # also draws the bench again from stored media
-            "publish": {"repo_id": "biovita/sample-world", "folder_only": True},
-        }
+        publish = {"repo_id": "biovita/sample-world", "folder_only": True}
+        sections = world_sections(out, size, seed, publish)
         run_build(out, sections, err, stages=BUILD_STAGES + RELEASE_STAGES)
     return out / "hf"
 
