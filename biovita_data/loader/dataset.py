@@ -18,6 +18,7 @@ from biovita_data.loader.index import (
     MediaIndex,
     RowReader,
     build_index,
+    label_rows,
     resolve_folder,
     split_files,
 )
@@ -161,9 +162,7 @@ class BioVITADataset(Dataset):
 
     def images_of(self, label: int) -> np.ndarray:
         """Rows of the image index that show species `label` (empty when none in image_split)."""
-        if label + 1 >= self._image_starts.shape[0]:
-            return self._image_order[:0]
-        return self._image_order[self._image_starts[label] : self._image_starts[label + 1]]
+        return label_rows(self._image_order, self._image_starts, label)
 
     def __getitem__(self, key: Key) -> dict[str, Any]:
         index, epoch = (key, self.epoch) if isinstance(key, int | np.integer) else key

@@ -96,6 +96,14 @@ class MediaIndex:
         return order, starts
 
 
+def label_rows(order: np.ndarray, starts: np.ndarray, label: int) -> np.ndarray:
+    """The rows of `label` given MediaIndex.by_label()'s (order, starts); empty for a label past
+    the last one."""
+    if label + 1 >= starts.shape[0]:
+        return order[:0]
+    return order[starts[label] : starts[label + 1]]
+
+
 def build_index(files: Sequence[Path]) -> MediaIndex:
     """Read only the label column and the footers of the shards."""
     parts: dict[str, list[np.ndarray]] = {"file": [], "row_group": [], "row": [], "label": []}

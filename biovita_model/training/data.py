@@ -18,7 +18,13 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from biovita_data.loader import BioVITADataset, collate, decode_image, read_species
-from biovita_data.loader.index import RowReader, build_index, resolve_folder, split_files
+from biovita_data.loader.index import (
+    RowReader,
+    build_index,
+    label_rows,
+    resolve_folder,
+    split_files,
+)
 from biovita_model.audio_frontend import AudioFrontend, FrontendConfig, augment_mel
 from biovita_model.training.batches import SpeciesBatchSampler
 
@@ -68,9 +74,7 @@ class SpeciesImages:
 
     def rows_of(self, label: int) -> np.ndarray:
         """Rows of the index that show species `label`."""
-        if label + 1 >= self.starts.shape[0]:
-            return self.order[:0]
-        return self.order[self.starts[label] : self.starts[label + 1]]
+        return label_rows(self.order, self.starts, label)
 
     def load(self, row: int) -> Any:
         """Row `row` decoded and transformed."""
