@@ -33,9 +33,9 @@ import pyarrow.parquet as pq
 from harness import TreeCpu, serve
 from rich.console import Console
 
-from biovita_data.http import HostPolicy, HttpClient
+from biovita_data.core.schemas import MEDIA
+from biovita_data.crawl.http import HostPolicy, HttpClient
 from biovita_data.media import MaterializeSettings, materialize
-from biovita_data.schemas import MEDIA
 
 DISTINCT = 32
 SECONDS = 25.0

@@ -5,7 +5,7 @@ recordings, 2,300,000 photos; long-tailed counts) with the sample world's naming
 of Xeno-canto species carry another name (an old genus listed as a synonym in the backbone, a
 subspecies, case and spacing, a spelling variant) — plus a GBIF-style backbone (Taxon.tsv) and a
 34-column trait CSV. Then every stage runs in its own child process (so each stage's peak RSS is
-its own), through the same functions as the CLI (`biovita_data.stages`).
+its own), through the same functions as the CLI (`biovita_data.app.stages`).
 
     python3 benchmarks/build_scale.py [--scale 1.0] [--workdir DIR] [--keep] [--quiet]
 
@@ -28,8 +28,8 @@ from pathlib import Path
 import numpy as np
 import polars as pl
 
-from biovita_data.schemas import RAW_RECORD
-from biovita_data.vocab import TRAIT_COLUMNS
+from biovita_data.core.schemas import RAW_RECORD
+from biovita_data.core.vocab import TRAIT_COLUMNS
 
 SPECIES, RECORDINGS, PHOTOS = 14_133, 1_300_000, 2_300_000
 CLASSES = {"Aves": 0.65, "Amphibia": 0.12, "Mammalia": 0.08, "Insecta": 0.15}
@@ -174,7 +174,7 @@ def records(
 
 def generate(work: Path, scale: float, seed: int = 0) -> dict:
     """Write OUT/raw/{xeno_canto,inaturalist}/records.parquet, Taxon.tsv and traits.csv."""
-    from biovita_data.tables import write_table
+    from biovita_data.core.tables import write_table
 
     rng = np.random.default_rng(seed)
     n_species = int(SPECIES * scale)
@@ -242,7 +242,7 @@ CHILD = """
 import json, resource, sys, time
 from pathlib import Path
 from rich.console import Console
-from biovita_data.stages import RUNNERS
+from biovita_data.app.stages import RUNNERS
 stage, out, cfg = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
 t = time.perf_counter()
 RUNNERS[stage](out, cfg, Console(quiet=True))

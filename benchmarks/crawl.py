@@ -3,9 +3,9 @@
 The sample world's bird recordings (as `responses.xc_recording` renders them, field for field like
 Xeno-canto v3) are replicated under new unique ids until N, split into pre-serialised pages of
 500, and served from a stdlib ThreadingHTTPServer on 127.0.0.1 running in a child process (so
-serving costs the crawler neither GIL time nor memory). The real `biovita_data.fetch.fetch` crawls
-them, unthrottled, into a temp dir. Separately, the pure parse + table + Parquet path is timed on
-the same N recording dicts without HTTP.
+serving costs the crawler neither GIL time nor memory). The real `biovita_data.crawl.fetch.fetch`
+crawls them, unthrottled, into a temp dir. Separately, the pure parse + table + Parquet path is
+timed on the same N recording dicts without HTTP.
 
     python3 benchmarks/crawl.py [--records 100000] [--repeat 3] [--quiet] [--profile]
 
@@ -38,18 +38,19 @@ from urllib.parse import parse_qs, urlsplit
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from biovita_data.fetch import FetchSettings, fetch, raw_dir
-from biovita_data.http import HttpClient
-from biovita_data.licenses import DEFAULT_ALLOWED
+from biovita_data.core.layout import raw_records_path
+from biovita_data.core.schemas import RAW_RECORD
+from biovita_data.core.tables import to_table, write_table
+from biovita_data.crawl.fetch import FetchSettings, fetch
+from biovita_data.crawl.http import HttpClient
+from biovita_data.crawl.licenses import DEFAULT_ALLOWED
+from biovita_data.crawl.sources.base import BadRecord
+from biovita_data.crawl.sources.xeno_canto import PER_PAGE, parse_recording
 from biovita_data.sample import responses as R
 from biovita_data.sample.world import World
-from biovita_data.schemas import RAW_RECORD
-from biovita_data.sources.base import BadRecord
-from biovita_data.sources.xeno_canto import PER_PAGE, parse_recording
-from biovita_data.tables import to_table, write_table
 
 BENCH_KEY = "crawl-benchmark-key"
-QUERY = "grp:birds"  # what the Aves target asks Xeno-canto (biovita_data.taxa.CLASSES)
+QUERY = "grp:birds"  # what the Aves target asks Xeno-canto (biovita_data.crawl.taxa.CLASSES)
 API_PATH = "/xeno-canto/api/3"
 TARGET_RECORDS_PER_S = 20_000
 FIRST_ID = 1_000_000  # synthetic ids: 1000000, 1000001, ... (distinct from the world's 6-digit)
@@ -175,7 +176,7 @@ def run_fetch(root: str, out: Path, n: int, quiet: bool) -> dict:
         t0, c0 = time.perf_counter(), time.process_time()
         results = fetch(settings, out, console=console, http=http)
         seconds, cpu = time.perf_counter() - t0, time.process_time() - c0
-    rows = pq.read_metadata(raw_dir(out, "xeno-canto") / "records.parquet").num_rows
+    rows = pq.read_metadata(raw_records_path(out, "xeno-canto")).num_rows
     if len(results) != 1 or results[0].kept != n or results[0].dropped:
         print(f"unexpected fetch result: {results}", file=sys.stderr)
     return {"seconds": seconds, "cpu": cpu, "rows": rows, "http": dict(http.stats)}

@@ -23,7 +23,7 @@ import polars as pl
 import pyarrow as pa
 import torch
 
-from biovita_data.bench.official import LEVELS, TASK_DTYPES, TASKS, OfficialBench
+from biovita_data.build.bench.csv_layout import LEVELS, TASK_DTYPES, TASKS, OfficialBench
 from biovita_data.loader import cap_per_label
 from biovita_model import evaluate as ev
 

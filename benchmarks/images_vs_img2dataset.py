@@ -79,9 +79,9 @@ OURS = textwrap.dedent(
     from pathlib import Path
     import pyarrow as pa, pyarrow.parquet as pq
     from rich.console import Console
-    from biovita_data.http import HostPolicy, HttpClient
+    from biovita_data.crawl.http import HostPolicy, HttpClient
     from biovita_data.media import MaterializeSettings, materialize
-    from biovita_data.schemas import MEDIA
+    from biovita_data.core.schemas import MEDIA
 
     if __name__ == "__main__":
         url_file, processes, size, quality, shard = sys.argv[1:6]

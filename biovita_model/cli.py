@@ -3,7 +3,7 @@
 Each command is a thin layer over a Python function usable from a notebook:
 `biovita_model.training.train`, `biovita_model.pretrain.pretrain_towers`,
 `biovita_model.embed.evaluate_run` / `embed_dataset`, `biovita_model.probe.probe_traits`,
-`biovita_model.official.import_official`.
+`biovita_model.release_weights.import_official`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
-from biovita_data.cli import version_option
+from biovita_data.app.clikit import version_option
 
 app = typer.Typer(
     help="Train and evaluate the BioVITA audio-image-text model.",
@@ -284,7 +284,7 @@ def embed(
     """Embeddings of a dataset's items (text: every prompt of every species) as Parquet."""
     import torch
 
-    from biovita_data.loader.index import SPLITS
+    from biovita_data.core.layout import MEDIA_SPLITS
     from biovita_model.embed import embed_dataset, write_embeddings
     from biovita_model.model import load_model
     from biovita_model.training.distributed import cpu_threads
@@ -294,7 +294,7 @@ def embed(
     torch.set_num_threads(cpu_threads(1, workers, threads))
     model = load_model(run, map_location=device)
     df = embed_dataset(
-        model, dataset, modality, split or SPLITS, batch_size=batch_size, workers=workers,
+        model, dataset, modality, split or MEDIA_SPLITS, batch_size=batch_size, workers=workers,
         device=device,
     )  # fmt: skip
     path = write_embeddings(df, out)
@@ -334,7 +334,7 @@ def import_official_cmd(
 ) -> None:
     """Build a run from the original release's weights (audio tower + adapter, open_clip)."""
     from biovita_model.model import save_model
-    from biovita_model.official import import_official
+    from biovita_model.release_weights import import_official
 
     model = import_official(clap_weights, open_clip, audio=audio)
     extra = {"imported": {"clap_weights": str(clap_weights), "open_clip": str(open_clip)}}

@@ -28,7 +28,7 @@ import torch
 from rich.table import Table
 from torch.utils.data import DataLoader, Dataset
 
-from biovita_data.bench.official import (
+from biovita_data.build.bench.csv_layout import (
     LEVELS,
     SUBSETS,
     TASK_BY_CODE,
@@ -40,8 +40,9 @@ from biovita_data.bench.official import (
     read_index_csv,
     tasks_parquet_path,
 )
+from biovita_data.core.layout import MEDIA_SPLITS
 from biovita_data.loader import decode_clip, read_species
-from biovita_data.loader.index import SPLITS, MediaIndex, RowReader, resolve_folder, split_files
+from biovita_data.loader.index import MediaIndex, RowReader, resolve_folder, split_files
 from biovita_model import evaluate as ev
 from biovita_model.audio_frontend import AudioFrontend, FrontendConfig
 from biovita_model.model import BioVITAModel
@@ -97,7 +98,7 @@ class PublishedMedia:
         self._keys: dict[str, tuple[list[Path], pl.DataFrame]] = {}
 
     def keys(
-        self, modality: str, splits: Sequence[str] = SPLITS
+        self, modality: str, splits: Sequence[str] = MEDIA_SPLITS
     ) -> tuple[list[Path], pl.DataFrame]:
         """(files, rows with source, record_id and their positions) of a config's splits."""
         key = (modality, tuple(splits))
@@ -112,7 +113,7 @@ class PublishedMedia:
         return self._keys[key]
 
     def locate(
-        self, modality: str, index: pl.DataFrame, splits: Sequence[str] = SPLITS
+        self, modality: str, index: pl.DataFrame, splits: Sequence[str] = MEDIA_SPLITS
     ) -> tuple[MediaIndex, np.ndarray]:
         """Rows of a bench index (source + record_id, or file_path) in the dataset's splits.
 
@@ -329,7 +330,7 @@ def embed_bench(
     batch_size: int = 64,
     workers: int = 0,
     device: str | torch.device = "cpu",
-    splits: Sequence[str] = SPLITS,
+    splits: Sequence[str] = MEDIA_SPLITS,
 ) -> tuple[ev.BenchEmbeddings, dict[str, np.ndarray]]:
     """Embeddings of every bench item by index id (texts: species, genus, family, common name),
     and the ids of media items not in the dataset (their rows are zeros: see drop_missing).
@@ -390,7 +391,7 @@ def evaluate_run(
         b = load_subset(where, layout)
         emb, missing = embed_bench(
             model, b, media, batch_size=batch_size, workers=workers, device=device,
-            splits=[BENCH_SPLIT.get(name, "test")] if name in BENCH_SPLIT else SPLITS,
+            splits=[BENCH_SPLIT.get(name, "test")] if name in BENCH_SPLIT else MEDIA_SPLITS,
         )  # fmt: skip
         dropped[name] = {m: ids.tolist() for m, ids in missing.items() if ids.size}
         b = drop_missing(b, missing)
@@ -454,7 +455,7 @@ def embed_dataset(
     model: BioVITAModel,
     dataset: str | Path,
     modality: str,
-    splits: Sequence[str] = SPLITS,
+    splits: Sequence[str] = MEDIA_SPLITS,
     *,
     batch_size: int = 64,
     workers: int = 0,

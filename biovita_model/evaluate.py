@@ -38,7 +38,7 @@ import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
-from biovita_data.bench.official import (
+from biovita_data.build.bench.csv_layout import (
     LEVELS,
     MEDIA_INDEX_COLUMNS,
     TASK_DTYPES,

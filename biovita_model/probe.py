@@ -20,9 +20,9 @@ import polars as pl
 import torch
 from rich.table import Table
 
+from biovita_data.core.vocab import TRAIT_CATEGORIES, TRAIT_COLUMNS
 from biovita_data.loader import cap_per_label, read_species
 from biovita_data.loader.index import resolve_folder, split_files
-from biovita_data.vocab import TRAIT_CATEGORIES, TRAIT_COLUMNS
 from biovita_model.embed import embed_items, media_items, split_items
 from biovita_model.model import BioVITAModel, load_model
 from biovita_model.training.distributed import cpu_threads

@@ -32,7 +32,7 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from biovita_data.bench.official import LEVELS, TASKS  # noqa: E402
+from biovita_data.build.bench.csv_layout import LEVELS, TASKS  # noqa: E402
 from biovita_model.embed import eval_table  # noqa: E402
 from biovita_model.probe import probe_table, probe_traits  # noqa: E402
 from biovita_model.training.recipes import train_tiny  # noqa: E402
@@ -55,10 +55,10 @@ console = Console()
 
 def build_world(out: Path, size: str = "default", seed: int = 0) -> Path:
     """Crawl the sample world, build manifests + bench, materialize and publish OUT/hf."""
-    from biovita_data.demo import TAXA, world_sections
-    from biovita_data.fetch import fetch, settings_from_env
-    from biovita_data.pipeline import sample_environment
-    from biovita_data.stages import BUILD_STAGES, RELEASE_STAGES, run_build
+    from biovita_data.app.demo import TAXA, world_sections
+    from biovita_data.app.pipeline import sample_environment
+    from biovita_data.app.stages import BUILD_STAGES, RELEASE_STAGES, run_build
+    from biovita_data.crawl.fetch import fetch, settings_from_env
 
     err = Console(stderr=True)
     with ExitStack() as stack:

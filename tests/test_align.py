@@ -10,20 +10,20 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-from biovita_data import layout
-from biovita_data.align import AlignSettings, align
-from biovita_data.backbone import csv_backbone
-from biovita_data.fetch import fetch, settings_from_env
-from biovita_data.http import HttpClient
-from biovita_data.names import closest_epithet, parse_name
-from biovita_data.pipeline import sample_trait_tables
+from biovita_data.app.pipeline import sample_trait_tables
+from biovita_data.app.stages import run_build
+from biovita_data.build.align import AlignSettings, align
+from biovita_data.build.backbone import csv_backbone
+from biovita_data.build.split import split
+from biovita_data.build.stats import stats
+from biovita_data.core import layout
+from biovita_data.core.names import closest_epithet, parse_name
+from biovita_data.core.vocab import TRAIT_COLUMNS
+from biovita_data.crawl.fetch import fetch, settings_from_env
+from biovita_data.crawl.http import HttpClient
 from biovita_data.sample.server import SampleServer
 from biovita_data.sample.trait_tables import TABLES, expected_labels
 from biovita_data.sample.world import World
-from biovita_data.split import split
-from biovita_data.stages import run_build
-from biovita_data.stats import stats
-from biovita_data.vocab import TRAIT_COLUMNS
 
 QUIET = Console(quiet=True)
 TAXA = ["Aves", "Amphibia", "Mammalia", "Insecta"]

@@ -14,8 +14,7 @@ import pyarrow as pa
 import pytest
 from rich.console import Console
 
-from biovita_data import layout
-from biovita_data.bench import (
+from biovita_data.build.bench import (
     LEVELS,
     SUBSETS,
     TASK_BY_CODE,
@@ -29,8 +28,9 @@ from biovita_data.bench import (
     task_csv_path,
     tasks_parquet_path,
 )
-from biovita_data.schemas import MEDIA, SPECIES
-from biovita_data.tables import write_table
+from biovita_data.core import layout
+from biovita_data.core.schemas import MEDIA, SPECIES
+from biovita_data.core.tables import write_table
 
 # ---- a synthetic world ------------------------------------------------------------------------
 

@@ -13,7 +13,7 @@ import pytest
 import requests
 from typer.testing import CliRunner
 
-from biovita_data.cli import app
+from biovita_data.app.cli import app
 from biovita_model.cli import app as model_app
 
 runner = CliRunner()
@@ -142,7 +142,7 @@ def test_run_sample_pipeline(tmp_path: Path) -> None:
 
 
 def test_pipeline_files_parse() -> None:
-    from biovita_data.pipeline import load_pipeline
+    from biovita_data.app.pipeline import load_pipeline
 
     for name in ("sample", "aves", "biovita"):
         p = load_pipeline(Path("pipelines") / f"{name}.toml")
@@ -157,7 +157,7 @@ def test_pipeline_files_parse() -> None:
 
 def test_sample_serve_prints_urls_and_serves(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "biovita_data.cli", "sample", "serve", "--size", "tiny"],
+        [sys.executable, "-m", "biovita_data.app.cli", "sample", "serve", "--size", "tiny"],
         stdout=subprocess.PIPE,
         text=True,
     )
@@ -244,7 +244,7 @@ def test_hub_serves_until_sigterm_then_stops_olah(tmp_path: Path) -> None:
     import urllib.request
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "biovita_data.cli", "hub", "--root", str(tmp_path)],
+        [sys.executable, "-m", "biovita_data.app.cli", "hub", "--root", str(tmp_path)],
         stdout=subprocess.PIPE,
         text=True,
     )

@@ -15,9 +15,9 @@ import polars as pl
 import pytest
 from typer.testing import CliRunner
 
-from biovita_data.cli import app
-from biovita_data.fetch import FetchSettings, fetch
-from biovita_data.http import FetchError, HttpClient
+from biovita_data.app.cli import app
+from biovita_data.crawl.fetch import FetchSettings, fetch
+from biovita_data.crawl.http import FetchError, HttpClient
 from biovita_data.sample.faults import FaultPlan
 from biovita_data.sample.server import SampleServer
 from biovita_data.sample.world import World
@@ -268,7 +268,7 @@ def test_kill_and_resume_equals_uninterrupted(big_world: World, tmp_path: Path) 
         cmd = [
             sys.executable,
             "-m",
-            "biovita_data.cli",
+            "biovita_data.app.cli",
             "fetch",
             "--taxa",
             "Aves",

@@ -11,14 +11,14 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from biovita_data.fetch import FetchSettings, fetch
-from biovita_data.http import FetchError, HostPolicy, HttpClient
-from biovita_data.licenses import UnknownLicense, is_allowed, normalize_license
+from biovita_data.crawl.fetch import FetchSettings, fetch
+from biovita_data.crawl.http import FetchError, HostPolicy, HttpClient
+from biovita_data.crawl.licenses import UnknownLicense, is_allowed, normalize_license
+from biovita_data.crawl.sources.base import BadRecord, check_media_url
+from biovita_data.crawl.sources.inaturalist import parse_observation
+from biovita_data.crawl.sources.xeno_canto import parse_length, parse_recording
 from biovita_data.sample.server import SampleServer
 from biovita_data.sample.world import World
-from biovita_data.sources.base import BadRecord, check_media_url
-from biovita_data.sources.inaturalist import parse_observation
-from biovita_data.sources.xeno_canto import parse_length, parse_recording
 
 ALLOWED = ("cc0", "cc-by", "cc-by-sa", "cc-by-nc", "cc-by-nc-sa")
 

@@ -7,13 +7,13 @@ from pathlib import Path
 import polars as pl
 import pytest
 
-from biovita_data.sample.official import (
+from biovita_data.crawl.sources.release_table import COLUMNS, import_official
+from biovita_data.sample.release_table import (
     OFFICIAL_COLUMNS,
     official_metadata_csv,
     write_official_metadata,
 )
 from biovita_data.sample.world import World
-from biovita_data.sources.official import COLUMNS, import_official
 
 ROOT = "http://127.0.0.1:9"
 CODES = {"xeno-canto": "xc", "inaturalist": "inat"}

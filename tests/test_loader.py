@@ -18,6 +18,7 @@ torch = pytest.importorskip("torch")
 
 from torch.utils.data import DataLoader  # noqa: E402
 
+from biovita_data.core.vocab import TRAIT_COLUMNS  # noqa: E402
 from biovita_data.loader import (  # noqa: E402
     TEMPLATES,
     BioVITADataset,
@@ -37,7 +38,6 @@ from biovita_data.loader.synthetic import (  # noqa: E402
     tone_hz,
     write_synthetic_folder,
 )
-from biovita_data.vocab import TRAIT_COLUMNS  # noqa: E402
 
 N_SPECIES = 7  # label 6 is unseen
 RATES = (22050, 44100, 48000)

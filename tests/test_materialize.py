@@ -23,9 +23,10 @@ import soundfile as sf
 from PIL import Image
 from rich.console import Console
 
-from biovita_data import layout
-from biovita_data.fetch import fetch, settings_from_env
-from biovita_data.http import HttpClient
+from biovita_data.app.stages import run_build
+from biovita_data.core import layout
+from biovita_data.crawl.fetch import fetch, settings_from_env
+from biovita_data.crawl.http import HttpClient
 from biovita_data.media import MaterializeSettings, materialize
 from biovita_data.media.audio import store_audio
 from biovita_data.media.image import store_image
@@ -33,7 +34,6 @@ from biovita_data.media.records import ItemFailure
 from biovita_data.sample.faults import FaultPlan
 from biovita_data.sample.server import SampleServer
 from biovita_data.sample.world import World
-from biovita_data.stages import run_build
 
 QUIET = Console(quiet=True)
 TAXA = ["Aves", "Amphibia", "Mammalia", "Insecta"]
@@ -246,7 +246,7 @@ _KILLED_RUN = """
 import json, sys
 from pathlib import Path
 from rich.console import Console
-from biovita_data.http import HostPolicy, HttpClient
+from biovita_data.crawl.http import HostPolicy, HttpClient
 from biovita_data.media import MaterializeSettings, materialize
 
 if __name__ == "__main__":

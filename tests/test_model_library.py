@@ -25,10 +25,10 @@ from transformers import (  # noqa: E402
     ClapTextConfig,
 )
 
-from biovita_data import layout  # noqa: E402
-from biovita_data.bench import LEVELS, TASK_BY_CODE, TASKS, build_bench, tasks_parquet_path  # noqa: E402
-from biovita_data.schemas import MEDIA, SPECIES  # noqa: E402
-from biovita_data.tables import write_table  # noqa: E402
+from biovita_data.build.bench import LEVELS, TASK_BY_CODE, TASKS, build_bench, tasks_parquet_path  # noqa: E402
+from biovita_data.core import layout  # noqa: E402
+from biovita_data.core.schemas import MEDIA, SPECIES  # noqa: E402
+from biovita_data.core.tables import write_table  # noqa: E402
 from biovita_model import evaluate as ev  # noqa: E402
 from biovita_model.audio_frontend import (  # noqa: E402
     AudioFrontend,
@@ -52,7 +52,7 @@ from biovita_model.model import (  # noqa: E402
     load_model,
     save_model,
 )
-from biovita_model.official import import_official  # noqa: E402
+from biovita_model.release_weights import import_official  # noqa: E402
 from biovita_model.towers import create_towers, read_config  # noqa: E402
 
 SR = 48_000

@@ -23,16 +23,16 @@ import yaml
 from PIL import Image
 from rich.console import Console
 
-from biovita_data import layout
-from biovita_data.bench import build_bench, task_csv_path
-from biovita_data.bench.official import LEVELS, TASKS
+from biovita_data.build.bench import build_bench, task_csv_path
+from biovita_data.build.bench.csv_layout import LEVELS, TASKS
+from biovita_data.core import layout
+from biovita_data.core.schemas import MEDIA, MEDIA_FILE, SPECIES
+from biovita_data.core.tables import write_table
+from biovita_data.core.vocab import TRAIT_COLUMNS
 from biovita_data.publish import CONFIGS, SPLITS, PublishError, localhub, publish
 from biovita_data.publish.features import columns
 from biovita_data.publish.licensing import card_license
 from biovita_data.publish.upload import push_to_git, redact
-from biovita_data.schemas import MEDIA, MEDIA_FILE, SPECIES
-from biovita_data.tables import write_table
-from biovita_data.vocab import TRAIT_COLUMNS
 
 REPO_ID = "biovita-test/tiny-corpus"
 SNAPSHOT = "2026-05-01T12:00:00+00:00"

@@ -10,6 +10,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from biovita_data.core.vocab import TRAIT_CATEGORIES, TRAIT_COLUMNS
 from biovita_data.sample.taxonomy import Species, Taxonomy, generate_taxonomy
 from biovita_data.sample.trait_tables import (
     TABLE_LABELS,
@@ -18,7 +19,6 @@ from biovita_data.sample.trait_tables import (
     export_trait_tables,
     table_bytes,
 )
-from biovita_data.vocab import TRAIT_CATEGORIES, TRAIT_COLUMNS
 
 # Header lines of the real files (/work/shared/reference/*_head.*), copied verbatim.
 REAL_HEADERS: dict[str, tuple[str, str]] = {

@@ -12,7 +12,19 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-from biovita_data import layout
+from biovita_data.build.traits import (
+    KINDS,
+    PROVENANCE_COLUMNS,
+    attach_traits,
+    coverage_path,
+    print_coverage,
+    read_trait_table,
+    run_traits,
+)
+from biovita_data.core import layout
+from biovita_data.core.schemas import SPECIES, UNMATCHED
+from biovita_data.core.tables import read_table, write_table
+from biovita_data.core.vocab import TRAIT_COLUMNS
 from biovita_data.sample.taxonomy import Taxonomy
 from biovita_data.sample.trait_tables import (
     EXTRA_SPECIES,
@@ -23,18 +35,6 @@ from biovita_data.sample.trait_tables import (
     export_trait_tables,
 )
 from biovita_data.sample.world import World
-from biovita_data.schemas import SPECIES, UNMATCHED
-from biovita_data.tables import read_table, write_table
-from biovita_data.traits import (
-    KINDS,
-    PROVENANCE_COLUMNS,
-    attach_traits,
-    coverage_path,
-    print_coverage,
-    read_trait_table,
-    run_traits,
-)
-from biovita_data.vocab import TRAIT_COLUMNS
 
 # sample table name -> importer kind, in the precedence order used below
 KIND: dict[str, str] = {

@@ -27,15 +27,15 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-SPLITS = ("train", "test", "unseen")
-CONFIGS = ("audio", "image", "species")
+from biovita_data.core.layout import MEDIA_SPLITS
+
 _SHARD = re.compile(r"^(?P<split>[A-Za-z0-9_]+)-(?P<i>\d{5})-of-(?P<n>\d{5})\.parquet$")
 
 
 def resolve_folder(
     path_or_repo: str | os.PathLike[str],
     *,
-    splits: Sequence[str] = SPLITS,
+    splits: Sequence[str] = MEDIA_SPLITS,
     revision: str | None = None,
 ) -> Path:
     """A local dataset folder: the path itself (or its hf/), or a Hub snapshot of a repo id."""

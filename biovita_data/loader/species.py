@@ -10,8 +10,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from biovita_data.core.vocab import TRAIT_COLUMNS
 from biovita_data.loader.prompts import TEMPLATES, species_prompts, taxonomic_name
-from biovita_data.vocab import TRAIT_COLUMNS
 
 _NAME_COLUMNS = ("class", "order", "family", "genus", "species")
 

@@ -24,8 +24,8 @@ import pyarrow.parquet as pq
 import soundfile as sf
 from PIL import Image
 
+from biovita_data.core.vocab import TRAIT_COLUMNS
 from biovita_data.publish.shards import parquet_options, shard_name
-from biovita_data.vocab import TRAIT_COLUMNS
 
 SF_FORMATS = {  # extension -> soundfile (format, subtype)
     "mp3": ("MP3", "MPEG_LAYER_III"),

@@ -11,7 +11,7 @@ import av
 import numpy as np
 import soundfile as sf
 
-from biovita_data.layout import KEPT_AUDIO_FORMATS
+from biovita_data.core.layout import KEPT_AUDIO_FORMATS
 from biovita_data.media.records import ItemFailure, StoredFile
 
 # A recording none of whose samples reaches -60 dBFS carries no sound: a failure (`silent`).

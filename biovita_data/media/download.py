@@ -7,7 +7,8 @@ from dataclasses import dataclass, replace
 
 import requests
 
-from biovita_data.http import FetchError, HostPolicy, HttpClient
+from biovita_data.crawl.http import FetchError, HostPolicy, HttpClient
+from biovita_data.crawl.sources import MEDIA_POLICIES
 from biovita_data.media.records import ItemFailure
 from biovita_data.media.settings import WorkItem
 
@@ -19,7 +20,7 @@ def fetch_item(http: HttpClient, item: WorkItem) -> bytes:
     if not item.media_url:
         raise ItemFailure("no_media_url", "the manifest row has no media_url")
     try:
-        data = http.get(item.media_url)
+        data = http.get(item.media_url, policy=MEDIA_POLICIES.get(item.source))
     except FetchError as exc:
         if exc.status is None and "size cap" in str(exc):
             raise ItemFailure("too_large", str(exc)) from None

@@ -28,7 +28,7 @@ from typing import NamedTuple
 
 import pyarrow as pa
 
-from biovita_data.http import HttpClient
+from biovita_data.crawl.http import HttpClient
 from biovita_data.media.download import HttpSpec, fetch_item
 from biovita_data.media.process import process_item
 from biovita_data.media.records import ItemFailure, ItemOutcome, failed

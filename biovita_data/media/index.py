@@ -9,11 +9,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from biovita_data import layout
+from biovita_data.core import layout
+from biovita_data.core.schemas import FAILURE, MEDIA_FILE
+from biovita_data.core.tables import read_table, replace_failures, write_table
 from biovita_data.media.records import STAGE
 from biovita_data.media.shards import SIZES_KEY, ShardSpec, read_failures
-from biovita_data.schemas import FAILURE, MEDIA_FILE
-from biovita_data.tables import read_table, replace_failures, write_table
 
 # OUT/media/<modality>/index.parquet: every stored file without its bytes, where it lives, and
 # whether it is kept. A duplicate (same sha256 of the downloaded original as a record earlier in

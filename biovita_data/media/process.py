@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
-from biovita_data import layout
+from biovita_data.core import layout
 from biovita_data.media.audio import store_audio
 from biovita_data.media.image import store_image
 from biovita_data.media.records import ItemFailure, ItemOutcome, StoredFile, failed

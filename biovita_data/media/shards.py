@@ -14,11 +14,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from biovita_data import layout
+from biovita_data.core import layout
+from biovita_data.core.schemas import FAILURE, MEDIA_FILE
+from biovita_data.core.tables import to_table, write_table
 from biovita_data.media.records import ItemOutcome
 from biovita_data.media.settings import FORMAT_VERSION, ProcessSettings, WorkItem
-from biovita_data.schemas import FAILURE, MEDIA_FILE
-from biovita_data.tables import to_table, write_table
 
 FINGERPRINT_KEY = b"biovita.materialize.fingerprint"
 SIZES_KEY = b"biovita.materialize.sizes"  # JSON list: each row's len(bytes), read without the bytes

@@ -24,12 +24,12 @@ from rich.progress import (
 from rich.table import Table
 from rich.text import Text
 
-from biovita_data import layout
-from biovita_data.http import HttpClient
+from biovita_data.core import layout
+from biovita_data.core.tables import write_json_atomic
+from biovita_data.crawl.http import HttpClient
 from biovita_data.media import engines, shards
 from biovita_data.media.index import build_index, merge_failures, write_if_changed
 from biovita_data.media.settings import MaterializeSettings
-from biovita_data.tables import write_json_atomic
 
 
 @dataclass

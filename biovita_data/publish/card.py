@@ -11,12 +11,12 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from biovita_data.bench.official import LEVELS, TASKS
+from biovita_data.build.bench.csv_layout import LEVELS, TASKS
+from biovita_data.core.vocab import TRAIT_CATEGORIES
 from biovita_data.publish.configs import ConfigResult
 from biovita_data.publish.features import CONFIGS, SPLITS, columns
 from biovita_data.publish.licensing import card_license, license_url
 from biovita_data.publish.plots import per_class, per_species, plot_long_tail, plot_per_class
-from biovita_data.vocab import TRAIT_CATEGORIES
 
 TASK_CATEGORIES = [
     "audio-classification",

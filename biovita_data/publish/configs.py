@@ -14,8 +14,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from biovita_data import layout
-from biovita_data.bench.official import index_csv_path, index_parquet_path, tasks_parquet_path
+from biovita_data.build.bench.csv_layout import (
+    index_csv_path,
+    index_parquet_path,
+    tasks_parquet_path,
+)
+from biovita_data.core import layout
+from biovita_data.core.schemas import BENCH_TASK, MEDIA, SPECIES
+from biovita_data.core.tables import read_table
 from biovita_data.publish.features import (
     BENCH_SPLIT_OF_SUBSET,
     MEDIA_SPLITS,
@@ -24,8 +30,6 @@ from biovita_data.publish.features import (
     columns,
 )
 from biovita_data.publish.shards import MEDIA_ROW_GROUP, SplitWriter
-from biovita_data.schemas import BENCH_TASK, MEDIA, SPECIES
-from biovita_data.tables import read_table
 
 TAXON_COLUMNS = ("label", "species_id", "common_name", "class", "order", "family", "genus")
 # MEDIA_FILE columns publish reads from the media shards (everything but provenance details).

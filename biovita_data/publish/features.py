@@ -11,17 +11,11 @@ from collections.abc import Sequence
 
 import pyarrow as pa
 
-from biovita_data.schemas import SPECIES
+from biovita_data.core.layout import BENCH_SPLIT_OF_SUBSET, CONFIGS, MEDIA_SPLITS, SPLITS
+from biovita_data.core.schemas import SPECIES
 
-CONFIGS = ("audio", "image", "species", "bench")
-MEDIA_SPLITS = ("train", "test", "unseen")
-SPLITS: dict[str, tuple[str, ...]] = {
-    "audio": MEDIA_SPLITS,
-    "image": MEDIA_SPLITS,
-    "species": ("train",),
-    "bench": ("test", "unseen"),
-}
-BENCH_SPLIT_OF_SUBSET = {"seen": "test", "unseen": "unseen"}
+__all__ = ["BENCH_SPLIT_OF_SUBSET", "CONFIGS", "MEDIA_SPLITS", "SPLITS"]
+
 
 # Arrow storage of the Audio and Image features: the file's bytes and its relative path.
 MEDIA_STRUCT = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from biovita_data.licenses import license_family
+from biovita_data.crawl.licenses import license_family
 
 # family -> the families whose items a collection under it may hold (each keeps its own terms).
 _COVERS: dict[str, set[str]] = {

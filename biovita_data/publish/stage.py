@@ -10,8 +10,8 @@ from pathlib import Path
 import polars as pl
 from rich.console import Console
 
-from biovita_data import layout
-from biovita_data.bench.official import bench_json_path, tasks_parquet_path
+from biovita_data.build.bench.csv_layout import bench_json_path, tasks_parquet_path
+from biovita_data.core import layout
 from biovita_data.publish.card import CardInputs, write_card
 from biovita_data.publish.configs import (
     ConfigResult,

@@ -6,7 +6,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from biovita_data.vocab import TRAIT_CATEGORIES, TRAIT_COLUMNS
+from biovita_data.core.vocab import TRAIT_CATEGORIES, TRAIT_COLUMNS
 
 # Ranks above family keep their real iNaturalist ids, so the crawler's class table works unchanged.
 LIFE = (48460, "Life", "stateofmatter")

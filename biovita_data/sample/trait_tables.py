@@ -1,7 +1,7 @@
 """The sample world's ground-truth traits, published in the public trait tables' real file formats.
 
 A real build downloads AVONET, EltonTraits 1.0 and AmphiBIO and maps them onto the 34 labels
-(`biovita_data.vocab`); the sample world writes the same files, byte quirks included, so the
+(`biovita_data.core.vocab`); the sample world writes the same files, byte quirks included, so the
 importer can be tested offline. `expected_labels` says what a correct importer must recover.
 
 Files (headers are the real tables' columns, in their order):
@@ -84,8 +84,8 @@ from pathlib import Path
 
 import numpy as np
 
+from biovita_data.core.vocab import TRAIT_CATEGORIES, TRAIT_COLUMNS
 from biovita_data.sample.taxonomy import Species, Taxonomy
-from biovita_data.vocab import TRAIT_CATEGORIES, TRAIT_COLUMNS
 
 Labels = dict[str, int | None]
 Cells = tuple[str, ...]

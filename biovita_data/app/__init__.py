@@ -1,0 +1,1 @@
+"""Entry points: the CLI, pipeline files, the stage registry and the demo."""

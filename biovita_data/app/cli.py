@@ -1,0 +1,428 @@
+"""`biovita-data`: a thin CLI over the Python API (every command is a function you can import)."""
+
+from __future__ import annotations
+
+import json
+import signal
+import threading
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from biovita_data.app.clikit import version_option
+
+app = typer.Typer(
+    help="Build the BioVITA corpus: crawl sources, build manifests, materialize, publish.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+)
+sample_app = typer.Typer(help="The embedded sample world: serve it, export its tables.")
+app.add_typer(sample_app, name="sample")
+console = Console(stderr=True)
+
+
+@app.callback()
+def main(version: Annotated[bool, version_option("biovita-data")] = False) -> None:
+    """BioVITA data pipeline: sources -> manifests -> media -> dataset -> loader."""
+
+
+def _fail(message: str) -> None:
+    console.print(f"[red]error:[/red] {message}")
+    raise typer.Exit(2)
+
+
+@app.command()
+def fetch(
+    taxa: Annotated[
+        list[str],
+        typer.Option("--taxa", help="Class, order, family, genus or species; repeatable."),
+    ],
+    out: Annotated[Path, typer.Option("--out", help="Build directory.")],
+    source: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--source",
+            help="xeno-canto, inaturalist, inat-open-data or all; repeatable (default: both APIs).",
+        ),
+    ] = None,
+    since: Annotated[
+        str | None, typer.Option(help="Only records new or updated since YYYY-MM-DD.")
+    ] = None,
+    licenses: Annotated[
+        str, typer.Option(help="Comma-separated allowed licence families.")
+    ] = "cc0,cc-by,cc-by-sa,cc-by-nc,cc-by-nc-sa",
+    max_per_species: Annotated[
+        int | None, typer.Option(help="Cap records per species and source.")
+    ] = None,
+    max_records: Annotated[
+        int | None, typer.Option(help="Stop each source after N records.")
+    ] = None,
+    no_throttle: Annotated[
+        bool, typer.Option(help="Disable per-host rate limits (loopback only!).")
+    ] = False,
+    restart: Annotated[
+        bool, typer.Option(help="Discard an unfinished crawl with other settings.")
+    ] = False,
+) -> None:
+    """Crawl Xeno-canto v3, iNaturalist v1 and iNaturalist Open Data into OUT/raw/<source>/."""
+    from biovita_data.crawl.fetch import SOURCES, settings_from_env
+    from biovita_data.crawl.fetch import fetch as run_fetch
+    from biovita_data.crawl.http import FetchError
+    from biovita_data.crawl.sources.xeno_canto import MissingKey
+
+    # default: the two APIs; Open Data (the same photos, for scale) is opt-in or part of "all"
+    source = source or ["xeno-canto", "inaturalist"]
+    sources = list(SOURCES) if "all" in source else list(dict.fromkeys(source))
+    unknown = set(sources) - set(SOURCES)
+    if unknown:
+        _fail(f"unknown source(s) {sorted(unknown)}; choose from {', '.join(SOURCES)} or all")
+    settings = settings_from_env(
+        taxa=taxa,
+        sources=sources,
+        since=since,
+        licenses=tuple(x.strip().lower() for x in licenses.split(",") if x.strip()),
+        max_per_species=max_per_species,
+        max_records=max_records,
+        throttle=not no_throttle,
+    )
+    try:
+        run_fetch(settings, out, console=console, restart=restart)
+    except (MissingKey, FetchError) as exc:
+        _fail(
+            f"{exc}\nThe crawl state is kept under {out}/raw: run the same command again to resume."
+        )
+
+
+@app.command("import-official")
+def import_official_cmd(
+    metadata: Annotated[Path, typer.Argument(help="The original release's audio metadata CSV.")],
+    out: Annotated[Path, typer.Option("--out", help="Build directory.")],
+) -> None:
+    """Import the original BioVITA release's metadata table as raw records (source `official`)."""
+    from biovita_data.crawl.sources.release_table import import_official
+
+    try:
+        res = import_official(metadata, out)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    dropped = ", ".join(f"{k}: {v}" for k, v in sorted(res.dropped.items())) or "none"
+    console.print(f"imported {res.kept} recordings into {out}/raw/official; dropped {dropped}")
+
+
+OutOption = Annotated[Path, typer.Option("--out", help="Build directory.")]
+
+
+def _stage(fn, *args) -> object:
+    """Run a stage; turn the errors a user can fix into a one-line message."""
+    try:
+        return fn(*args)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        from biovita_data.crawl.http import FetchError
+
+        if isinstance(exc, FetchError):
+            _fail(f"{exc}\nAnswers so far are cached under OUT/raw/backbone: run it again.")
+        raise
+
+
+@app.command("align")
+def align_cmd(
+    out: OutOption,
+    backbone: Annotated[
+        str, typer.Option(help="inat (iNaturalist taxa) or a backbone CSV/TSV (GBIF columns).")
+    ] = "inat",
+    synonyms: Annotated[
+        list[Path] | None,
+        typer.Option("--synonyms", help="CSV with name, accepted_name; repeatable."),
+    ] = None,
+    min_audio: Annotated[int, typer.Option(help="Recordings a species needs.")] = 1,
+    min_images: Annotated[int, typer.Option(help="Photos a species needs.")] = 1,
+    max_images: Annotated[
+        int | None, typer.Option("--max-images", help="Cap photos per species (seeded).")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Seed of the photo cap.")] = 0,
+    no_throttle: Annotated[
+        bool, typer.Option(help="Disable per-host rate limits (loopback only!).")
+    ] = False,
+) -> None:
+    """Align raw names to one backbone -> OUT/manifests/{species,audio,image,unmatched}.parquet."""
+    from biovita_data.app.stages import run_align
+
+    cfg = {
+        "backbone": backbone,
+        "synonyms": synonyms or [],
+        "min_audio": min_audio,
+        "min_images": min_images,
+        "max_images_per_species": max_images,
+        "seed": seed,
+        "throttle": not no_throttle,
+    }
+    _stage(run_align, out, cfg, console)
+
+
+@app.command("traits")
+def traits_cmd(
+    out: OutOption,
+    table: Annotated[
+        list[str],
+        typer.Option(
+            "--table",
+            help="KIND=FILE, KIND in avonet, eltontraits, amphibio, csv; repeatable; "
+            "earlier tables win where two give a label.",
+        ),
+    ],
+) -> None:
+    """Attach the 34 trait labels (with provenance) to species.parquet; print coverage."""
+    from biovita_data.app.stages import run_traits_stage
+
+    _stage(run_traits_stage, out, {"tables": table}, console)
+
+
+@app.command("split")
+def split_cmd(
+    out: OutOption,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    test_fraction: Annotated[float, typer.Option(help="Share of a seen species -> test.")] = 0.1,
+    unseen_max_audio: Annotated[
+        int, typer.Option(help="Species with at most N recordings are held out as unseen.")
+    ] = 2,
+) -> None:
+    """Add `split` (train/test/unseen) to audio and image rows and `split_group` to species."""
+    from biovita_data.app.stages import run_split
+
+    cfg = {"seed": seed, "test_fraction": test_fraction, "unseen_max_audio": unseen_max_audio}
+    _stage(run_split, out, cfg, console)
+
+
+@app.command("bench")
+def bench_cmd(
+    out: OutOption,
+    candidates: Annotated[int, typer.Option(help="Candidate taxa per query.")] = 100,
+    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    max_queries_per_taxon: Annotated[int, typer.Option(help="Query cap per taxon and task.")] = 25,
+    max_queries_per_task: Annotated[int, typer.Option(help="Query cap per task (seeded).")] = 1024,
+) -> None:
+    """Build BioVITA-Bench (seen, unseen; 6 directions x 3 levels) under OUT/bench/."""
+    from biovita_data.app.stages import run_bench
+
+    cfg = {
+        "candidates": candidates,
+        "seed": seed,
+        "max_queries_per_taxon": max_queries_per_taxon,
+        "max_queries_per_task": max_queries_per_task,
+    }
+    _stage(run_bench, out, cfg, console)
+
+
+@app.command("stats")
+def stats_cmd(out: OutOption) -> None:
+    """Print the corpus statistics and write OUT/stats.json."""
+    from biovita_data.app.stages import run_stats
+
+    _stage(run_stats, out, {}, Console())
+
+
+@app.command("materialize")
+def materialize_cmd(
+    out: OutOption,
+    engine: Annotated[str, typer.Option(help="local (this machine) or ray (Ray Data).")] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="A Ray cluster address (default: a local Ray).")
+    ] = None,
+    workers: Annotated[int | None, typer.Option(help="Worker processes (default: cores).")] = None,
+    image_size: Annotated[int, typer.Option(help="Short side of stored photos, at most.")] = 512,
+    segment_seconds: Annotated[
+        float, typer.Option(help="Longer recordings are cut into segments of this length.")
+    ] = 60.0,
+    shard_size: Annotated[int, typer.Option(help="Records per media shard.")] = 500,
+    modality: Annotated[
+        list[str] | None, typer.Option("--modality", help="audio and/or image (default both).")
+    ] = None,
+    download_threads: Annotated[int, typer.Option(help="Download threads per worker.")] = 16,
+    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of stored photos.")] = 90,
+    no_throttle: Annotated[
+        bool, typer.Option(help="Disable per-host rate limits (loopback only!).")
+    ] = False,
+) -> None:
+    """Download, verify, hash and store every selected recording and photo in OUT/media/."""
+    from biovita_data.app.stages import run_materialize
+
+    cfg = {
+        "engine": engine,
+        "ray_address": ray_address,
+        "workers": workers,
+        "image_size": image_size,
+        "segment_seconds": segment_seconds,
+        "shard_size": shard_size,
+        "modalities": tuple(modality or ("audio", "image")),
+        "download_threads": download_threads,
+        "jpeg_quality": jpeg_quality,
+        "throttle": not no_throttle,
+    }
+    _stage(run_materialize, out, cfg, console)
+
+
+@app.command("publish")
+def publish_cmd(
+    out: OutOption,
+    repo_id: Annotated[str, typer.Option("--repo-id", help="NAMESPACE/NAME on the Hub.")],
+    media: Annotated[
+        str, typer.Option(help="embed (bytes in the Parquet) or urls (metadata + media URLs).")
+    ] = "embed",
+    folder_only: Annotated[bool, typer.Option(help="Write OUT/hf only; upload nothing.")] = False,
+    git_remote: Annotated[
+        str | None, typer.Option(help="Commit and push to this git remote instead of the Hub.")
+    ] = None,
+    private: Annotated[bool, typer.Option(help="Create the Hub repo private.")] = False,
+    max_shard_mb: Annotated[int, typer.Option(help="Parquet shard size limit in MB.")] = 500,
+    pretty_name: Annotated[str | None, typer.Option(help="The card's title.")] = None,
+) -> None:
+    """Write the Hugging Face dataset folder OUT/hf (card, plots, Parquet) and upload it."""
+    from biovita_data.publish import PublishError, publish
+
+    try:
+        publish(
+            out,
+            repo_id,
+            media=media,
+            folder_only=folder_only,
+            git_remote=None if folder_only else git_remote,
+            private=private,
+            max_shard_bytes=max_shard_mb * 2**20,
+            pretty_name=pretty_name,
+            console=console,
+        )
+    except (PublishError, OSError, ValueError) as exc:
+        _fail(str(exc))
+
+
+@app.command()
+def run(
+    pipeline: Annotated[Path, typer.Argument(help="A pipeline TOML file.")],
+    out: Annotated[Path | None, typer.Option(help="Override the pipeline's build dir.")] = None,
+) -> None:
+    """Run a pipeline file's stages in order; a [sample] section serves the sample world."""
+    from biovita_data.app.pipeline import load_pipeline, run_pipeline
+
+    try:
+        p = load_pipeline(pipeline)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    _stage(run_pipeline, p, out or p.out, console)
+
+
+@app.command()
+def demo(
+    workdir: Annotated[Path, typer.Option(help="Where to build.")] = Path("biovita-demo"),
+    size: Annotated[str, typer.Option(help="Sample world size: tiny | default.")] = "default",
+    seed: Annotated[int, typer.Option(help="Sample world seed.")] = 0,
+    train: Annotated[
+        str,
+        typer.Option(
+            help="Tiny-model preset to train and evaluate at the end: demo (minutes), "
+            "acceptance (the issue's figures, ~10 min) or none."
+        ),
+    ] = "demo",
+) -> None:
+    """Run the whole pipeline that exists, end to end, on the sample world (served in-process)."""
+    from biovita_data.app.demo import run_demo
+
+    try:
+        run_demo(workdir, size=size, seed=seed, train=train, console=console)
+    except (ValueError, RuntimeError) as exc:
+        _fail(str(exc))
+
+
+@app.command("hub")
+def hub_cmd(
+    root: Annotated[Path, typer.Option(help="Hub root: ROOT/mirrors/datasets/NS/NAME (bare git).")],
+    port: Annotated[int, typer.Option(help="Port on 127.0.0.1 (0: a free one).")] = 0,
+    init: Annotated[
+        str | None, typer.Option(help="Create the bare repo of this NS/NAME and print its URL.")
+    ] = None,
+) -> None:
+    """Serve published git repos as a local Hugging Face Hub (olah, offline) for HF_ENDPOINT."""
+    from biovita_data.publish import localhub
+
+    if init is not None:
+        typer.echo(f"--git-remote {localhub.init_repo(root, init)}")
+        return
+
+    def _stop(*_: object) -> None:
+        raise KeyboardInterrupt  # SIGTERM: leave through `serve`'s cleanup, stopping olah
+
+    signal.signal(signal.SIGTERM, _stop)
+    try:
+        with localhub.serve(root, port=port or None) as endpoint:
+            typer.echo(f"HF_ENDPOINT={endpoint}  (Ctrl-C stops)")
+            threading.Event().wait()
+    except KeyboardInterrupt:
+        pass
+    except localhub.HubError as exc:
+        _fail(str(exc))
+
+
+@sample_app.command("serve")
+def sample_serve(
+    host: Annotated[str, typer.Option(help="Interface to bind.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port (0: a free one).")] = 0,
+    size: Annotated[str, typer.Option(help="tiny | default")] = "default",
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+    faults: Annotated[str, typer.Option(help="none | light | heavy")] = "none",
+) -> None:
+    """Serve the sample world like Xeno-canto v3, iNaturalist v1 and Open Data; print the URLs."""
+    from biovita_data.sample.server import DEFAULT_XC_KEY, SampleServer
+    from biovita_data.sample.world import World
+
+    try:
+        server = SampleServer(World(size, seed), host=host, port=port, faults=faults)
+    except ValueError as exc:
+        _fail(str(exc))
+    info = {**server.urls, "XENO_CANTO_API_KEY": DEFAULT_XC_KEY}
+    typer.echo(json.dumps(info), color=False)
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    server.start()
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.stop()
+
+
+@sample_app.command("export-official")
+def sample_export_official(
+    path: Annotated[Path, typer.Argument(help="CSV file to write.")],
+    root: Annotated[str, typer.Option(help="Base URL of a running `sample serve`.")],
+    size: Annotated[str, typer.Option(help="tiny | default")] = "default",
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+) -> None:
+    """Write the sample world's recordings as the original release's metadata table."""
+    from biovita_data.sample.release_table import write_official_metadata
+    from biovita_data.sample.world import World
+
+    write_official_metadata(World(size, seed), root.rstrip("/"), path)
+    typer.echo(str(path))
+
+
+@sample_app.command("export-traits")
+def sample_export_traits(
+    directory: Annotated[Path, typer.Argument(help="Folder to write the trait tables into.")],
+    size: Annotated[str, typer.Option(help="tiny | default")] = "default",
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+) -> None:
+    """Write the sample world's trait tables (AVONET, EltonTraits, AmphiBIO, CSV formats)."""
+    from biovita_data.sample.taxonomy import generate_taxonomy
+    from biovita_data.sample.trait_tables import export_trait_tables
+
+    paths = export_trait_tables(generate_taxonomy(size, seed), directory)
+    for name, path in paths.items():
+        typer.echo(f"{name}\t{path}")
+
+
+if __name__ == "__main__":
+    app()

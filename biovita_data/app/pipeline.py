@@ -1,0 +1,129 @@
+"""Pipeline files (TOML): which taxa, sources and filters; `run` executes the stages that exist."""
+
+from __future__ import annotations
+
+import os
+import time
+import tomllib
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+
+from biovita_data.crawl.fetch import FetchSettings, settings_from_env
+from biovita_data.crawl.licenses import DEFAULT_ALLOWED
+
+STAGES = ("fetch", "align", "traits", "split", "bench", "stats", "materialize", "publish")
+
+
+@dataclass
+class Pipeline:
+    name: str
+    out: Path
+    fetch: dict[str, Any]
+    sample: dict[str, Any] | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def fetch_settings(self, **overrides: Any) -> FetchSettings:
+        f = self.fetch
+        urls = f.get("urls", {})
+        settings = settings_from_env(
+            taxa=list(f["taxa"]),
+            sources=list(f.get("sources", ["xeno-canto", "inaturalist"])),
+            since=f.get("since"),
+            licenses=tuple(f.get("licenses", DEFAULT_ALLOWED)),
+            max_per_species=f.get("max_per_species"),
+            max_records=f.get("max_records"),
+            throttle=bool(f.get("throttle", True)),
+        )
+        # the pipeline file may pin URLs; the environment still wins
+        for key, env in (
+            ("xeno_canto", "XENO_CANTO_API_URL"),
+            ("inaturalist", "INATURALIST_API_URL"),
+            ("open_data", "INATURALIST_OPEN_DATA_URL"),
+        ):
+            if key in urls and not os.environ.get(env):
+                setattr(
+                    settings, f"{key}_url" if key != "open_data" else "open_data_url", urls[key]
+                )
+        for k, v in overrides.items():
+            setattr(settings, k, v)
+        return settings
+
+
+def load_pipeline(path: Path) -> Pipeline:
+    try:
+        data = tomllib.loads(path.read_text())
+    except tomllib.TOMLDecodeError as exc:
+        raise ValueError(f"{path}: not valid TOML: {exc}") from None
+    if "fetch" not in data or "taxa" not in data["fetch"]:
+        raise ValueError(f"{path}: a pipeline needs [fetch] with taxa = [...]")
+    meta = data.get("pipeline", {})
+    return Pipeline(
+        name=meta.get("name", path.stem),
+        out=Path(meta.get("out", f"build/{path.stem}")),
+        fetch=data["fetch"],
+        sample=data.get("sample"),
+        extra={k: v for k, v in data.items() if k not in ("pipeline", "fetch", "sample")},
+    )
+
+
+def sample_environment(stack: ExitStack, size: str, seed: int, faults: str) -> dict[str, str]:
+    """Start the sample world's server for the duration of `stack`; returns its env vars."""
+    from biovita_data.sample.server import DEFAULT_XC_KEY, SampleServer
+    from biovita_data.sample.world import World
+
+    server = stack.enter_context(SampleServer(World(size, seed), faults=faults))
+    env = {**server.urls, "XENO_CANTO_API_KEY": DEFAULT_XC_KEY}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+
+    def restore() -> None:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+    stack.callback(restore)
+    return env
+
+
+def sample_trait_tables(size: str, seed: int, out: Path) -> list[str]:
+    """Export the sample world's trait tables to OUT/traits; `--table` specs in precedence order."""
+    from biovita_data.sample.taxonomy import generate_taxonomy
+    from biovita_data.sample.trait_tables import export_trait_tables
+
+    paths = export_trait_tables(generate_taxonomy(size, seed), out / "traits")
+    kinds = {"eltontraits_birds": "eltontraits", "eltontraits_mammals": "eltontraits"}
+    order = ("csv", "amphibio", "eltontraits_birds", "eltontraits_mammals", "avonet")
+    return [f"{kinds.get(name, name)}={paths[name]}" for name in order]
+
+
+def run_pipeline(p: Pipeline, out: Path, console: Console, *, fetch: bool = True) -> dict:
+    """fetch, align, traits, split, bench, stats, then materialize and publish when the file has
+    those sections; each stage takes its [section]'s settings."""
+    from biovita_data.app.stages import BUILD_STAGES, RELEASE_STAGES, run_build
+    from biovita_data.crawl.fetch import fetch as run_fetch
+
+    with ExitStack() as stack:
+        sections = {k: dict(v) for k, v in p.extra.items() if isinstance(v, dict)}
+        sections.setdefault("align", {}).setdefault("throttle", p.fetch.get("throttle", True))
+        if p.sample is not None:
+            size, seed = p.sample.get("size", "default"), p.sample.get("seed", 0)
+            sample_environment(stack, size, seed, p.sample.get("faults", "none"))
+            traits = sections.setdefault("traits", {})
+            if traits.get("tables") == "sample":
+                traits["tables"] = sample_trait_tables(size, seed, out)
+        seconds = {}
+        if fetch:
+            t = time.monotonic()
+            run_fetch(p.fetch_settings(), out, console=console)
+            seconds["fetch"] = {"seconds": round(time.monotonic() - t, 2)}
+        release = tuple(st for st in RELEASE_STAGES if st in sections)
+        if "materialize" in sections:
+            sections["materialize"].setdefault("throttle", p.fetch.get("throttle", True))
+        seconds.update(run_build(out, sections, console, stages=BUILD_STAGES + release))
+    return seconds

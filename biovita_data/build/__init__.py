@@ -1,0 +1,1 @@
+"""Build stages over raw records: align, backbone, traits, split, bench, stats."""

@@ -1,0 +1,1 @@
+"""The layer every other one stands on: paths, schemas, atomic tables, vocabularies, names."""

@@ -1,0 +1,1 @@
+"""The crawl: sources, the HTTP client, --taxa resolution, licences, and the fetch stage."""

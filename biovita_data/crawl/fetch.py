@@ -1,0 +1,300 @@
+"""The crawl stage: run each source's queries page by page, resumably, into OUT/raw/<source>/."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import pyarrow as pa
+from rich.console import Console
+from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from biovita_data.core import layout
+from biovita_data.core.schemas import FAILURE, RAW_KEY, RAW_RECORD
+from biovita_data.core.tables import (
+    read_table,
+    replace_failures,
+    to_table,
+    write_json_atomic,
+    write_table,
+)
+from biovita_data.crawl.http import FetchError, HttpClient
+from biovita_data.crawl.licenses import DEFAULT_ALLOWED
+from biovita_data.crawl.sources.base import Page, Source, SourceResult, SplitQuery
+from biovita_data.crawl.sources.inat_open_data import OpenDataSource
+from biovita_data.crawl.sources.inaturalist import INaturalistSource
+from biovita_data.crawl.sources.xeno_canto import XenoCantoSource, api_key
+from biovita_data.crawl.taxa import TaxonResolver
+
+SOURCES = ("xeno-canto", "inaturalist", "inat-open-data")
+
+
+@dataclass
+class FetchSettings:
+    taxa: list[str]
+    sources: list[str] = field(default_factory=lambda: ["xeno-canto", "inaturalist"])
+    since: str | None = None
+    licenses: tuple[str, ...] = DEFAULT_ALLOWED
+    max_per_species: int | None = None
+    max_records: int | None = None
+    xeno_canto_url: str = "https://xeno-canto.org/api/3"
+    inaturalist_url: str = "https://api.inaturalist.org/v1"
+    open_data_url: str = "https://inaturalist-open-data.s3.amazonaws.com"
+    throttle: bool = True
+    retries: int = 6
+    backoff_s: float = 0.5
+
+    def fingerprint(self, source: str) -> str:
+        """What makes a run's state reusable: the same query for the same source."""
+        key = [sorted(self.taxa), self.since, sorted(self.licenses), source]
+        return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
+
+
+class CrawlState:
+    """OUT/raw/<source>/state.json + one Parquet part per finished page: what a resume needs."""
+
+    def __init__(self, directory: Path, fingerprint: str, restart: bool = False) -> None:
+        self.dir = directory
+        self.path = directory / "state.json"
+        self.parts = directory / "parts"
+        state = json.loads(self.path.read_text()) if self.path.exists() else None
+        if state and state.get("fingerprint") != fingerprint:
+            if not restart:
+                raise FetchError(
+                    f"{directory} holds an unfinished crawl with other settings; finish it with "
+                    "the same command, or pass --restart to discard it"
+                )
+            state = None
+        if state is None:
+            shutil.rmtree(self.parts, ignore_errors=True)
+            state = {"fingerprint": fingerprint, "queries": [], "progress": {}}
+        self.state = state
+
+    def save(self) -> None:
+        write_json_atomic(self.state, self.path)
+
+    def part_path(self, query: str, seq: int, kind: str) -> Path:
+        qid = hashlib.sha256(query.encode()).hexdigest()[:12]
+        return self.parts / f"{qid}-{seq:06d}.{kind}.parquet"
+
+    def clear(self) -> None:
+        shutil.rmtree(self.parts, ignore_errors=True)
+        self.path.unlink(missing_ok=True)
+
+
+def crawl_source(
+    src: Source, state: CrawlState, progress: Progress, max_records: int | None
+) -> tuple[pa.Table, pa.Table, int]:
+    """Run every query of `src` to the end (resuming from `state`); return all rows + failures."""
+    st = state.state
+    if not st["queries"]:
+        st["queries"] = src.plan()
+        state.save()
+    task = progress.add_task(src.name, total=None)
+    kept = sum(p.get("kept", 0) for p in st["progress"].values())
+    progress.update(task, completed=kept)
+    i = 0
+    while i < len(st["queries"]):
+        q = st["queries"][i]
+        prog = st["progress"].setdefault(q, {"cursor": None, "seq": 0, "done": False, "kept": 0})
+        while not prog["done"] and not (max_records and kept >= max_records):
+            progress.update(task, description=f"{src.name}: {q[:40]}")
+            try:
+                page: Page = src.fetch_page(q, prog["cursor"])
+            except SplitQuery as split:
+                st["queries"][i + 1 : i + 1] = [s for s in split.queries if s not in st["queries"]]
+                prog.update(done=True, split=True)
+                break
+            write_table(to_table(page.rows, RAW_RECORD), state.part_path(q, prog["seq"], "rows"))
+            write_table(to_table(page.failures, FAILURE), state.part_path(q, prog["seq"], "fail"))
+            kept += len(page.rows)
+            prog.update(cursor=page.cursor, seq=prog["seq"] + 1, done=page.done)
+            prog["kept"] += len(page.rows)
+            state.save()
+            progress.update(task, completed=kept)
+        i += 1
+    rows, fails = [], []
+    for q in st["queries"]:
+        for seq in range(st["progress"].get(q, {}).get("seq", 0)):
+            rows.append(read_table(state.part_path(q, seq, "rows"), RAW_RECORD))
+            fails.append(read_table(state.part_path(q, seq, "fail"), FAILURE))
+    pages = sum(p["seq"] for p in st["progress"].values())
+    return (
+        pa.concat_tables([RAW_RECORD.empty_table(), *rows]),
+        pa.concat_tables([FAILURE.empty_table(), *fails]),
+        pages,
+    )
+
+
+def _natural(df: pl.DataFrame) -> pl.DataFrame:
+    """Sort by key with numeric ids in numeric order (deterministic output bytes)."""
+    return df.sort(
+        [pl.col("source"), pl.col("modality"), pl.col("record_id").str.len_chars(), "record_id"]
+    )
+
+
+def finalize(
+    out: Path, source: str, rows: pa.Table, fails: pa.Table, settings: FetchSettings
+) -> SourceResult:
+    """Dedupe, cap, merge into an existing records.parquet, and write records + failures."""
+    df = pl.from_arrow(rows)
+    fdf = pl.from_arrow(fails)
+    dup = df.filter(
+        pl.struct(list(RAW_KEY)).is_duplicated() & ~pl.struct(list(RAW_KEY)).is_first_distinct()
+    )
+    df = df.unique(subset=list(RAW_KEY), keep="first", maintain_order=True)
+    extra = [
+        dup.select(
+            pl.lit("fetch").alias("stage"),
+            "source",
+            "modality",
+            "record_id",
+            pl.col("raw_scientific_name").alias("name"),
+            pl.lit("duplicate").alias("reason"),
+            pl.format("listed again by query {}", pl.col("query")).alias("detail"),
+        )
+    ]
+    if settings.max_per_species:
+        rank = pl.col("record_id").cum_count().over(["modality", "raw_scientific_name"])
+        over = df.with_columns(rank.alias("_n")).filter(pl.col("_n") > settings.max_per_species)
+        df = (
+            df.with_columns(rank.alias("_n"))
+            .filter(pl.col("_n") <= settings.max_per_species)
+            .drop("_n")
+        )
+        extra.append(
+            over.select(
+                pl.lit("fetch").alias("stage"),
+                "source",
+                "modality",
+                "record_id",
+                pl.col("raw_scientific_name").alias("name"),
+                pl.lit("over_cap").alias("reason"),
+                pl.lit(f"beyond --max-per-species {settings.max_per_species}").alias("detail"),
+            )
+        )
+    records_path = layout.raw_records_path(out, source)
+    old = pl.from_arrow(read_table(records_path, RAW_RECORD))
+    if len(old):
+        # incremental merge: a record seen again is replaced by its newer version
+        df = pl.concat([df, old], how="vertical_relaxed").unique(
+            subset=list(RAW_KEY), keep="first", maintain_order=True
+        )
+    df = _natural(df)
+    write_table(df.to_arrow().cast(RAW_RECORD), records_path)
+    old_f = pl.from_arrow(read_table(out / "manifests" / "failures.parquet", FAILURE)).filter(
+        (pl.col("stage") == "fetch") & (pl.col("source") == source)
+    )
+    allf = pl.concat([fdf, *[e.cast(fdf.schema) for e in extra], old_f], how="vertical_relaxed")
+    # a record that is kept now (e.g. after a fix upstream) is no longer a failure
+    kept_ids = df.select("modality", "record_id")
+    allf = (
+        allf.unique(subset=["modality", "record_id", "reason"], keep="first").join(
+            kept_ids, on=["modality", "record_id"], how="anti"
+        )
+        if len(allf)
+        else allf
+    )
+    replace_failures(out, "fetch", [source], allf.to_arrow().cast(FAILURE))
+    dropped = dict(allf.group_by("reason").len().iter_rows()) if len(allf) else {}
+    return SourceResult(source, kept=len(df), dropped=dropped)
+
+
+def build_sources(settings: FetchSettings, http: HttpClient, out: Path) -> list[Source]:
+    if "xeno-canto" in settings.sources:
+        api_key()  # a missing key is an error before any request
+    resolver = TaxonResolver(http, settings.inaturalist_url)
+    targets = [resolver.resolve(t) for t in settings.taxa]
+    crawlers = {
+        "xeno-canto": (XenoCantoSource, settings.xeno_canto_url),
+        "inaturalist": (INaturalistSource, settings.inaturalist_url),
+    }
+    built: list[Source] = []
+    for name in settings.sources:
+        if name in crawlers:
+            cls, url = crawlers[name]
+            built.append(cls(http, url, targets, since=settings.since, allowed=settings.licenses))
+        elif name == "inat-open-data":
+            url, tables = settings.open_data_url, layout.raw_dir(out, name) / "tables"
+            built.append(OpenDataSource(http, url, targets, tables, allowed=settings.licenses))
+        else:
+            raise ValueError(f"unknown source {name!r}; choose from {', '.join(SOURCES)} or all")
+    return built
+
+
+def fetch(
+    settings: FetchSettings,
+    out: Path,
+    *,
+    console: Console | None = None,
+    restart: bool = False,
+    http: HttpClient | None = None,
+) -> list[SourceResult]:
+    """Crawl every selected source into OUT; resumable; prints a summary table."""
+    console = console or Console(stderr=True)
+    http = http or HttpClient(
+        retries=settings.retries, backoff_s=settings.backoff_s, throttle=settings.throttle
+    )
+    results = []
+    t0 = time.monotonic()
+    sources = build_sources(settings, http, out)
+    columns = (
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed} records"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as progress:
+        for src in sources:
+            start = time.monotonic()
+            state = CrawlState(
+                layout.raw_dir(out, src.name), settings.fingerprint(src.name), restart
+            )
+            rows, fails, pages = crawl_source(src, state, progress, settings.max_records)
+            res = finalize(out, src.name, rows, fails, settings)
+            res.pages, res.seconds = pages, time.monotonic() - start
+            state.clear()
+            results.append(res)
+    write_json_atomic(
+        {
+            "sources": [r.__dict__ for r in results],
+            "http": dict(http.stats),
+            "seconds": round(time.monotonic() - t0, 2),
+        },
+        layout.fetch_summary_path(out),
+    )
+    console.print(summary_table(results, http))
+    return results
+
+
+def summary_table(results: list[SourceResult], http: HttpClient) -> Table:
+    table = Table(title="fetch summary")
+    for col in ("source", "kept", "dropped (by reason)", "pages", "seconds"):
+        table.add_column(col)
+    for r in results:
+        dropped = ", ".join(f"{k}: {v}" for k, v in sorted(r.dropped.items())) or "-"
+        table.add_row(r.source, str(r.kept), dropped, str(r.pages), f"{r.seconds:.1f}")
+    errors = {k[7:]: v for k, v in http.stats.items() if k.startswith("error: ")}
+    table.caption = f"requests {http.stats['requests']}, retries {http.stats['retries']}" + (
+        f"; errors retried: {', '.join(f'{k} x{v}' for k, v in errors.items())}" if errors else ""
+    )
+    return table
+
+
+def settings_from_env(**overrides: Any) -> FetchSettings:
+    import os
+
+    env = {
+        "xeno_canto_url": os.environ.get("XENO_CANTO_API_URL"),
+        "inaturalist_url": os.environ.get("INATURALIST_API_URL"),
+        "open_data_url": os.environ.get("INATURALIST_OPEN_DATA_URL"),
+    }
+    return FetchSettings(**{**{k: v for k, v in env.items() if v}, **overrides})

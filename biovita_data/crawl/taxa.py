@@ -1,0 +1,108 @@
+"""`--taxa` names -> what to ask each source: Xeno-canto tags and iNaturalist taxon ids."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from biovita_data.core.names import closest_epithet
+from biovita_data.crawl.http import FetchError, HttpClient
+
+# Classes: real iNaturalist taxon ids and the Xeno-canto groups that hold them.
+CLASSES: dict[str, tuple[int, tuple[str, ...]]] = {
+    "Aves": (3, ("birds",)),
+    "Amphibia": (20978, ("frogs",)),
+    "Mammalia": (40151, ("bats", "land mammals")),
+    "Insecta": (47158, ("grasshoppers",)),
+    "Reptilia": (26036, ()),
+    "Actinopterygii": (47178, ()),
+}
+CLASS_BY_ID = {tid: name for name, (tid, _) in CLASSES.items()}
+
+
+@dataclass
+class Target:
+    """One resolved `--taxa` entry."""
+
+    name: str
+    rank: str
+    inat_id: int
+    class_name: str | None
+    xc_queries: list[str] = field(default_factory=list)
+    # Client-side filter for XC results of lower ranks: genus -> accepted epithets (None: all).
+    xc_genera: dict[str, set[str] | None] = field(default_factory=dict)
+    # Other epithets of the same genera, so a spelling variant goes to its closest species.
+    xc_siblings: set[str] = field(default_factory=set)
+
+    def xc_keeps(self, gen: str, sp: str) -> bool:
+        """Whether an XC recording named (gen, sp) belongs to this target."""
+        if not self.xc_genera:
+            return True
+        epithets = self.xc_genera.get(gen.strip().lower(), False)
+        if epithets is False:
+            return False
+        if epithets is None:
+            return True
+        return closest_epithet(sp.strip().lower(), epithets | self.xc_siblings)[0] in epithets
+
+
+def xc_tag(tag: str, value: str) -> str:
+    """A Xeno-canto search tag; values with spaces are quoted (`grp:"land mammals"`)."""
+    return f'{tag}:"{value}"' if " " in value else f"{tag}:{value}"
+
+
+class TaxonResolver:
+    """Resolves names through iNaturalist `/taxa` (the built-in table covers classes)."""
+
+    def __init__(self, http: HttpClient, inat_url: str) -> None:
+        self.http = http
+        self.inat_url = inat_url.rstrip("/")
+
+    def resolve(self, name: str) -> Target:
+        clean = " ".join(name.split())
+        for cls, (tid, groups) in CLASSES.items():
+            if cls.lower() == clean.lower():
+                return Target(cls, "class", tid, cls, [xc_tag("grp", g) for g in groups])
+        taxon = self._lookup(clean)
+        ancestors = taxon.get("ancestor_ids") or []
+        class_name = next((CLASS_BY_ID[i] for i in ancestors if i in CLASS_BY_ID), None)
+        groups = CLASSES[class_name][1] if class_name else ()
+        target = Target(taxon["name"], taxon["rank"], int(taxon["id"]), class_name)
+        if not groups:
+            return target
+        if taxon["rank"] in ("species", "subspecies"):
+            genus, epithet = taxon["name"].split(" ")[:2]
+            siblings = self._children(int(self._lookup(genus)["id"]), "species")
+            target.xc_genera = {genus.lower(): {epithet.lower()}}
+            target.xc_siblings = {s.split(" ")[1].lower() for s in siblings}
+            target.xc_queries = [f"gen:{genus}"]
+        elif taxon["rank"] == "genus":
+            target.xc_genera = {taxon["name"].lower(): None}
+            target.xc_queries = [f"gen:{taxon['name']}"]
+        else:
+            genera = sorted(self._children(int(taxon["id"]), "genus"))
+            target.xc_genera = {g.lower(): None for g in genera}
+            target.xc_queries = [f"gen:{g}" for g in genera]
+        return target
+
+    def _lookup(self, name: str) -> dict:
+        data = self.http.get_json(
+            f"{self.inat_url}/taxa", {"q": name, "per_page": 30}, policy="inaturalist"
+        )
+        for t in data.get("results", []):
+            if t.get("name", "").lower() == name.lower() and t.get("is_active", True):
+                return t
+        raise FetchError(f"taxon {name!r} not found on iNaturalist (/taxa?q={name})")
+
+    def _children(self, taxon_id: int, rank: str) -> list[str]:
+        names: list[str] = []
+        page = 1
+        while True:
+            data = self.http.get_json(
+                f"{self.inat_url}/taxa",
+                {"taxon_id": taxon_id, "rank": rank, "per_page": 200, "page": page},
+                policy="inaturalist",
+            )
+            names += [t["name"] for t in data.get("results", [])]
+            if page * 200 >= int(data.get("total_results", 0)):
+                return names
+            page += 1
