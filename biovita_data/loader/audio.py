@@ -10,16 +10,14 @@ from __future__ import annotations
 import contextlib
 import io
 import math
-import os
-import sys
-import threading
-from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
 import numpy as np
 import soundfile as sf
 import soxr
+
+from biovita_data.core.cstderr import filtered_c_stderr
 
 TARGET_RATE = 48_000
 CLIP_SECONDS = 10.0
@@ -33,36 +31,6 @@ MP3_PREROLL_S = 0.5
 MP3_PREROLL_MIN = 9216
 
 CropMode = Literal["random", "onset", "start"]
-
-_quiet_lock = threading.Lock()
-_quiet_depth = 0
-_saved_stderr = -1
-
-
-@contextlib.contextmanager
-def quiet_stderr() -> Iterator[None]:
-    """Silence file descriptor 2 (mpg123 prints reservoir errors for every seek into an MP3)."""
-    global _quiet_depth, _saved_stderr
-    with _quiet_lock:
-        if _quiet_depth == 0:
-            try:
-                sys.stderr.flush()
-                _saved_stderr = os.dup(2)
-                devnull = os.open(os.devnull, os.O_WRONLY)
-                os.dup2(devnull, 2)
-                os.close(devnull)
-            except OSError:  # no usable fd 2: nothing to silence
-                _saved_stderr = -1
-        _quiet_depth += 1
-    try:
-        yield
-    finally:
-        with _quiet_lock:
-            _quiet_depth -= 1
-            if _quiet_depth == 0 and _saved_stderr >= 0:
-                os.dup2(_saved_stderr, 2)
-                os.close(_saved_stderr)
-                _saved_stderr = -1
 
 
 def preroll_frames(file_format: str, rate: int) -> int:
@@ -135,7 +103,7 @@ def read_window(f: sf.SoundFile, start: int, frames: int) -> np.ndarray:
     """Mono float32 frames [start, start + frames) of an open file, seeking when it can."""
     if start and f.seekable():
         at = max(0, start - preroll_frames(f.format, f.samplerate))
-        quiet = quiet_stderr() if at and f.format == "MP3" else contextlib.nullcontext()
+        quiet = filtered_c_stderr() if at and f.format == "MP3" else contextlib.nullcontext()
         try:
             with quiet:
                 f.seek(at)
