@@ -40,11 +40,6 @@ steady CPU). The loader is timed on every --layouts entry: N rows per audio row 
 MiB, as publish), "NwK" = N rows with the sampler's row_group_window=K (and K cached row groups per
 worker). The first layout is the headline. The `datasets` path copies the Parquet into its own
 Arrow cache, so the layout does not matter to it.
---media-reader picks how the loader reads a row's media bytes from a shard: `value` (RowReader's
-value-at-a-time path, which walks the column chunk's page headers and copies only the wanted
-value), `pyarrow` (that path switched off: pyarrow decodes the row group and the row is taken from
-it) or `both` (each layout timed both ways; `value_reader_cpu_saving` is the share of the
-loader's steady-state CPU per sample the value path saves on the headline layout).
 stdout: exactly one JSON line; progress goes to stderr.
 
 Both paths decode at about the same speed per second of audio (libsndfile/mpg123 + soxr here,
@@ -59,7 +54,6 @@ same items): no loader built on soundfile + soxr can spend less, so `speedup_cpu
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import math
 import os
@@ -68,7 +62,6 @@ import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -314,33 +307,10 @@ def parse_layout(text: str) -> tuple[int, int | None]:
     return int(rows), int(window) if window else None
 
 
-@contextlib.contextmanager
-def media_reader(kind: str) -> Iterator[None]:
-    """`pyarrow`: RowReader's value-at-a-time path switched off (workers fork, and inherit it)."""
-    if kind == "value":
-        yield
-        return
-    saved = RowReader._fast_group
-    RowReader._fast_group = lambda self, k, g: None  # type: ignore[method-assign]
-    try:
-        yield
-    finally:
-        RowReader._fast_group = saved  # type: ignore[method-assign]
-
-
 def time_layout(
     base: Path, layout: str, args: argparse.Namespace
 ) -> tuple[dict[str, float], list[Any]]:
-    """The loader's numbers on one layout ("100", "100w4", "100/pyarrow"), and the plain
-    (unwindowed) order it used."""
-    layout, _, reader = layout.partition("/")
-    with media_reader(reader or "value"):
-        return _time_layout(base, layout, args)
-
-
-def _time_layout(
-    base: Path, layout: str, args: argparse.Namespace
-) -> tuple[dict[str, float], list[Any]]:
+    """The loader's numbers on one layout, and the plain (unwindowed) order it used."""
     rows, window = parse_layout(layout)
     folder = base if rows == 100 else relayout(base, rows)
     cache = {"cache_row_groups": max(2, window or 0)}
@@ -390,16 +360,8 @@ def measure(base: Path, root: Path, layouts: list[str], args: argparse.Namespace
     result: dict[str, Any] = {}
     per_layout: dict[str, dict[str, float]] = {}
     order: list[Any] = []
-    readers = ["value", "pyarrow"] if args.media_reader == "both" else [args.media_reader]
     for layout in layouts:
-        for reader in readers:
-            key = layout if reader == "value" else f"{layout}/pyarrow"
-            per_layout[key], order = time_layout(base, key, args)
-    if len(readers) == 2:
-        value = per_layout[layouts[0]]["cpu_ms_per_sample"]
-        plain = per_layout[f"{layouts[0]}/pyarrow"]["cpu_ms_per_sample"]
-        result["value_reader_cpu_saving"] = round(1 - value / plain, 3)
-    layouts = [layouts[0] if readers[0] == "value" else f"{layouts[0]}/pyarrow", *layouts[1:]]
+        per_layout[layout], order = time_layout(base, layout, args)
     result["headline_layout"] = layouts[0]
     result["loader_samples_per_s"] = per_layout[layouts[0]]["samples_per_s"]
     result["loader_cpu_ms_per_sample"] = per_layout[layouts[0]]["cpu_ms_per_sample"]
@@ -498,13 +460,6 @@ def main() -> int:
         default="100,100w4",
         help="audio row groups: rows per group (4 MiB at most, as publish), optionally wN ="
         " row_group_window N",
-    )
-    parser.add_argument(
-        "--media-reader",
-        choices=("value", "pyarrow", "both"),
-        default="value",
-        help="how the loader reads a row's bytes: RowReader's value-at-a-time path, pyarrow's"
-        " row-group decode, or both (value_reader_cpu_saving)",
     )
     parser.add_argument("--workdir", type=Path, default=None, help="kept and reused when given")
     parser.add_argument("--keep", action="store_true", help="keep a temporary workdir")

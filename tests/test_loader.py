@@ -373,8 +373,6 @@ def test_row_reader_reads_every_row_lazily_and_pickles_small(train: BioVITADatas
     assert got == want
     assert [reader.media(i) for i in range(len(train))] == want
     assert len(reader._files) == 1 and len(reader._cache) <= 1
-    # publish stores media bytes plainly: read a value at a time, never a decoded row group
-    assert reader._fast and all(reader._fast.values()) and not reader._cache
     paths = [
         row["path"]
         for path in train.audio_index.files
@@ -415,8 +413,6 @@ def test_row_reader_matches_pyarrow_on_any_layout(tmp_path: Path, options: dict)
     reader = RowReader(build_index([path]), ["audio"])
     assert [reader.read(i)["audio"] for i in range(23)] == rows
     assert [reader.media(i) for i in range(23)] == [r and r["bytes"] for r in rows]
-    fast = options["compression"] == "none" and not options.get("use_dictionary")
-    assert all((group is not None) == fast for group in reader._fast.values())
 
 
 # -- construction -------------------------------------------------------------------------------
