@@ -577,6 +577,7 @@ def _reference(bench_dir: Path, emb: ev.BenchEmbeddings, subset: str) -> dict:
     }
 
 
+@pytest.mark.filterwarnings("ignore:.*tie with another candidate:UserWarning")
 @pytest.mark.parametrize("method", ["grouped", "dense"])
 @pytest.mark.parametrize("build", ["all", "few"])
 @pytest.mark.parametrize("kind", ["continuous", "discrete"])
