@@ -137,5 +137,5 @@ def write_per_class(report: dict[str, Any], path: Path) -> Path:
                      "class": cls, **{k: v for k, v in e.items()}}
                 )  # fmt: skip
     path.parent.mkdir(parents=True, exist_ok=True)
-    pl.DataFrame(rows).write_csv(path)
+    pl.DataFrame(rows, infer_schema_length=None).write_csv(path)
     return path

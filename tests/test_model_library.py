@@ -770,3 +770,15 @@ def test_report_merge_json_and_plot(bench_out: Path, tmp_path: Path, tiny: BioVI
     assert json.loads(path.read_text()) == json.loads(json.dumps(merged))
     png = ev.plot_results(merged, tmp_path / "eval.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_per_class_csv_with_meaningless_k(tmp_path: Path) -> None:
+    """Per-class rows whose Top-10 is null (k >= candidates) before rows where it is a number."""
+    from biovita_model.eval_run import write_per_class
+
+    few = {f"c{i}": {"top1": 0.5, "top10": None, "n_queries": 2} for i in range(150)}
+    many = {"z": {"top1": 0.25, "top10": 0.75, "n_queries": 4}}
+    report = {"per_class": {"seen/genus/A2I": few, "seen/species/A2I": many}}
+    df = pl.read_csv(write_per_class(report, tmp_path / "pc.csv"), infer_schema_length=None)
+    assert df.height == 151 and df["top10"].null_count() == 150
+    assert df.filter(pl.col("class") == "z")["top10"].to_list() == [0.75]
