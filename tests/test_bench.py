@@ -603,6 +603,11 @@ def test_export_media_writes_every_indexed_medium(small: Path, tmp_path: Path) -
     shutil.copytree(small / "bench", out / "bench")
     items = bench_media(out)
     assert set(items["subset"]) == set(SUBSETS) and set(items["modality"]) == {"audio", "image"}
+    csv_only = tmp_path / "csv_only"
+    shutil.copytree(small / "bench", csv_only / "bench")
+    for p in (csv_only / "bench").rglob("*.parquet"):
+        p.unlink()  # the official layout: the index CSVs have only id, file_path
+    assert bench_media(csv_only).equals(items)
     media = items.unique(["modality", "source", "record_id"], maintain_order=True)
     content = {}  # (modality, source, record_id) -> the bytes exported (segment 0)
     shards: dict[str, list[list[dict]]] = {"audio": [[], []], "image": [[], []]}

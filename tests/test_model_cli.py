@@ -237,6 +237,7 @@ def test_eval_writes_the_report_and_matches_a_per_query_reference(runs: dict[str
     run, bench = runs["s2"], runs["bench"]
     out = invoke("eval", "--run", run, "--bench", bench, "--dataset", runs["world"])
     assert "A2I" in out and "seen" in out and "common names" in out
+    assert "n/a" in out  # top10 with at most 6 candidates is not meaningful
     report = json.loads((run / "eval.json").read_text())
     keys = {f"{s}/{lv}/{t.code}" for s in ("seen", "unseen") for lv in LEVELS for t in TASKS}
     assert set(report["results"]) == keys
