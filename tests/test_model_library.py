@@ -782,3 +782,27 @@ def test_per_class_csv_with_meaningless_k(tmp_path: Path) -> None:
     df = pl.read_csv(write_per_class(report, tmp_path / "pc.csv"), infer_schema_length=None)
     assert df.height == 151 and df["top10"].null_count() == 150
     assert df.filter(pl.col("class") == "z")["top10"].to_list() == [0.75]
+
+
+def test_plot_draws_chance_and_na(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval.png: a chance tick (k / candidates) over every bar, `n/a` where k >= candidates."""
+    from matplotlib.axes import Axes
+
+    ticks, texts = [], []
+    draw_hlines, draw_text = Axes.hlines, Axes.text
+    monkeypatch.setattr(
+        Axes, "hlines", lambda ax, y, *a, **k: ticks.append(y) or draw_hlines(ax, y, *a, **k)
+    )
+    monkeypatch.setattr(
+        Axes,
+        "text",
+        lambda ax, x, y, s, *a, **k: texts.append(s) or draw_text(ax, x, y, s, *a, **k),
+    )
+    results = {
+        "seen/genus/A2I": {"top1": 0.5, "top5": None, "top10": None, "n_candidates": 4},
+        "seen/species/I2A": {"top1": 0.1, "top5": 0.3, "top10": 0.4, "n_candidates": 100},
+    }
+    png = ev.plot_results({"results": results}, tmp_path / "eval.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(ticks) == pytest.approx([1.0, 5.0, 10.0, 25.0])
+    assert texts.count("n/a") == 2
