@@ -2,8 +2,8 @@
 
 Each command is a thin layer over a Python function usable from a notebook:
 `biovita_model.training.train`, `biovita_model.pretrain.pretrain_towers`,
-`biovita_model.embed.evaluate_run` / `embed_dataset`, `biovita_model.probe.probe_traits`,
-`biovita_model.release_weights.import_official`.
+`biovita_model.eval_run.evaluate_run`, `biovita_model.embed.embed_dataset`,
+`biovita_model.probe.probe_traits`, `biovita_model.release_weights.import_official`.
 """
 
 from __future__ import annotations
@@ -205,7 +205,7 @@ def train_tiny_cmd(
     workers: WorkersOpt = None,
 ) -> None:
     """pretrain-towers -> Stage 1 -> Stage 2 with tiny towers (a measured preset), + eval."""
-    from biovita_model.embed import eval_table
+    from biovita_model.eval_tables import eval_table
     from biovita_model.training.recipes import train_tiny
 
     chain = train_tiny(
@@ -252,7 +252,8 @@ def eval_cmd(
     threads: ThreadsOpt = None,
 ) -> None:
     """Score a run on BioVITA-Bench: table, RUN/eval.json, eval_per_class.csv and eval.png."""
-    from biovita_model.embed import eval_table, evaluate_run
+    from biovita_model.eval_run import evaluate_run
+    from biovita_model.eval_tables import eval_table
 
     ks = _ks(k)
     if subset not in ("seen", "unseen", "all"):
@@ -287,7 +288,7 @@ def embed(
     from biovita_data.core.layout import MEDIA_SPLITS
     from biovita_model.embed import embed_dataset, write_embeddings
     from biovita_model.model import load_model
-    from biovita_model.training.distributed import cpu_threads
+    from biovita_model.threads import cpu_threads
 
     if modality not in ("audio", "image", "text"):
         raise typer.BadParameter("use audio, image or text", param_hint="--modality")

@@ -1,10 +1,15 @@
 """BioVITA-Bench scoring: Top-k per subset, level and direction, per class, JSON and a plot.
 
 Scoring (DESIGN.md "Bench"): a query's candidate taxon scores the maximum cosine similarity
-between the query and the items of the candidate's target group; the query's rank is
-1 + the number of candidates scoring strictly higher than the correct one (so a tie counts in the
-correct taxon's favour; `n_tied` reports how many queries tied, which flags collapsed
-embeddings); Top-k is the fraction of queries with rank <= k.
+between the query and the items of the candidate's target group. Ties are scored by a random
+order among the tied candidates, in expectation (never in the correct taxon's favour): with g
+candidates scoring strictly higher than the correct one and t others scoring the same, the
+query's rank is uniform on g+1 .. g+t+1, so it counts P(rank <= k) = clip(k - g, 0, t+1) / (t+1)
+towards Top-k (1 or 0 without ties, as the official code; 1/C for a collapsed model). `n_tied`
+per task counts the queries with a tie, and a warning names tasks where more than
+TIE_WARN_SHARE of the queries tie (collapsed or low-precision embeddings). A k at or above the
+task's number of candidates is not meaningful (every query hits): its Top-k is None (null in
+eval.json, `n/a` in tables and the plot).
 
 Two vectorised ways to score a task, with identical results (no Python loop per query):
 
@@ -26,6 +31,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -55,7 +61,11 @@ KS = (1, 5, 10)
 COMMON = "common_name"
 TEXT_COLUMNS = ("species", "genus", "family", COMMON)
 UNKNOWN_CLASS = "unknown"
-TIES = "optimistic: rank = 1 + number of candidates scoring strictly higher than the correct one"
+TIES = (
+    "expected under a random order of tied candidates: with g candidates scoring higher and t "
+    "others tied with the correct one, a query counts clip(k - g, 0, t + 1) / (t + 1) to Top-k"
+)
+TIE_WARN_SHARE = 0.01  # warn when more than this share of a task's queries tie
 Layout = Literal["auto", "parquet", "csv"]
 Method = Literal["auto", "grouped", "dense"]
 _CHUNK_ELEMENTS = 1 << 25  # similarity / gather elements per query chunk (128 MB of float32)
@@ -338,23 +348,49 @@ def rank_queries(
     return (scores > right).sum(dim=1) + 1, (scores == right).sum(dim=1) - 1
 
 
-def _topk(ranks: np.ndarray, ks: Sequence[int]) -> dict[str, float]:
-    return {f"top{k}": float((ranks <= k).mean()) for k in ks}
+def hit_share(ranks: np.ndarray, tied: np.ndarray, k: int) -> np.ndarray:
+    """Per query, P(rank <= k) when the correct candidate and its `tied` equals are ordered at
+    random after the rank - 1 candidates scoring higher (1 or 0 without ties)."""
+    above = ranks.astype(np.float64) - 1
+    group = tied.astype(np.float64) + 1
+    return np.clip(k - above, 0, group) / group
+
+
+def topk(
+    ranks: np.ndarray, tied: np.ndarray, ks: Sequence[int], n_candidates: int
+) -> dict[str, float | None]:
+    """Top-k per k (ties in expectation); None where k >= n_candidates (every query hits)."""
+    return {
+        f"top{k}": None if k >= n_candidates else float(hit_share(ranks, tied, k).mean())
+        for k in ks
+    }
 
 
 def _task_entry(
     ranks: np.ndarray, tied: np.ndarray, index: TaskIndex, ks: Sequence[int]
 ) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    entry: dict[str, Any] = _topk(ranks, ks)
+    n_cand = int(index.n_candidates.max())
+    entry: dict[str, Any] = topk(ranks, tied, ks, n_cand)
     entry["n_queries"] = int(ranks.size)
-    entry["n_candidates"] = int(index.n_candidates.max())
+    entry["n_candidates"] = n_cand
     entry["n_tied"] = int((tied > 0).sum())
     per_class: dict[str, dict[str, Any]] = {}
     names, inverse = np.unique(index.classes, return_inverse=True)
     for i, name in enumerate(names.tolist()):
-        r = ranks[inverse == i]
-        per_class[name] = {**_topk(r, ks), "n_queries": int(r.size)}
+        sel = inverse == i
+        per_class[name] = {**topk(ranks[sel], tied[sel], ks, n_cand), "n_queries": int(sel.sum())}
     return entry, per_class
+
+
+def tie_warning(key: str, entry: Mapping[str, Any]) -> str | None:
+    """A warning when more than TIE_WARN_SHARE of a task's queries tie, else None."""
+    n, tied = entry["n_queries"], entry["n_tied"]
+    if n == 0 or tied <= TIE_WARN_SHARE * n:
+        return None
+    return (
+        f"{key}: {tied} of {n} queries tie with another candidate ({100 * tied / n:.1f} %): "
+        "collapsed or low-precision embeddings? (ties are scored by their expected rank)"
+    )
 
 
 def _check_sizes(bench: OfficialBench, emb: BenchEmbeddings, columns: Sequence[str]) -> None:
@@ -372,10 +408,13 @@ def summarize(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, A
     groups: dict[str, list[Mapping[str, Any]]] = {}
     for key, entry in results.items():
         groups.setdefault(key.rsplit("/", 1)[0], []).append(entry)
-    out = {}
+    out: dict[str, dict[str, Any]] = {}
     for key, entries in groups.items():
         ks = [k for k in entries[0] if k.startswith("top")]
-        out[key] = {k: float(np.mean([e[k] for e in entries])) for k in ks}
+        out[key] = {}
+        for k in ks:  # the mean over the directions where k is meaningful
+            vals = [e[k] for e in entries if e.get(k) is not None]
+            out[key][k] = float(np.mean(vals)) if vals else None
         out[key]["n_tasks"] = len(entries)
     return out
 
@@ -394,9 +433,9 @@ def evaluate_bench(
 
     Returns `{"results": {"<subset>/<level>/<DIR>": {"top1", "top5", "top10", "n_queries",
     "n_candidates", "n_tied"}}, "per_class": {key: {class: {...}}}, "summary": {...},
-    "common_name": {...same, species-level text tasks...}, "settings": {...}}`; tasks without
-    queries are left out. The common-name section appears when embeddings.text has
-    `common_name`.
+    "common_name": {...same, species-level text tasks...}, "settings": {...}, "warnings": [...]}`;
+    tasks without queries are left out; a Top-k with k >= the candidates is None. The
+    common-name section appears when embeddings.text has `common_name`.
     """
     if subset is None:
         subset = Path(bench).name if isinstance(bench, (str, Path)) else "bench"
@@ -413,6 +452,7 @@ def evaluate_bench(
         "main": {"results": {}, "per_class": {}},
         COMMON: {"results": {}, "per_class": {}},
     }
+    notes: list[str] = []
     for level in LEVELS:
         for task in TASKS:
             df = by_task.get((level, task.code))
@@ -428,7 +468,13 @@ def evaluate_bench(
                 key = f"{subset}/{level}/{task.code}"
                 sections[section]["results"][key] = entry
                 sections[section]["per_class"][key] = per_class
+                note = tie_warning(key if section == "main" else f"{key} ({COMMON})", entry)
+                if note:
+                    warnings.warn(note, stacklevel=2)
+                    notes.append(note)
     report: dict[str, Any] = dict(sections["main"])
+    report["warnings"] = notes
+    report["notes"] = list(bench.notes)  # e.g. extra columns the CSV reader kept
     report["summary"] = summarize(report["results"])
     if common:
         report[COMMON] = {**sections[COMMON], "summary": summarize(sections[COMMON]["results"])}
@@ -468,6 +514,8 @@ def merge_reports(reports: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
             common["results"].update(r[COMMON]["results"])
             common["per_class"].update(r[COMMON]["per_class"])
     out["summary"] = summarize(out["results"])
+    out["warnings"] = [w for r in reports for w in r.get("warnings", [])]
+    out["notes"] = [n for r in reports for n in r.get("notes", [])]
     if common["results"]:
         out[COMMON] = {**common, "summary": summarize(common["results"])}
     if reports:
@@ -484,7 +532,8 @@ def write_report(report: Mapping[str, Any], path: Path) -> Path:
 
 
 def plot_results(results: Mapping[str, Any], path: Path) -> Path:
-    """Bar charts of Top-1/5/10 per direction, one panel per subset and level, as a PNG."""
+    """Bar charts of Top-1/5/10 per direction, one panel per subset and level, as a PNG; a black
+    tick over each bar marks its chance level (k / candidates), `n/a` where k >= the candidates."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -508,8 +557,19 @@ def plot_results(results: Mapping[str, Any], path: Path) -> Path:
             tops = [k for k in ("top1", "top5", "top10") if any(k in e for e in entries.values())]
             width = 0.8 / max(len(tops), 1)
             for n, k in enumerate(tops):
-                vals = [100 * entries[c][k] if c in entries else 0.0 for c in codes]
-                ax.bar(x + (n - (len(tops) - 1) / 2) * width, vals, width, label=k)
+                pos = x + (n - (len(tops) - 1) / 2) * width
+                vals = [entries.get(c, {}).get(k) for c in codes]
+                ax.bar(pos, [0.0 if v is None else 100 * v for v in vals], width, label=k)
+                for c, xp, v in zip(codes, pos, vals, strict=True):
+                    e = entries.get(c)
+                    if e is None:
+                        continue
+                    if v is None:
+                        ax.text(xp, 2, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
+                        continue
+                    level_pct = 100 * min(1.0, int(k[3:]) / max(1, e["n_candidates"]))
+                    label = "chance" if c == codes[0] and n == 0 else None
+                    ax.hlines(level_pct, xp - width / 2, xp + width / 2, "black", label=label)
             ax.set_xticks(x, codes)
             ax.set_ylim(0, 100)
             ax.set_title(f"{subset} / {level}")

@@ -25,7 +25,7 @@ from biovita_data.loader import cap_per_label, read_species
 from biovita_data.loader.index import resolve_folder, split_files
 from biovita_model.embed import embed_items, media_items, split_items
 from biovita_model.model import BioVITAModel, load_model
-from biovita_model.training.distributed import cpu_threads
+from biovita_model.threads import cpu_threads
 
 PROBE_FILE = "probe.json"
 METRIC = "macro F1 (mean of the F1 of label 1 and label 0) on test-split items"
@@ -154,9 +154,7 @@ def _split_embeddings(
     keep = np.arange(labels.size)
     if max_per_species is not None:
         keep = np.sort(cap_per_label(labels, max_per_species, np.random.default_rng(seed)))
-    sub = type(index)(index.files, index.file[keep], index.row_group[keep], index.row[keep],
-                      labels[keep])  # fmt: skip
-    items = media_items(model, sub, modality)
+    items = media_items(model, index.take(keep), modality)
     e = embed_items(model, items, batch_size=batch_size, workers=workers, device=device)
     return e.numpy(), labels[keep]
 

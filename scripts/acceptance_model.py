@@ -33,7 +33,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from biovita_data.build.bench.csv_layout import LEVELS, TASKS  # noqa: E402
-from biovita_model.embed import eval_table  # noqa: E402
+from biovita_model.eval_tables import eval_table  # noqa: E402
 from biovita_model.probe import probe_table, probe_traits  # noqa: E402
 from biovita_model.training.recipes import train_tiny  # noqa: E402
 
@@ -71,6 +71,11 @@ def build_world(out: Path, size: str = "default", seed: int = 0) -> Path:
     return out / "hf"
 
 
+def _pct(value: float | None, width: int) -> str:
+    """A Top-k in %, `n/a` where k >= the candidates (None)."""
+    return f"{'n/a':>{width}}" if value is None else f"{100 * value:>{width}.0f}"
+
+
 def table_text(report: dict) -> str:
     """The 6 x 3 x 2 Top-1/5/10 table as fixed-width text (percent)."""
     res = report["results"]
@@ -83,8 +88,7 @@ def table_text(report: dict) -> str:
                 cells.append(
                     f"{'-':>14}"
                     if e is None
-                    else f"{100 * e['top1']:>4.0f}/{100 * e['top5']:>3.0f}/{100 * e['top10']:>3.0f}"
-                    + "  "
+                    else f"{_pct(e['top1'], 4)}/{_pct(e['top5'], 3)}/{_pct(e['top10'], 3)}  "
                 )
             lines.append(f"{subset + '/' + level:18}" + "".join(cells))
     return "\n".join(lines)

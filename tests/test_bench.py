@@ -454,6 +454,39 @@ def test_read_official_rejects_malformed(small: Path, tmp_path: Path, edit) -> N
         read_official(tmp_path / "b")
 
 
+def test_read_official_keeps_extra_columns(small: Path, tmp_path: Path) -> None:
+    """The released bench's query_id (task files) and taxon columns (index files) are kept after
+    the layout's columns, in any column order, with a note; a missing column still fails."""
+    import shutil
+
+    src = layout.bench_dir(small, "seen")
+    dst = tmp_path / "b"
+    shutil.copytree(src, dst)
+    task_path = task_csv_path(dst, "species", "A2I")
+    tasks = pl.read_csv(task_path)
+    tasks = tasks.with_columns(pl.format("q{}", pl.int_range(pl.len())).alias("query_id"))
+    tasks.select("query_id", *reversed(TASK_COLUMNS)).write_csv(task_path)
+    audio_path = index_csv_path(dst, "audio")
+    pl.read_csv(audio_path).with_columns(pl.lit("Aves").alias("class")).write_csv(audio_path)
+    off = read_official(dst)
+    plain = read_official(src)
+    assert off.tasks.columns == [*TASK_COLUMNS, "query_id"]
+    assert off.tasks.select(TASK_COLUMNS).equals(plain.tasks)
+    a2i = off.task("species", "A2I")
+    assert a2i["query_id"].to_list() == [f"q{i}" for i in range(a2i.height)]
+    assert off.tasks.filter(pl.col("task") != "A2I")["query_id"].null_count() > 0
+    assert off.audio_index.columns == ["id", "file_path", "class"]
+    assert off.audio_index.select("id", "file_path").equals(plain.audio_index)
+    assert set(off.audio_index["class"]) == {"Aves"}
+    assert len(off.notes) == 2 and not plain.notes
+    assert str(task_path) in off.notes[1] and "query_id" in off.notes[1]
+    assert str(audio_path) in off.notes[0] and "'class'" in off.notes[0]
+    tasks.drop("correct_taxon").write_csv(task_path)
+    want = re.escape(str(task_path)) + r": missing column\(s\) \['correct_taxon'\]"
+    with pytest.raises(ValueError, match=want):
+        read_official(dst)
+
+
 def test_deterministic_bytes_and_seed(tmp_path: Path) -> None:
     a = make_world(tmp_path / "a", classes=2)
     b = make_world(tmp_path / "b", classes=2)
@@ -518,3 +551,132 @@ def test_missing_manifests(tmp_path: Path) -> None:
     make_world(tmp_path)
     with pytest.raises(ValueError, match="candidates"):
         build_bench(tmp_path, candidates=0)
+
+
+# ---- bench media as files ---------------------------------------------------------------------
+
+
+def _write_media(out: Path, modality: str, shards: list[list[dict]]) -> None:
+    """Media shards + index.parquet as materialize leaves them (only the columns that matter
+    filled with care: source, record_id, segment, path, bytes, sha256)."""
+    import hashlib
+
+    import pyarrow.parquet as pq
+
+    from biovita_data.core.schemas import MEDIA_FILE
+    from biovita_data.media.index import MEDIA_INDEX
+
+    index_rows = []
+    for k, rows in enumerate(shards):
+        full = []
+        for r in rows:
+            row = {f.name: None for f in MEDIA_FILE}
+            row |= {"modality": modality, "n_segments": 1, "transcoded": False}
+            row |= {"file_format": "flac" if modality == "audio" else "jpg", **r}
+            row["sha256"] = hashlib.sha256(row["bytes"]).hexdigest()
+            full.append(row)
+            index_rows.append(
+                {
+                    **{c: v for c, v in row.items() if c != "bytes"},
+                    "size": len(row["bytes"]),
+                    "shard": k,
+                    "kept": True,
+                }
+            )
+        path = layout.media_shard_path(out, modality, k)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        pq.write_table(pa.Table.from_pylist(full, schema=MEDIA_FILE), path)
+    write_table(
+        pa.Table.from_pylist(index_rows, schema=MEDIA_INDEX), layout.media_index_path(out, modality)
+    )
+
+
+def test_export_media_writes_every_indexed_medium(small: Path, tmp_path: Path) -> None:
+    import shutil
+
+    from typer.testing import CliRunner
+
+    from biovita_data.app.cli import app
+    from biovita_data.media.export import bench_media, export_bench_media
+
+    out, dest = tmp_path / "out", tmp_path / "files"
+    shutil.copytree(small / "bench", out / "bench")
+    items = bench_media(out)
+    assert set(items["subset"]) == set(SUBSETS) and set(items["modality"]) == {"audio", "image"}
+    csv_only = tmp_path / "csv_only"
+    shutil.copytree(small / "bench", csv_only / "bench")
+    for p in (csv_only / "bench").rglob("*.parquet"):
+        p.unlink()  # the official layout: the index CSVs have only id, file_path
+    assert bench_media(csv_only).equals(items)
+    media = items.unique(["modality", "source", "record_id"], maintain_order=True)
+    content = {}  # (modality, source, record_id) -> the bytes exported (segment 0)
+    shards: dict[str, list[list[dict]]] = {"audio": [[], []], "image": [[], []]}
+    left_out = None
+    for i, r in enumerate(media.iter_rows(named=True)):
+        m, key = r["modality"], (r["modality"], r["source"], r["record_id"])
+        base = {"source": r["source"], "record_id": r["record_id"]}
+        data = f"{m}:{r['source']}:{r['record_id']}".encode()
+        if m == "image" and left_out is None:
+            left_out = r  # materialize could not keep it
+            continue
+        if m == "audio" and not content:  # a segmented recording: <id>_s000.flac, _s001.flac
+            stem = r["file_path"].rsplit(".", 1)[0]
+            shards[m][1] += [
+                {
+                    **base,
+                    "segment": s,
+                    "n_segments": 2,
+                    "path": f"{stem}_s{s:03d}.flac",
+                    "bytes": data + f"#s{s}".encode(),
+                }
+                for s in (1, 0)
+            ]
+            content[key] = data + b"#s0"
+            continue
+        shards[m][i % 2].append({**base, "segment": 0, "path": r["file_path"], "bytes": data})
+        content[key] = data
+    for m, rows in shards.items():
+        _write_media(out, m, rows)
+
+    result = export_bench_media(out, dest)
+    assert result.written == len(content) and result.unchanged == 0
+    assert (
+        result.missing.height
+        == items.filter(
+            (pl.col("modality") == "image") & (pl.col("record_id") == left_out["record_id"])
+        ).height
+    )
+    assert set(result.missing["file_path"]) == {left_out["file_path"]}
+    for r in items.iter_rows(named=True):
+        key = (r["modality"], r["source"], r["record_id"])
+        path = dest / r["file_path"]
+        assert path.read_bytes() == content[key] if key in content else not path.exists()
+    assert sum(1 for p in dest.rglob("*") if p.is_file()) == len(content)
+
+    # a re-run rewrites only what differs
+    changed = dest / items.filter(pl.col("modality") == "audio")["file_path"][-1]
+    changed.write_bytes(b"stale")
+    again = export_bench_media(out, dest)
+    assert (again.written, again.unchanged) == (1, len(content) - 1)
+    assert changed.read_bytes() != b"stale"
+
+    # the CLI names what is missing and fails; complete shards export cleanly
+    runner = CliRunner()
+    bad = runner.invoke(app, ["bench", "export-media", str(out), "--to", str(dest)])
+    assert bad.exit_code == 2 and left_out["record_id"] in bad.output
+    shards["image"].append([
+        {"source": left_out["source"], "record_id": left_out["record_id"], "segment": 0,
+         "path": left_out["file_path"], "bytes": b"late"}
+    ])  # fmt: skip
+    _write_media(out, "image", shards["image"])
+    ok = runner.invoke(app, ["bench", "export-media", str(out), "--to", str(dest)])
+    assert ok.exit_code == 0, ok.output
+    assert (dest / left_out["file_path"]).read_bytes() == b"late"
+    assert f"{len(content) + 1} files" in ok.output
+
+
+def test_export_media_needs_a_bench_and_media(tmp_path: Path) -> None:
+    from biovita_data.media.export import export_bench_media
+
+    with pytest.raises(FileNotFoundError, match="bench id indexes"):
+        export_bench_media(tmp_path, tmp_path / "files")

@@ -16,8 +16,7 @@ torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 pytest.importorskip("transformers")
 
-from test_model_library import _open_clip_folder, _tiny_clap  # noqa: E402
-from test_training import synthetic_world  # noqa: E402
+from model_helpers import open_clip_folder, synthetic_world, tiny_clap  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from biovita_data.build.bench.csv_layout import LEVELS, TASKS  # noqa: E402
@@ -217,8 +216,9 @@ def _reference(run: Path, world: Path, bench: Path, subset: str) -> dict:
             emb["text"] = model.encode_text(model.tokenize(text[level].to_list())).numpy()
         tasks = pl.read_parquet(bench / "tasks.parquet").filter(pl.col("taxon_level") == level)
         for task in TASKS:
-            ranks = []
+            ranks, n_cand = [], 0
             for r in tasks.filter(pl.col("task") == task.code).iter_rows(named=True):
+                n_cand = max(n_cand, len(r["candidates_taxa"]))
                 q = emb[task.query][r["query_payload_id"]]
                 scores = [
                     max(float(q @ emb[task.target][i]) for i in g)
@@ -228,7 +228,7 @@ def _reference(run: Path, world: Path, bench: Path, subset: str) -> dict:
                 ranks.append(1 + sum(s > right + 1e-6 for s in scores))
             ranks = np.array(ranks)
             results[f"{subset}/{level}/{task.code}"] = {
-                f"top{k}": float((ranks <= k).mean()) for k in (1, 5, 10)
+                f"top{k}": None if k >= n_cand else float((ranks <= k).mean()) for k in (1, 5, 10)
             }
     return results
 
@@ -237,12 +237,15 @@ def test_eval_writes_the_report_and_matches_a_per_query_reference(runs: dict[str
     run, bench = runs["s2"], runs["bench"]
     out = invoke("eval", "--run", run, "--bench", bench, "--dataset", runs["world"])
     assert "A2I" in out and "seen" in out and "common names" in out
+    assert "n/a" in out  # top10 with at most 6 candidates is not meaningful
     report = json.loads((run / "eval.json").read_text())
     keys = {f"{s}/{lv}/{t.code}" for s in ("seen", "unseen") for lv in LEVELS for t in TASKS}
     assert set(report["results"]) == keys
     for entry in report["results"].values():
-        assert {"top1", "top5", "top10", "n_queries", "n_candidates"} <= set(entry)
-        assert 0 <= entry["top1"] <= entry["top5"] <= entry["top10"] <= 1
+        assert {"top1", "top5", "top10", "n_queries", "n_candidates", "n_tied"} <= set(entry)
+        tops = [entry[f"top{k}"] for k in (1, 5, 10) if k < entry["n_candidates"]]
+        assert all(0 <= t <= 1 for t in tops) and tops == sorted(tops)
+        assert all(entry[f"top{k}"] is None for k in (5, 10) if k >= entry["n_candidates"])
     assert (run / "eval.png").read_bytes()[:4] == b"\x89PNG"
     per_class = pl.read_csv(run / "eval_per_class.csv")
     assert {"subset", "level", "task", "class", "top1"} <= set(per_class.columns)
@@ -250,7 +253,8 @@ def test_eval_writes_the_report_and_matches_a_per_query_reference(runs: dict[str
         ref = _reference(run, runs["world"], bench / subset, subset)
         for key, want in ref.items():
             got = report["results"][key]
-            assert {k: got[k] for k in want} == pytest.approx(want, abs=1e-9), key
+            for k, v in want.items():
+                assert got[k] == (v if v is None else pytest.approx(v, abs=1e-9)), key
     # one subset, other cut-offs
     invoke(
         "eval", "--run", run, "--bench", bench / "seen", "--dataset", runs["world"], "--k", "1,3"
@@ -300,8 +304,8 @@ def test_probe_traits(runs: dict[str, Path]) -> None:
 
 def test_import_official(tmp_path: Path) -> None:
     folder = tmp_path / "bioclip"
-    _open_clip_folder(folder, seed=0, preprocess=False)
-    clap = _tiny_clap(0)
+    open_clip_folder(folder, seed=0, preprocess=False)
+    clap = tiny_clap(0)
     adapter = torch.nn.Linear(64, 64, bias=False)
     weights = {"clap_audio": clap.state_dict(), "audio_adapter": adapter.state_dict()}
     torch.save(weights, tmp_path / "clap_weights.pth")

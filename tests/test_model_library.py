@@ -13,16 +13,16 @@ import numpy as np
 import polars as pl
 import pyarrow as pa
 import pytest
+from rich.console import Console
 
 torch = pytest.importorskip("torch")
 open_clip = pytest.importorskip("open_clip")
 pytest.importorskip("transformers")
 
+from model_helpers import open_clip_folder, tiny_clap  # noqa: E402
 from transformers import (  # noqa: E402
-    ClapConfig,
     ClapFeatureExtractor,
     ClapModel,
-    ClapTextConfig,
 )
 
 from biovita_data.build.bench import LEVELS, TASK_BY_CODE, TASKS, build_bench, tasks_parquet_path  # noqa: E402
@@ -39,6 +39,7 @@ from biovita_model.audio_frontend import (  # noqa: E402
     max_frames,
     onset_starts,
 )
+from biovita_model.eval_tables import eval_table  # noqa: E402
 from biovita_model.losses import (  # noqa: E402
     info_nce,
     lambda_ramp,
@@ -166,42 +167,6 @@ def test_unknown_specs(tmp_path: Path) -> None:
 # ---- tiny real-layout folders ---------------------------------------------------------------
 
 
-def _open_clip_folder(path: Path, seed: int = 0, preprocess: bool = True) -> torch.nn.Module:
-    """A tiny open_clip model folder, as BioCLIP 2 ships (config + open_clip_pytorch_model.bin);
-    without `preprocess`, its config has no preprocess_cfg (open_clip's defaults apply)."""
-    torch.manual_seed(seed)
-    clip = create_towers("tiny").clip
-    model_cfg = open_clip.get_model_config(read_config("tiny")["open_clip"]["name"])
-    path.mkdir(parents=True, exist_ok=True)
-    doc: dict = {"model_cfg": model_cfg}
-    if preprocess:
-        doc["preprocess_cfg"] = {"mean": [0.5] * 3, "std": [0.25] * 3}
-    (path / "open_clip_config.json").write_text(json.dumps(doc))
-    torch.save(clip.state_dict(), path / "open_clip_pytorch_model.bin")
-    return clip.eval()
-
-
-def _tiny_clap(seed: int = 0) -> ClapModel:
-    """A tiny transformers ClapModel whose audio half is the tiny HTS-AT."""
-    torch.manual_seed(seed)
-    text = ClapTextConfig(
-        vocab_size=99,
-        hidden_size=32,
-        num_hidden_layers=1,
-        num_attention_heads=2,
-        intermediate_size=37,
-        max_position_embeddings=40,
-    )
-    cfg = ClapConfig(
-        text_config=text.to_dict(), audio_config=read_config("tiny")["audio"], projection_dim=64
-    )
-    model = ClapModel(cfg).eval()
-    with torch.no_grad():  # non-trivial BatchNorm statistics
-        model.audio_model.audio_encoder.batch_norm.running_mean.uniform_(-20, 0)
-        model.audio_model.audio_encoder.batch_norm.running_var.uniform_(50, 150)
-    return model
-
-
 def _reference_audio(clap: ClapModel, adapter: torch.Tensor, mel: torch.Tensor) -> torch.Tensor:
     with torch.no_grad():
         x = clap.audio_projection(clap.audio_model(input_features=mel).pooler_output)
@@ -209,8 +174,8 @@ def _reference_audio(clap: ClapModel, adapter: torch.Tensor, mel: torch.Tensor) 
 
 
 def test_local_dir_with_clap_folder(tmp_path: Path) -> None:
-    clip = _open_clip_folder(tmp_path / "bioclip")
-    clap = _tiny_clap(3)
+    clip = open_clip_folder(tmp_path / "bioclip")
+    clap = tiny_clap(3)
     clap.save_pretrained(tmp_path / "bioclip" / "clap")
     with pytest.raises(ValueError, match="mel bins"):  # the default front end has 64 mel bins
         create_towers(f"local-dir:{tmp_path / 'bioclip'}")
@@ -233,8 +198,8 @@ def test_local_dir_with_clap_folder(tmp_path: Path) -> None:
 
 
 def test_import_official_round_trip(tmp_path: Path) -> None:
-    clip = _open_clip_folder(tmp_path / "bioclip", seed=5)
-    clap = _tiny_clap(7)
+    clip = open_clip_folder(tmp_path / "bioclip", seed=5)
+    clap = tiny_clap(7)
     adapter = torch.nn.Linear(64, 64, bias=False)
     state = {"clap_audio": clap.state_dict(), "audio_adapter": adapter.state_dict()}
     torch.save(state, tmp_path / "clap_weights.pth")
@@ -259,7 +224,7 @@ def test_import_official_round_trip(tmp_path: Path) -> None:
         assert torch.equal(again.encode_audio(wave), model.encode_audio(wave))
     # a bare adapter tensor is accepted; a wrong shape or a missing key is not
     torch.save({**state, "audio_adapter": adapter.weight}, tmp_path / "bare.pth")
-    _open_clip_folder(tmp_path / "bioclip", seed=5)
+    open_clip_folder(tmp_path / "bioclip", seed=5)
     import_official(tmp_path / "bare.pth", tmp_path / "bioclip", audio="tiny")
     torch.save({**state, "audio_adapter": torch.zeros(64, 32)}, tmp_path / "bad.pth")
     with pytest.raises(ValueError, match="audio_adapter"):
@@ -576,24 +541,31 @@ def _reference(bench_dir: Path, emb: ev.BenchEmbeddings, subset: str) -> dict:
             bucket = (results if variant == "main" else common).setdefault(key, [])
             bucket.append((rank, tied, row["taxon_class"] or "unknown", len(scores)))
 
+    def hit(rank: int, tied: int, k: int) -> float:
+        """P(rank <= k) with the tied candidates in a random order."""
+        return min(max(k - (rank - 1), 0), tied + 1) / (tied + 1)
+
+    def tops(rows: list, n_cand: int) -> dict:
+        return {
+            f"top{k}": None
+            if k >= n_cand
+            else float(np.mean(np.array([hit(r[0], r[1], k) for r in rows])))
+            for k in (1, 5, 10)
+        }
+
     def entries(d: dict) -> tuple[dict, dict]:
         res, pc = {}, {}
         for key, rows in d.items():
-            ranks = np.array([r[0] for r in rows])
-            res[key] = {f"top{k}": float((ranks <= k).mean()) for k in (1, 5, 10)}
-            res[key] |= {
+            n_cand = max(r[3] for r in rows)
+            res[key] = tops(rows, n_cand) | {
                 "n_queries": len(rows),
-                "n_candidates": max(r[3] for r in rows),
+                "n_candidates": n_cand,
                 "n_tied": sum(r[1] > 0 for r in rows),
             }
             classes = {}
             for r in rows:
-                classes.setdefault(r[2], []).append(r[0])
-            pc[key] = {
-                c: {f"top{k}": float((np.array(v) <= k).mean()) for k in (1, 5, 10)}
-                | {"n_queries": len(v)}
-                for c, v in classes.items()
-            }
+                classes.setdefault(r[2], []).append(r)
+            pc[key] = {c: tops(v, n_cand) | {"n_queries": len(v)} for c, v in classes.items()}
         return res, pc
 
     main = entries(results)
@@ -605,6 +577,7 @@ def _reference(bench_dir: Path, emb: ev.BenchEmbeddings, subset: str) -> dict:
     }
 
 
+@pytest.mark.filterwarnings("ignore:.*tie with another candidate:UserWarning")
 @pytest.mark.parametrize("method", ["grouped", "dense"])
 @pytest.mark.parametrize("build", ["all", "few"])
 @pytest.mark.parametrize("kind", ["continuous", "discrete"])
@@ -627,10 +600,77 @@ def test_evaluate_equals_per_query_reference(
     assert entry["n_candidates"] < 100 and (build == "all" or entry["n_candidates"] == 5)
     if kind == "discrete":
         assert sum(e["n_tied"] for e in report["results"].values()) > 0
+    else:  # no ties: the plain rule (rank <= k), exactly as before ties counted in expectation
+        assert all(e["n_tied"] == 0 for e in report["results"].values())
+        optimistic = _reference_optimistic(bench_dir, emb)
+        for key, entry in report["results"].items():
+            tops = {k: v for k, v in entry.items() if k.startswith("top") and v is not None}
+            assert tops == {k: optimistic[key][k] for k in tops}, key
     summary = report["summary"]["seen/species"]
     species = [v for k, v in report["results"].items() if k.startswith("seen/species/")]
     assert summary["top1"] == pytest.approx(np.mean([e["top1"] for e in species]))
     assert summary["n_tasks"] == len(species)
+
+
+def _reference_optimistic(bench_dir: Path, emb: ev.BenchEmbeddings) -> dict:
+    """Top-k by the old rule: rank = 1 + the candidates scoring strictly higher."""
+    tasks = pl.read_parquet(tasks_parquet_path(bench_dir))
+    unit = {
+        m: torch.nn.functional.normalize(torch.as_tensor(getattr(emb, m)).double(), dim=-1)
+        for m in ("audio", "image")
+    }
+    ranks: dict[str, list[int]] = {}
+    for row in tasks.iter_rows(named=True):
+        level, task = row["taxon_level"], TASK_BY_CODE[row["task"]]
+        mats = {**unit, "text": torch.nn.functional.normalize(
+            torch.as_tensor(emb.text[level]).double(), dim=-1)}  # fmt: skip
+        q = mats[task.query][row["query_payload_id"]]
+        scores = [float((mats[task.target][g] @ q).max()) for g in row["candidates_target_ids"]]
+        right = scores[row["candidates_taxa"].index(row["correct_taxon"])]
+        key = f"seen/{level}/{task.code}"
+        ranks.setdefault(key, []).append(1 + sum(x > right for x in scores))
+    return {
+        key: {f"top{k}": float((np.array(r) <= k).mean()) for k in (1, 5, 10)}
+        for key, r in ranks.items()
+    }
+
+
+@pytest.mark.parametrize("method", ["grouped", "dense"])
+def test_collapsed_model_scores_chance(bench_out: Path, method: str) -> None:
+    """All embeddings equal: every candidate ties, so Top-k is k / candidates, not 100 %."""
+    bench_dir = layout.bench_dir(bench_out / "all", "seen")
+    bench = ev.load_bench(bench_dir)
+    one = lambda n: np.tile(np.eye(8, dtype=np.float32)[0], (n, 1))  # noqa: E731
+    emb = ev.BenchEmbeddings(
+        audio=one(bench.audio_index.height),
+        image=one(bench.image_index.height),
+        text={c: one(bench.text_index.height) for c in ev.TEXT_COLUMNS},
+    )
+    with pytest.warns(UserWarning, match="tie"):
+        report = ev.evaluate_bench(bench_dir, emb, method=method)
+    tasks = bench.tasks.with_columns(pl.col("candidates_taxa").list.len().alias("c"))
+    for key, entry in report["results"].items():
+        _, level, code = key.split("/")
+        c = tasks.filter((pl.col("taxon_level") == level) & (pl.col("task") == code))["c"]
+        assert entry["n_tied"] == entry["n_queries"]
+        for k in (1, 5, 10):
+            want = None if k >= c.max() else float((k / c).clip(upper_bound=1).mean())
+            got = entry[f"top{k}"]
+            assert got == want if want is None else got == pytest.approx(want, abs=1e-12), key
+    assert report["warnings"] and all("tie" in w for w in report["warnings"])
+
+
+def test_topk_ties_and_meaningless_k() -> None:
+    """Hand-worked: ranks 1, 2, 1 with 1, 0, 2 tied others; 4 candidates."""
+    ranks, tied = np.array([1, 2, 1]), np.array([1, 0, 2])
+    # k=1: q0 wins half the orders of {correct, 1 tie}; q1 has one above; q2 one in three
+    # k=2: q0 always within the top 2; q1 exactly 2nd; q2 2 of its 3 positions are <= 2
+    got = ev.topk(ranks, tied, (1, 2, 3, 4, 10), n_candidates=4)
+    assert got["top1"] == pytest.approx((1 / 2 + 0 + 1 / 3) / 3)
+    assert got["top2"] == pytest.approx((1 + 1 + 2 / 3) / 3)
+    assert got["top3"] == pytest.approx(1.0)
+    assert got["top4"] is None and got["top10"] is None  # k >= candidates: not meaningful
+    assert ev.topk(ranks, np.zeros(3, int), (1, 2), 4) == {"top1": 2 / 3, "top2": 1.0}
 
 
 def test_bench_groups_vary_in_size(bench_out: Path) -> None:
@@ -716,9 +756,53 @@ def test_report_merge_json_and_plot(bench_out: Path, tmp_path: Path, tiny: BioVI
     merged = ev.merge_reports(reports)
     assert set(merged["summary"]) >= {"seen/species", "unseen/species"}
     for entry in merged["results"].values():
-        assert all(0.0 <= entry[f"top{k}"] <= 1.0 for k in (1, 5, 10))
-        assert entry["top1"] <= entry["top5"] <= entry["top10"]
+        tops = [entry[f"top{k}"] for k in (1, 5, 10) if k < entry["n_candidates"]]
+        assert all(0.0 <= t <= 1.0 for t in tops) and tops == sorted(tops)
+        assert all(entry[f"top{k}"] is None for k in (1, 5, 10) if k >= entry["n_candidates"])
+    few = merged["results"]["seen/species/A2I"]
+    assert few["n_candidates"] == 5 and few["top5"] is None and few["top10"] is None
+    assert merged["summary"]["seen/species"]["top5"] is None
+    console = Console(record=True, width=200)
+    for table in eval_table(merged):
+        console.print(table)
+    assert "n/a" in console.export_text()
     path = ev.write_report(merged, tmp_path / "eval.json")
     assert json.loads(path.read_text()) == json.loads(json.dumps(merged))
     png = ev.plot_results(merged, tmp_path / "eval.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_per_class_csv_with_meaningless_k(tmp_path: Path) -> None:
+    """Per-class rows whose Top-10 is null (k >= candidates) before rows where it is a number."""
+    from biovita_model.eval_run import write_per_class
+
+    few = {f"c{i}": {"top1": 0.5, "top10": None, "n_queries": 2} for i in range(150)}
+    many = {"z": {"top1": 0.25, "top10": 0.75, "n_queries": 4}}
+    report = {"per_class": {"seen/genus/A2I": few, "seen/species/A2I": many}}
+    df = pl.read_csv(write_per_class(report, tmp_path / "pc.csv"), infer_schema_length=None)
+    assert df.height == 151 and df["top10"].null_count() == 150
+    assert df.filter(pl.col("class") == "z")["top10"].to_list() == [0.75]
+
+
+def test_plot_draws_chance_and_na(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """eval.png: a chance tick (k / candidates) over every bar, `n/a` where k >= candidates."""
+    from matplotlib.axes import Axes
+
+    ticks, texts = [], []
+    draw_hlines, draw_text = Axes.hlines, Axes.text
+    monkeypatch.setattr(
+        Axes, "hlines", lambda ax, y, *a, **k: ticks.append(y) or draw_hlines(ax, y, *a, **k)
+    )
+    monkeypatch.setattr(
+        Axes,
+        "text",
+        lambda ax, x, y, s, *a, **k: texts.append(s) or draw_text(ax, x, y, s, *a, **k),
+    )
+    results = {
+        "seen/genus/A2I": {"top1": 0.5, "top5": None, "top10": None, "n_candidates": 4},
+        "seen/species/I2A": {"top1": 0.1, "top5": 0.3, "top10": 0.4, "n_candidates": 100},
+    }
+    png = ev.plot_results({"results": results}, tmp_path / "eval.png")
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert sorted(ticks) == pytest.approx([1.0, 5.0, 10.0, 25.0])
+    assert texts.count("n/a") == 2

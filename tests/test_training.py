@@ -16,7 +16,8 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 pytest.importorskip("transformers")
 
-from biovita_data.loader.synthetic import AudioSpec, write_synthetic_folder  # noqa: E402
+from model_helpers import synthetic_world  # noqa: E402
+
 from biovita_model.model import load_model  # noqa: E402
 from biovita_model.training import TrainConfig, train  # noqa: E402
 from biovita_model.training.batches import SpeciesBatchSampler, species_batches  # noqa: E402
@@ -25,25 +26,6 @@ from biovita_model.training.distributed import GlobalBatchNorm, convert_batch_no
 from biovita_model.training.schedule import WarmupCosine  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-N_SPECIES = 8  # the last two unseen
-
-
-def synthetic_world(folder: Path, n_species: int = N_SPECIES, n_unseen: int = 2) -> Path:
-    """A small published folder: 3 train + 1 test clip per seen species (2 s WAV, 16 kHz)."""
-    specs = []
-    for k in range(n_species - n_unseen):
-        specs += [AudioSpec(k, "train", 2.0 + 0.5 * j, 16000, 1, "wav", 0.2) for j in range(3)]
-        specs.append(AudioSpec(k, "test", 2.5, 16000, 1, "wav", onset_s=0.4))
-    for k in range(n_species - n_unseen, n_species):
-        specs += [AudioSpec(k, "unseen", 2.0, 16000, 1, "wav", onset_s=0.3) for _ in range(2)]
-    return write_synthetic_folder(
-        folder,
-        specs,
-        n_species=n_species,
-        n_unseen=n_unseen,
-        images_per_species={"train": 2, "test": 1, "unseen": 2},
-        image_size=(40, 36),
-    )
 
 
 @pytest.fixture(scope="module")

@@ -20,6 +20,10 @@ app = typer.Typer(
 )
 sample_app = typer.Typer(help="The embedded sample world: serve it, export its tables.")
 app.add_typer(sample_app, name="sample")
+bench_app = typer.Typer(
+    help="Build BioVITA-Bench (`bench --out OUT`); `bench export-media` writes its media as files."
+)
+app.add_typer(bench_app, name="bench")
 console = Console(stderr=True)
 
 
@@ -197,9 +201,10 @@ def split_cmd(
     _stage(run_split, out, cfg, console)
 
 
-@app.command("bench")
+@bench_app.callback(invoke_without_command=True)
 def bench_cmd(
-    out: OutOption,
+    ctx: typer.Context,
+    out: Annotated[Path | None, typer.Option("--out", help="Build directory.")] = None,
     candidates: Annotated[int, typer.Option(help="Candidate taxa per query.")] = 100,
     seed: Annotated[int, typer.Option(help="Seed.")] = 0,
     max_queries_per_taxon: Annotated[int, typer.Option(help="Query cap per taxon and task.")] = 25,
@@ -208,6 +213,11 @@ def bench_cmd(
     """Build BioVITA-Bench (seen, unseen; 6 directions x 3 levels) under OUT/bench/."""
     from biovita_data.app.stages import run_bench
 
+    if ctx.invoked_subcommand is not None:
+        return
+    if out is None:
+        raise typer.BadParameter("Missing option '--out'.", param_hint="--out")
+
     cfg = {
         "candidates": candidates,
         "seed": seed,
@@ -215,6 +225,31 @@ def bench_cmd(
         "max_queries_per_task": max_queries_per_task,
     }
     _stage(run_bench, out, cfg, console)
+
+
+@bench_app.command("export-media")
+def bench_export_media(
+    out: Annotated[Path, typer.Argument(help="Build directory with bench/ and media/.")],
+    to: Annotated[Path, typer.Option("--to", help="Folder to write the media files into.")],
+) -> None:
+    """Write every medium of the bench's id indexes at its file_path under --to.
+
+    The bytes come from the media shards, so the original release's extract_features.py reads
+    real audio and photos (segment 0 of a segmented recording).
+    """
+    from biovita_data.media.export import ExportResult, export_bench_media
+
+    result = _stage(export_bench_media, out, to)
+    assert isinstance(result, ExportResult)
+    console.print(
+        f"bench media: {result.files} files under {to} ({result.written} written, "
+        f"{result.unchanged} unchanged, {result.bytes_written} bytes)"
+    )
+    if result.missing.height:
+        for r in result.missing.head(10).iter_rows(named=True):
+            console.print(f"  not in the media shards: {r['subset']} {r['modality']} id {r['id']} "
+                          f"{r['source']} {r['record_id']} ({r['file_path']})")  # fmt: skip
+        _fail(f"{result.missing.height} indexed media are not in the media shards (listed above)")
 
 
 @app.command("stats")

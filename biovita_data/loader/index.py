@@ -89,6 +89,12 @@ class MediaIndex:
         starts = np.searchsorted(self.label[order], np.arange(n + 1))
         return order, starts
 
+    def take(self, rows: np.ndarray) -> MediaIndex:
+        """The entries at `rows` (positions into this index), in that order."""
+        return MediaIndex(
+            self.files, self.file[rows], self.row_group[rows], self.row[rows], self.label[rows]
+        )
+
 
 def label_rows(order: np.ndarray, starts: np.ndarray, label: int) -> np.ndarray:
     """The rows of `label` given MediaIndex.by_label()'s (order, starts); empty for a label past
@@ -100,27 +106,40 @@ def label_rows(order: np.ndarray, starts: np.ndarray, label: int) -> np.ndarray:
 
 def build_index(files: Sequence[Path]) -> MediaIndex:
     """Read only the label column and the footers of the shards."""
+    return index_rows(files)[0]
+
+
+def index_rows(files: Sequence[Path], columns: Sequence[str] = ()) -> tuple[MediaIndex, pa.Table]:
+    """The MediaIndex of the shards and, row for row, their `columns` (those present; no media
+    bytes unless asked). A shard without `label` gets label 0."""
     parts: dict[str, list[np.ndarray]] = {"file": [], "row_group": [], "row": [], "label": []}
+    tables = []
     for k, path in enumerate(files):
         pf = pq.ParquetFile(path)
+        names = pf.schema_arrow.names
+        present = [c for c in dict.fromkeys(["label", *columns]) if c in names]
         for g in range(pf.num_row_groups):
-            labels = pf.read_row_group(g, columns=["label"]).column("label")
-            n = len(labels)
+            t = pf.read_row_group(g, columns=present)
+            n = t.num_rows
             parts["file"].append(np.full(n, k, dtype=np.int32))
             parts["row_group"].append(np.full(n, g, dtype=np.int32))
             parts["row"].append(np.arange(n, dtype=np.int32))
-            parts["label"].append(labels.to_numpy().astype(np.int64, copy=False))
+            label = t.column("label").to_numpy() if "label" in names else np.zeros(n)
+            parts["label"].append(label.astype(np.int64, copy=False))
+            tables.append(t.select([c for c in present if c in columns]))
     arrays = {
         key: np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
         for key, chunks in parts.items()
     }
-    return MediaIndex(
+    index = MediaIndex(
         files=tuple(str(p) for p in files),
         file=arrays["file"].astype(np.int32, copy=False),
         row_group=arrays["row_group"].astype(np.int32, copy=False),
         row=arrays["row"].astype(np.int32, copy=False),
         label=arrays["label"].astype(np.int64, copy=False),
     )
+    meta = pa.concat_tables(tables, promote_options="permissive") if tables else pa.table({})
+    return index, meta
 
 
 class RowReader:

@@ -17,7 +17,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
-from biovita_data.loader import BioVITADataset, collate, decode_image, read_species
+from biovita_data.loader import BioVITADataset, collate, read_species
 from biovita_data.loader.index import (
     RowReader,
     build_index,
@@ -26,6 +26,8 @@ from biovita_data.loader.index import (
     split_files,
 )
 from biovita_model.audio_frontend import AudioFrontend, FrontendConfig, augment_mel
+from biovita_model.image_input import input_size, load_image
+from biovita_model.threads import worker_init
 from biovita_model.training.batches import SpeciesBatchSampler
 
 _AUGMENT_STREAM = 6  # first word of the augmentation seed sequences
@@ -79,24 +81,6 @@ class SpeciesImages:
     def load(self, row: int) -> Any:
         """Row `row` decoded and transformed."""
         return self.transform(load_image(self.reader.media(row), self.size))
-
-
-def load_image(data: bytes, size: int) -> Image.Image:
-    """Photo bytes for a tower of input `size`: a JPEG decodes at a reduced DCT scale that stays
-    >= 2 x size (a 512 px photo for a 32 px tower at 1/8), so the transform's own resize still
-    works from at least twice the tower's input."""
-    return decode_image(data, draft=2 * size)
-
-
-def input_size(transform: Any) -> int:
-    """The output size of an image transform (the tower's input), 224 when it cannot tell."""
-    for t in getattr(transform, "transforms", []):
-        size = getattr(t, "size", None)
-        if isinstance(size, int):
-            return size
-        if isinstance(size, tuple | list) and size:
-            return int(max(size))
-    return 224
 
 
 class AudioItems(Dataset):
@@ -197,11 +181,6 @@ class ImageTextItems(Dataset):
             torch.manual_seed(s)
             image = self.images.load(index)
         return {"image": image, "text": prompts[pick], "label": label, "index": index}
-
-
-def worker_init(_: int) -> None:
-    """A DataLoader worker runs its ops on one thread."""
-    torch.set_num_threads(1)  # the main process's ops get the cores
 
 
 def make_loader(

@@ -33,6 +33,7 @@ from biovita_data.loader import BioVITADataset
 from biovita_model.evaluate import embed_texts
 from biovita_model.losses import itc_loss, lambda_ramp, stage1_loss, stage2_loss
 from biovita_model.model import PAIRS, BioVITAModel, create_model, load_model, save_model
+from biovita_model.threads import cpu_threads
 from biovita_model.training import checkpoint as ck
 from biovita_model.training.batches import SpeciesBatchSampler
 from biovita_model.training.config import TrainConfig, steps_of
@@ -41,7 +42,6 @@ from biovita_model.training.distributed import (
     DistInfo,
     barrier,
     convert_batch_norm,
-    cpu_threads,
     mean_over_ranks,
     setup,
     teardown,

@@ -1,4 +1,9 @@
-"""The official BioVITA-Bench CSV layout: task and level names, file paths, and its reader."""
+"""The official BioVITA-Bench CSV layout: task and level names, file paths, and its reader.
+
+The reader needs the layout's columns (in any order) and keeps any others a file carries (the
+released bench's `query_id` in task files, taxon columns in index files) after them, with a note
+in `OfficialBench.notes`; a missing column is an error naming the file and the column.
+"""
 
 from __future__ import annotations
 
@@ -90,6 +95,7 @@ class OfficialBench:
     audio_index: pl.DataFrame  # id, file_path
     image_index: pl.DataFrame  # id, file_path
     text_index: pl.DataFrame  # id, species, genus, family, class, common_name
+    notes: tuple[str, ...] = ()  # what the reader accepted beyond the layout (extra columns)
 
     def task(self, level: str, code: str) -> pl.DataFrame:
         """The rows of one task file."""
@@ -101,28 +107,57 @@ class OfficialBench:
         ]
 
 
+def media_keys(index: pl.DataFrame) -> pl.DataFrame:
+    """id, source, record_id of a media id index (parsed from file_path when absent: the CSV
+    layout has only file_path = <modality>/<source>/<record_id>.<ext>)."""
+    if {"source", "record_id"} <= set(index.columns):
+        return index.select("id", "source", "record_id")
+    parts = index["file_path"].str.split("/")
+    rest = parts.list.slice(2).list.join("/")
+    return index.select("id").with_columns(
+        parts.list.get(1).alias("source"),
+        rest.str.replace(r"\.[^./]+$", "").alias("record_id"),
+    )
+
+
 def _header(path: Path) -> list[str]:
     with path.open("rb") as f:
         line = f.readline()
     return line.decode("utf-8-sig").rstrip("\r\n").split(",")
 
 
-def _read_csv(path: Path, columns: tuple[str, ...], dtypes: dict[str, pl.DataType]) -> pl.DataFrame:
+def _read_csv(
+    path: Path,
+    columns: tuple[str, ...],
+    dtypes: dict[str, pl.DataType],
+    notes: list[str] | None = None,
+) -> pl.DataFrame:
+    """The file's `columns` (required, any order) first, then any extra columns as strings."""
     if not path.is_file():
         raise ValueError(f"{path}: missing")
     header = _header(path)
-    if tuple(header) != columns:
-        raise ValueError(f"{path}: columns {header}, expected {list(columns)}")
+    missing = [c for c in columns if c not in header]
+    if missing:
+        raise ValueError(f"{path}: missing column(s) {missing} (has {header})")
+    if len(set(header)) != len(header):
+        raise ValueError(f"{path}: a column name appears twice in {header}")
+    extra = [c for c in header if c not in columns]
+    schema = {c: dtypes.get(c, pl.String()) for c in header}
     try:
-        return pl.read_csv(path, schema=dtypes, empty_string_is_null=True)
+        df = pl.read_csv(path, schema=schema, empty_string_is_null=True)
     except (pl.exceptions.PolarsError, UnicodeDecodeError) as exc:
         raise ValueError(f"{path}: not a readable CSV: {exc}") from exc
+    if extra and notes is not None:
+        notes.append(f"{path}: kept extra column(s) {extra}")
+    return df.select(*columns, *extra)
 
 
-def read_index_csv(path: Path, modality: str) -> pl.DataFrame:
-    """An id index CSV (ids/<modality>_index.csv), checked: its columns, ids 0..n-1 in order."""
+def read_index_csv(path: Path, modality: str, notes: list[str] | None = None) -> pl.DataFrame:
+    """An id index CSV (ids/<modality>_index.csv), checked: its columns, ids 0..n-1 in order;
+    extra columns are kept after the layout's (noted in `notes`)."""
     cols = TEXT_INDEX_COLUMNS if modality == "text" else MEDIA_INDEX_COLUMNS
-    df = _read_csv(path, cols, {c: pl.Int64() if c == "id" else pl.String() for c in cols})
+    dtypes = {c: pl.Int64() if c == "id" else pl.String() for c in cols}
+    df = _read_csv(path, cols, dtypes, notes)
     if df["id"].null_count() or not df["id"].equals(
         pl.Series("id", range(df.height), dtype=pl.Int64), check_names=False
     ):
@@ -132,11 +167,14 @@ def read_index_csv(path: Path, modality: str) -> pl.DataFrame:
     return df
 
 
-def _read_task(path: Path, level: str, task: Task, sizes: dict[str, int]) -> pl.DataFrame:
+def _read_task(
+    path: Path, level: str, task: Task, sizes: dict[str, int], notes: list[str]
+) -> pl.DataFrame:
     raw = _read_csv(
         path,
         TASK_COLUMNS,
         {c: (pl.Int64() if c == "query_payload_id" else pl.String()) for c in TASK_COLUMNS},
+        notes,
     )
     try:
         df = raw.with_columns(
@@ -179,11 +217,13 @@ def read_official(bench_dir: Path) -> OfficialBench:
     """Parse a bench folder's official CSV layout (tasks + ids) into Polars tables.
 
     Task files that are absent are left out (at least one must exist); a malformed file raises
-    ValueError naming it.
+    ValueError naming it. Extra columns are kept (after the layout's), each file's in `notes`.
     """
     bench_dir = Path(bench_dir)
+    notes: list[str] = []
     indexes = {
-        m: read_index_csv(index_csv_path(bench_dir, m), m) for m in ("audio", "image", "text")
+        m: read_index_csv(index_csv_path(bench_dir, m), m, notes)
+        for m in ("audio", "image", "text")
     }
     sizes = {m: df.height for m, df in indexes.items()}
     frames = []
@@ -191,13 +231,14 @@ def read_official(bench_dir: Path) -> OfficialBench:
         for task in TASKS:
             path = task_csv_path(bench_dir, level, task)
             if path.exists():
-                frames.append(_read_task(path, level, task, sizes))
+                frames.append(_read_task(path, level, task, sizes, notes))
     if not frames:
         raise ValueError(f"{bench_dir}: no task CSV files (<level>/test_*_to_*.csv)")
-    tasks = pl.concat(frames, how="vertical").cast(TASK_DTYPES)  # type: ignore[arg-type]
+    tasks = pl.concat(frames, how="diagonal_relaxed").cast(TASK_DTYPES)  # type: ignore[arg-type]
     return OfficialBench(
         tasks=tasks,
         audio_index=indexes["audio"],
         image_index=indexes["image"],
         text_index=indexes["text"],
+        notes=tuple(notes),
     )

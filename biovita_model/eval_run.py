@@ -1,0 +1,141 @@
+"""A run's BioVITA-Bench evaluation: embed each subset's items, score, write RUN/eval.json.
+
+Media come from a published dataset folder (OUT/hf, OUT, or a Hub snapshot), looked up in the
+subset's split (seen: `test`, unseen: `unseen`). Items the media stage dropped after the bench was
+built are left out of the scoring (`drop_missing`) and listed in the report's
+`meta.missing_media`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+import torch
+
+from biovita_data.build.bench.csv_layout import OfficialBench
+from biovita_data.core.layout import BENCH_SPLIT_OF_SUBSET, MEDIA_SPLITS
+from biovita_model import evaluate as ev
+from biovita_model.bench_media import PublishedMedia
+from biovita_model.benches import default_dataset, drop_missing, find_benches, load_subset
+from biovita_model.embed import embed_items, media_items
+from biovita_model.model import BioVITAModel, load_model
+from biovita_model.threads import cpu_threads
+
+
+def embed_bench(
+    model: BioVITAModel,
+    bench: OfficialBench,
+    media: PublishedMedia,
+    *,
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str | torch.device = "cpu",
+    splits: Sequence[str] = MEDIA_SPLITS,
+) -> tuple[ev.BenchEmbeddings, dict[str, np.ndarray]]:
+    """Embeddings of every bench item by index id (texts: species, genus, family, common name),
+    and the ids of media items not in the dataset (their rows are zeros: see drop_missing).
+
+    The media are looked up in `splits` of the dataset (a subset's own split).
+    """
+    emb, missing = {}, {}
+    for modality in ("audio", "image"):
+        index, missing[modality] = media.locate(modality, bench.index(modality), splits)
+        found = embed_items(
+            model,
+            media_items(model, index, modality),
+            batch_size=batch_size,
+            workers=workers,
+            device=device,
+        )
+        full = torch.zeros((bench.index(modality).height, found.shape[1]))
+        keep = np.setdiff1d(np.arange(full.shape[0]), missing[modality])
+        full[torch.from_numpy(keep)] = found
+        emb[modality] = full
+    model.to(device)
+    text = {k: v.cpu() for k, v in ev.bench_text_embeddings(model, bench).items()}
+    return ev.BenchEmbeddings(audio=emb["audio"], image=emb["image"], text=text), missing
+
+
+@dataclass
+class EvalResult:
+    """A run's bench report and the files written."""
+
+    report: dict[str, Any]
+    files: dict[str, Path]
+
+
+def evaluate_run(
+    run: str | Path,
+    bench: str | Path,
+    *,
+    subset: str = "all",
+    ks: Sequence[int] = ev.KS,
+    dataset: str | Path | None = None,
+    layout: ev.Layout = "auto",
+    batch_size: int = 64,
+    workers: int = 0,
+    device: str = "cpu",
+    threads: int | None = None,
+    write: bool = True,
+) -> EvalResult:
+    """Embed a bench's items with a run's model, score it, write RUN/eval.json (+ csv, png)."""
+    torch.set_num_threads(cpu_threads(1, workers, threads))
+    t0 = time.monotonic()
+    model = load_model(Path(run), map_location=device).eval()
+    subsets = find_benches(bench, subset)
+    media = PublishedMedia(dataset if dataset is not None else default_dataset(bench))
+    reports, dropped = [], {}
+    for name, where in subsets.items():
+        b = load_subset(where, layout)
+        split = BENCH_SPLIT_OF_SUBSET.get(name)
+        emb, missing = embed_bench(
+            model, b, media, batch_size=batch_size, workers=workers, device=device,
+            splits=[split] if split else MEDIA_SPLITS,
+        )  # fmt: skip
+        dropped[name] = {m: ids.tolist() for m, ids in missing.items() if ids.size}
+        b = drop_missing(b, missing)
+        reports.append(ev.evaluate_bench(b, emb, subset=name, ks=ks, device=device))
+    report = ev.merge_reports(reports)
+    report["meta"] = {
+        "run": str(run),
+        "bench": str(bench),
+        "dataset": str(media.folder),
+        "subsets": list(subsets),
+        "seconds": round(time.monotonic() - t0, 2),
+        "missing_media": dropped,
+        "chance_top1": chance(report),
+    }
+    files: dict[str, Path] = {}
+    if write:
+        run = Path(run)
+        files["json"] = ev.write_report(report, run / "eval.json")
+        files["per_class"] = write_per_class(report, run / "eval_per_class.csv")
+        files["plot"] = ev.plot_results(report, run / "eval.png")
+    return EvalResult(report, files)
+
+
+def chance(report: dict[str, Any]) -> dict[str, float]:
+    """Top-1 of random guessing per task: 1 / number of candidates."""
+    return {k: 1.0 / max(1, e["n_candidates"]) for k, e in report["results"].items()}
+
+
+def write_per_class(report: dict[str, Any], path: Path) -> Path:
+    """The per-class breakdown as CSV: subset, level, task, class, top-k..., n_queries."""
+    rows = []
+    for section, data in (("scientific", report), ("common_name", report.get(ev.COMMON, {}))):
+        for key, classes in data.get("per_class", {}).items():
+            subset, level, task = key.split("/")
+            for cls, e in classes.items():
+                rows.append(
+                    {"names": section, "subset": subset, "level": level, "task": task,
+                     "class": cls, **{k: v for k, v in e.items()}}
+                )  # fmt: skip
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pl.DataFrame(rows, infer_schema_length=None).write_csv(path)
+    return path
