@@ -1,7 +1,7 @@
 """`biovita-model`: train, evaluate and probe the tri-modal model (needs the `model` extra).
 
 Each command is a thin layer over a Python function usable from a notebook:
-`biovita_model.training.train`, `biovita_model.pretrain.pretrain_towers`,
+`biovita_model.training.train`, `biovita_model.training.pretrain.pretrain_towers`,
 `biovita_model.eval_run.evaluate_run`, `biovita_model.embed.embed_dataset`,
 `biovita_model.probe.probe_traits`, `biovita_model.release_weights.import_official`.
 """
