@@ -111,6 +111,39 @@ def import_official_cmd(
     console.print(f"imported {res.kept} recordings into {out}/raw/official; dropped {dropped}")
 
 
+@app.command("import-tol")
+def import_tol_cmd(
+    catalog: Annotated[Path, typer.Argument(help="TreeOfLife-200M catalog.parquet.")],
+    provenance: Annotated[Path, typer.Argument(help="TreeOfLife-200M provenance.parquet.")],
+    out: Annotated[Path, typer.Option("--out", help="Build directory.")],
+    per_species: Annotated[int, typer.Option(help="Images drawn per species, at most.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the random draw.")] = 0,
+    taxa: Annotated[
+        list[str] | None,
+        typer.Option("--taxa", help="Draw for these taxa (any rank) instead of the corpus."),
+    ] = None,
+    licenses: Annotated[
+        str, typer.Option(help="Comma-separated allowed licence families.")
+    ] = "cc0,cc-by,cc-by-sa,cc-by-nc,cc-by-nc-sa",
+) -> None:
+    """Draw up to N TreeOfLife-200M images per species (seeded) into OUT/raw/treeoflife_200m."""
+    from biovita_data.crawl.sources.treeoflife import import_tol
+
+    allowed = tuple(x.strip().lower() for x in licenses.split(",") if x.strip())
+    try:
+        res = import_tol(
+            catalog, provenance, out, per_species=per_species, seed=seed, taxa=taxa or (),
+            allowed=allowed,
+        )  # fmt: skip
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    dropped = ", ".join(f"{k}: {v}" for k, v in sorted(res.dropped.items())) or "none"
+    console.print(
+        f"imported {res.kept} images into {out}/raw/treeoflife_200m; dropped {dropped} "
+        "(manifests/failures.parquet)"
+    )
+
+
 OutOption = Annotated[Path, typer.Option("--out", help="Build directory.")]
 
 
@@ -407,6 +440,21 @@ def sample_export_official(
 
     write_official_metadata(World(size, seed), root.rstrip("/"), path)
     typer.echo(str(path))
+
+
+@sample_app.command("export-tol")
+def sample_export_tol(
+    directory: Annotated[Path, typer.Argument(help="Folder for catalog.parquet + provenance.")],
+    root: Annotated[str, typer.Option(help="Base URL of a running `sample serve`.")],
+    size: Annotated[str, typer.Option(help="tiny | default")] = "default",
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+) -> None:
+    """Write the sample world's TreeOfLife-200M view (catalog + provenance, the real columns)."""
+    from biovita_data.sample.treeoflife import write_tol_view
+    from biovita_data.sample.world import World
+
+    for path in write_tol_view(World(size, seed), root.rstrip("/"), directory):
+        typer.echo(str(path))
 
 
 @sample_app.command("export-traits")

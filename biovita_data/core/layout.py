@@ -8,12 +8,14 @@ from pathlib import Path
 KEPT_AUDIO_FORMATS = frozenset({"mp3", "flac", "ogg", "wav"})
 
 
-# Each crawled source's folder under OUT/raw (`official`: the original release's metadata table).
+# Each source's folder under OUT/raw (`official`: the original release's metadata table;
+# `treeoflife-200m`: images drawn from TreeOfLife-200M's catalog by `import-tol`).
 SOURCE_DIRS = {
     "xeno-canto": "xeno_canto",
     "inaturalist": "inaturalist",
     "inat-open-data": "inat_open_data",
     "official": "official",
+    "treeoflife-200m": "treeoflife_200m",
 }
 
 
