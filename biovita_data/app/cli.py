@@ -203,15 +203,21 @@ def traits_cmd(
         list[str],
         typer.Option(
             "--table",
-            help="KIND=FILE, KIND in avonet, eltontraits, amphibio, csv; repeatable; "
+            help="A public release (avonet, eltontraits-birds, eltontraits-mammals, amphibio: "
+            "downloaded once, sha256-checked; BIOVITA_TRAITS_URL overrides where from) or "
+            "KIND=FILE, KIND in avonet, eltontraits, amphibio, csv; repeatable; "
             "earlier tables win where two give a label.",
         ),
     ],
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="Download cache of the public releases (default OUT/raw/traits)."),
+    ] = None,
 ) -> None:
     """Attach the 34 trait labels (with provenance) to species.parquet; print coverage."""
     from biovita_data.app.stages import run_traits_stage
 
-    _stage(run_traits_stage, out, {"tables": table}, console)
+    _stage(run_traits_stage, out, {"tables": table, "cache": cache}, console)
 
 
 @app.command("split")

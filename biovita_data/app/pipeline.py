@@ -92,14 +92,16 @@ def sample_environment(stack: ExitStack, size: str, seed: int, faults: str) -> d
 
 
 def sample_trait_tables(size: str, seed: int, out: Path) -> list[str]:
-    """Export the sample world's trait tables to OUT/traits; `--table` specs in precedence order."""
+    """The sample world's `--table` specs in precedence order: its plain CSV (insects, no public
+    table) written to OUT/traits, then the four public releases by name, which the traits stage
+    downloads from BIOVITA_TRAITS_URL (the sample server) like the real ones."""
     from biovita_data.sample.taxonomy import generate_taxonomy
-    from biovita_data.sample.trait_tables import export_trait_tables
+    from biovita_data.sample.trait_tables import TABLES, table_bytes
 
-    paths = export_trait_tables(generate_taxonomy(size, seed), out / "traits")
-    kinds = {"eltontraits_birds": "eltontraits", "eltontraits_mammals": "eltontraits"}
-    order = ("csv", "amphibio", "eltontraits_birds", "eltontraits_mammals", "avonet")
-    return [f"{kinds.get(name, name)}={paths[name]}" for name in order]
+    path = out / "traits" / TABLES["csv"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(table_bytes(generate_taxonomy(size, seed), "csv"))
+    return [f"csv={path}", "amphibio", "eltontraits-birds", "eltontraits-mammals", "avonet"]
 
 
 def run_pipeline(p: Pipeline, out: Path, console: Console, *, fetch: bool = True) -> dict:

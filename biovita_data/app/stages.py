@@ -20,14 +20,34 @@ RELEASE_STAGES = ("materialize", "publish")
 TRAIT_KINDS = ("avonet", "eltontraits", "amphibio", "csv")
 
 
-def parse_tables(specs: list[str]) -> list[tuple[str, Path]]:
-    """`kind=FILE` strings -> (kind, path), checked; the order is the precedence."""
+def parse_tables(
+    specs: list[str], cache: Path | None = None, http: HttpClient | None = None
+) -> list[tuple[str, Path]]:
+    """`--table` specs -> (reader kind, path), in precedence order. A spec is a public release's
+    name (`avonet`, `eltontraits-birds`, ...: downloaded once into `cache`, verified) or
+    `KIND=FILE` (a local file; KIND a reader kind or a release name)."""
+    from biovita_data.build.traits.releases import RELEASES, fetch_release
+
     tables = []
     for spec in specs:
-        kind, sep, file = spec.partition("=")
-        kind = kind.strip().lower()
-        if not sep or kind not in TRAIT_KINDS:
-            raise ValueError(f"--table {spec!r}: expected KIND=FILE with KIND in {TRAIT_KINDS}")
+        name, sep, file = spec.partition("=")
+        name = name.strip().lower()
+        if not sep:
+            if name not in RELEASES:
+                raise ValueError(
+                    f"--table {spec!r}: not a public release ({', '.join(RELEASES)}); "
+                    f"give a local table as KIND=FILE with KIND in {TRAIT_KINDS}"
+                )
+            if cache is None:
+                raise ValueError(f"--table {spec!r}: no download cache given")
+            tables.append((RELEASES[name].kind, fetch_release(name, cache, http)))
+            continue
+        kind = RELEASES[name].kind if name in RELEASES else name
+        if kind not in TRAIT_KINDS:
+            raise ValueError(
+                f"--table {spec!r}: expected KIND=FILE with KIND in {TRAIT_KINDS} "
+                f"or a release name ({', '.join(RELEASES)})"
+            )
         path = Path(file)
         if not path.exists():
             raise FileNotFoundError(f"--table {spec!r}: {path} does not exist")
@@ -55,9 +75,11 @@ def run_align(out: Path, cfg: dict, console: Console, http: HttpClient | None = 
 def run_traits_stage(out: Path, cfg: dict, console: Console, http: HttpClient | None = None):
     from biovita_data.build.traits import print_coverage, run_traits
 
-    tables = parse_tables(list(cfg.get("tables", [])))
+    cache = Path(cfg["cache"]) if cfg.get("cache") else layout.traits_cache_dir(out)
+    throttle = bool(cfg.get("throttle", True))
+    tables = parse_tables(list(cfg.get("tables", [])), cache, http or HttpClient(throttle=throttle))
     if not tables:
-        raise ValueError("traits needs at least one --table KIND=FILE")
+        raise ValueError("traits needs at least one --table (a release name or KIND=FILE)")
     resolve = name_resolver(out, saved_settings(out), http)
     result = run_traits(out, tables, resolve)
     print_coverage(result, console)

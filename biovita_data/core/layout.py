@@ -40,6 +40,11 @@ def backbone_dir(out: Path) -> Path:
     return raw_root(out) / "backbone"
 
 
+def traits_cache_dir(out: Path) -> Path:
+    """OUT/raw/traits: the public trait tables as downloaded, with their sizes and sha256."""
+    return raw_root(out) / "traits"
+
+
 # The published dataset (OUT/hf, a Hub repo): its configs and each config's splits.
 CONFIGS = ("audio", "image", "species", "bench")
 MEDIA_SPLITS = ("train", "test", "unseen")
