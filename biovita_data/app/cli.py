@@ -125,6 +125,10 @@ def import_tol_cmd(
     licenses: Annotated[
         str, typer.Option(help="Comma-separated allowed licence families.")
     ] = "cc0,cc-by,cc-by-sa,cc-by-nc,cc-by-nc-sa",
+    exclusive: Annotated[
+        bool,
+        typer.Option(help="The only image source: other sources' photos move to failures."),
+    ] = False,
 ) -> None:
     """Draw up to N TreeOfLife-200M images per species (seeded) into OUT/raw/treeoflife_200m."""
     from biovita_data.crawl.sources.treeoflife import import_tol
@@ -133,7 +137,7 @@ def import_tol_cmd(
     try:
         res = import_tol(
             catalog, provenance, out, per_species=per_species, seed=seed, taxa=taxa or (),
-            allowed=allowed,
+            allowed=allowed, exclusive=exclusive,
         )  # fmt: skip
     except (OSError, ValueError) as exc:
         _fail(str(exc))

@@ -86,6 +86,31 @@ def run_traits_stage(out: Path, cfg: dict, console: Console, http: HttpClient | 
     return result
 
 
+TOL_SETTINGS = ("catalog", "provenance", "per_species", "seed", "taxa", "licenses", "exclusive")
+
+
+def run_tol(out: Path, cfg: dict, console: Console):
+    """`import-tol` with a pipeline's [tol] settings: TreeOfLife-200M images per species."""
+    from biovita_data.crawl.licenses import DEFAULT_ALLOWED
+    from biovita_data.crawl.sources.treeoflife import import_tol
+
+    unknown = set(cfg) - set(TOL_SETTINGS)
+    if unknown or not {"catalog", "provenance"} <= set(cfg):
+        raise ValueError(f"[tol] needs catalog and provenance; it knows only {TOL_SETTINGS}")
+    result = import_tol(
+        Path(cfg["catalog"]),
+        Path(cfg["provenance"]),
+        out,
+        per_species=int(cfg.get("per_species", 200)),
+        seed=int(cfg.get("seed", 0)),
+        taxa=list(cfg.get("taxa", [])),
+        allowed=tuple(cfg.get("licenses", DEFAULT_ALLOWED)),
+        exclusive=bool(cfg.get("exclusive", False)),
+    )
+    console.print(f"tol: {describe('tol', result)}")
+    return result
+
+
 def run_split(out: Path, cfg: dict, console: Console):
     from biovita_data.build.split import split
 
@@ -173,6 +198,9 @@ def describe(stage: str, result: Any) -> str:
             f"{result.species} species, {result.audio} recordings, {result.image} photos; "
             f"{result.unmatched_names} names unmatched"
         )
+    if stage == "tol":
+        dropped = sum(result.dropped.values())
+        return f"{result.kept} TreeOfLife-200M images drawn, {dropped} failed"
     if stage == "traits":
         cov = result.coverage
         return f"{cov['species_with_any_label']} of {cov['species']} species with known traits"

@@ -282,8 +282,10 @@ def import_tol(
     seed: int = 0,
     taxa: Sequence[str] = (),
     allowed: tuple[str, ...] = DEFAULT_ALLOWED,
+    exclusive: bool = False,
 ) -> SourceResult:
-    """Draw up to `per_species` images per species into OUT/raw/treeoflife_200m/ + failures."""
+    """Draw up to `per_species` images per species into OUT/raw/treeoflife_200m/ + failures;
+    `exclusive`: TreeOfLife-200M becomes the only image source (`exclude_other_images`)."""
     start = time.monotonic()
     catalog, provenance, out = Path(catalog), Path(provenance), Path(out)
     if per_species < 1:
@@ -351,6 +353,8 @@ def import_tol(
         "per_species": per_species,
         "seed": seed,
     }
+    if exclusive:
+        summary["excluded_images"] = exclude_other_images(out)
     write_json_atomic(summary, tol_dir(out) / "import.json")
     dropped = Counter(fails["reason"].to_list())
     return SourceResult(
@@ -372,3 +376,40 @@ def _cast(table):
         else:
             cols.append(pa.nulls(table.num_rows, f.type))
     return pa.Table.from_arrays(cols, schema=RAW_RECORD)
+
+
+EXCLUDED = "image_source_excluded"
+
+
+def exclude_other_images(out: Path) -> dict[str, int]:
+    """Make TreeOfLife-200M the only image source, as in the paper: the other sources' image
+    records leave their records.parquet and become `failures` rows (stage fetch, reason
+    image_source_excluded). Idempotent; a later crawl brings them back until this runs again."""
+    moved: dict[str, int] = {}
+    for source in layout.SOURCE_DIRS:
+        path = layout.raw_records_path(out, source)
+        if source == NAME or not path.exists():
+            continue
+        raw = pl.read_parquet(path)
+        images = raw.filter(pl.col("modality") == MODALITY)
+        if images.is_empty():
+            continue
+        write_table(raw.filter(pl.col("modality") != MODALITY).to_arrow().cast(RAW_RECORD), path)
+        fails_path = layout.manifests_dir(out) / "failures.parquet"
+        old = pl.read_parquet(fails_path) if fails_path.exists() else None
+        mine = (
+            old.filter((pl.col("stage") == "fetch") & (pl.col("source") == source))
+            if old is not None
+            else pl.from_arrow(FAILURE.empty_table())
+        )
+        new = images.select(
+            pl.lit("fetch").alias("stage"), "source", "modality", "record_id",
+            pl.col("raw_scientific_name").alias("name"), pl.lit(EXCLUDED).alias("reason"),
+            pl.lit(f"images come from {NAME} (import-tol --exclusive)").alias("detail"),
+        )  # fmt: skip
+        merged = pl.concat([mine, new], how="vertical_relaxed").unique(
+            ["modality", "record_id", "reason"], keep="first", maintain_order=True
+        )
+        replace_failures(out, "fetch", [source], merged.to_arrow().cast(FAILURE))
+        moved[source] = images.height
+    return moved
