@@ -18,7 +18,7 @@ from rich.console import Console
 from rich.table import Table
 
 from biovita_data import __version__
-from biovita_data.app.pipeline import sample_environment, sample_tol_view, sample_trait_tables
+from biovita_data.app.pipeline import sample_environment, sample_release_tables, sample_tol_view
 from biovita_data.app.stages import BUILD_STAGES, RELEASE_STAGES, run_build, run_tol
 from biovita_data.core import layout
 from biovita_data.core.tables import write_json_atomic
@@ -147,7 +147,7 @@ def world_sections(out: Path, size: str, seed: int, publish: dict) -> dict[str, 
     """The build settings (align .. publish) of the sample world after its crawl into `out`."""
     return {
         "align": {"backbone": "inat", "throttle": False, "max_images_per_species": 200},
-        "traits": {"tables": sample_trait_tables(size, seed, out)},
+        "traits": {"tables": sample_release_tables(size, seed, out)},
         "split": {"seed": seed},
         "bench": {"seed": seed},
         "materialize": {"throttle": False},  # also draws the bench again from stored media

@@ -97,12 +97,28 @@ def sample_environment(stack: ExitStack, size: str, seed: int, faults: str) -> d
 
 
 def sample_trait_tables(size: str, seed: int, out: Path) -> list[str]:
-    """The sample world's `--table` specs in precedence order: its plain CSV (insects, no public
-    table) written to OUT/traits, then the four public releases by name, which the traits stage
-    downloads from BIOVITA_TRAITS_URL (the sample server) like the real ones."""
+    """Export the sample world's trait tables to OUT/traits; `--table` specs in precedence order."""
+    from biovita_data.sample.taxonomy import generate_taxonomy
+    from biovita_data.sample.trait_tables import export_trait_tables
+
+    paths = export_trait_tables(generate_taxonomy(size, seed), out / "traits")
+    kinds = {"eltontraits_birds": "eltontraits", "eltontraits_mammals": "eltontraits"}
+    order = ("csv", "amphibio", "eltontraits_birds", "eltontraits_mammals", "avonet")
+    return [f"{kinds.get(name, name)}={paths[name]}" for name in order]
+
+
+def sample_release_tables(size: str, seed: int, out: Path) -> list[str]:
+    """The same tables as the public releases are fetched: its plain CSV (insects, no public
+    table) written to OUT/traits, then the four releases by name, which the traits stage
+    downloads from BIOVITA_TRAITS_URL (the sample server, which must be set) like the real ones."""
+    import os
+
+    from biovita_data.build.traits.releases import ENV_URL
     from biovita_data.sample.taxonomy import generate_taxonomy
     from biovita_data.sample.trait_tables import TABLES, table_bytes
 
+    if not os.environ.get(ENV_URL):
+        raise ValueError(f"{ENV_URL} is not set: serve the sample world first")
     path = out / "traits" / TABLES["csv"]
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_bytes(table_bytes(generate_taxonomy(size, seed), "csv"))
@@ -133,7 +149,7 @@ def run_pipeline(p: Pipeline, out: Path, console: Console, *, fetch: bool = True
             env = sample_environment(stack, size, seed, p.sample.get("faults", "none"))
             traits = sections.setdefault("traits", {})
             if traits.get("tables") == "sample":
-                traits["tables"] = sample_trait_tables(size, seed, out)
+                traits["tables"] = sample_release_tables(size, seed, out)
             tol = sections.get("tol", {})
             if tol.get("catalog") == "sample":
                 root = env["XENO_CANTO_API_URL"].rsplit("/xeno", 1)[0]
