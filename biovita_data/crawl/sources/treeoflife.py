@@ -132,55 +132,61 @@ def _targets(cat: pl.LazyFrame, cols: dict[str, str], names: list[str], taxa: li
     return cat.with_columns(name).filter(pl.col("_name").is_in(names))
 
 
-def _candidates(catalog: Path, cols: dict[str, str], names, taxa, seed: int) -> pl.DataFrame:
-    """Every candidate row as (species index, rank in its species' random order, row index)."""
-    cat = pl.scan_parquet(catalog, row_index_name="_row")
+def _uuid(catalog: Path, column: str) -> pl.Expr:
+    """The uuid column as text (a no-op, so pushed into the scan, when it is text already)."""
+    dtype = pl.scan_parquet(catalog).collect_schema()[column]
+    return pl.col(column) if dtype == pl.String else pl.col(column).cast(pl.String)
+
+
+def _candidates(catalog: Path, cols: dict[str, str], names, taxa, seed: int):
+    """Every candidate row as (species index, rank in its species' random order, uuid), and
+    the species (`_sp`, `_name`). Rows without a uuid cannot be told apart and are skipped."""
+    uuid = _uuid(catalog, cols["uuid"])
     rows = (
-        _targets(cat, cols, names, taxa)
-        .filter(pl.col("_name").is_not_null())
-        .select("_row", "_name", pl.col(cols["uuid"]).cast(pl.String).hash(seed).alias("_key"))
+        _targets(pl.scan_parquet(catalog), cols, names, taxa)
+        .filter(pl.col("_name").is_not_null() & uuid.is_not_null())
+        .select("_name", uuid.alias("_uuid"), uuid.hash(seed).alias("_key"))
         .collect(engine="streaming")
     )
     # species as small integers, the name strings dropped
     species = rows.select(pl.col("_name").unique().sort()).with_row_index("_sp")
     rows = rows.join(species, on="_name").drop("_name")
-    rows = rows.sort("_sp", "_key", "_row").with_columns(
+    rows = rows.sort("_sp", "_key", "_uuid").with_columns(
         _rank=pl.int_range(pl.len(), dtype=pl.UInt32).over("_sp")
     )
-    return rows.select("_sp", "_rank", "_row"), species
+    return rows.select("_sp", "_rank", "_uuid"), species
 
 
 def _details(catalog: Path, provenance: Path, cols, pcols, rows: pl.DataFrame) -> pl.DataFrame:
-    """The full catalog row and its provenance for each chosen row index."""
-    wanted = rows["_row"].implode()
+    """The full catalog row and its provenance for each chosen uuid (the filters run inside the
+    scans, so only the chosen rows are decoded in full; the rest is done on those rows)."""
+    wanted = rows["_uuid"].implode()
     fields = [f for f in CATALOG_FIELDS if f in cols]
     cat = (
-        pl.scan_parquet(catalog, row_index_name="_row")
-        .filter(pl.col("_row").is_in(wanted))
-        .select(
-            "_row",
-            _name_expr(cols).alias("_name"),
-            *[pl.col(cols[f]).cast(pl.String).alias(f) for f in fields],
-            *[pl.lit(None, pl.String).alias(f) for f in CATALOG_FIELDS if f not in cols],
-        )
+        pl.scan_parquet(catalog)
+        .filter(_uuid(catalog, cols["uuid"]).is_in(wanted))
+        .select(sorted({cols[f] for f in fields}))
         .collect(engine="streaming")
     )
-    uuids = cat["uuid"].implode()
+    cat = cat.select(
+        _name_expr(cols).alias("_name"),
+        *[pl.col(cols[f]).cast(pl.String).alias(f) for f in fields],
+        *[pl.lit(None, pl.String).alias(f) for f in CATALOG_FIELDS if f not in cols],
+    ).unique("uuid", keep="first")
     prov = (
         pl.scan_parquet(provenance)
-        .select(
-            *[pl.col(pcols[f]).cast(pl.String).alias(f"p_{f}") for f in PROVENANCE_FIELDS
-              if f in pcols],
-            *[pl.lit(None, pl.String).alias(f"p_{f}") for f in PROVENANCE_FIELDS
-              if f not in pcols],
-            pl.lit(True).alias("p_found"),
-        )
-        .filter(pl.col("p_uuid").is_in(uuids))
-        .unique("p_uuid", keep="first")
+        .filter(_uuid(provenance, pcols["uuid"]).is_in(wanted))
+        .select(sorted(set(pcols.values())))
         .collect(engine="streaming")
-    )  # fmt: skip
-    return rows.join(cat, on="_row", how="left").join(
-        prov, left_on="uuid", right_on="p_uuid", how="left"
+    )
+    prov = prov.select(
+        *[pl.col(pcols[f]).cast(pl.String).alias(f"p_{f}") for f in PROVENANCE_FIELDS
+          if f in pcols],
+        *[pl.lit(None, pl.String).alias(f"p_{f}") for f in PROVENANCE_FIELDS if f not in pcols],
+        pl.lit(True).alias("p_found"),
+    ).unique("p_uuid", keep="first")  # fmt: skip
+    return rows.join(cat, left_on="_uuid", right_on="uuid", how="left", coalesce=False).join(
+        prov, left_on="_uuid", right_on="p_uuid", how="left"
     )
 
 
@@ -306,7 +312,8 @@ def import_tol(
     candidates, species = _candidates(catalog, cols, names, list(taxa), seed)
     available = candidates.group_by("_sp").agg(pl.len().alias("_n"))
     evaluated: list[pl.DataFrame] = []
-    frontier = candidates.filter(pl.col("_rank") < per_species)
+    # a margin past N for rows that fail, so that one pass over the files usually does
+    frontier = candidates.filter(pl.col("_rank") < per_species + per_species // 5 + 5)
     for _ in range(MAX_ROUNDS):
         if frontier.is_empty():
             break
@@ -325,7 +332,7 @@ def import_tol(
         )
         frontier = candidates.join(need.select("_sp", "_last", "_upto"), on="_sp").filter(
             (pl.col("_rank") > pl.col("_last")) & (pl.col("_rank") < pl.col("_upto"))
-        ).select("_sp", "_rank", "_row")  # fmt: skip
+        ).select("_sp", "_rank", "_uuid")  # fmt: skip
     raw_cols = [f.name for f in RAW_RECORD]
     if evaluated:
         drawn = _draw(pl.concat(evaluated), per_species)
