@@ -141,8 +141,9 @@ def _prov_schema():
     return pa.schema([(c, pa.string()) for c in cols])
 
 
+# VmHWM, not ru_maxrss: Linux carries the parent's high-water mark into a child across exec
 CHILD = """
-import json, resource, sys, time
+import json, sys, time
 from pathlib import Path
 from biovita_data.crawl.sources.treeoflife import import_tol
 w = Path(sys.argv[1])
@@ -150,7 +151,8 @@ t = time.perf_counter()
 r = import_tol(w / "catalog.parquet", w / "provenance.parquet", w / "out",
                per_species=int(sys.argv[2]))
 s = time.perf_counter() - t
-rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+hwm = [line for line in open("/proc/self/status") if line.startswith("VmHWM:")][0]
+rss = int(hwm.split()[1]) / 1024
 print(json.dumps({"seconds": round(s, 2), "peak_rss_mb": round(rss), "drawn": r.kept,
                   "failed": sum(r.dropped.values())}))
 """
