@@ -6,8 +6,10 @@ and the seed, and the draw walks the species' rows in key order, taking usable r
 N. A drawn row whose licence is unknown or not allowed, whose provenance is missing or whose URL
 is unusable is a `failures` row; the walk goes on past it. Column names differ between releases,
 so each field is read from the first of its known names the file has. The catalog is scanned
-lazily (predicate pushdown, streaming); only small integer columns of the candidate rows are ever
-held in memory, and only the drawn rows are read in full.
+lazily (predicate pushdown, streaming): the first pass keeps only the candidate rows' uuid,
+species number and key; the second reads the drawn rows in full (a uuid filter inside the scans
+of catalog and provenance). Usually one pass over each suffices; a species short of N after
+its failures gets another window (at most MAX_ROUNDS).
 
 The key is Polars' seeded hash of the uuid: the same seed and Polars version draw the same rows.
 """
