@@ -154,3 +154,35 @@ def test_other_column_names_missing_provenance_and_unknown_licences(tmp_path: Pa
     cat.drop("UUID").write_parquet(tmp_path / "bad.parquet")
     with pytest.raises(ValueError, match="no column for uuid"):
         import_tol(tmp_path / "bad.parquet", tmp_path / "p.parquet", out, taxa=["Turdus"])
+
+
+def test_exclusive_moves_other_photos_to_failures(tmp_path: Path, tiny_world) -> None:
+    """--exclusive: the crawled photos leave their source's records as failures, once."""
+    from biovita_data.core.schemas import FAILURE, RAW_RECORD
+    from biovita_data.core.tables import replace_failures, to_table, write_table
+
+    out = tmp_path / "out"
+    rows = [
+        {"source": "inaturalist", "modality": m, "record_id": str(i),
+         "raw_scientific_name": tiny_world.species[0].name}
+        for i, m in enumerate(("audio", "image", "image"))
+    ]  # fmt: skip
+    write_table(to_table(rows, RAW_RECORD), out / "raw" / "inaturalist" / "records.parquet")
+    earlier = {"stage": "fetch", "source": "inaturalist", "modality": "image", "record_id": "9",
+               "name": None, "reason": "license_not_allowed", "detail": "x"}  # fmt: skip
+    replace_failures(out, "fetch", ["inaturalist"], to_table([earlier], FAILURE))
+    cat, prov = write_tol_view(tiny_world, "http://127.0.0.1:9", tmp_path / "tol")
+    for _ in range(2):  # idempotent
+        import_tol(cat, prov, out, per_species=2, exclusive=True)
+    kept = pl.read_parquet(out / "raw" / "inaturalist" / "records.parquet")
+    assert kept["modality"].to_list() == ["audio"]
+    fails = pl.read_parquet(out / "manifests" / "failures.parquet").filter(
+        pl.col("source") == "inaturalist"
+    )
+    assert sorted(zip(fails["record_id"], fails["reason"], strict=True)) == [
+        ("1", "image_source_excluded"),
+        ("2", "image_source_excluded"),
+        ("9", "license_not_allowed"),
+    ]
+    summary = json.loads((out / "raw" / "treeoflife_200m" / "import.json").read_text())
+    assert summary["species_wanted"] == 1 and _records(out).height == 2
