@@ -54,6 +54,9 @@ PROVENANCE_FIELDS: dict[str, tuple[str, ...]] = {
     "copyright_owner": ("copyright_owner", "owner", "rightsHolder", "rights_holder", "creator"),
     "source_url": ("source_url", "identifier"),
 }
+# the catalog fields a raw record takes (the lineage is the backbone's business, not ToL's)
+DETAIL_FIELDS = ("uuid", "source_url", "scientific_name", "genus", "species", "common",
+                 "data_source", "source_id")  # fmt: skip
 # owners that mean "unknown"
 NO_OWNER = ("not provided", "", "unknown", "none", "null")
 MAX_ROUNDS = 6
@@ -163,7 +166,7 @@ def _details(catalog: Path, provenance: Path, cols, pcols, rows: pl.DataFrame) -
     """The full catalog row and its provenance for each chosen uuid (the filters run inside the
     scans, so only the chosen rows are decoded in full; the rest is done on those rows)."""
     wanted = rows["_uuid"].implode()
-    fields = [f for f in CATALOG_FIELDS if f in cols]
+    fields = [f for f in DETAIL_FIELDS if f in cols]
     cat = (
         pl.scan_parquet(catalog)
         .filter(_uuid(catalog, cols["uuid"]).is_in(wanted))
@@ -173,7 +176,7 @@ def _details(catalog: Path, provenance: Path, cols, pcols, rows: pl.DataFrame) -
     cat = cat.select(
         _name_expr(cols).alias("_name"),
         *[pl.col(cols[f]).cast(pl.String).alias(f) for f in fields],
-        *[pl.lit(None, pl.String).alias(f) for f in CATALOG_FIELDS if f not in cols],
+        *[pl.lit(None, pl.String).alias(f) for f in DETAIL_FIELDS if f not in cols],
     ).unique("uuid", keep="first")
     prov = (
         pl.scan_parquet(provenance)
@@ -321,7 +324,7 @@ def import_tol(
             break
         evaluated.append(_evaluate(_details(catalog, provenance, cols, pcols, frontier), allowed,
                                    query))  # fmt: skip
-        done = pl.concat(evaluated)
+        done = pl.concat([e.select("_sp", "_rank", "_ok") for e in evaluated])
         got = done.group_by("_sp").agg(
             pl.col("_ok").sum().alias("_good"), pl.col("_rank").max().alias("_last")
         )
@@ -337,15 +340,19 @@ def import_tol(
         ).select("_sp", "_rank", "_uuid")  # fmt: skip
     raw_cols = [f.name for f in RAW_RECORD]
     if evaluated:
-        drawn = _draw(pl.concat(evaluated), per_species)
-        records = drawn.filter(pl.col("_ok"))
-        present = [c for c in raw_cols if c in records.columns]
-        table = _cast(records.select(present).sort("raw_scientific_name", "record_id").to_arrow())
+        # memory: one copy of the drawn rows at a time
+        drawn = _draw(pl.concat(evaluated, rechunk=False), per_species)
+        evaluated.clear()
+        present = [c for c in raw_cols if c in drawn.columns]
+        with_images = drawn.filter(pl.col("_ok"))["_sp"].n_unique()
+        records = drawn.filter(pl.col("_ok")).select(present)
+        table = _cast(records.sort("raw_scientific_name", "record_id").to_arrow())
+        del records
         fails = drawn.filter(~pl.col("_ok")).select(
             pl.lit("fetch").alias("stage"), "source", "modality", "record_id",
             pl.col("raw_scientific_name").alias("name"), "reason", "detail",
         ).sort("record_id", "reason", nulls_last=True)  # fmt: skip
-        with_images = records["_sp"].n_unique()
+        del drawn
     else:
         table, fails, with_images = (
             RAW_RECORD.empty_table(),
