@@ -29,6 +29,8 @@ runner = CliRunner()
         ["sample"],
         ["sample", "serve"],
         ["sample", "export-traits"],
+        ["sample", "export-tol"],
+        ["import-tol"],
         ["align"],
         ["traits"],
         ["split"],
@@ -57,15 +59,20 @@ def test_demo_tiny_builds_the_layout(tmp_path: Path) -> None:
     env_before = dict(os.environ)
     result = runner.invoke(app, ["demo", "--workdir", str(tmp_path), "--size", "tiny"])
     assert result.exit_code == 0, result.output
-    for src in ("xeno_canto", "inaturalist", "inat_open_data"):
+    for src in ("xeno_canto", "treeoflife_200m"):
         df = pl.read_parquet(tmp_path / "raw" / src / "records.parquet")
         assert len(df) > 20
+    # images come from TreeOfLife-200M only, as in the paper; the crawled photos are failures
+    for src in ("inaturalist", "inat_open_data"):
+        df = pl.read_parquet(tmp_path / "raw" / src / "records.parquet")
+        assert set(df["modality"]) <= {"audio"}
     fails = pl.read_parquet(tmp_path / "manifests" / "failures.parquet")
-    assert set(fails["reason"]) >= {"license_not_allowed", "restricted"}
+    assert set(fails["reason"]) >= {"license_not_allowed", "restricted", "image_source_excluded"}
     build = json.loads((tmp_path / "build.json").read_text())
     assert build["world"] == {"size": "tiny", "seed": 0}
     assert set(build["stages"]) == {
         "fetch",
+        "tol",
         "align",
         "traits",
         "split",
@@ -91,12 +98,24 @@ def test_demo_tiny_builds_the_layout(tmp_path: Path) -> None:
         assert (tmp_path / "runs" / stage / "eval.png").stat().st_size > 1000
     assert "BioVITA-Bench" in result.output  # the evaluation tables
     assert "seen species Top-1 A2I" in build["stages"]["train"]["result"]
-    assert (tmp_path / "traits" / "AVONET1_BirdLife.csv").exists()
+    # the public trait tables were downloaded from BIOVITA_TRAITS_URL, sizes and sha256 recorded
+    releases = json.loads((tmp_path / "raw" / "traits" / "releases.json").read_text())
+    assert set(releases) == {"avonet", "eltontraits-birds", "eltontraits-mammals", "amphibio"}
+    assert (tmp_path / "raw" / "traits" / "avonet" / "AVONET1_BirdLife.csv").exists()
     for name in ("species", "audio", "image", "unmatched"):
         assert (tmp_path / "manifests" / f"{name}.parquet").exists()
     for subset in ("seen", "unseen"):
         assert (tmp_path / "bench" / subset / "species" / "test_audio_to_image.csv").exists()
-    assert json.loads((tmp_path / "stats.json").read_text())["species"] > 10
+    stats = json.loads((tmp_path / "stats.json").read_text())
+    assert stats["species"] > 10
+    sources = {(r["modality"], r["source"]) for r in stats["per_source"]}
+    assert {m for m, _ in sources} == {"audio", "image"}
+    assert {s for m, s in sources if m == "image"} == {"treeoflife-200m"}
+    assert {"xeno-canto", "inaturalist"} <= {s for m, s in sources if m == "audio"}
+    coverage = stats["trait_coverage"]
+    assert {r["class"] for r in coverage["per_class"]} == {"Aves", "Amphibia", "Mammalia",
+                                                           "Insecta"}  # fmt: skip
+    assert coverage["no_public_table"] == ["Insecta", "Reptilia"]
     assert list((tmp_path / "media" / "audio").glob("shard-*.parquet"))
     assert (tmp_path / "hf" / "README.md").read_text().startswith("---")
     species = pl.read_parquet(tmp_path / "manifests" / "species.parquet")
@@ -135,6 +154,8 @@ def test_run_sample_pipeline(tmp_path: Path) -> None:
     assert known.all()  # every frog has AmphiBIO labels
     assert (tmp_path / "out" / "bench" / "seen" / "tasks.parquet").exists()
     assert list((tmp_path / "out" / "hf" / "audio").glob("train-*-of-*.parquet"))
+    images = pl.read_parquet(tmp_path / "out" / "manifests" / "image.parquet")
+    assert images.height and set(images["source"]) == {"treeoflife-200m"}
     bad = tmp_path / "bad.toml"
     bad.write_text("[fetch]\nsources = []\n")
     result = runner.invoke(app, ["run", str(bad)])
@@ -152,7 +173,13 @@ def test_pipeline_files_parse() -> None:
         "Amphibia",
         "Insecta",
         "Mammalia",
+        "Reptilia",
     }
+    biovita = load_pipeline(Path("pipelines/biovita.toml"))
+    assert biovita.extra["traits"]["tables"] == [
+        "avonet", "eltontraits-birds", "eltontraits-mammals", "amphibio"
+    ]  # fmt: skip
+    assert biovita.extra["tol"]["per_species"] == 200
 
 
 def test_sample_serve_prints_urls_and_serves(tmp_path: Path) -> None:
@@ -222,15 +249,19 @@ def test_stage_commands_one_by_one(tmp_path: Path) -> None:
     result = runner.invoke(app, ["align", "--out", str(out), "--backbone", str(backbone)])
     assert result.exit_code == 0, result.output
     assert "species in the corpus" in result.output
-    tables = [f"avonet={out / 'traits' / 'AVONET1_BirdLife.csv'}"]
+    tables = [f"avonet={out / 'raw' / 'traits' / 'avonet' / 'AVONET1_BirdLife.csv'}"]
     result = runner.invoke(app, ["traits", "--out", str(out), "--table", tables[0]])
     assert result.exit_code == 0, result.output
     for cmd in (["split", "--seed", "0"], ["bench"], ["stats"]):
         result = runner.invoke(app, [cmd[0], "--out", str(out), *cmd[1:]])
         assert result.exit_code == 0, (cmd, result.output)
     assert (out / "bench" / "seen" / "tasks.parquet").read_bytes() != before  # new species ids
-    bad = runner.invoke(app, ["traits", "--out", str(out), "--table", "avonet"])
+    bad = runner.invoke(app, ["traits", "--out", str(out), "--table", "pantheria"])
     assert bad.exit_code == 2 and "KIND=FILE" in bad.output
+    # a release by name: in the cache already (the demo downloaded it), verified, no network
+    result = runner.invoke(app, ["traits", "--out", str(out), "--table", "eltontraits-mammals"])
+    assert result.exit_code == 0, result.output
+    assert "Mammalia" in result.output and "no public trait table" in result.output
     bad = runner.invoke(app, ["align", "--out", str(out), "--backbone", str(tmp_path / "no.csv")])
     assert bad.exit_code == 2 and "no.csv" in bad.output
 

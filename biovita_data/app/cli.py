@@ -115,6 +115,43 @@ def import_official_cmd(
     console.print(f"imported {res.kept} recordings into {out}/raw/official; dropped {dropped}")
 
 
+@app.command("import-tol")
+def import_tol_cmd(
+    catalog: Annotated[Path, typer.Argument(help="TreeOfLife-200M catalog.parquet.")],
+    provenance: Annotated[Path, typer.Argument(help="TreeOfLife-200M provenance.parquet.")],
+    out: Annotated[Path, typer.Option("--out", help="Build directory.")],
+    per_species: Annotated[int, typer.Option(help="Images drawn per species, at most.")] = 200,
+    seed: Annotated[int, typer.Option(help="Seed of the random draw.")] = 0,
+    taxa: Annotated[
+        list[str] | None,
+        typer.Option("--taxa", help="Draw for these taxa (any rank) instead of the corpus."),
+    ] = None,
+    licenses: Annotated[
+        str, typer.Option(help="Comma-separated allowed licence families.")
+    ] = "cc0,cc-by,cc-by-sa,cc-by-nc,cc-by-nc-sa",
+    exclusive: Annotated[
+        bool,
+        typer.Option(help="The only image source: other sources' photos move to failures."),
+    ] = False,
+) -> None:
+    """Draw up to N TreeOfLife-200M images per species (seeded) into OUT/raw/treeoflife_200m."""
+    from biovita_data.crawl.sources.treeoflife import import_tol
+
+    allowed = tuple(x.strip().lower() for x in licenses.split(",") if x.strip())
+    try:
+        res = import_tol(
+            catalog, provenance, out, per_species=per_species, seed=seed, taxa=taxa or (),
+            allowed=allowed, exclusive=exclusive,
+        )  # fmt: skip
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    dropped = ", ".join(f"{k}: {v}" for k, v in sorted(res.dropped.items())) or "none"
+    console.print(
+        f"imported {res.kept} images into {out}/raw/treeoflife_200m; dropped {dropped} "
+        "(manifests/failures.parquet)"
+    )
+
+
 OutOption = Annotated[Path, typer.Option("--out", help="Build directory.")]
 
 
@@ -174,15 +211,21 @@ def traits_cmd(
         list[str],
         typer.Option(
             "--table",
-            help="KIND=FILE, KIND in avonet, eltontraits, amphibio, csv; repeatable; "
+            help="A public release (avonet, eltontraits-birds, eltontraits-mammals, amphibio: "
+            "downloaded once, sha256-checked; BIOVITA_TRAITS_URL overrides where from) or "
+            "KIND=FILE, KIND in avonet, eltontraits, amphibio, csv; repeatable; "
             "earlier tables win where two give a label.",
         ),
     ],
+    cache: Annotated[
+        Path | None,
+        typer.Option(help="Download cache of the public releases (default OUT/raw/traits)."),
+    ] = None,
 ) -> None:
     """Attach the 34 trait labels (with provenance) to species.parquet; print coverage."""
     from biovita_data.app.stages import run_traits_stage
 
-    _stage(run_traits_stage, out, {"tables": table}, console)
+    _stage(run_traits_stage, out, {"tables": table, "cache": cache}, console)
 
 
 @app.command("split")
@@ -442,6 +485,21 @@ def sample_export_official(
 
     write_official_metadata(World(size, seed), root.rstrip("/"), path)
     typer.echo(str(path))
+
+
+@sample_app.command("export-tol")
+def sample_export_tol(
+    directory: Annotated[Path, typer.Argument(help="Folder for catalog.parquet + provenance.")],
+    root: Annotated[str, typer.Option(help="Base URL of a running `sample serve`.")],
+    size: Annotated[str, typer.Option(help="tiny | default")] = "default",
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+) -> None:
+    """Write the sample world's TreeOfLife-200M view (catalog + provenance, the real columns)."""
+    from biovita_data.sample.treeoflife import write_tol_view
+    from biovita_data.sample.world import World
+
+    for path in write_tol_view(World(size, seed), root.rstrip("/"), directory):
+        typer.echo(str(path))
 
 
 @sample_app.command("export-traits")

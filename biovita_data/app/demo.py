@@ -13,20 +13,23 @@ import time
 from contextlib import ExitStack
 from pathlib import Path
 
+import polars as pl
 from rich.console import Console
 from rich.table import Table
 
 from biovita_data import __version__
-from biovita_data.app.pipeline import sample_environment, sample_trait_tables
-from biovita_data.app.stages import BUILD_STAGES, RELEASE_STAGES, run_build
+from biovita_data.app.pipeline import sample_environment, sample_release_tables, sample_tol_view
+from biovita_data.app.stages import BUILD_STAGES, RELEASE_STAGES, run_build, run_tol
+from biovita_data.core import layout
 from biovita_data.core.tables import write_json_atomic
-from biovita_data.crawl.fetch import fetch, settings_from_env
+from biovita_data.crawl.fetch import SOURCES, fetch, settings_from_env
 from biovita_data.publish import CONFIGS, SPLITS, localhub
 
 TAXA = ["Aves", "Amphibia", "Mammalia", "Insecta"]
 BUILD_OUTPUTS = {
     "align": "manifests/{species,audio,image,unmatched}.parquet",
-    "traits": "species.parquet trait_* + manifests/traits_coverage.json",
+    "traits": "species.parquet trait_* + manifests/traits_coverage.json; tables downloaded "
+    "from BIOVITA_TRAITS_URL into raw/traits (sha256 in releases.json)",
     "split": "split on audio/image, split_group on species",
     "bench": "bench/{seen,unseen}/ (Parquet + official CSV)",
     "stats": "stats.json",
@@ -45,9 +48,11 @@ def run_demo(
     train: str = "demo",
     console: Console,
 ) -> dict:
-    """Serve the sample world, crawl it, build manifests, traits, splits, bench and stats,
-    materialize and publish into a local hub, load it back by repo id, then train a tiny model
-    (`train`: a `biovita-model train-tiny` preset, or "none") and evaluate it on the bench."""
+    """Serve the sample world, crawl every source (the audio of Xeno-canto, iNaturalist and GBIF
+    where this build has it), draw the images from its TreeOfLife-200M view as the paper did,
+    build manifests, traits (the public tables downloaded from the sample server), splits, bench
+    and stats, materialize and publish into a local hub, load it back by repo id, then train a
+    tiny model (`train`: a `biovita-model train-tiny` preset, or "none") and evaluate it."""
     if train not in TRAIN_PRESETS:
         raise ValueError(f"--train must be one of {TRAIN_PRESETS}, not {train!r}")
     t0 = time.monotonic()
@@ -63,15 +68,21 @@ def run_demo(
         env = sample_environment(stack, size, seed, "none")
         root = env["XENO_CANTO_API_URL"].rsplit("/xeno", 1)[0]
         console.print(f"[bold]sample world[/bold] ({size}, seed {seed}) served at {root}")
-        settings = settings_from_env(
-            taxa=TAXA, sources=["xeno-canto", "inaturalist", "inat-open-data"], throttle=False
-        )
+        # `--source all`: every source this build knows, GBIF included where it exists
+        settings = settings_from_env(taxa=TAXA, sources=list(SOURCES), throttle=False)
         t = time.monotonic()
         results = fetch(settings, workdir, console=console)
         stages["fetch"] = {
             "seconds": round(time.monotonic() - t, 2),
             "records": {r.source: r.kept for r in results},
             "dropped": {r.source: r.dropped for r in results},
+        }
+        t = time.monotonic()
+        tol = run_tol(workdir, tol_settings(workdir, size, seed, root), console)
+        stages["tol"] = {
+            "seconds": round(time.monotonic() - t, 2),
+            "records": tol.kept,
+            "dropped": tol.dropped,
         }
         publish = {"repo_id": DEMO_REPO_ID, "folder_only": True}
         if use_hub:
@@ -86,7 +97,7 @@ def run_demo(
         "tool": f"biovita {__version__}",
         "python": platform.python_version(),
         "world": {"size": size, "seed": seed},
-        "sources": settings.sources,
+        "sources": [*settings.sources, "treeoflife-200m"],
         "taxa": TAXA,
         "snapshot": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         "stages": stages,
@@ -97,13 +108,19 @@ def run_demo(
     table.add_column("stage")
     table.add_column("wrote")
     table.add_column("result")
-    for src, n in stages["fetch"]["records"].items():
+    for src in stages["fetch"]["records"]:
         dropped = sum(stages["fetch"]["dropped"][src].values())
-        table.add_row(
-            "fetch",
-            f"raw/{src.replace('-', '_')}/records.parquet",
-            f"{n} records kept, {dropped} dropped",
-        )
+        path = layout.raw_records_path(workdir, src)
+        kept = pl.read_parquet(path, columns=["modality"])["modality"].value_counts(sort=True)
+        now = ", ".join(f"{n} {m}" for m, n in kept.iter_rows()) or "nothing"
+        table.add_row("fetch", str(path.relative_to(workdir)), f"kept {now}; {dropped} dropped")
+    tol_dropped = sum(stages["tol"]["dropped"].values())
+    table.add_row(
+        "import-tol",
+        "raw/treeoflife_200m/records.parquet",
+        f"{stages['tol']['records']} images drawn (up to 200 per species), {tol_dropped} failed; "
+        "the only image source",
+    )
     table.add_row("fetch", "manifests/failures.parquet", "every dropped record with its reason")
     for stage, wrote in BUILD_OUTPUTS.items():
         if stage in stages:
@@ -119,11 +136,18 @@ def run_demo(
     return build
 
 
+def tol_settings(out: Path, size: str, seed: int, root: str) -> dict:
+    """[tol] of the sample world: its TreeOfLife-200M view, 200 images per species of the demo's
+    taxa, the only image source (the crawled photos become failures), as in the paper."""
+    view = sample_tol_view(size, seed, root, out)
+    return {**view, "taxa": TAXA, "per_species": 200, "seed": seed, "exclusive": True}
+
+
 def world_sections(out: Path, size: str, seed: int, publish: dict) -> dict[str, dict]:
     """The build settings (align .. publish) of the sample world after its crawl into `out`."""
     return {
         "align": {"backbone": "inat", "throttle": False, "max_images_per_species": 200},
-        "traits": {"tables": sample_trait_tables(size, seed, out)},
+        "traits": {"tables": sample_release_tables(size, seed, out)},
         "split": {"seed": seed},
         "bench": {"seed": seed},
         "materialize": {"throttle": False},  # also draws the bench again from stored media

@@ -15,7 +15,7 @@ from rich.console import Console
 from biovita_data.crawl.fetch import FetchSettings, settings_from_env
 from biovita_data.crawl.licenses import DEFAULT_ALLOWED
 
-STAGES = ("fetch", "align", "traits", "split", "bench", "stats", "materialize", "publish")
+STAGES = ("fetch", "tol", "align", "traits", "split", "bench", "stats", "materialize", "publish")
 
 
 @dataclass
@@ -29,9 +29,14 @@ class Pipeline:
     def fetch_settings(self, **overrides: Any) -> FetchSettings:
         f = self.fetch
         urls = f.get("urls", {})
+        sources = list(f.get("sources", ["xeno-canto", "inaturalist"]))
+        if "all" in sources:  # every source this build knows (gbif too, where it exists)
+            from biovita_data.crawl.fetch import SOURCES
+
+            sources = list(SOURCES)
         settings = settings_from_env(
             taxa=list(f["taxa"]),
-            sources=list(f.get("sources", ["xeno-canto", "inaturalist"])),
+            sources=sources,
             since=f.get("since"),
             licenses=tuple(f.get("licenses", DEFAULT_ALLOWED)),
             max_per_species=f.get("max_per_species"),
@@ -102,10 +107,38 @@ def sample_trait_tables(size: str, seed: int, out: Path) -> list[str]:
     return [f"{kinds.get(name, name)}={paths[name]}" for name in order]
 
 
+def sample_release_tables(size: str, seed: int, out: Path) -> list[str]:
+    """The same tables as the public releases are fetched: its plain CSV (insects, no public
+    table) written to OUT/traits, then the four releases by name, which the traits stage
+    downloads from BIOVITA_TRAITS_URL (the sample server, which must be set) like the real ones."""
+    import os
+
+    from biovita_data.build.traits.releases import ENV_URL
+    from biovita_data.sample.taxonomy import generate_taxonomy
+    from biovita_data.sample.trait_tables import TABLES, table_bytes
+
+    if not os.environ.get(ENV_URL):
+        raise ValueError(f"{ENV_URL} is not set: serve the sample world first")
+    path = out / "traits" / TABLES["csv"]
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(table_bytes(generate_taxonomy(size, seed), "csv"))
+    return [f"csv={path}", "amphibio", "eltontraits-birds", "eltontraits-mammals", "avonet"]
+
+
+def sample_tol_view(size: str, seed: int, root: str, out: Path) -> dict[str, str]:
+    """Write the sample world's TreeOfLife-200M view to OUT/tol (URLs under `root`); the [tol]
+    catalog and provenance settings."""
+    from biovita_data.sample.treeoflife import write_tol_view
+    from biovita_data.sample.world import World
+
+    catalog, provenance = write_tol_view(World(size, seed), root, out / "tol")
+    return {"catalog": str(catalog), "provenance": str(provenance)}
+
+
 def run_pipeline(p: Pipeline, out: Path, console: Console, *, fetch: bool = True) -> dict:
-    """fetch, align, traits, split, bench, stats, then materialize and publish when the file has
-    those sections; each stage takes its [section]'s settings."""
-    from biovita_data.app.stages import BUILD_STAGES, RELEASE_STAGES, run_build
+    """fetch, tol (when the file has [tol]), align, traits, split, bench, stats, then materialize
+    and publish when the file has those sections; each stage takes its [section]'s settings."""
+    from biovita_data.app.stages import BUILD_STAGES, RELEASE_STAGES, run_build, run_tol
     from biovita_data.crawl.fetch import fetch as run_fetch
 
     with ExitStack() as stack:
@@ -113,15 +146,23 @@ def run_pipeline(p: Pipeline, out: Path, console: Console, *, fetch: bool = True
         sections.setdefault("align", {}).setdefault("throttle", p.fetch.get("throttle", True))
         if p.sample is not None:
             size, seed = p.sample.get("size", "default"), p.sample.get("seed", 0)
-            sample_environment(stack, size, seed, p.sample.get("faults", "none"))
+            env = sample_environment(stack, size, seed, p.sample.get("faults", "none"))
             traits = sections.setdefault("traits", {})
             if traits.get("tables") == "sample":
-                traits["tables"] = sample_trait_tables(size, seed, out)
+                traits["tables"] = sample_release_tables(size, seed, out)
+            tol = sections.get("tol", {})
+            if tol.get("catalog") == "sample":
+                root = env["XENO_CANTO_API_URL"].rsplit("/xeno", 1)[0]
+                tol.update(sample_tol_view(size, seed, root, out))
         seconds = {}
         if fetch:
             t = time.monotonic()
             run_fetch(p.fetch_settings(), out, console=console)
             seconds["fetch"] = {"seconds": round(time.monotonic() - t, 2)}
+        if "tol" in sections:
+            t = time.monotonic()
+            run_tol(out, sections["tol"], console)
+            seconds["tol"] = {"seconds": round(time.monotonic() - t, 2)}
         release = tuple(st for st in RELEASE_STAGES if st in sections)
         if "materialize" in sections:
             sections["materialize"].setdefault("throttle", p.fetch.get("throttle", True))

@@ -20,14 +20,34 @@ RELEASE_STAGES = ("materialize", "publish")
 TRAIT_KINDS = ("avonet", "eltontraits", "amphibio", "csv")
 
 
-def parse_tables(specs: list[str]) -> list[tuple[str, Path]]:
-    """`kind=FILE` strings -> (kind, path), checked; the order is the precedence."""
+def parse_tables(
+    specs: list[str], cache: Path | None = None, http: HttpClient | None = None
+) -> list[tuple[str, Path]]:
+    """`--table` specs -> (reader kind, path), in precedence order. A spec is a public release's
+    name (`avonet`, `eltontraits-birds`, ...: downloaded once into `cache`, verified) or
+    `KIND=FILE` (a local file; KIND a reader kind or a release name)."""
+    from biovita_data.build.traits.releases import RELEASES, fetch_release
+
     tables = []
     for spec in specs:
-        kind, sep, file = spec.partition("=")
-        kind = kind.strip().lower()
-        if not sep or kind not in TRAIT_KINDS:
-            raise ValueError(f"--table {spec!r}: expected KIND=FILE with KIND in {TRAIT_KINDS}")
+        name, sep, file = spec.partition("=")
+        name = name.strip().lower()
+        if not sep:
+            if name not in RELEASES:
+                raise ValueError(
+                    f"--table {spec!r}: not a public release ({', '.join(RELEASES)}); "
+                    f"give a local table as KIND=FILE with KIND in {TRAIT_KINDS}"
+                )
+            if cache is None:
+                raise ValueError(f"--table {spec!r}: no download cache given")
+            tables.append((RELEASES[name].kind, fetch_release(name, cache, http)))
+            continue
+        kind = RELEASES[name].kind if name in RELEASES else name
+        if kind not in TRAIT_KINDS:
+            raise ValueError(
+                f"--table {spec!r}: expected KIND=FILE with KIND in {TRAIT_KINDS} "
+                f"or a release name ({', '.join(RELEASES)})"
+            )
         path = Path(file)
         if not path.exists():
             raise FileNotFoundError(f"--table {spec!r}: {path} does not exist")
@@ -55,12 +75,39 @@ def run_align(out: Path, cfg: dict, console: Console, http: HttpClient | None = 
 def run_traits_stage(out: Path, cfg: dict, console: Console, http: HttpClient | None = None):
     from biovita_data.build.traits import print_coverage, run_traits
 
-    tables = parse_tables(list(cfg.get("tables", [])))
+    cache = Path(cfg["cache"]) if cfg.get("cache") else layout.traits_cache_dir(out)
+    throttle = bool(cfg.get("throttle", True))
+    tables = parse_tables(list(cfg.get("tables", [])), cache, http or HttpClient(throttle=throttle))
     if not tables:
-        raise ValueError("traits needs at least one --table KIND=FILE")
+        raise ValueError("traits needs at least one --table (a release name or KIND=FILE)")
     resolve = name_resolver(out, saved_settings(out), http)
     result = run_traits(out, tables, resolve)
     print_coverage(result, console)
+    return result
+
+
+TOL_SETTINGS = ("catalog", "provenance", "per_species", "seed", "taxa", "licenses", "exclusive")
+
+
+def run_tol(out: Path, cfg: dict, console: Console):
+    """`import-tol` with a pipeline's [tol] settings: TreeOfLife-200M images per species."""
+    from biovita_data.crawl.licenses import DEFAULT_ALLOWED
+    from biovita_data.crawl.sources.treeoflife import import_tol
+
+    unknown = set(cfg) - set(TOL_SETTINGS)
+    if unknown or not {"catalog", "provenance"} <= set(cfg):
+        raise ValueError(f"[tol] needs catalog and provenance; it knows only {TOL_SETTINGS}")
+    result = import_tol(
+        Path(cfg["catalog"]),
+        Path(cfg["provenance"]),
+        out,
+        per_species=int(cfg.get("per_species", 200)),
+        seed=int(cfg.get("seed", 0)),
+        taxa=list(cfg.get("taxa", [])),
+        allowed=tuple(cfg.get("licenses", DEFAULT_ALLOWED)),
+        exclusive=bool(cfg.get("exclusive", False)),
+    )
+    console.print(f"tol: {describe('tol', result)}")
     return result
 
 
@@ -151,6 +198,9 @@ def describe(stage: str, result: Any) -> str:
             f"{result.species} species, {result.audio} recordings, {result.image} photos; "
             f"{result.unmatched_names} names unmatched"
         )
+    if stage == "tol":
+        dropped = sum(result.dropped.values())
+        return f"{result.kept} TreeOfLife-200M images drawn, {dropped} failed"
     if stage == "traits":
         cov = result.coverage
         return f"{cov['species_with_any_label']} of {cov['species']} species with known traits"

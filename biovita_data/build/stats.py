@@ -8,6 +8,8 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+from biovita_data.build.traits.coverage import coverage_summary
+from biovita_data.build.traits.stage import print_class_coverage
 from biovita_data.core import layout
 from biovita_data.core.schemas import MEDIA, SPECIES
 from biovita_data.core.tables import read_table, write_json_atomic
@@ -38,6 +40,15 @@ def _long_tail(counts: pl.Series) -> dict:
     }
 
 
+def _per_source(media: dict[str, pl.DataFrame]) -> list[dict]:
+    """Records and species per source and modality (Xeno-canto, iNaturalist, GBIF, ToL, ...)."""
+    rows = []
+    for modality, df in media.items():
+        per = df.group_by("source").agg(records=pl.len(), species=pl.col("species_id").n_unique())
+        rows += [{"modality": modality, **r} for r in per.sort("source").to_dicts()]
+    return rows
+
+
 def compute_stats(out: Path) -> dict:
     path = layout.species_path(out)
     if not path.exists():
@@ -65,6 +76,7 @@ def compute_stats(out: Path) -> dict:
         "audio": media["audio"].height,
         "image": media["image"].height,
         "audio_hours": round(float(media["audio"]["duration_s"].fill_null(0).sum()) / 3600, 2),
+        "per_source": _per_source(media),
         "per_class": _per_rank(species, "class"),
         "per_order": _per_rank(species, "order"),
         "per_family": _per_rank(species, "family"),
@@ -80,6 +92,7 @@ def compute_stats(out: Path) -> dict:
             "species_with_any_label": round(any_label / n, 4),
             "per_category": categories,
             "per_label": {c: {"known": known[c], "ones": ones[c]} for c in TRAIT_COLUMNS},
+            **coverage_summary(species),
         },
         "splits": {
             "species": dict(
@@ -100,6 +113,12 @@ def print_stats(stats: dict, console: Console) -> None:
         t.add_column(col, justify="left" if col == "class" else "right")
     for row in stats["per_class"]:
         t.add_row(str(row["class"]), str(row["species"]), str(row["audio"]), str(row["image"]))
+    console.print(t)
+    t = Table(title="sources")
+    for col in ("modality", "source", "records", "species"):
+        t.add_column(col, justify="right" if col in ("records", "species") else "left")
+    for row in stats.get("per_source", []):
+        t.add_row(row["modality"], row["source"], str(row["records"]), str(row["species"]))
     console.print(t)
     t = Table(title="records per species (long tail)")
     for col in ("modality", "min", "median", "p90", "max", "top 10 % of species hold"):
@@ -124,6 +143,8 @@ def print_stats(stats: dict, console: Console) -> None:
         + ", ".join(f"{k} {v:.0%}" for k, v in cov["per_category"].items()),
     )
     console.print(t)
+    if cov.get("per_class") is not None:
+        print_class_coverage(cov, console)
 
 
 def stats(out: Path, console: Console | None = None) -> dict:

@@ -8,12 +8,14 @@ from pathlib import Path
 KEPT_AUDIO_FORMATS = frozenset({"mp3", "flac", "ogg", "wav"})
 
 
-# Each crawled source's folder under OUT/raw (`official`: the original release's metadata table).
+# Each source's folder under OUT/raw (`official`: the original release's metadata table;
+# `treeoflife-200m`: images drawn from TreeOfLife-200M's catalog by `import-tol`).
 SOURCE_DIRS = {
     "xeno-canto": "xeno_canto",
     "inaturalist": "inaturalist",
     "inat-open-data": "inat_open_data",
     "official": "official",
+    "treeoflife-200m": "treeoflife_200m",
 }
 
 
@@ -36,6 +38,11 @@ def fetch_summary_path(out: Path) -> Path:
 
 def backbone_dir(out: Path) -> Path:
     return raw_root(out) / "backbone"
+
+
+def traits_cache_dir(out: Path) -> Path:
+    """OUT/raw/traits: the public trait tables as downloaded, with their sizes and sha256."""
+    return raw_root(out) / "traits"
 
 
 # The published dataset (OUT/hf, a Hub repo): its configs and each config's splits.

@@ -12,6 +12,7 @@ import polars as pl
 import yaml
 
 from biovita_data.build.bench.csv_layout import LEVELS, TASKS
+from biovita_data.build.traits.coverage import coverage_summary
 from biovita_data.core.vocab import TRAIT_CATEGORIES
 from biovita_data.publish.configs import ConfigResult
 from biovita_data.publish.features import CONFIGS, SPLITS, columns
@@ -273,8 +274,35 @@ def _traits_section(inp: CardInputs) -> str:
             _table(
                 ["category", "label", "column", "species known", "species with 1", "from"], rows
             ),
+            _trait_coverage_by_class(inp),
         ]
     )
+
+
+def _trait_coverage_by_class(inp: CardInputs) -> str:
+    """Species with any trait label per class, the tables used, and the classes left out."""
+    cov = coverage_summary(inp.species)
+    rows = [
+        [r["class"], r["species"], r["with_labels"], f"{100 * r['share']:.1f} %",
+         ", ".join(r["tables"]) or "-"]
+        for r in cov["per_class"]
+    ]  # fmt: skip
+    parts = [
+        "Trait coverage per class (species with at least one known label):",
+        _table(["class", "species", "with labels", "share", "tables"], rows),
+    ]
+    if cov["uncovered_classes"]:
+        parts.append(
+            f"No trait table covers {', '.join(cov['uncovered_classes'])} in this build: their "
+            "labels are all unknown."
+        )
+    if cov["no_public_table"]:
+        parts.append(
+            "The public tables (AVONET and EltonTraits for birds, EltonTraits for mammals, "
+            f"AmphiBIO for amphibians) do not cover {', '.join(cov['no_public_table'])}; labels "
+            "there come only from a user-supplied CSV, if any."
+        )
+    return "\n\n".join(parts)
 
 
 def _bench_settings(inp: CardInputs) -> list[str]:

@@ -10,6 +10,7 @@ from rich.console import Console
 from rich.table import Table
 
 from biovita_data.build.traits.combine import Resolver, TraitResult, attach_traits
+from biovita_data.build.traits.coverage import coverage_summary
 from biovita_data.core import layout
 from biovita_data.core.schemas import SPECIES, UNMATCHED
 from biovita_data.core.tables import read_table, write_json_atomic, write_table
@@ -30,6 +31,7 @@ def run_traits(out: Path, tables: Sequence[tuple[str, Path]], resolve: Resolver)
     species = pl.from_arrow(read_table(species_file, SPECIES))
     assert isinstance(species, pl.DataFrame)
     result = attach_traits(species, tables, resolve)
+    result.coverage["classes"] = coverage_summary(result.species)
     write_table(result.species.select(SPECIES.names).to_arrow().cast(SPECIES), species_file)
     write_json_atomic(result.coverage, coverage_path(out))
 
@@ -76,3 +78,23 @@ def print_coverage(result: TraitResult, console: Console | None = None) -> None:
         f"{coverage['species_with_any_label']} of {n} species have at least one known label "
         f"({coverage['fraction_with_any_label']:.1%})"
     )
+    if "classes" in coverage:
+        print_class_coverage(coverage["classes"], console)
+
+
+def print_class_coverage(classes: dict, console: Console) -> None:
+    """Per class: species with labels and the tables they came from; the uncovered classes."""
+    t = Table(title="trait coverage per class", title_justify="left")
+    for column in ("class", "species", "with labels", "tables"):
+        t.add_column(column, justify="left" if column in ("class", "tables") else "right")
+    for row in classes["per_class"]:
+        share = f"{row['with_labels']} ({row['share']:.0%})"
+        t.add_row(row["class"], str(row["species"]), share, ", ".join(row["tables"]) or "-")
+    console.print(t)
+    if classes["uncovered_classes"]:
+        console.print(f"no trait table covers: {', '.join(classes['uncovered_classes'])}")
+    if classes["no_public_table"]:
+        console.print(
+            f"no public trait table (AVONET, EltonTraits, AmphiBIO) covers: "
+            f"{', '.join(classes['no_public_table'])}"
+        )
