@@ -44,7 +44,8 @@ def fetch(
         list[str] | None,
         typer.Option(
             "--source",
-            help="xeno-canto, inaturalist, inat-open-data or all; repeatable (default: both APIs).",
+            help="xeno-canto, inaturalist, inat-open-data, gbif or all; repeatable "
+            "(default: both APIs).",
         ),
     ] = None,
     since: Annotated[
@@ -65,8 +66,18 @@ def fetch(
     restart: Annotated[
         bool, typer.Option(help="Discard an unfinished crawl with other settings.")
     ] = False,
+    gbif_dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gbif-dataset",
+            help="GBIF dataset key; repeatable (default for sound: the Animal Sound Archive).",
+        ),
+    ] = None,
+    media: Annotated[
+        str, typer.Option(help="What GBIF is asked for: sound, image or both.")
+    ] = "sound",
 ) -> None:
-    """Crawl Xeno-canto v3, iNaturalist v1 and iNaturalist Open Data into OUT/raw/<source>/."""
+    """Crawl Xeno-canto v3, iNaturalist v1 and Open Data, and GBIF into OUT/raw/<source>/."""
     from biovita_data.crawl.fetch import SOURCES, settings_from_env
     from biovita_data.crawl.fetch import fetch as run_fetch
     from biovita_data.crawl.http import FetchError
@@ -86,7 +97,11 @@ def fetch(
         max_per_species=max_per_species,
         max_records=max_records,
         throttle=not no_throttle,
+        gbif_datasets=list(gbif_dataset or []),
+        media=media,
     )
+    if media not in ("sound", "image", "both"):
+        _fail(f"--media must be sound, image or both, not {media!r}")
     try:
         run_fetch(settings, out, console=console, restart=restart)
     except (MissingKey, FetchError) as exc:

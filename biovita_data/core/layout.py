@@ -13,6 +13,7 @@ SOURCE_DIRS = {
     "xeno-canto": "xeno_canto",
     "inaturalist": "inaturalist",
     "inat-open-data": "inat_open_data",
+    "gbif": "gbif",
     "official": "official",
 }
 
