@@ -1,4 +1,4 @@
-"""GBIF crawl of the real-shape page (reference/gbif_v1_occurrence_search_pygbif.json) on loopback."""
+"""GBIF crawl of the real-shape search page (reference/gbif_v1_*) served on loopback."""
 
 from __future__ import annotations
 
