@@ -126,6 +126,29 @@ def import_official_cmd(
     console.print(f"imported {res.kept} recordings into {out}/raw/official; dropped {dropped}")
 
 
+@app.command("import-dwca")
+def import_dwca_cmd(
+    download: Annotated[Path, typer.Argument(help="A GBIF Darwin Core Archive download (.zip).")],
+    out: Annotated[Path, typer.Option("--out", help="Build directory.")],
+    media: Annotated[str, typer.Option(help="sound, image or both.")] = "both",
+    licenses: Annotated[
+        str, typer.Option(help="Comma-separated allowed licence families.")
+    ] = "cc0,cc-by,cc-by-sa,cc-by-nc,cc-by-nc-sa",
+) -> None:
+    """Import a GBIF download (occurrence.txt + multimedia.txt) as raw records (source `gbif`)."""
+    from biovita_data.crawl.dwca import import_dwca
+
+    if media not in ("sound", "image", "both"):
+        _fail(f"--media must be sound, image or both, not {media!r}")
+    allowed = tuple(x.strip().lower() for x in licenses.split(",") if x.strip())
+    try:
+        res = import_dwca(download, out, allowed=allowed, media=media)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    dropped = ", ".join(f"{k}: {v}" for k, v in sorted(res.dropped.items())) or "none"
+    console.print(f"imported {res.kept} media records into {out}/raw/gbif; dropped {dropped}")
+
+
 OutOption = Annotated[Path, typer.Option("--out", help="Build directory.")]
 
 
@@ -422,6 +445,21 @@ def sample_export_official(
 
     write_official_metadata(World(size, seed), root.rstrip("/"), path)
     typer.echo(str(path))
+
+
+@sample_app.command("export-dwca")
+def sample_export_dwca(
+    path: Annotated[Path, typer.Argument(help="Zip file to write.")],
+    root: Annotated[str, typer.Option(help="Base URL of a running `sample serve`.")],
+    size: Annotated[str, typer.Option(help="tiny | default")] = "default",
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+) -> None:
+    """Write the sample world's GBIF occurrences as a Darwin Core Archive download."""
+    from biovita_data.sample.gbif import export_dwca
+    from biovita_data.sample.world import World
+
+    counts = export_dwca(World(size, seed), root.rstrip("/"), path)
+    typer.echo(f"{path}\t{counts['occurrences']} occurrences\t{counts['media']} media")
 
 
 @sample_app.command("export-traits")
