@@ -301,3 +301,39 @@ def test_retired_archive_host_and_live_media(server) -> None:
     assert requests.get(dead_url, timeout=10).status_code == 410
     body = requests.get(f"{server.root}/gbif-media/asa/{live.n}.{live.fmt}", timeout=10)
     assert body.status_code == 200 and len(body.content) > 1000
+
+
+def test_429s_and_faults_are_retried_to_the_same_records(crawled, tiny_world, tmp_path) -> None:
+    from biovita_data.crawl.http import DEFAULT_POLICIES
+    from biovita_data.crawl.sources import MEDIA_POLICIES
+    from biovita_data.sample.faults import FaultPlan
+
+    assert DEFAULT_POLICIES["gbif"].max_concurrency == 1 and MEDIA_POLICIES["gbif"] in (
+        DEFAULT_POLICIES
+    )
+    plan = FaultPlan(rate=0.3, max_consecutive=3, seed=3, retry_after=0, slow_s=0.05)
+    http = HttpClient(retries=6, backoff_s=0.01, throttle=False)
+    with SampleServer(tiny_world, port=0, gbif_max_offset=12, faults=plan) as srv:
+        fetch(_settings(srv), tmp_path, console=QUIET, http=http)
+    assert plan.counts["429"] > 0 and http.stats["retries"] > 0
+    a, b = _read(crawled[0])[0], _read(tmp_path)[0]
+    # the media URLs name the server's port; everything else is the same
+    cols = [c for c in a.columns if c not in ("query", "media_url")]
+    assert a.select(cols).sort("record_id").equals(b.select(cols).sort("record_id"))
+
+
+def test_cli_fetch_gbif_prints_the_splits(server, tmp_path: Path, monkeypatch) -> None:
+    monkeypatch.setenv("GBIF_API_URL", server.urls["GBIF_API_URL"])
+    monkeypatch.setenv("GBIF_MAX_OFFSET", str(server.gbif_max_offset))
+    args = ["fetch", "--taxa", "Aves", "--out", str(tmp_path), "--source", "gbif",
+            "--no-throttle", "--media", "both"]  # fmt: skip
+    for key in ALL:
+        args += ["--gbif-dataset", key]
+    r = CliRunner().invoke(app, args)
+    assert r.exit_code == 0, r.output
+    text = " ".join(r.output.split())
+    assert "gbif: split taxonKey=3" in text and "split into" in text and "child taxa" in text
+    rows, _ = _read(tmp_path)
+    assert rows.height > 0
+    bad = CliRunner().invoke(app, [*args[:-2], "--media", "video"])
+    assert bad.exit_code != 0 and "--media must be sound, image or both" in bad.output

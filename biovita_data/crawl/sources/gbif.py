@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import hashlib
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, urlencode, urlsplit
 
 from biovita_data.crawl.http import FetchError, HttpClient
 from biovita_data.crawl.licenses import DEFAULT_ALLOWED
@@ -73,8 +73,11 @@ def media_format(mime: Any, url: str) -> str | None:
 
 
 def media_record_id(gbif_id: int, url: str) -> str:
-    """`<gbifID>-<8 hex of the URL>`: stable between the API and a download, whatever the order."""
-    return f"{gbif_id}-{hashlib.sha1(url.encode()).hexdigest()[:8]}"
+    """`<gbifID>-<8 hex of the URL's path and query>`: the same from the API and a download in
+    any order, and when a publisher moves its media to another host or to https."""
+    parts = urlsplit(url)
+    where = f"{parts.path}?{parts.query}" if parts.query else parts.path
+    return f"{gbif_id}-{hashlib.sha1(where.encode()).hexdigest()[:8]}"
 
 
 def canonical_name(occ: dict) -> str | None:
