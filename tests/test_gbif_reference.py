@@ -197,3 +197,32 @@ def test_helpers() -> None:
         "cc-by-nc-4.0"
     )
     assert normalize_license("CC_BY_NC_4_0") == "cc-by-nc-4.0"
+
+
+class _StubHttp:
+    """Answers facet requests with two children holding all but 5 of 250 occurrences."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+
+    def get_json(self, url: str, params: dict, *, policy: str | None = None) -> dict:
+        self.calls.append({**params, "policy": policy})
+        facet = params["facet"]
+        counts = [{"name": "7", "count": 120}, {"name": "8", "count": 125}]
+        return {"count": 250, "results": [], "facets": [{"field": facet.upper(), "counts": counts}]}
+
+
+def test_a_split_goes_to_the_next_major_rank_and_reports_the_rest() -> None:
+    from biovita_data.crawl.sources.gbif import GbifSource, make_query, parse_query
+
+    http = _StubHttp()
+    src = GbifSource(http, "http://127.0.0.1:1/v1", [], media="sound", max_offset=200)
+    split = src._split(make_query({"taxonKey": ["5"]}, {"rank": "SUBFAMILY"}), 250)
+    assert http.calls[0]["facet"] == "genusKey" and http.calls[0]["policy"] == "gbif"
+    assert [parse_query(q) for q in split.queries] == [
+        ({"taxonKey": ["7"]}, {"rank": "GENUS"}),
+        ({"taxonKey": ["8"]}, {"rank": "GENUS"}),
+    ]
+    (rest,) = split.failures
+    assert rest["reason"] == "over_offset_cap" and rest["detail"].startswith("5 occurrences")
+    assert "2 child taxa (genus)" in split.note

@@ -136,7 +136,8 @@ def crawl_source(
         for seq in range(st["progress"].get(q, {}).get("seq", 0)):
             rows.append(read_table(state.part_path(q, seq, "rows"), RAW_RECORD))
             fails.append(read_table(state.part_path(q, seq, "fail"), FAILURE))
-    pages = sum(p["seq"] for p in st["progress"].values())
+    # a split query's one part holds what no narrower query reaches, not a page
+    pages = sum(p["seq"] - bool(p.get("split")) for p in st["progress"].values())
     return (
         pa.concat_tables([RAW_RECORD.empty_table(), *rows]),
         pa.concat_tables([FAILURE.empty_table(), *fails]),

@@ -32,6 +32,11 @@ ANIMAL_SOUND_ARCHIVE = "b7ec1bf8-819b-11e2-bad2-00145eb45e9a"
 XENO_CANTO_DATASET = "b1047888-ae52-4179-9dd5-5448ea342a24"
 INATURALIST_DATASET = "50c9509d-22c7-4a22-a47d-8c48425ef4a7"
 RANKS = ("KINGDOM", "PHYLUM", "CLASS", "ORDER", "FAMILY", "GENUS", "SPECIES")
+# Where the backbone's other ranks sit among RANKS (a split goes to the next major rank below).
+_BETWEEN = {"SUBPHYLUM": "PHYLUM", "SUPERCLASS": "PHYLUM", "SUBCLASS": "CLASS",
+            "INFRACLASS": "CLASS", "SUPERORDER": "CLASS", "SUBORDER": "ORDER",
+            "INFRAORDER": "ORDER", "SUPERFAMILY": "ORDER", "SUBFAMILY": "FAMILY",
+            "TRIBE": "FAMILY", "SUBTRIBE": "FAMILY", "SUBGENUS": "GENUS"}  # fmt: skip
 MEDIA_TYPES = {"sound": ("Sound",), "image": ("StillImage",), "both": ("Sound", "StillImage")}
 MODALITY = {"Sound": "audio", "StillImage": "image"}
 MIME_EXT = {
@@ -303,9 +308,10 @@ class GbifSource:
         """Narrower queries covering `query`, or None when neither taxa nor years can split."""
         params, hints = parse_query(query)
         rank = hints.get("rank", "")
+        major = _BETWEEN.get(rank, rank)
         fails: list[dict] = []
-        if rank in RANKS[:-1] and "year" not in params:
-            child = RANKS[RANKS.index(rank) + 1]
+        if major in RANKS[:-1] and "year" not in params:
+            child = RANKS[RANKS.index(major) + 1]
             counts = self._facet(params, _facet_key(child))
             queries = [
                 make_query({**params, "taxonKey": [key]}, {**hints, "rank": child})
