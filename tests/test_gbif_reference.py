@@ -226,3 +226,31 @@ def test_a_split_goes_to_the_next_major_rank_and_reports_the_rest() -> None:
     (rest,) = split.failures
     assert rest["reason"] == "over_offset_cap" and rest["detail"].startswith("5 occurrences")
     assert "2 child taxa (genus)" in split.note
+
+
+@pytest.mark.parametrize(
+    ("raw", "code"),
+    [
+        ("CC BY 4.0", "cc-by-4.0"),
+        ("CC BY-NC-SA 4.0 International", "cc-by-nc-sa-4.0"),
+        ("Creative Commons Attribution-NonCommercial 4.0 International", "cc-by-nc-4.0"),
+        ("Attribution-NonCommercial-ShareAlike 4.0 International", "cc-by-nc-sa-4.0"),
+        ("Creative Commons Attribution Non-Commercial No Derivatives 3.0", "cc-by-nc-nd-3.0"),
+        ("CC BY-NC 3.0 DE", "cc-by-nc-3.0"),
+        ("http://creativecommons.org/licenses/by-nc-sa/3.0/de/", "cc-by-nc-sa-3.0"),
+        ("https://creativecommons.org/publicdomain/zero/1.0/legalcode", "cc0-1.0"),
+        ("CC0_1_0", "cc0-1.0"),
+        ("All rights reserved", "all-rights-reserved"),
+        ("© 2019 Jane Doe, all rights reserved", "all-rights-reserved"),
+    ],
+)
+def test_free_text_licences(raw: str, code: str) -> None:
+    assert normalize_license(raw) == code
+
+
+def test_unknown_free_text_licence_is_refused() -> None:
+    from biovita_data.crawl.licenses import UnknownLicense
+
+    for raw in ("Creative Commons", "Use with permission", "Creative Commons NonCommercial 4.0"):
+        with pytest.raises(UnknownLicense):
+            normalize_license(raw)

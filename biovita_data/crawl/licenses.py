@@ -31,6 +31,8 @@ def normalize_license(raw: str | None) -> str:
     text = raw.strip().lower()
     if text in ("", "null", "none", "all rights reserved", "c"):
         return ALL_RIGHTS_RESERVED
+    if "all rights reserved" in text and "creative" not in text and "cc" not in text:
+        return ALL_RIGHTS_RESERVED  # "© 2019 Jane Doe, all rights reserved"
     m = _URL.match(text)
     if m:
         kind, family, version = m.groups()
@@ -43,11 +45,12 @@ def normalize_license(raw: str | None) -> str:
         if family not in _FAMILIES:
             raise UnknownLicense(raw)
         return f"cc-{family}-{version}"
-    if text.startswith("creative commons"):
+    if text.startswith(("creative commons", "attribution")):
         return _from_name(raw, text)
     if text in ("public domain mark", "public domain mark 1.0"):
         return "pdm-1.0"
     text = re.sub(r"[\s_]+", "-", text.removesuffix(" international").strip())
+    text = re.sub(r"(-[\d.]+)-[a-z]{2}$", r"\1", text)  # a ported licence: CC BY-NC 3.0 DE
     text = re.sub(r"-(\d)-(\d)$", r"-\1.\2", text)  # GBIF's enum spelling CC_BY_NC_4_0
     if text in ("cc0", "cc-0", "cc0-1.0"):
         return "cc0-1.0"
@@ -61,6 +64,8 @@ def _from_name(raw: str, text: str) -> str:
     """`Creative Commons Attribution-NonCommercial 4.0 International` -> `cc-by-nc-4.0`."""
     version = re.search(r"\b(\d\.\d)\b", text)
     squashed = text.replace(" ", "").replace("-", "")
+    if not squashed.startswith("creativecommons"):
+        squashed = "creativecommons" + squashed  # "Attribution-NonCommercial 4.0 International"
     if "zero" in squashed or "cc0" in squashed:
         return f"cc0-{version.group(1) if version else '1.0'}"
     parts = [code for word, code in _NAME_PARTS if word in squashed]
