@@ -337,3 +337,13 @@ def test_cli_fetch_gbif_prints_the_splits(server, tmp_path: Path, monkeypatch) -
     assert rows.height > 0
     bad = CliRunner().invoke(app, [*args[:-2], "--media", "video"])
     assert bad.exit_code != 0 and "--media must be sound, image or both" in bad.output
+
+
+def test_dwca_partitions_give_the_same_records(tmp_path: Path, tiny_world) -> None:
+    path = tmp_path / "d.zip"
+    G.export_dwca(tiny_world, "http://127.0.0.1:9", path)
+    one = [r for rows, _ in read_archive(path) for r in rows]
+    many = [r for rows, _ in read_archive(path, part_bytes=4096) for r in rows]
+    with zipfile.ZipFile(path) as zf:
+        assert zf.getinfo("occurrence.txt").file_size > 10 * 4096  # so: many partitions
+    assert len(one) > 0 and sorted(one, key=str) == sorted(many, key=str)

@@ -1,8 +1,8 @@
 """A GBIF Darwin Core Archive download -> the same raw rows as the occurrence API, streamed.
 
 `meta.xml` names each file's columns (by term); occurrence.txt and multimedia.txt are read line by
-line into Parquet holding only the columns the parser needs, joined by gbifID on Polars' streaming
-engine, and parsed batch by batch, so a multi-GB download never sits in memory.
+line into Parquet holding only the columns the parser needs, partitioned by gbifID, and joined and
+parsed one partition at a time, so a multi-GB download never sits in memory.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ import sys
 import tempfile
 import time
 import zipfile
+import zlib
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,6 +42,7 @@ OCCURRENCE_TERMS = (
 )  # fmt: skip
 MEDIA_TERMS = ("type", "format", "identifier", "created", "creator", "license", "rightsHolder")
 BATCH = 50_000
+PART_BYTES = 512 * 2**20  # text per partition of the join
 csv.field_size_limit(sys.maxsize)
 
 
@@ -60,6 +62,7 @@ class TextFile:
     quote: str
     header_lines: int
     encoding: str
+    id_index: int | None = None  # the <id>/<coreid> column
 
 
 def _unescape(text: str) -> str:
@@ -95,6 +98,15 @@ def read_meta(zf: zipfile.ZipFile) -> dict[str, TextFile]:
             quote=_unescape(block.get("fieldsEnclosedBy", "")),
             header_lines=int(block.get("ignoreHeaderLines", "0") or 0),
             encoding=block.get("encoding", "UTF-8"),
+            id_index=next(
+                (
+                    int(e.get("index"))
+                    for e in block
+                    if e.tag in (f"{DWC_TEXT}id", f"{DWC_TEXT}coreid")
+                    and e.get("index") is not None
+                ),
+                None,
+            ),
         )
     return files
 
@@ -116,27 +128,42 @@ def iter_rows(zf: zipfile.ZipFile, tf: TextFile, terms: tuple[str, ...]) -> Iter
             yield [line[i] or None if i < len(line) else None for i, _ in wanted]
 
 
-def _to_parquet(zf: zipfile.ZipFile, tf: TextFile, terms: tuple[str, ...], dest: Path) -> None:
+def _part_of(gbif_id: str | None, parts: int) -> int:
+    if parts == 1 or not gbif_id:
+        return 0
+    return (int(gbif_id) if gbif_id.isdigit() else zlib.crc32(gbif_id.encode())) % parts
+
+
+def _to_parquet(
+    zf: zipfile.ZipFile, tf: TextFile, terms: tuple[str, ...], dest: Path, parts: int
+) -> list[Path]:
+    """The wanted columns of one file as `parts` Parquet files, partitioned by gbifID."""
     names = [t for _, t in sorted(tf.columns.items()) if t in terms]
-    if "gbifID" not in names and tf.row_type == OCCURRENCE:
+    if "gbifID" not in names:
         raise ArchiveError(f"{tf.location}: meta.xml names no gbifID column")
+    key = names.index("gbifID")
     extra = [t for t in terms if t not in names and t in tf.defaults]
     schema = pa.schema([pa.field(n, pa.string()) for n in [*names, *extra]])
-    with pq.ParquetWriter(dest, schema) as writer:
-        batch: list[list] = []
+    paths = [dest.with_name(f"{dest.name}.{k}.parquet") for k in range(parts)]
+    writers = [pq.ParquetWriter(p, schema) for p in paths]
+    try:
+        batches: list[list[list]] = [[] for _ in range(parts)]
         for row in iter_rows(zf, tf, terms):
-            batch.append(row + [tf.defaults[t] for t in extra])
-            if len(batch) >= BATCH:
-                writer.write_table(
-                    pa.Table.from_pylist([], schema) if not batch else _tbl(batch, schema)
-                )
-                batch = []
-        if batch:
-            writer.write_table(_tbl(batch, schema))
+            k = _part_of(row[key], parts)
+            batches[k].append(row + [tf.defaults[t] for t in extra])
+            if len(batches[k]) >= BATCH:
+                writers[k].write_table(_tbl(batches[k], schema))
+                batches[k] = []
+        for k, batch in enumerate(batches):
+            writers[k].write_table(_tbl(batch, schema))
+    finally:
+        for w in writers:
+            w.close()
+    return paths
 
 
 def _tbl(batch: list[list], schema: pa.Schema) -> pa.Table:
-    cols = list(zip(*batch, strict=True))
+    cols = list(zip(*batch, strict=True)) if batch else [() for _ in schema]
     return pa.table({f.name: pa.array(c, pa.string()) for f, c in zip(schema, cols, strict=True)})
 
 
@@ -145,8 +172,14 @@ def read_archive(
     *,
     allowed: tuple[str, ...] = DEFAULT_ALLOWED,
     media: str = "both",
+    part_bytes: int = PART_BYTES,
 ) -> Iterator[tuple[list[dict], list[dict]]]:
-    """(rows, failures) per batch of occurrences, exactly as the API crawl would parse them."""
+    """(rows, failures) per batch of occurrences, exactly as the API crawl would parse them.
+
+    Both files are streamed into Parquet partitions by gbifID (one per `part_bytes` of text),
+    and each partition's occurrences are joined with their media on their own: memory holds one
+    partition, never the download.
+    """
     if not path.is_file():
         raise ArchiveError(f"{path}: no such file")
     try:
@@ -160,42 +193,53 @@ def read_archive(
             raise ArchiveError(f"{path}: meta.xml has no Occurrence core")
         if MULTIMEDIA not in files:
             raise ArchiveError(f"{path}: no Multimedia extension (download with media)")
-        occ_pq, media_pq, joined = (Path(tmp) / n for n in ("occ.pq", "media.pq", "joined.pq"))
-        _to_parquet(zf, files[OCCURRENCE], OCCURRENCE_TERMS, occ_pq)
-        mfile = files[MULTIMEDIA]
-        if "gbifID" not in mfile.columns.values():
+        occ_file, med_file = files[OCCURRENCE], files[MULTIMEDIA]
+        if "gbifID" not in med_file.columns.values():
             # the extension's coreid column links it to the core's gbifID
-            mfile = TextFile(**{**mfile.__dict__, "columns": {**mfile.columns, 0: "gbifID"}})
-        _to_parquet(zf, mfile, ("gbifID", *MEDIA_TERMS), media_pq)
-        occ = pl.scan_parquet(occ_pq)
-        med = pl.scan_parquet(media_pq).with_row_index("_order")
-        missing = [t for t in MEDIA_TERMS if t not in med.collect_schema().names()]
-        med = med.with_columns(*[pl.lit(None, pl.String).alias(t) for t in missing])
-        grouped = med.group_by("gbifID").agg(
-            pl.struct(*MEDIA_TERMS).sort_by("_order").alias("media")
-        )
-        occ.join(grouped, on="gbifID", how="inner").sink_parquet(joined)
-        orphans = med.join(occ.select("gbifID"), on="gbifID", how="anti").collect()
-        if len(orphans):
-            bad = [
-                failure(
-                    NAME, "media", r["gbifID"], None,
-                    BadRecord("no_occurrence", f"multimedia of {r['gbifID']}: no occurrence row"),
-                )
-                for r in orphans.iter_rows(named=True)
-            ]  # fmt: skip
-            yield [], bad
-        for batch in pq.ParquetFile(joined).iter_batches(batch_size=BATCH):
-            rows, fails = [], []
-            for occurrence in batch.to_pylist():
-                try:
-                    r, f = parse_occurrence(occurrence, query, allowed, media)
-                except BadRecord as exc:
-                    fails.append(failure(NAME, "occurrence", occurrence.get("gbifID"), None, exc))
-                    continue
-                rows += r
-                fails += f
-            yield rows, fails
+            columns = {**med_file.columns, med_file.id_index or 0: "gbifID"}
+            med_file = TextFile(**{**med_file.__dict__, "columns": columns})
+        try:
+            size = max(zf.getinfo(f.location).file_size for f in (occ_file, med_file))
+        except KeyError as exc:
+            raise ArchiveError(f"{path}: meta.xml names a file the zip lacks: {exc}") from None
+        parts = max(1, -(-size // part_bytes))
+        occ_parts = _to_parquet(zf, occ_file, OCCURRENCE_TERMS, Path(tmp) / "occ", parts)
+        med_parts = _to_parquet(zf, med_file, ("gbifID", *MEDIA_TERMS), Path(tmp) / "med", parts)
+        for occ_pq, med_pq in zip(occ_parts, med_parts, strict=True):
+            yield from _join_part(occ_pq, med_pq, query, allowed, media)
+
+
+def _join_part(
+    occ_pq: Path, med_pq: Path, query: str, allowed: tuple[str, ...], media: str
+) -> Iterator[tuple[list[dict], list[dict]]]:
+    occ = pl.read_parquet(occ_pq)
+    med = pl.read_parquet(med_pq).with_row_index("_order")
+    med = med.with_columns(
+        *[pl.lit(None, pl.String).alias(t) for t in MEDIA_TERMS if t not in med.columns]
+    )
+    grouped = med.group_by("gbifID").agg(pl.struct(*MEDIA_TERMS).sort_by("_order").alias("media"))
+    joined = occ.join(grouped, on="gbifID", how="inner")
+    orphans = med.join(occ.select("gbifID"), on="gbifID", how="anti")
+    if len(orphans):
+        yield [], [
+            failure(
+                NAME, "media", r["gbifID"], None,
+                BadRecord("no_occurrence", f"multimedia of {r['gbifID']}: no occurrence row"),
+            )
+            for r in orphans.iter_rows(named=True)
+        ]  # fmt: skip
+    del occ, med, grouped
+    for batch in joined.iter_slices(BATCH):
+        rows, fails = [], []
+        for occurrence in batch.to_dicts():
+            try:
+                r, f = parse_occurrence(occurrence, query, allowed, media)
+            except BadRecord as exc:
+                fails.append(failure(NAME, "occurrence", occurrence.get("gbifID"), None, exc))
+                continue
+            rows += r
+            fails += f
+        yield rows, fails
 
 
 def import_dwca(
