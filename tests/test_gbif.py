@@ -347,3 +347,32 @@ def test_dwca_partitions_give_the_same_records(tmp_path: Path, tiny_world) -> No
     with zipfile.ZipFile(path) as zf:
         assert zf.getinfo("occurrence.txt").file_size > 10 * 4096  # so: many partitions
     assert len(one) > 0 and sorted(one, key=str) == sorted(many, key=str)
+
+
+def test_sample_serve_prints_the_gbif_variables() -> None:
+    import json
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "biovita_data.app.cli", "sample", "serve", "--size", "tiny",
+           "--gbif-max-offset", "10"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
+    try:
+        info = json.loads(proc.stdout.readline())
+        assert info["GBIF_MAX_OFFSET"] == "10"
+        url = info["GBIF_API_URL"]
+        assert (
+            requests.get(f"{url}/species/match", params={"name": "Aves"}, timeout=10).json()[
+                "usageKey"
+            ]
+            == 3
+        )
+        r = requests.get(f"{url}/occurrence/search", params={"offset": 8, "limit": 5}, timeout=10)
+        assert r.status_code == 400
+        page = requests.get(f"{url}/occurrence/search", params={"limit": 1}, timeout=10).json()
+        key = page["results"][0]["key"]
+        assert requests.get(f"{url}/occurrence/{key}", timeout=10).json()["gbifID"] == str(key)
+        assert requests.get(f"{url}/occurrence/1", timeout=10).status_code == 404
+    finally:
+        proc.terminate()
+        proc.wait(timeout=10)

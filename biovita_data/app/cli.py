@@ -410,16 +410,23 @@ def sample_serve(
     size: Annotated[str, typer.Option(help="tiny | default")] = "default",
     seed: Annotated[int, typer.Option(help="World seed.")] = 0,
     faults: Annotated[str, typer.Option(help="none | light | heavy")] = "none",
+    gbif_max_offset: Annotated[
+        int, typer.Option(help="GBIF's offset + limit cap (lower it to see queries split).")
+    ] = 100_000,
 ) -> None:
-    """Serve the sample world like Xeno-canto v3, iNaturalist v1 and Open Data; print the URLs."""
+    """Serve the sample world like Xeno-canto v3, iNaturalist v1, Open Data and GBIF v1."""
     from biovita_data.sample.server import DEFAULT_XC_KEY, SampleServer
     from biovita_data.sample.world import World
 
     try:
-        server = SampleServer(World(size, seed), host=host, port=port, faults=faults)
+        server = SampleServer(
+            World(size, seed), host=host, port=port, faults=faults, gbif_max_offset=gbif_max_offset
+        )
     except ValueError as exc:
         _fail(str(exc))
     info = {**server.urls, "XENO_CANTO_API_KEY": DEFAULT_XC_KEY}
+    if gbif_max_offset != 100_000:
+        info["GBIF_MAX_OFFSET"] = str(gbif_max_offset)
     typer.echo(json.dumps(info), color=False)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
