@@ -254,3 +254,22 @@ def test_unknown_free_text_licence_is_refused() -> None:
     for raw in ("Creative Commons", "Use with permission", "Creative Commons NonCommercial 4.0"):
         with pytest.raises(UnknownLicense):
             normalize_license(raw)
+
+
+def test_no_child_taxa_falls_back_to_years() -> None:
+    from biovita_data.crawl.sources.gbif import GbifSource, make_query, parse_query
+
+    class Http(_StubHttp):
+        def get_json(self, url: str, params: dict, *, policy: str | None = None) -> dict:
+            self.calls.append(params)
+            if params["facet"] != "year":
+                return {"count": 250, "results": [], "facets": []}
+            counts = [{"name": str(y), "count": 50} for y in (2001, 2002, 2003, 2004, 2005)]
+            return {"count": 250, "results": [], "facets": [{"field": "YEAR", "counts": counts}]}
+
+    src = GbifSource(Http(), "http://127.0.0.1:1/v1", [], max_offset=120)
+    split = src._split(make_query({"taxonKey": ["5"]}, {"rank": "GENUS"}), 250)
+    years = [parse_query(q)[0]["year"] for q in split.queries]
+    assert years == [["2001,2002"], ["2003,2004"], ["2005,2005"]] and not split.failures
+    capped = make_query({"taxonKey": ["5"], "year": ["2001,2002"]}, {"rank": "GENUS"})
+    assert src._split(capped, 250) is None

@@ -310,6 +310,7 @@ class GbifSource:
         rank = hints.get("rank", "")
         major = _BETWEEN.get(rank, rank)
         fails: list[dict] = []
+        counts: dict[str, int] = {}
         if major in RANKS[:-1] and "year" not in params:
             child = RANKS[RANKS.index(major) + 1]
             counts = self._facet(params, _facet_key(child))
@@ -318,8 +319,12 @@ class GbifSource:
                 for key in sorted(counts, key=int)
             ]
             what = f"{len(queries)} child taxa ({child.lower()})"
-        elif "year" not in params:
+        if not counts:  # a species, or no child taxa: years instead
+            if "year" in params:
+                return None
             counts = self._facet(params, "year")
+            if not counts:
+                return None  # page what the cap allows; the rest becomes a failures row
             ranges: list[list[int]] = []
             total = 0
             for year in sorted(counts, key=int):
@@ -332,8 +337,6 @@ class GbifSource:
                     total = n
             queries = [make_query({**params, "year": [f"{a},{b}"]}, hints) for a, b in ranges]
             what = f"{len(queries)} year ranges"
-        else:
-            return None
         rest = count - sum(counts.values())
         if rest > 0:
             reason = "no year" if what.endswith("year ranges") else f"identified only to {rank}"
