@@ -48,7 +48,8 @@ def fetch(
         list[str] | None,
         typer.Option(
             "--source",
-            help="xeno-canto, inaturalist, inat-open-data or all; repeatable (default: both APIs).",
+            help="xeno-canto, inaturalist, inat-open-data, gbif or all; repeatable "
+            "(default: both APIs).",
         ),
     ] = None,
     since: Annotated[
@@ -69,8 +70,18 @@ def fetch(
     restart: Annotated[
         bool, typer.Option(help="Discard an unfinished crawl with other settings.")
     ] = False,
+    gbif_dataset: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--gbif-dataset",
+            help="GBIF dataset key; repeatable (default for sound: the Animal Sound Archive).",
+        ),
+    ] = None,
+    media: Annotated[
+        str, typer.Option(help="What GBIF is asked for: sound, image or both.")
+    ] = "sound",
 ) -> None:
-    """Crawl Xeno-canto v3, iNaturalist v1 and iNaturalist Open Data into OUT/raw/<source>/."""
+    """Crawl Xeno-canto v3, iNaturalist v1 and Open Data, and GBIF into OUT/raw/<source>/."""
     from biovita_data.crawl.fetch import SOURCES, settings_from_env
     from biovita_data.crawl.fetch import fetch as run_fetch
     from biovita_data.crawl.http import FetchError
@@ -90,7 +101,11 @@ def fetch(
         max_per_species=max_per_species,
         max_records=max_records,
         throttle=not no_throttle,
+        gbif_datasets=list(gbif_dataset or []),
+        media=media,
     )
+    if media not in ("sound", "image", "both"):
+        _fail(f"--media must be sound, image or both, not {media!r}")
     try:
         run_fetch(settings, out, console=console, restart=restart)
     except (MissingKey, FetchError) as exc:
@@ -150,6 +165,29 @@ def import_tol_cmd(
         f"imported {res.kept} images into {out}/raw/treeoflife_200m; dropped {dropped} "
         "(manifests/failures.parquet)"
     )
+
+
+@app.command("import-dwca")
+def import_dwca_cmd(
+    download: Annotated[Path, typer.Argument(help="A GBIF Darwin Core Archive download (.zip).")],
+    out: Annotated[Path, typer.Option("--out", help="Build directory.")],
+    media: Annotated[str, typer.Option(help="sound, image or both.")] = "both",
+    licenses: Annotated[
+        str, typer.Option(help="Comma-separated allowed licence families.")
+    ] = "cc0,cc-by,cc-by-sa,cc-by-nc,cc-by-nc-sa",
+) -> None:
+    """Import a GBIF download (occurrence.txt + multimedia.txt) as raw records (source `gbif`)."""
+    from biovita_data.crawl.dwca import import_dwca
+
+    if media not in ("sound", "image", "both"):
+        _fail(f"--media must be sound, image or both, not {media!r}")
+    allowed = tuple(x.strip().lower() for x in licenses.split(",") if x.strip())
+    try:
+        res = import_dwca(download, out, allowed=allowed, media=media)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    dropped = ", ".join(f"{k}: {v}" for k, v in sorted(res.dropped.items())) or "none"
+    console.print(f"imported {res.kept} media records into {out}/raw/gbif; dropped {dropped}")
 
 
 OutOption = Annotated[Path, typer.Option("--out", help="Build directory.")]
@@ -450,16 +488,23 @@ def sample_serve(
     size: Annotated[str, typer.Option(help="tiny | default")] = "default",
     seed: Annotated[int, typer.Option(help="World seed.")] = 0,
     faults: Annotated[str, typer.Option(help="none | light | heavy")] = "none",
+    gbif_max_offset: Annotated[
+        int, typer.Option(help="GBIF's offset + limit cap (lower it to see queries split).")
+    ] = 100_000,
 ) -> None:
-    """Serve the sample world like Xeno-canto v3, iNaturalist v1 and Open Data; print the URLs."""
+    """Serve the sample world like Xeno-canto v3, iNaturalist v1, Open Data and GBIF v1."""
     from biovita_data.sample.server import DEFAULT_XC_KEY, SampleServer
     from biovita_data.sample.world import World
 
     try:
-        server = SampleServer(World(size, seed), host=host, port=port, faults=faults)
+        server = SampleServer(
+            World(size, seed), host=host, port=port, faults=faults, gbif_max_offset=gbif_max_offset
+        )
     except ValueError as exc:
         _fail(str(exc))
     info = {**server.urls, "XENO_CANTO_API_KEY": DEFAULT_XC_KEY}
+    if gbif_max_offset != 100_000:
+        info["GBIF_MAX_OFFSET"] = str(gbif_max_offset)
     typer.echo(json.dumps(info), color=False)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
@@ -490,6 +535,11 @@ def sample_export_official(
 @sample_app.command("export-tol")
 def sample_export_tol(
     directory: Annotated[Path, typer.Argument(help="Folder for catalog.parquet + provenance.")],
+
+
+@sample_app.command("export-dwca")
+def sample_export_dwca(
+    path: Annotated[Path, typer.Argument(help="Zip file to write.")],
     root: Annotated[str, typer.Option(help="Base URL of a running `sample serve`.")],
     size: Annotated[str, typer.Option(help="tiny | default")] = "default",
     seed: Annotated[int, typer.Option(help="World seed.")] = 0,
@@ -500,6 +550,14 @@ def sample_export_tol(
 
     for path in write_tol_view(World(size, seed), root.rstrip("/"), directory):
         typer.echo(str(path))
+
+
+    """Write the sample world's GBIF occurrences as a Darwin Core Archive download."""
+    from biovita_data.sample.gbif import export_dwca
+    from biovita_data.sample.world import World
+
+    counts = export_dwca(World(size, seed), root.rstrip("/"), path)
+    typer.echo(f"{path}\t{counts['occurrences']} occurrences\t{counts['media']} media")
 
 
 @sample_app.command("export-traits")

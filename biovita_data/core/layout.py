@@ -14,6 +14,7 @@ SOURCE_DIRS = {
     "xeno-canto": "xeno_canto",
     "inaturalist": "inaturalist",
     "inat-open-data": "inat_open_data",
+    "gbif": "gbif",
     "official": "official",
     "treeoflife-200m": "treeoflife_200m",
 }

@@ -43,6 +43,16 @@ RAW_RECORD = pa.schema(
         pa.field("updated_at", pa.timestamp("s", tz="UTC")),
         pa.field("page_url", pa.string()),
         pa.field("query", pa.string()),  # the crawl query that found it (no key)
+        # GBIF occurrences (crawl.sources.gbif, crawl.dwca): the occurrence behind a media item
+        pa.field("gbif_id", pa.int64()),
+        pa.field("occurrence_id", pa.string()),  # the publisher's occurrenceID
+        pa.field("dataset_key", pa.string()),
+        pa.field("taxon_key", pa.int64()),  # as identified (may be a synonym)
+        pa.field("accepted_taxon_key", pa.int64()),  # the accepted taxon it resolves to
+        pa.field("verbatim_name", pa.string()),  # scientificName as identified, with authors
+        pa.field("raw_class", pa.string()),
+        pa.field("raw_order", pa.string()),
+        pa.field("raw_family", pa.string()),
     ]
 )
 

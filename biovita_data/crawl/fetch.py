@@ -28,12 +28,13 @@ from biovita_data.core.tables import (
 from biovita_data.crawl.http import FetchError, HttpClient
 from biovita_data.crawl.licenses import DEFAULT_ALLOWED
 from biovita_data.crawl.sources.base import Page, Source, SourceResult, SplitQuery
+from biovita_data.crawl.sources.gbif import MAX_OFFSET, GbifSource
 from biovita_data.crawl.sources.inat_open_data import OpenDataSource
 from biovita_data.crawl.sources.inaturalist import INaturalistSource
 from biovita_data.crawl.sources.xeno_canto import XenoCantoSource, api_key
 from biovita_data.crawl.taxa import TaxonResolver
 
-SOURCES = ("xeno-canto", "inaturalist", "inat-open-data")
+SOURCES = ("xeno-canto", "inaturalist", "inat-open-data", "gbif")
 
 
 @dataclass
@@ -47,6 +48,10 @@ class FetchSettings:
     xeno_canto_url: str = "https://xeno-canto.org/api/3"
     inaturalist_url: str = "https://api.inaturalist.org/v1"
     open_data_url: str = "https://inaturalist-open-data.s3.amazonaws.com"
+    gbif_url: str = "https://api.gbif.org/v1"
+    gbif_datasets: list[str] = field(default_factory=list)  # none: the Animal Sound Archive
+    media: str = "sound"  # what GBIF is asked for: sound | image | both
+    gbif_max_offset: int = MAX_OFFSET
     throttle: bool = True
     retries: int = 6
     backoff_s: float = 0.5
@@ -54,6 +59,8 @@ class FetchSettings:
     def fingerprint(self, source: str) -> str:
         """What makes a run's state reusable: the same query for the same source."""
         key = [sorted(self.taxa), self.since, sorted(self.licenses), source]
+        if source == "gbif":
+            key += [sorted(self.gbif_datasets), self.media]
         return hashlib.sha256(json.dumps(key).encode()).hexdigest()[:16]
 
 
@@ -110,7 +117,11 @@ def crawl_source(
                 page: Page = src.fetch_page(q, prog["cursor"])
             except SplitQuery as split:
                 st["queries"][i + 1 : i + 1] = [s for s in split.queries if s not in st["queries"]]
-                prog.update(done=True, split=True)
+                write_table(to_table([], RAW_RECORD), state.part_path(q, prog["seq"], "rows"))
+                fail_part = to_table(split.failures, FAILURE)
+                write_table(fail_part, state.part_path(q, prog["seq"], "fail"))
+                prog.update(done=True, split=split.note, seq=prog["seq"] + 1)
+                state.save()
                 break
             write_table(to_table(page.rows, RAW_RECORD), state.part_path(q, prog["seq"], "rows"))
             write_table(to_table(page.failures, FAILURE), state.part_path(q, prog["seq"], "fail"))
@@ -125,7 +136,8 @@ def crawl_source(
         for seq in range(st["progress"].get(q, {}).get("seq", 0)):
             rows.append(read_table(state.part_path(q, seq, "rows"), RAW_RECORD))
             fails.append(read_table(state.part_path(q, seq, "fail"), FAILURE))
-    pages = sum(p["seq"] for p in st["progress"].values())
+    # a split query's one part holds what no narrower query reaches, not a page
+    pages = sum(p["seq"] - bool(p.get("split")) for p in st["progress"].values())
     return (
         pa.concat_tables([RAW_RECORD.empty_table(), *rows]),
         pa.concat_tables([FAILURE.empty_table(), *fails]),
@@ -210,8 +222,10 @@ def finalize(
 def build_sources(settings: FetchSettings, http: HttpClient, out: Path) -> list[Source]:
     if "xeno-canto" in settings.sources:
         api_key()  # a missing key is an error before any request
-    resolver = TaxonResolver(http, settings.inaturalist_url)
-    targets = [resolver.resolve(t) for t in settings.taxa]
+    targets = []
+    if set(settings.sources) - {"gbif"}:  # GBIF resolves names in its own backbone
+        resolver = TaxonResolver(http, settings.inaturalist_url)
+        targets = [resolver.resolve(t) for t in settings.taxa]
     crawlers = {
         "xeno-canto": (XenoCantoSource, settings.xeno_canto_url),
         "inaturalist": (INaturalistSource, settings.inaturalist_url),
@@ -221,6 +235,19 @@ def build_sources(settings: FetchSettings, http: HttpClient, out: Path) -> list[
         if name in crawlers:
             cls, url = crawlers[name]
             built.append(cls(http, url, targets, since=settings.since, allowed=settings.licenses))
+        elif name == "gbif":
+            built.append(
+                GbifSource(
+                    http,
+                    settings.gbif_url,
+                    settings.taxa,
+                    datasets=settings.gbif_datasets,
+                    media=settings.media,
+                    since=settings.since,
+                    allowed=settings.licenses,
+                    max_offset=settings.gbif_max_offset,
+                )
+            )
         elif name == "inat-open-data":
             url, tables = settings.open_data_url, layout.raw_dir(out, name) / "tables"
             built.append(OpenDataSource(http, url, targets, tables, allowed=settings.licenses))
@@ -261,6 +288,11 @@ def fetch(
             rows, fails, pages = crawl_source(src, state, progress, settings.max_records)
             res = finalize(out, src.name, rows, fails, settings)
             res.pages, res.seconds = pages, time.monotonic() - start
+            res.splits = [
+                f"{q}: {p['split']}"
+                for q, p in state.state["progress"].items()
+                if isinstance(p.get("split"), str)
+            ]
             state.clear()
             results.append(res)
     write_json_atomic(
@@ -272,6 +304,9 @@ def fetch(
         layout.fetch_summary_path(out),
     )
     console.print(summary_table(results, http))
+    for r in results:
+        for note in r.splits:
+            console.print(f"{r.source}: split {note}")
     return results
 
 
@@ -292,9 +327,12 @@ def summary_table(results: list[SourceResult], http: HttpClient) -> Table:
 def settings_from_env(**overrides: Any) -> FetchSettings:
     import os
 
-    env = {
+    env: dict[str, Any] = {
         "xeno_canto_url": os.environ.get("XENO_CANTO_API_URL"),
         "inaturalist_url": os.environ.get("INATURALIST_API_URL"),
         "open_data_url": os.environ.get("INATURALIST_OPEN_DATA_URL"),
+        "gbif_url": os.environ.get("GBIF_API_URL"),
     }
+    if cap := os.environ.get("GBIF_MAX_OFFSET"):  # a GBIF mirror with another offset cap
+        env["gbif_max_offset"] = int(cap)
     return FetchSettings(**{**{k: v for k, v in env.items() if v}, **overrides})

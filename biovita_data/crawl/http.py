@@ -41,6 +41,9 @@ DEFAULT_POLICIES = {
     "inaturalist": HostPolicy(per_second=1.0, max_concurrency=2),
     "inat-static": HostPolicy(per_second=None, max_concurrency=8),
     "inat-open-data": HostPolicy(per_second=None, max_concurrency=8),
+    # GBIF asks for modest, sequential use of the occurrence API; media hosts vary per dataset
+    "gbif": HostPolicy(per_second=2.0, max_concurrency=1),
+    "gbif-media": HostPolicy(per_second=None, max_concurrency=4),
 }
 
 

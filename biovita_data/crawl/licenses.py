@@ -8,8 +8,12 @@ DEFAULT_ALLOWED = ("cc0", "cc-by", "cc-by-sa", "cc-by-nc", "cc-by-nc-sa")
 ALL_RIGHTS_RESERVED = "all-rights-reserved"
 _FAMILIES = {"by", "by-sa", "by-nc", "by-nc-sa", "by-nd", "by-nc-nd"}
 _URL = re.compile(
-    r"^(?:https?:)?//creativecommons\.org/(licenses|publicdomain)/([a-z-]+)/([\d.]+)/?$"
+    r"^(?:https?:)?//(?:www\.)?creativecommons\.org/(licenses|publicdomain)/([a-z-]+)/([\d.]+)"
+    r"(?:/[a-z]{2}(?:-[a-z]{2})?)?(?:/(?:legalcode(?:\.[a-z-]+)?|deed\.[a-z-]+)?)?/?$"
 )
+# Licence names as publishers write them in free text (GBIF media): word -> family part.
+_NAME_PARTS = (("attribution", "by"), ("noncommercial", "nc"), ("sharealike", "sa"))
+_NO_DERIVS = re.compile(r"no-?deriv")
 
 
 class UnknownLicense(ValueError):
@@ -27,6 +31,8 @@ def normalize_license(raw: str | None) -> str:
     text = raw.strip().lower()
     if text in ("", "null", "none", "all rights reserved", "c"):
         return ALL_RIGHTS_RESERVED
+    if "all rights reserved" in text and "creative" not in text and "cc" not in text:
+        return ALL_RIGHTS_RESERVED  # "© 2019 Jane Doe, all rights reserved"
     m = _URL.match(text)
     if m:
         kind, family, version = m.groups()
@@ -39,13 +45,36 @@ def normalize_license(raw: str | None) -> str:
         if family not in _FAMILIES:
             raise UnknownLicense(raw)
         return f"cc-{family}-{version}"
-    text = text.replace("_", "-").replace(" ", "-")
+    if text.startswith(("creative commons", "attribution")):
+        return _from_name(raw, text)
+    if text in ("public domain mark", "public domain mark 1.0"):
+        return "pdm-1.0"
+    text = re.sub(r"[\s_]+", "-", text.removesuffix(" international").strip())
+    text = re.sub(r"(-[\d.]+)-[a-z]{2}$", r"\1", text)  # a ported licence: CC BY-NC 3.0 DE
+    text = re.sub(r"-(\d)-(\d)$", r"-\1.\2", text)  # GBIF's enum spelling CC_BY_NC_4_0
     if text in ("cc0", "cc-0", "cc0-1.0"):
         return "cc0-1.0"
     m = re.fullmatch(r"cc-(by(?:-nc)?(?:-sa|-nd)?)(?:-([\d.]+))?", text)
     if m and m.group(1) in _FAMILIES:
         return f"cc-{m.group(1)}-{m.group(2) or '4.0'}"
     raise UnknownLicense(raw)
+
+
+def _from_name(raw: str, text: str) -> str:
+    """`Creative Commons Attribution-NonCommercial 4.0 International` -> `cc-by-nc-4.0`."""
+    version = re.search(r"\b(\d\.\d)\b", text)
+    squashed = text.replace(" ", "").replace("-", "")
+    if not squashed.startswith("creativecommons"):
+        squashed = "creativecommons" + squashed  # "Attribution-NonCommercial 4.0 International"
+    if "zero" in squashed or "cc0" in squashed:
+        return f"cc0-{version.group(1) if version else '1.0'}"
+    parts = [code for word, code in _NAME_PARTS if word in squashed]
+    if _NO_DERIVS.search(text.replace(" ", "")):
+        parts.append("nd")
+    family = "-".join(parts)
+    if not parts or parts[0] != "by" or family not in _FAMILIES:
+        raise UnknownLicense(raw)
+    return f"cc-{family}-{version.group(1) if version else '4.0'}"
 
 
 def license_family(code: str) -> str:

@@ -1,4 +1,4 @@
-"""A loopback HTTP server answering like Xeno-canto v3, iNaturalist v1 and the Open Data bucket."""
+"""A loopback HTTP server answering like Xeno-canto v3, iNaturalist v1, Open Data and GBIF v1."""
 
 from __future__ import annotations
 
@@ -39,6 +39,7 @@ class SampleServer:
         as_of: dt.date = SNAPSHOT,
         xc_max_results: int = 5000,
         inat_window: int = 10_000,
+        gbif_max_offset: int = 100_000,
     ) -> None:
         self.world = world
         self.faults = FaultPlan.named(faults, world.seed) if isinstance(faults, str) else faults
@@ -46,6 +47,7 @@ class SampleServer:
         self.as_of = as_of
         self.xc_max_results = xc_max_results
         self.inat_window = inat_window
+        self.gbif_max_offset = gbif_max_offset  # GBIF refuses offset + limit past this
         self.hits: dict[str, int] = {}
         self._hits_lock = threading.Lock()
         self.httpd = ThreadingHTTPServer((host, port), _Handler)
@@ -66,6 +68,7 @@ class SampleServer:
             "INATURALIST_API_URL": f"{self.root}/inaturalist/v1",
             "INATURALIST_OPEN_DATA_URL": f"{self.root}/inaturalist-open-data",
             "BIOVITA_TRAITS_URL": f"{self.root}/traits",
+            "GBIF_API_URL": f"{self.root}/gbif/v1",
         }
 
     def start(self) -> SampleServer:
@@ -397,6 +400,46 @@ def traits_file(svc: SampleServer, qs: dict, filename: str) -> _Reply:
     return _Reply(200, trait_tables.table_bytes(svc.world.taxonomy, names[filename]), "text/plain")
 
 
+# ---------------------------------------------------------------------- GBIF
+def gbif_search(svc: SampleServer, qs: dict) -> _Reply:
+    from biovita_data.sample import gbif
+
+    try:
+        for name in ("limit", "offset", "facetLimit"):
+            _int(qs, name, 0)
+        body = gbif.search(svc.world, svc.root, svc.as_of, qs, svc.gbif_max_offset)
+    except gbif.Refused as exc:
+        return _json(400, {"message": str(exc), "status": 400})
+    return _json(200, body)
+
+
+def gbif_occurrence(svc: SampleServer, qs: dict, key: str) -> _Reply:
+    from biovita_data.sample import gbif
+
+    occ = gbif.by_key(svc.world, svc.root, svc.as_of).get(int(key))
+    return _json(200, occ) if occ else _json(404, {"message": f"occurrence {key} not found"})
+
+
+def gbif_species_match(svc: SampleServer, qs: dict) -> _Reply:
+    from biovita_data.sample import gbif
+
+    return _json(200, gbif.species_match(svc.world, _one(qs, "name", "") or ""))
+
+
+def gbif_archive_audio(svc: SampleServer, qs: dict, n: str, ext: str) -> _Reply:
+    from biovita_data.sample import gbif
+
+    recs = gbif.archive_recordings(svc.world)
+    if not 0 < int(n) <= len(recs) or recs[int(n) - 1].fmt != ext or recs[int(n) - 1].dead_host:
+        return _json(404, {"error": "not found"})
+    return _Reply(200, gbif.archive_audio(svc.world, int(n)), R.AUDIO_MIME[ext])
+
+
+def retired_host(svc: SampleServer, qs: dict, name: str) -> _Reply:
+    """The Animal Sound Archive's old media host: gone."""
+    return _Reply(410, b"<html><body>This host has been retired.</body></html>", "text/html")
+
+
 _ROUTES = (
     (r"/xeno-canto/api/3/recordings", xc_recordings),
     (r"/xeno-canto/(\d+)/download", xc_download),
@@ -408,4 +451,9 @@ _ROUTES = (
     (r"/inaturalist-open-data/(\w+)\.csv\.gz", open_data_table),
     (r"/inaturalist-open-data/photos/(\d+)/(\w+)\.(jpg|jpeg|png)", inat_photo),
     (r"/traits/([\w.]+)", traits_file),
+    (r"/gbif/v1/occurrence/search", gbif_search),
+    (r"/gbif/v1/occurrence/(\d+)", gbif_occurrence),
+    (r"/gbif/v1/species/match", gbif_species_match),
+    (r"/gbif-media/asa/(\d+)\.(\w+)", gbif_archive_audio),
+    (r"/tierstimmenarchiv/recordings/([^/]+)", retired_host),
 )

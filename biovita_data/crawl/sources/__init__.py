@@ -6,4 +6,5 @@ MEDIA_POLICIES = {
     "xeno-canto": "xeno-canto",
     "inaturalist": "inat-static",
     "inat-open-data": "inat-open-data",
+    "gbif": "gbif-media",
 }

@@ -37,14 +37,19 @@ class SourceResult:
     dropped: dict[str, int] = field(default_factory=dict)
     pages: int = 0
     seconds: float = 0.0
+    splits: list[str] = field(default_factory=list)  # how queries too large were split
 
 
 class SplitQuery(Exception):
     """The query matches too much for one result set: crawl these narrower queries instead."""
 
-    def __init__(self, queries: list[str]) -> None:
-        super().__init__(f"split into {len(queries)} queries")
+    def __init__(
+        self, queries: list[str], *, failures: list[dict] | None = None, note: str | None = None
+    ) -> None:
+        super().__init__(note or f"split into {len(queries)} queries")
         self.queries = queries
+        self.failures = failures or []  # what no narrower query can reach
+        self.note = note or str(self)
 
 
 class Source(Protocol):
