@@ -59,7 +59,7 @@ def test_demo_tiny_builds_the_layout(tmp_path: Path) -> None:
     env_before = dict(os.environ)
     result = runner.invoke(app, ["demo", "--workdir", str(tmp_path), "--size", "tiny"])
     assert result.exit_code == 0, result.output
-    for src in ("xeno_canto", "treeoflife_200m"):
+    for src in ("xeno_canto", "gbif", "treeoflife_200m"):
         df = pl.read_parquet(tmp_path / "raw" / src / "records.parquet")
         assert len(df) > 20
     # images come from TreeOfLife-200M only, as in the paper; the crawled photos are failures

@@ -535,11 +535,6 @@ def sample_export_official(
 @sample_app.command("export-tol")
 def sample_export_tol(
     directory: Annotated[Path, typer.Argument(help="Folder for catalog.parquet + provenance.")],
-
-
-@sample_app.command("export-dwca")
-def sample_export_dwca(
-    path: Annotated[Path, typer.Argument(help="Zip file to write.")],
     root: Annotated[str, typer.Option(help="Base URL of a running `sample serve`.")],
     size: Annotated[str, typer.Option(help="tiny | default")] = "default",
     seed: Annotated[int, typer.Option(help="World seed.")] = 0,
@@ -552,6 +547,13 @@ def sample_export_dwca(
         typer.echo(str(path))
 
 
+@sample_app.command("export-dwca")
+def sample_export_dwca(
+    path: Annotated[Path, typer.Argument(help="Zip file to write.")],
+    root: Annotated[str, typer.Option(help="Base URL of a running `sample serve`.")],
+    size: Annotated[str, typer.Option(help="tiny | default")] = "default",
+    seed: Annotated[int, typer.Option(help="World seed.")] = 0,
+) -> None:
     """Write the sample world's GBIF occurrences as a Darwin Core Archive download."""
     from biovita_data.sample.gbif import export_dwca
     from biovita_data.sample.world import World
