@@ -39,8 +39,9 @@ class TrainConfig:
     warmup: float = 0.05  # warm-up: a fraction of the steps (< 1) or a number of steps (>= 1)
     min_lr_ratio: float = 0.0  # cosine decays to lr * min_lr_ratio
     lambda_max: float = 0.1  # stage 2: ATC + lambda (AIC + ITC), lambda 0 -> lambda_max
-    # the ramp 0 -> lambda_max: over this fraction of the stage's steps (None and no
-    # lambda_ramp_steps: 1.0, the whole stage, as the paper), or over so many optimizer steps
+    # stage 2's linear ramp of lambda: 0 at the first step, lambda_max after this fraction of the
+    # stage's steps (None and no lambda_ramp_steps: 1.0, the whole stage: lambda_max at its last
+    # step), or after so many optimizer steps
     lambda_ramp_fraction: float | None = None
     lambda_ramp_steps: int | None = None
     max_steps: int | None = None  # stop after so many optimizer steps (the schedules end there)
@@ -116,11 +117,12 @@ class TrainConfig:
             )
 
     def lambda_ramp_length(self, total_steps: int) -> int:
-        """The lambda ramp's length in optimizer steps of a stage of total_steps."""
+        """The step (0-based) at which lambda reaches lambda_max, in a stage of total_steps:
+        lambda_ramp_steps, or the fraction of the stage (1.0: its last step)."""
         if self.lambda_ramp_steps is not None:
             return int(self.lambda_ramp_steps)
         fraction = 1.0 if self.lambda_ramp_fraction is None else self.lambda_ramp_fraction
-        return round(fraction * total_steps)
+        return round(fraction * max(0, total_steps - 1))
 
     @property
     def base_lr(self) -> float:

@@ -127,11 +127,18 @@ def set_grad_checkpointing(model: BioVITAModel, enable: bool = True) -> None:
     """Recompute activations in backward: open_clip's towers and the HTS-AT stages."""
     model.clip.set_grad_checkpointing(enable)
     audio = model.audio
+    # transformers >= 5 names it activation checkpointing; 4.x gradient checkpointing
+    new = hasattr(audio, "activation_checkpointing_enable")
     if enable:
         # CLAP's audio model declares no support, but its stages are checkpointing layers
         audio.supports_gradient_checkpointing = True
-        audio.gradient_checkpointing_enable({"use_reentrant": False})
-    elif audio.is_gradient_checkpointing:
+        if new:
+            audio.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            audio.gradient_checkpointing_enable({"use_reentrant": False})
+    elif new:
+        audio.activation_checkpointing_disable()
+    else:
         audio.gradient_checkpointing_disable()
 
 
