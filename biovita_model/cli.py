@@ -395,6 +395,14 @@ def import_official_cmd(
     ],
     out: Annotated[Path, Opt("--out", help="the run folder to write")],
     audio: Annotated[str, Opt("--audio", help="HTS-AT config in configs/")] = "htsat-unfused",
+    embed_towers: Annotated[
+        bool,
+        Opt(
+            "--embed-towers",
+            help="copy the image and text towers into the run (default: the "
+            "run references the open_clip weights file or repo commit)",
+        ),
+    ] = False,
 ) -> None:
     """Build a run from the original release's weights (audio tower + adapter, open_clip)."""
     from biovita_model.model import save_model
@@ -402,7 +410,7 @@ def import_official_cmd(
 
     model = import_official(clap_weights, open_clip, audio=audio)
     extra = {"imported": {"clap_weights": clap_weights, "open_clip": open_clip}}
-    save_model(model, out, extra=extra)
+    save_model(model, out, extra=extra, embed_towers=embed_towers)
     err.print(f"wrote {out} (towers {model.spec}, embed dim {model.embed_dim})")
     console.print(json.dumps({"run": str(out), "embed_dim": model.embed_dim}))
 

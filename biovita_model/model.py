@@ -389,11 +389,22 @@ def reference_file(source: dict[str, Any]) -> Path:
     return path
 
 
-def save_model(model: BioVITAModel, run_dir: Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write RUN/model.pt (the state dict less referenced towers) and RUN/config.json."""
+def save_model(
+    model: BioVITAModel,
+    run_dir: Path,
+    extra: dict[str, Any] | None = None,
+    *,
+    embed_towers: bool = False,
+) -> Path:
+    """Write RUN/model.pt (the state dict less referenced towers) and RUN/config.json;
+    `embed_towers` copies every tower into model.pt (a run that stands alone)."""
     from biovita_model import __version__
 
     run_dir = Path(run_dir)
+    if embed_towers:
+        if isinstance(getattr(model.clip, "visual", None), AbsentTower):
+            raise ValueError("the image tower was left out: it cannot be embedded")
+        model.references.clear()
     references = {part: _pin(src) for part, src in model.references.items()}
     doc = {
         "format": CHECKPOINT_FORMAT,
