@@ -144,13 +144,16 @@ def train(
         float | None,
         Opt(
             "--lambda-ramp-fraction",
-            help="stage 2: lambda rises 0 -> lambda-max linearly over "
-            "this fraction of the stage's steps (default 1.0: the whole stage, as the paper)",
+            help="stage 2: lambda rises linearly from 0 at the first step to lambda-max after "
+            "this fraction of the stage's steps (default 1.0: at its last step)",
         ),
     ] = None,
     lambda_ramp_steps: Annotated[
         int | None,
-        Opt("--lambda-ramp-steps", help="stage 2: ... over this many optimizer steps instead"),
+        Opt(
+            "--lambda-ramp-steps",
+            help="stage 2: lambda reaches lambda-max after this many optimizer steps instead",
+        ),
     ] = None,
     grad_checkpointing: Annotated[
         bool | None,
