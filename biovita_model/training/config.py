@@ -84,10 +84,11 @@ class TrainConfig:
         self.dataset, self.out = str(self.dataset), str(self.out)
         if self.init is not None:
             self.init = str(self.init)
-            if self.audio_tower is not None:
-                raise ValueError(
-                    "audio_tower and init exclude each other: the towers come from the init run"
-                )
+            for name in ("audio_tower", "audio_config"):
+                if getattr(self, name) is not None:
+                    raise ValueError(
+                        f"{name} and init exclude each other: the towers come from the init run"
+                    )
         if self.lambda_ramp_fraction is not None and self.lambda_ramp_steps is not None:
             raise ValueError("give the lambda ramp as a fraction or in steps, not both")
         if self.lambda_ramp_fraction is not None and not 0 <= self.lambda_ramp_fraction <= 1:
