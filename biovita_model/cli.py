@@ -59,7 +59,11 @@ EpochsOpt = Annotated[int | None, Opt("--epochs", help="epochs (default 10)")]
 BatchOpt = Annotated[
     int | None, Opt("--batch-size", help="global contrastive batch, one item per species (64)")
 ]
-LrOpt = Annotated[float | None, Opt("--lr", help="peak learning rate (1e-3 tiny, else 1e-4)")]
+LrOpt = Annotated[
+    float | None,
+    Opt("--lr", help="peak learning rate (default: 1e-3 for tiny towers, 1e-4 for real ones; "
+        "after --init, those of the init run)"),
+]  # fmt: skip
 ResumeOpt = Annotated[bool, Opt("--resume", help="continue RUN from its last checkpoint")]
 WorkersOpt = Annotated[int | None, Opt("--workers", help="data worker processes per rank (0)")]
 DeviceOpt = Annotated[str | None, Opt("--device", help="cpu or cuda (one per rank)")]
@@ -67,7 +71,18 @@ PrecisionOpt = Annotated[str | None, Opt("--precision", help="fp32, bf16 or fp16
 AccumOpt = Annotated[int | None, Opt("--grad-accum", help="batches per optimizer step (1)")]
 SeedOpt = Annotated[int | None, Opt("--seed", help="seed of the model, data and augmentation")]
 TowersOpt = Annotated[
-    str | None, Opt("--towers", help="tiny or local-dir:PATH (when there is no --init)")
+    str | None,
+    Opt("--towers", help="tiny, local-dir:PATH or hf-hub:ORG/NAME[@REVISION] (e.g. "
+        "hf-hub:imageomics/bioclip-2); not with --init, whose run gives the towers"),
+]  # fmt: skip
+AudioTowerOpt = Annotated[
+    str | None,
+    Opt("--audio-tower", help="the audio tower: a CLAP model ORG/NAME[@REVISION] (e.g. "
+        "laion/clap-htsat-unfused) or local-dir:PATH (default: the folder's clap/, else random)"),
+]  # fmt: skip
+AudioConfigOpt = Annotated[
+    str | None,
+    Opt("--audio-config", help="HTS-AT config in configs/ giving the front end (htsat-unfused)"),
 ]
 ThreadsOpt = Annotated[
     int | None, Opt("--threads", help="torch CPU threads per rank (default: cores / processes)")
@@ -92,9 +107,11 @@ def _config(out: Path, resume: bool, given: dict[str, Any]) -> Any:
     if base.get("dataset") is None:
         raise typer.BadParameter("--dataset is required", param_hint="--dataset")
     try:
-        return TrainConfig.from_dict(base)
-    except ValueError as exc:
+        cfg = TrainConfig.from_dict(base)
+        cfg.check_towers()
+    except (ValueError, FileNotFoundError) as exc:
         raise typer.BadParameter(str(exc)) from exc
+    return cfg
 
 
 @app.command()
@@ -108,7 +125,12 @@ def train(
         str | None, Opt("--init", help="a run folder or checkpoint to start from")
     ] = None,
     towers: TowersOpt = None,
+    audio_tower: AudioTowerOpt = None,
+    audio_config: AudioConfigOpt = None,
     epochs: EpochsOpt = None,
+    max_steps: Annotated[
+        int | None, Opt("--max-steps", help="stop after N optimizer steps (schedules end there)")
+    ] = None,
     batch_size: BatchOpt = None,
     lr: LrOpt = None,
     text_lr: Annotated[float | None, Opt("--text-lr", help="stage 2 text tower lr (lr/10)")] = None,
@@ -118,8 +140,27 @@ def train(
     lambda_max: Annotated[
         float | None, Opt("--lambda-max", help="stage 2: final weight of AIC + ITC (0.1)")
     ] = None,
-    lambda_ramp: Annotated[
-        float | None, Opt("--lambda-ramp", help="ramp length: fraction of steps, or steps (1.0)")
+    lambda_ramp_fraction: Annotated[
+        float | None,
+        Opt(
+            "--lambda-ramp-fraction",
+            help="stage 2: lambda rises linearly from 0 at the first step to lambda-max after "
+            "this fraction of the stage's steps (default 1.0: at its last step)",
+        ),
+    ] = None,
+    lambda_ramp_steps: Annotated[
+        int | None,
+        Opt(
+            "--lambda-ramp-steps",
+            help="stage 2: lambda reaches lambda-max after this many optimizer steps instead",
+        ),
+    ] = None,
+    grad_checkpointing: Annotated[
+        bool | None,
+        Opt(
+            "--grad-checkpointing/--no-grad-checkpointing",
+            help="recompute activations in backward (less memory, ~30 % more time)",
+        ),
     ] = None,
     warmup: Annotated[
         float | None, Opt("--warmup", help="warm-up: fraction of steps, or steps (0.05)")
@@ -151,9 +192,11 @@ def train(
             "use 1 or 2 (pretrain-towers trains the towers)", param_hint="--stage"
         )
     given = _options(
-        dataset=dataset, stage=stage, init=init, towers=towers, epochs=epochs,
-        batch_size=batch_size, lr=lr, text_lr=text_lr, train_text=train_text,
-        lambda_max=lambda_max, lambda_ramp=lambda_ramp, warmup=warmup,
+        dataset=dataset, stage=stage, init=init, towers=towers, audio_tower=audio_tower,
+        audio_config=audio_config, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+        lr=lr, text_lr=text_lr, train_text=train_text, lambda_max=lambda_max,
+        lambda_ramp_fraction=lambda_ramp_fraction, lambda_ramp_steps=lambda_ramp_steps,
+        grad_checkpointing=grad_checkpointing, warmup=warmup,
         weight_decay=weight_decay, max_audio_per_species=max_audio_per_species,
         workers=workers, device=device, precision=precision, grad_accum=grad_accum, seed=seed,
         threads=threads, augment=augment, dropout=dropout, keep_checkpoints=keep_checkpoints,
@@ -161,6 +204,11 @@ def train(
     )  # fmt: skip
     if not resume and "stage" not in given:
         raise typer.BadParameter("--stage is required", param_hint="--stage")
+    if lambda_ramp_fraction is not None and lambda_ramp_steps is not None:
+        raise typer.BadParameter("give --lambda-ramp-fraction or --lambda-ramp-steps, not both")
+    if resume and (lambda_ramp_fraction is not None or lambda_ramp_steps is not None):
+        given.setdefault("lambda_ramp_fraction", None)
+        given.setdefault("lambda_ramp_steps", None)
     run_train(_config(out, resume, given), resume=resume, console=err)
 
 
@@ -170,9 +218,13 @@ def pretrain_towers_cmd(
     dataset: DatasetOpt = None,
     towers: TowersOpt = None,
     epochs: EpochsOpt = None,
+    max_steps: Annotated[int | None, Opt("--max-steps", help="stop after N steps")] = None,
     batch_size: BatchOpt = None,
     lr: LrOpt = None,
     warmup: Annotated[float | None, Opt("--warmup", help="fraction of steps, or steps")] = None,
+    grad_checkpointing: Annotated[
+        bool | None, Opt("--grad-checkpointing/--no-grad-checkpointing")
+    ] = None,
     workers: WorkersOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
@@ -185,9 +237,10 @@ def pretrain_towers_cmd(
     from biovita_model.training import train as run_train
 
     given = _options(
-        dataset=dataset, towers=towers, epochs=epochs, batch_size=batch_size, lr=lr,
-        warmup=warmup, workers=workers, device=device, precision=precision, seed=seed,
-        threads=threads, progress=progress,
+        dataset=dataset, towers=towers, epochs=epochs, max_steps=max_steps,
+        batch_size=batch_size, lr=lr, warmup=warmup, grad_checkpointing=grad_checkpointing,
+        workers=workers, device=device, precision=precision, seed=seed, threads=threads,
+        progress=progress,
     )  # fmt: skip
     given["stage"] = "pretrain"
     run_train(_config(out, resume, given), resume=resume, console=err)
@@ -328,18 +381,40 @@ def probe_traits_cmd(
 
 @app.command("import-official")
 def import_official_cmd(
-    clap_weights: Annotated[Path, Opt("--clap-weights", help="clap_weights.pth of the release")],
-    open_clip: Annotated[Path, Opt("--open-clip", help="open_clip ViT-L-14 folder (BioCLIP 2)")],
+    clap_weights: Annotated[
+        str,
+        Opt(
+            "--clap-weights",
+            help="clap_weights.pth of the release, or a Hub repo id "
+            "(hf-hub:ORG/NAME[@REVISION]) holding it",
+        ),
+    ],
+    open_clip: Annotated[
+        str,
+        Opt(
+            "--open-clip",
+            help="open_clip ViT-L-14 folder (BioCLIP 2) or a Hub repo id "
+            "(hf-hub:imageomics/bioclip-2[@REVISION])",
+        ),
+    ],
     out: Annotated[Path, Opt("--out", help="the run folder to write")],
     audio: Annotated[str, Opt("--audio", help="HTS-AT config in configs/")] = "htsat-unfused",
+    embed_towers: Annotated[
+        bool,
+        Opt(
+            "--embed-towers",
+            help="copy the image and text towers into the run (default: the "
+            "run references the open_clip weights file or repo commit)",
+        ),
+    ] = False,
 ) -> None:
     """Build a run from the original release's weights (audio tower + adapter, open_clip)."""
     from biovita_model.model import save_model
     from biovita_model.release_weights import import_official
 
     model = import_official(clap_weights, open_clip, audio=audio)
-    extra = {"imported": {"clap_weights": str(clap_weights), "open_clip": str(open_clip)}}
-    save_model(model, out, extra=extra)
+    extra = {"imported": {"clap_weights": clap_weights, "open_clip": open_clip}}
+    save_model(model, out, extra=extra, embed_towers=embed_towers)
     err.print(f"wrote {out} (towers {model.spec}, embed dim {model.embed_dim})")
     console.print(json.dumps({"run": str(out), "embed_dim": model.embed_dim}))
 

@@ -7,12 +7,18 @@ Checkpoint format (a run folder `RUN/`):
   "frozen": [...], "biovita_version": ..., "extra": {...}}`. The tower config holds the open_clip
   model_cfg + preprocess_cfg, the HTS-AT config and the front end, so the architecture is rebuilt
   without the folders it first came from.
-- `RUN/model.pt`: `torch.save` of `model.state_dict()` (keys `clip.*`, `audio.*`,
-  `audio_adapter.weight`, `log_logit_scales.<pair>`); read back with `weights_only=True`.
+- `RUN/model.pt`: `torch.save` of the model's state dict (keys `clip.*`, `audio.*`,
+  `audio_adapter.weight`, `log_logit_scales.<pair>`) less the towers that config.json
+  `"references"` (format 2): a tower loaded from a weights file (a folder's, or a Hub repo's at
+  its resolved commit) and never trained since is not copied, only named
+  (`{"image": {"path", "size", "mtime_ns", "sha256"} or {"repo_id", "commit", "filename", ...}}`),
+  and `load_model` reads it back from there (checking the file's hash). Read back with
+  `weights_only=True`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -26,12 +32,24 @@ import torch.nn.functional as F
 from torch import nn
 
 from biovita_model.audio_frontend import AudioFrontend, Crop
-from biovita_model.towers import TowerConfig, Towers, create_towers, towers_from_config
+from biovita_model.towers import (
+    AbsentTower,
+    TowerConfig,
+    Towers,
+    create_towers,
+    hub_file,
+    load_clap_audio,
+    load_open_clip_weights,
+    read_state_dict,
+    towers_from_config,
+)
 
 PAIRS = ("audio_text", "audio_image", "image_text")
 PARTS = ("audio", "image", "text")
 CHECKPOINT_FORMAT = "biovita-model"
-CHECKPOINT_VERSION = 1
+CHECKPOINT_VERSION = 2
+# which weights source holds each tower: open_clip's file both image and text, CLAP's the audio
+PART_SOURCE = {"image": "open_clip", "text": "open_clip", "audio": "audio"}
 CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.pt"
 
@@ -119,6 +137,15 @@ class BioVITAModel(nn.Module):
             if isinstance(p, nn.Parameter):
                 p.requires_grad_(False)
         self.frozen: set[str] = set()
+        # towers whose weights are still those of a file (not trained since): saved by reference
+        self.references: dict[str, dict[str, Any]] = {
+            part: dict(towers.sources[src])
+            for part, src in PART_SOURCE.items()
+            if src in towers.sources
+        }
+        absent = isinstance(getattr(self.clip, "visual", None), AbsentTower)
+        if absent and "image" not in self.references:
+            raise ValueError("the image tower can only be left out when it comes from a file")
 
     # ---- encoders ------------------------------------------------------------------------
 
@@ -250,6 +277,20 @@ class BioVITAModel(nn.Module):
                 m.eval()
         return self
 
+    def forget_trained_references(self) -> None:
+        """Towers about to train are saved in full from now on (their file no longer holds them)."""
+        for part in list(self.references):
+            if any(p.requires_grad for p in self.part_parameters(part)):
+                del self.references[part]
+
+    def stored_state_dict(self) -> dict[str, torch.Tensor]:
+        """The state dict less the referenced towers' keys (what model.pt holds), on CPU."""
+        return {
+            k: v.detach().cpu()
+            for k, v in self.state_dict().items()
+            if part_of_key(k) not in self.references
+        }
+
     def trainable_parameters(self) -> list[nn.Parameter]:
         """Parameters with requires_grad."""
         return [p for p in self.parameters() if p.requires_grad]
@@ -261,9 +302,35 @@ class BioVITAModel(nn.Module):
         return image_transforms(dict(self.tower_config.open_clip["preprocess_cfg"]), **kwargs)
 
 
-def create_model(spec: str, *, load_weights: bool = True, **kwargs: Any) -> BioVITAModel:
-    """Towers from `spec` (`tiny`, `local-dir:PATH`) wrapped in a BioVITAModel."""
-    return BioVITAModel(create_towers(spec, load_weights=load_weights), **kwargs)
+def part_of_key(key: str) -> str | None:
+    """The tower a state-dict key belongs to (`image`, `text`, `audio`); None: adapter, scales."""
+    if key.startswith("clip.visual."):
+        return "image"
+    if key.startswith("clip."):
+        return "text"
+    if key.startswith("audio."):
+        return "audio"
+    return None
+
+
+def create_model(
+    spec: str,
+    *,
+    load_weights: bool = True,
+    audio_tower: str | None = None,
+    audio: str | None = None,
+    skip_image: bool = False,
+    **kwargs: Any,
+) -> BioVITAModel:
+    """Towers from `spec` (`tiny`, `local-dir:PATH`, `hf-hub:ORG/NAME`) in a BioVITAModel."""
+    towers = create_towers(
+        spec,
+        load_weights=load_weights,
+        audio_tower=audio_tower,
+        audio=audio,
+        skip_image=skip_image,
+    )
+    return BioVITAModel(towers, **kwargs)
 
 
 # ---- checkpoints -------------------------------------------------------------------------
@@ -285,11 +352,60 @@ def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
             os.unlink(tmp)
 
 
-def save_model(model: BioVITAModel, run_dir: Path, extra: dict[str, Any] | None = None) -> Path:
-    """Write RUN/model.pt (state dict) and RUN/config.json (towers, scales); returns RUN."""
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file, read in 8 MiB blocks."""
+    digest = hashlib.sha256()
+    with Path(path).open("rb") as f:
+        while block := f.read(8 << 20):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _pin(source: dict[str, Any]) -> dict[str, Any]:
+    """A reference that names its file exactly: a Hub commit, or a local file's size and hash
+    (hashed once per file version: kept while size and mtime stay)."""
+    if "repo_id" in source:
+        return {k: v for k, v in source.items() if k != "path"}
+    path = Path(source["path"]).resolve()
+    st = path.stat()
+    if source.get("size") != st.st_size or source.get("mtime_ns") != st.st_mtime_ns:
+        source.update(size=st.st_size, mtime_ns=st.st_mtime_ns, sha256=file_sha256(path))
+    return {**source, "path": str(path)}
+
+
+def reference_file(source: dict[str, Any]) -> Path:
+    """The weights file of a reference, checked to be the one referenced."""
+    if "repo_id" in source:
+        return hub_file(source)
+    path = Path(source["path"])
+    if not path.is_file():
+        raise FileNotFoundError(f"{path}: the referenced tower weights are gone")
+    st = path.stat()
+    same_stat = (st.st_size, st.st_mtime_ns) == (source.get("size"), source.get("mtime_ns"))
+    if not same_stat and (
+        st.st_size != source.get("size") or file_sha256(path) != source.get("sha256")
+    ):
+        raise ValueError(f"{path}: the referenced tower weights changed since the run")
+    return path
+
+
+def save_model(
+    model: BioVITAModel,
+    run_dir: Path,
+    extra: dict[str, Any] | None = None,
+    *,
+    embed_towers: bool = False,
+) -> Path:
+    """Write RUN/model.pt (the state dict less referenced towers) and RUN/config.json;
+    `embed_towers` copies every tower into model.pt (a run that stands alone)."""
     from biovita_model import __version__
 
     run_dir = Path(run_dir)
+    if embed_towers:
+        if isinstance(getattr(model.clip, "visual", None), AbsentTower):
+            raise ValueError("the image tower was left out: it cannot be embedded")
+        model.references.clear()
+    references = {part: _pin(src) for part, src in model.references.items()}
     doc = {
         "format": CHECKPOINT_FORMAT,
         "format_version": CHECKPOINT_VERSION,
@@ -298,10 +414,11 @@ def save_model(model: BioVITAModel, run_dir: Path, extra: dict[str, Any] | None 
         "logit_scale_init": model.logit_scale_init,
         "max_logit_scale": model.max_logit_scale,
         "frozen": sorted(model.frozen),
+        "references": references,
         "biovita_version": __version__,
         "extra": extra or {},
     }
-    state = {k: v.detach().cpu() for k, v in model.state_dict().items()}
+    state = model.stored_state_dict()
     write_atomic(run_dir / WEIGHTS_FILE, lambda p: torch.save(state, p))
     text = json.dumps(doc, indent=2, sort_keys=True) + "\n"
     write_atomic(run_dir / CONFIG_FILE, lambda p: p.write_text(text))
@@ -319,18 +436,50 @@ def read_run_config(run_dir: Path) -> dict[str, Any]:
     return doc
 
 
-def load_model(run_dir: Path, *, map_location: str | torch.device = "cpu") -> BioVITAModel:
-    """Rebuild a BioVITAModel saved by save_model (architecture from config.json, then weights)."""
+def _load_references(model: BioVITAModel, references: dict[str, dict[str, Any]]) -> set[str]:
+    """Load each referenced file once into the model; the parts it covered."""
+    done: dict[str, Path] = {}
+    for part, source in references.items():
+        if part == "image" and isinstance(getattr(model.clip, "visual", None), AbsentTower):
+            continue
+        kind = PART_SOURCE[part]
+        if kind in done:
+            continue
+        path = reference_file(source)
+        if kind == "open_clip":
+            load_open_clip_weights(model.clip, path)
+        else:
+            load_clap_audio(model.audio, read_state_dict(path))
+        done[kind] = path
+    return set(references)
+
+
+def load_model(
+    run_dir: Path, *, map_location: str | torch.device = "cpu", skip_image: bool = False
+) -> BioVITAModel:
+    """Rebuild a BioVITAModel saved by save_model: architecture from config.json, the
+    referenced towers from their files, then model.pt. `skip_image` leaves a referenced image
+    tower out (an AbsentTower: Stage 1 never uses it)."""
     run_dir = Path(run_dir)
     doc = read_run_config(run_dir)
-    towers = towers_from_config(doc["tower_config"], spec=doc["towers"])
+    references = dict(doc.get("references") or {})
+    skip_image = skip_image and "image" in references
+    towers = towers_from_config(doc["tower_config"], spec=doc["towers"], skip_image=skip_image)
+    towers.sources = {PART_SOURCE[p]: dict(src) for p, src in references.items()}
     model = BioVITAModel(
         towers,
         logit_scale_init=float(doc.get("logit_scale_init", 1 / 0.07)),
         max_logit_scale=float(doc.get("max_logit_scale", 100.0)),
     )
+    covered = _load_references(model, references)
     state = torch.load(run_dir / WEIGHTS_FILE, map_location=map_location, weights_only=True)
-    model.load_state_dict(state, strict=True)
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if part_of_key(k) not in covered]
+    if missing or result.unexpected_keys:
+        raise ValueError(
+            f"{run_dir}/{WEIGHTS_FILE} does not fit its config: missing {missing[:5]}, "
+            f"unexpected {result.unexpected_keys[:5]}"
+        )
     frozen = set(doc.get("frozen", []))
     if frozen:
         model.freeze(image="image" in frozen, text="text" in frozen, audio="audio" in frozen)

@@ -9,9 +9,16 @@ Specs:
   (`config.json` + `model.safetensors` or `pytorch_model.bin`, e.g. laion/clap-htsat-unfused).
   Without `clap/` the audio tower is the HTS-AT unfused architecture of
   `configs/htsat-unfused.json`, randomly initialised. The front end always comes from that file.
+- `hf-hub:ORG/NAME[@REVISION]`: the same open_clip folder from the Hugging Face Hub (open_clip's
+  own naming), downloaded with `huggingface_hub` into its cache (`HF_ENDPOINT`, `HF_HUB_OFFLINE`,
+  `HF_TOKEN`, `HF_HOME` apply); `@REVISION` pins a branch, tag or commit.
 
-Nothing is ever downloaded. Every tower set resolves to a JSON-able `TowerConfig`, which a run's
-checkpoint stores so that it can be rebuilt without the original folders.
+The audio tower may come from elsewhere (`audio_tower`): a CLAP folder (`local-dir:PATH`) or a
+CLAP model repo (`ORG/NAME[@REVISION]`, e.g. `laion/clap-htsat-unfused`). Every tower set resolves
+to a JSON-able `TowerConfig`, which a run's checkpoint stores so that it can be rebuilt without
+the original folders; `Towers.sources` says which weights file each tower came from (a path, or
+a repo id with its resolved commit), so that a run can reference frozen towers instead of copying
+them.
 """
 
 from __future__ import annotations
@@ -35,6 +42,7 @@ from biovita_model.audio_frontend import FrontendConfig, check_frontend
 CONFIG_DIR = Path(__file__).parent / "configs"
 OPEN_CLIP_CONFIG_DIR = CONFIG_DIR / "open_clip"
 LOCAL_DIR = "local-dir:"
+HF_HUB = "hf-hub:"
 OPEN_CLIP_WEIGHTS = (
     "open_clip_model.safetensors",
     "open_clip_pytorch_model.safetensors",
@@ -42,6 +50,8 @@ OPEN_CLIP_WEIGHTS = (
     "open_clip_pytorch_model.pth",
 )
 CLAP_WEIGHTS = ("model.safetensors", "pytorch_model.bin")
+# what a hub download fetches besides one weights file: configs and tokenizer files
+HUB_SMALL_FILES = ("*.json", "*.txt", "*.model")
 CLAP_AUDIO_PREFIXES = ("audio_model.", "audio_projection.")
 # Buffers that a checkpoint may leave out: rebuilt from the config or harmless.
 _DERIVED_BUFFERS = ("relative_position_index", "num_batches_tracked")
@@ -78,6 +88,7 @@ class TowerConfig:
     audio: dict[str, Any]  # ClapAudioConfig keyword arguments
     frontend: dict[str, Any]  # FrontendConfig fields
     tokenizer_dir: str | None = None  # an HF tokenizer's folder, when open_clip uses one
+    origin: dict[str, Any] = field(default_factory=dict)  # where each tower's weights came from
 
     def to_dict(self) -> dict[str, Any]:
         """As a JSON-ready dict."""
@@ -88,6 +99,7 @@ class TowerConfig:
             "audio": self.audio,
             "frontend": self.frontend,
             "tokenizer_dir": self.tokenizer_dir,
+            "origin": self.origin,
         }
 
     @classmethod
@@ -100,6 +112,7 @@ class TowerConfig:
             audio=copy.deepcopy(dict(d["audio"])),
             frontend=copy.deepcopy(dict(d["frontend"])),
             tokenizer_dir=d.get("tokenizer_dir"),
+            origin=copy.deepcopy(dict(d.get("origin") or {})),
         )
 
 
@@ -113,7 +126,9 @@ class Towers:
     tokenizer: Tokenizer
     audio: ClapAudioModelWithProjection
     frontend: FrontendConfig
-    sources: dict[str, str] = field(default_factory=dict)  # what weights were loaded from
+    # the weights loaded, per tower ("open_clip", "audio"): {"path": FILE} plus, from the Hub,
+    # {"repo_id", "revision", "commit", "filename"}
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
 
     @property
     def embed_dim(self) -> int:
@@ -238,6 +253,17 @@ def _clip_from_cfg(
         return _create_clip(f"{LOCAL_DIR}{tmp}", tok)
 
 
+class AbsentTower(nn.Module):
+    """Stands for a tower this process did not build the weights of (Stage 1's image tower)."""
+
+    def forward(self, *args: Any, **kwargs: Any) -> torch.Tensor:
+        """Never: the tower was left out on purpose."""
+        raise RuntimeError("this tower was not loaded (Stage 1 leaves the image tower out)")
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Nothing to checkpoint."""
+
+
 def _open_clip_weights(path: Path) -> Path:
     found = next((path / n for n in OPEN_CLIP_WEIGHTS if (path / n).is_file()), None)
     if found is None:
@@ -250,12 +276,84 @@ def _preprocess_cfg(model: nn.Module) -> dict[str, Any]:
     return json.loads(json.dumps(cfg))
 
 
-def _tiny() -> Towers:
+def load_open_clip_weights(clip: nn.Module, path: Path) -> None:
+    """An open_clip weights file into `clip` (its image tower skipped when it is absent)."""
+    skip = isinstance(getattr(clip, "visual", None), AbsentTower)
+    result = open_clip.load_checkpoint(clip, str(path), strict=False)
+    missing = [k for k in result.missing_keys if not k.endswith(_DERIVED_BUFFERS)]
+    unexpected = [k for k in result.unexpected_keys if not (skip and k.startswith("visual."))]
+    if missing or unexpected:
+        raise ValueError(
+            f"{path}: open_clip weights do not fit the model: missing {missing[:5]}, "
+            f"unexpected {unexpected[:5]}"
+        )
+
+
+def parse_hub_id(text: str) -> tuple[str, str | None]:
+    """`[hf-hub:]ORG/NAME[@REVISION]` -> (repo id, revision or None)."""
+    raw = text[len(HF_HUB) :] if text.startswith(HF_HUB) else text
+    repo_id, _, revision = raw.partition("@")
+    parts = repo_id.split("/")
+    if len(parts) != 2 or not all(parts):
+        raise ValueError(f"{text!r}: a Hub model is named ORG/NAME (optionally @REVISION)")
+    return repo_id, revision or None
+
+
+def hub_snapshot(
+    repo_id: str, revision: str | None, weights: tuple[str, ...]
+) -> tuple[Path, dict[str, Any]]:
+    """A model repo's configs + tokenizer and its first weights file of `weights`, through the
+    huggingface_hub cache; (snapshot folder, source record with the resolved commit)."""
+    from huggingface_hub import hf_hub_download, snapshot_download
+    from huggingface_hub.errors import EntryNotFoundError
+
+    folder = Path(
+        snapshot_download(repo_id, revision=revision, allow_patterns=list(HUB_SMALL_FILES))
+    )
+    commit = folder.name  # the cache's snapshots/<commit>/
+    for name in weights:
+        try:
+            path = hf_hub_download(repo_id, name, revision=commit)
+        except EntryNotFoundError:
+            continue
+        record = {"repo_id": repo_id, "revision": revision, "commit": commit, "filename": name}
+        return folder, {"path": str(path), **record}
+    raise FileNotFoundError(f"{repo_id}@{commit}: no weights file (one of {list(weights)})")
+
+
+def hub_file(source: Mapping[str, Any]) -> Path:
+    """The weights file of a Hub source record, at its resolved commit (from the cache if there)."""
+    from huggingface_hub import hf_hub_download
+
+    return Path(hf_hub_download(source["repo_id"], source["filename"], revision=source["commit"]))
+
+
+def _audio_tower(spec: str, load_weights: bool) -> tuple[Path, Path | None, dict[str, Any]]:
+    """(CLAP folder, weights file or None, source record) of an audio tower spec."""
+    if spec.startswith(LOCAL_DIR):
+        folder = Path(spec[len(LOCAL_DIR) :]).expanduser()
+        if not (folder / "config.json").is_file():
+            raise FileNotFoundError(f"{folder}: no config.json (a transformers CLAP folder)")
+        _, weights = _clap_folder(folder)
+        return folder, weights, {"path": str(weights)} if weights else {}
+    repo_id, revision = parse_hub_id(spec)
+    if not load_weights:
+        from huggingface_hub import snapshot_download
+
+        folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=["config.json"]))
+        return folder, None, {}
+    folder, source = hub_snapshot(repo_id, revision, CLAP_WEIGHTS)
+    return folder, Path(source["path"]), source
+
+
+def _tiny(skip_image: bool) -> Towers:
     raw = read_config("tiny")
     name = raw["open_clip"]["name"]
     register_open_clip_configs()
     clip, tokenizer = _create_clip(name)
     oc = {"model_cfg": open_clip.get_model_config(name), "preprocess_cfg": _preprocess_cfg(clip)}
+    if skip_image:
+        clip.visual = AbsentTower()
     audio_cfg = clap_audio_config(raw["audio"])
     cfg = TowerConfig(
         name="tiny",
@@ -267,39 +365,60 @@ def _tiny() -> Towers:
     return _finish("tiny", cfg, clip, tokenizer, ClapAudioModelWithProjection(audio_cfg), {})
 
 
-def _local_dir(path: Path, load_weights: bool, audio_name: str | None, use_clap: bool) -> Towers:
+def _local_dir(
+    spec: str,
+    path: Path,
+    load_weights: bool,
+    audio_name: str | None,
+    use_clap: bool,
+    *,
+    source: dict[str, Any] | None = None,
+    audio_tower: str | None = None,
+    skip_image: bool = False,
+) -> Towers:
     if not (path / "open_clip_config.json").is_file():
         raise FileNotFoundError(f"{path}: no open_clip_config.json (an open_clip model folder)")
-    spec = f"{LOCAL_DIR}{path}"
-    clip, tokenizer = _create_clip(spec)
-    sources: dict[str, str] = {}
+    clip, tokenizer = _create_clip(f"{LOCAL_DIR}{path}")
+    preprocess = _preprocess_cfg(clip)
+    if skip_image:
+        clip.visual = AbsentTower()
+    sources: dict[str, dict[str, Any]] = {}
     if load_weights:
-        weights = _open_clip_weights(path)
-        open_clip.load_checkpoint(clip, str(weights), strict=True)
-        sources["open_clip"] = str(weights)
+        weights = Path(source["path"]) if source else _open_clip_weights(path)
+        load_open_clip_weights(clip, weights)
+        sources["open_clip"] = source or {"path": str(weights)}
     model_cfg = json.loads((path / "open_clip_config.json").read_text())["model_cfg"]
     hf_tok = "hf_tokenizer_name" in model_cfg.get("text_cfg", {})
     base = read_config(audio_name or "htsat-unfused")
-    clap_dir = path / "clap"
-    if use_clap and (clap_dir / "config.json").is_file():
-        audio_cfg, clap_weights = _clap_folder(clap_dir)
+    clap_dir, clap_weights, clap_source = path / "clap", None, {}
+    if audio_tower is not None:
+        clap_dir, clap_weights, clap_source = _audio_tower(audio_tower, load_weights)
+    if (use_clap or audio_tower is not None) and (clap_dir / "config.json").is_file():
+        audio_cfg, found = _clap_folder(clap_dir)
+        clap_weights = clap_weights or found
         audio = ClapAudioModelWithProjection(audio_cfg)
         if load_weights:
             if clap_weights is None:
                 raise FileNotFoundError(f"{clap_dir}: no weights (one of {list(CLAP_WEIGHTS)})")
             load_clap_audio(audio, read_state_dict(clap_weights))
-            sources["audio"] = str(clap_weights)
+            sources["audio"] = clap_source or {"path": str(clap_weights)}
     else:
         audio_cfg = clap_audio_config(base["audio"])
         audio = ClapAudioModelWithProjection(audio_cfg)
         log.info("%s: HTS-AT audio tower %r from random weights", path, base["name"])
+    origin = {
+        k: {f: v for f, v in src.items() if f != "path"}
+        for k, src in sources.items()
+        if "repo_id" in src
+    }
     cfg = TowerConfig(
         name=spec,
         embed_dim=int(model_cfg["embed_dim"]),
-        open_clip={"model_cfg": model_cfg, "preprocess_cfg": _preprocess_cfg(clip)},
+        open_clip={"model_cfg": model_cfg, "preprocess_cfg": preprocess},
         audio=_audio_kwargs(audio_cfg),
         frontend=dict(base["frontend"]),
         tokenizer_dir=str(path) if hf_tok else None,
+        origin=origin,
     )
     return _finish(spec, cfg, clip, tokenizer, audio, sources)
 
@@ -310,7 +429,7 @@ def _finish(
     clip: nn.Module,
     tokenizer: Tokenizer,
     audio: ClapAudioModelWithProjection,
-    sources: dict[str, str],
+    sources: dict[str, dict[str, Any]],
 ) -> Towers:
     frontend = FrontendConfig.from_dict(cfg.frontend)
     check_frontend(frontend, int(audio.config.spec_size), int(audio.config.num_mel_bins))
@@ -318,32 +437,57 @@ def _finish(
 
 
 def create_towers(
-    spec: str, *, load_weights: bool = True, audio: str | None = None, clap_dir: bool = True
+    spec: str,
+    *,
+    load_weights: bool = True,
+    audio: str | None = None,
+    clap_dir: bool = True,
+    audio_tower: str | None = None,
+    skip_image: bool = False,
 ) -> Towers:
-    """Build the towers named by `spec` (`tiny` or `local-dir:PATH`), offline.
+    """Build the towers named by `spec` (`tiny`, `local-dir:PATH` or `hf-hub:ORG/NAME[@REV]`).
 
-    With `load_weights=False` a `local-dir:` spec builds the architecture only (a checkpoint's
-    weights are loaded on top later). For `local-dir:`, `audio` names the config in `configs/`
-    (default `htsat-unfused`) that gives the front end, and the HTS-AT architecture when there is
-    no `PATH/clap/` folder or `clap_dir` is False (random weights).
+    With `load_weights=False` a folder spec builds the architecture only (a checkpoint's weights
+    are loaded on top later). `audio` names the config in `configs/` (default `htsat-unfused`)
+    that gives the front end, and the HTS-AT architecture when there is no CLAP folder
+    (`PATH/clap/`, unless `clap_dir` is False, or `audio_tower`): random weights then.
+    `skip_image` leaves the image tower out (an `AbsentTower`; its weights are never read).
     """
     if spec == "tiny":
-        if audio not in (None, "tiny"):
+        if audio not in (None, "tiny") or audio_tower is not None:
             raise ValueError("the tiny towers take no audio override")
-        return _tiny()
+        return _tiny(skip_image)
+    kw = {"audio_tower": audio_tower, "skip_image": skip_image}
     if spec.startswith(LOCAL_DIR):
         path = Path(spec[len(LOCAL_DIR) :]).expanduser()
         if not path.is_dir():
             raise FileNotFoundError(f"{path}: not a folder")
-        return _local_dir(path, load_weights, audio, clap_dir)
-    raise ValueError(f"unknown tower spec {spec!r}: use 'tiny' or 'local-dir:PATH'")
+        return _local_dir(spec, path, load_weights, audio, clap_dir, **kw)
+    if spec.startswith(HF_HUB):
+        repo_id, revision = parse_hub_id(spec)
+        if load_weights:
+            folder, source = hub_snapshot(repo_id, revision, OPEN_CLIP_WEIGHTS)
+        else:
+            from huggingface_hub import snapshot_download
+
+            patterns = list(HUB_SMALL_FILES)
+            folder = Path(snapshot_download(repo_id, revision=revision, allow_patterns=patterns))
+            source = None
+        return _local_dir(spec, folder, load_weights, audio, clap_dir, source=source, **kw)
+    raise ValueError(
+        f"unknown tower spec {spec!r}: use 'tiny', 'local-dir:PATH' or 'hf-hub:ORG/NAME'"
+    )
 
 
-def towers_from_config(cfg: TowerConfig | Mapping[str, Any], spec: str = "") -> Towers:
+def towers_from_config(
+    cfg: TowerConfig | Mapping[str, Any], spec: str = "", *, skip_image: bool = False
+) -> Towers:
     """Rebuild the towers' architecture (random weights) from a stored TowerConfig."""
     if not isinstance(cfg, TowerConfig):
         cfg = TowerConfig.from_dict(cfg)
     clip, tokenizer = _clip_from_cfg(cfg.open_clip, cfg.tokenizer_dir)
     open_clip.model.set_model_preprocess_cfg(clip, dict(cfg.open_clip["preprocess_cfg"]))
+    if skip_image:
+        clip.visual = AbsentTower()
     audio = ClapAudioModelWithProjection(clap_audio_config(cfg.audio))
     return _finish(spec or cfg.name, cfg, clip, tokenizer, audio, {})

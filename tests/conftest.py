@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from collections.abc import Iterator
 
 import pytest
 
 from biovita_data.sample.server import SampleServer
 from biovita_data.sample.world import World
+
+# the model's on-disk caches (prompt embeddings) go to a fresh folder, never the user's
+os.environ.setdefault("BIOVITA_CACHE", tempfile.mkdtemp(prefix="biovita-test-cache-"))
 
 
 @pytest.fixture(scope="session")

@@ -157,7 +157,9 @@ def test_save_load_round_trip(tiny: BioVITAModel, tmp_path: Path) -> None:
 
 def test_unknown_specs(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown tower spec"):
-        create_towers("hf-hub:imageomics/bioclip-2")
+        create_towers("bioclip-2")
+    with pytest.raises(ValueError, match="ORG/NAME"):
+        create_towers("hf-hub:bioclip-2")
     with pytest.raises(FileNotFoundError):
         create_towers(f"local-dir:{tmp_path / 'absent'}")
     with pytest.raises(FileNotFoundError, match=r"open_clip_config\.json"):
@@ -215,13 +217,18 @@ def test_import_official_round_trip(tmp_path: Path) -> None:
         )
         assert torch.allclose(model.encode_text(tokens), clip.encode_text(tokens, normalize=True))
         assert torch.allclose(model.encode_image(pixels), clip.encode_image(pixels, normalize=True))
-    # our checkpoint format round-trips the imported model without the original folders
+    # a run references the folder's frozen towers; with embed_towers it stands alone
     save_model(model, tmp_path / "run")
+    save_model(model, tmp_path / "whole", embed_towers=True)
+    assert not any(k.startswith("clip.") for k in torch.load(tmp_path / "run" / "model.pt"))
     for p in (tmp_path / "bioclip").iterdir():
         p.unlink()
-    again = load_model(tmp_path / "run").eval()
+    with pytest.raises(FileNotFoundError, match="referenced tower weights"):
+        load_model(tmp_path / "run")
+    again = load_model(tmp_path / "whole").eval()
     with torch.no_grad():
         assert torch.equal(again.encode_audio(wave), model.encode_audio(wave))
+        assert torch.equal(again.encode_text(tokens), model.encode_text(tokens))
     # a bare adapter tensor is accepted; a wrong shape or a missing key is not
     torch.save({**state, "audio_adapter": adapter.weight}, tmp_path / "bare.pth")
     open_clip_folder(tmp_path / "bioclip", seed=5)

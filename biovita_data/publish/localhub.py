@@ -32,15 +32,18 @@ def available() -> bool:
     return importlib.util.find_spec("olah") is not None
 
 
-def repo_path(root: Path, repo_id: str) -> Path:
-    """The bare git repository of dataset `repo_id` under a hub root."""
+def repo_path(root: Path, repo_id: str, repo_type: str = "datasets") -> Path:
+    """The bare git repository of `repo_id` under a hub root (`datasets`, or `models`: olah
+    serves model repos from ROOT/mirrors/models the same way)."""
+    if repo_type not in ("datasets", "models"):
+        raise ValueError(f"repo_type must be datasets or models, not {repo_type!r}")
     namespace, name = check_repo_id(repo_id).split("/")
-    return Path(root).resolve() / "mirrors" / "datasets" / namespace / name
+    return Path(root).resolve() / "mirrors" / repo_type / namespace / name
 
 
-def init_repo(root: Path, repo_id: str) -> str:
+def init_repo(root: Path, repo_id: str, repo_type: str = "datasets") -> str:
     """Create (once) the bare repository of `repo_id`; its `file://` URL for `--git-remote`."""
-    bare = repo_path(root, repo_id)
+    bare = repo_path(root, repo_id, repo_type)
     if not (bare / "HEAD").is_file():
         bare.parent.mkdir(parents=True, exist_ok=True)
         subprocess.run(

@@ -30,13 +30,19 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from biovita_data.loader import BioVITADataset
-from biovita_model.evaluate import embed_texts
 from biovita_model.losses import itc_loss, lambda_ramp, stage1_loss, stage2_loss
-from biovita_model.model import PAIRS, BioVITAModel, create_model, load_model, save_model
+from biovita_model.model import (
+    PAIRS,
+    BioVITAModel,
+    create_model,
+    load_model,
+    part_of_key,
+    save_model,
+)
 from biovita_model.threads import cpu_threads
 from biovita_model.training import checkpoint as ck
 from biovita_model.training.batches import SpeciesBatchSampler
-from biovita_model.training.config import TrainConfig, steps_of
+from biovita_model.training.config import TrainConfig, resolve_init, steps_of
 from biovita_model.training.data import AudioItems, ImageTextItems, SpeciesImages, make_loader
 from biovita_model.training.distributed import (
     DistInfo,
@@ -46,6 +52,7 @@ from biovita_model.training.distributed import (
     setup,
     teardown,
 )
+from biovita_model.training.prompt_cache import FrozenText
 from biovita_model.training.schedule import warmup_cosine
 
 STAND_IN = (
@@ -74,25 +81,65 @@ class TrainResult:
 # ---- model ----------------------------------------------------------------------------------
 
 
-def resolve_init(path: str | Path) -> tuple[Path, Path | None]:
-    """(run folder, checkpoint file or None) of an --init value: a run or a checkpoint file."""
-    p = Path(path)
-    if p.is_file():
-        return p.parent.parent, p
-    if (p / "config.json").is_file():
-        return p, None
-    raise FileNotFoundError(f"{p}: neither a run folder (config.json + model.pt) nor a checkpoint")
-
-
 def initial_model(cfg: TrainConfig) -> BioVITAModel:
-    """The model a run starts from: --init (a run or checkpoint), else fresh --towers."""
+    """The model a run starts from: --init (a run or checkpoint), else fresh --towers (and
+    --audio-tower). Stage 1 leaves out an image tower that comes from a file: it never uses it."""
+    skip_image = cfg.stage == "1"
     if cfg.init is None:
-        return create_model(cfg.towers)
+        spec = cfg.start_towers
+        return create_model(
+            spec,
+            audio_tower=cfg.audio_tower,
+            audio=cfg.audio_config,
+            skip_image=skip_image and spec != "tiny",
+        )
     run, ckpt = resolve_init(cfg.init)
-    model = load_model(run)
+    model = load_model(run, skip_image=skip_image)
     if ckpt is not None:
-        model.load_state_dict(ck.load_checkpoint(ckpt)["model"], strict=True)
+        load_trained_state(model, ck.load_checkpoint(ckpt)["model"], ckpt)
     return model
+
+
+def trained_state(model: BioVITAModel) -> dict[str, torch.Tensor]:
+    """The state of the parts a stage trains (adapter and scales included): what resume needs;
+    the frozen towers are rebuilt from the run's start."""
+    return {
+        k: v.detach().cpu()
+        for k, v in model.state_dict().items()
+        if part_of_key(k) is None or part_of_key(k) not in model.frozen
+    }
+
+
+def load_trained_state(model: BioVITAModel, state: dict[str, torch.Tensor], where: Path) -> None:
+    """trained_state's output (or a whole state dict) into the model."""
+    result = model.load_state_dict(state, strict=False)
+    missing = [k for k in result.missing_keys if part_of_key(k) not in model.frozen]
+    if missing or result.unexpected_keys:
+        unexpected = [k for k in result.unexpected_keys if not k.startswith("clip.visual.")]
+        if missing or unexpected:
+            raise ValueError(
+                f"{where}: the checkpoint does not fit the model: missing {missing[:5]}, "
+                f"unexpected {unexpected[:5]}"
+            )
+
+
+def set_grad_checkpointing(model: BioVITAModel, enable: bool = True) -> None:
+    """Recompute activations in backward: open_clip's towers and the HTS-AT stages."""
+    model.clip.set_grad_checkpointing(enable)
+    audio = model.audio
+    # transformers >= 5 names it activation checkpointing; 4.x gradient checkpointing
+    new = hasattr(audio, "activation_checkpointing_enable")
+    if enable:
+        # CLAP's audio model declares no support, but its stages are checkpointing layers
+        audio.supports_gradient_checkpointing = True
+        if new:
+            audio.activation_checkpointing_enable({"use_reentrant": False})
+        else:
+            audio.gradient_checkpointing_enable({"use_reentrant": False})
+    elif new:
+        audio.activation_checkpointing_disable()
+    else:
+        audio.gradient_checkpointing_disable()
 
 
 def configure_stage(model: BioVITAModel, cfg: TrainConfig) -> None:
@@ -105,6 +152,9 @@ def configure_stage(model: BioVITAModel, cfg: TrainConfig) -> None:
         model.freeze(image=True, text=not cfg.train_text, audio=False)
     for pair in PAIRS:
         model.log_logit_scales[pair].requires_grad_(pair in STAGE_PAIRS[cfg.stage])
+    model.forget_trained_references()
+    if cfg.grad_checkpointing:
+        set_grad_checkpointing(model)
     if cfg.dropout is not None:
         for m in model.audio.modules():
             if isinstance(m, nn.Dropout):
@@ -173,20 +223,6 @@ def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContex
     return torch.autocast(device_type=device.type, dtype=dtype)
 
 
-class FrozenText:
-    """Embeddings of a fixed prompt set by a frozen text tower, computed once (Stage 1)."""
-
-    def __init__(self, model: BioVITAModel, prompts: Any, device: torch.device) -> None:
-        texts = sorted({p for group in prompts for p in group})
-        self.row = {t: i for i, t in enumerate(texts)}
-        with torch.no_grad():
-            self.embeddings = embed_texts(model, texts).to(device)
-
-    def __call__(self, texts: list[str]) -> torch.Tensor:
-        """The embeddings of a batch of prompts."""
-        return self.embeddings[[self.row[t] for t in texts]]
-
-
 def forward_loss(
     module: nn.Module,
     model: BioVITAModel,
@@ -239,7 +275,7 @@ def _check_resume(cfg: TrainConfig, run_dir: Path) -> None:
     """A resumed run must keep the options that decide its numbers."""
     stored = TrainConfig.read(run_dir).to_dict()
     free = {"workers", "threads", "progress", "device", "keep_checkpoints", "stop_after", "out"}
-    free |= {"dataset", "log_every"}
+    free |= {"dataset", "log_every", "grad_checkpointing"}
     diff = {
         k: (stored.get(k), v)
         for k, v in cfg.to_dict().items()
@@ -288,6 +324,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
         _check_resume(cfg, run_dir)
     elif latest is not None:
         raise FileExistsError(f"{run_dir} already holds a run: pass --resume, or another --out")
+    cfg.check_towers()
     _seed_all(cfg.seed)
     model = initial_model(cfg)
     configure_stage(model, cfg)
@@ -305,15 +342,17 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
             f"{cfg.grad_accum}: lower --batch-size or --grad-accum"
         )
     total = steps_per_epoch * cfg.epochs
+    if cfg.max_steps is not None:
+        total = min(total, cfg.max_steps)
     optimizer = torch.optim.AdamW(param_groups(model, cfg), betas=(0.9, 0.98), eps=1e-6)
     scheduler = warmup_cosine(optimizer, steps_of(cfg.warmup, total), total, cfg.min_lr_ratio)
     scaler = torch.amp.GradScaler(info.device.type, enabled=cfg.precision == "fp16")
-    ramp = steps_of(cfg.lambda_ramp, total)
+    ramp = cfg.lambda_ramp_length(total)
     log = ck.MetricsLog(run_dir, enabled=info.is_main)
     start_epoch, step, history, resumed_from = 0, 0, [], None
     if resume and latest is not None:
         state = ck.load_checkpoint(latest)
-        model.load_state_dict(state["model"], strict=True)
+        load_trained_state(model, state["model"], latest)
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         scaler.load_state_dict(state["scaler"])
@@ -333,7 +372,9 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
         module = DistributedDataParallel(model, device_ids=ids)
     text_cache = None
     if cfg.stage == "1":  # the text tower is frozen: embed the finite prompt set once
-        text_cache = FrozenText(model, dataset.base.species.prompts, info.device)
+        text_cache = FrozenText(
+            model, dataset.base.species.prompts, info.device, write=info.is_main
+        )
     trainable = [p for p in model.parameters() if p.requires_grad]
     if info.is_main:
         n_train = sum(p.numel() for p in trainable)
@@ -341,12 +382,18 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
             f"[bold]stage {cfg.stage}[/bold] -> {run_dir}: {len(dataset)} items, "
             f"{steps_per_epoch} steps/epoch x {cfg.epochs} epochs, global batch {cfg.batch_size}"
             f" x accum {cfg.grad_accum} on {info.world} x {info.device}, "
-            f"{n_train:,} trainable parameters, lr {cfg.base_lr:g}"
+            f"{n_train:,} trainable parameters, lr {cfg.base_lr:g} (towers {cfg.start_towers})"
+            + (f", {total} steps (--max-steps)" if total < steps_per_epoch * cfg.epochs else "")
         )
+        if text_cache is not None:
+            console.print(
+                f"prompt embeddings: {len(text_cache.row) - text_cache.computed} cached, "
+                f"{text_cache.computed} embedded ({text_cache.path})"
+            )
         if cfg.stage == "pretrain":
             console.print(f"[yellow]note[/yellow]: {STAND_IN}")
     end_epoch = cfg.epochs if cfg.stop_after is None else start_epoch + cfg.stop_after
-    end_epoch = min(cfg.epochs, end_epoch)
+    end_epoch = min(cfg.epochs, end_epoch, math.ceil(total / steps_per_epoch))
     t_run = time.monotonic()
     with _progress(info.is_main and cfg.progress, console) as progress:
         for epoch in range(start_epoch, end_epoch):
@@ -366,6 +413,8 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
                 if step % cfg.log_every == 0:
                     log.write(records)
                 progress.update(task, advance=1, loss=records["loss"])
+                if step >= total:  # --max-steps
+                    break
             seconds = time.monotonic() - t_epoch
             history.append(
                 {
@@ -480,7 +529,7 @@ def _save(
             "epoch": epoch,
             "step": step,
             "history": history,
-            "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+            "model": trained_state(model),
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "scaler": scaler.state_dict(),

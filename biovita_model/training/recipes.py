@@ -32,13 +32,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "towers": {"epochs": 60, "batch_size": 32, "lr": 1e-3, "workers": 1},
         "stage1": {"epochs": 30, "batch_size": 32, "lr": 3e-3, "workers": 2},
         "stage2": {"epochs": 16, "batch_size": 32, "lr": 2e-3, "text_lr": 1e-5,
-                   "lambda_ramp": 0.25, "workers": 2},
+                   "lambda_ramp_fraction": 0.25, "workers": 2},
     },
     "demo": {
         "towers": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "workers": 1},
         "stage1": {"epochs": 20, "batch_size": 32, "lr": 3e-3, "workers": 2},
         "stage2": {"epochs": 8, "batch_size": 32, "lr": 2e-3, "text_lr": 1e-5,
-                   "lambda_ramp": 0.25, "workers": 2},
+                   "lambda_ramp_fraction": 0.25, "workers": 2},
     },
 }  # fmt: skip
 STAGE_OF = {"towers": "pretrain", "stage1": "1", "stage2": "2"}
