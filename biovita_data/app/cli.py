@@ -232,6 +232,14 @@ def materialize_cmd(
     ray_address: Annotated[
         str | None, typer.Option(help="A Ray cluster address (default: a local Ray).")
     ] = None,
+    media_root: Annotated[
+        str | None,
+        typer.Option(
+            help="Where workers write the shards: a (shared) folder or an fsspec URL such as "
+            "s3://bucket/prefix (credentials and endpoint from AWS_* / the standard environment). "
+            "Remembered in OUT/media/store.json. Default: OUT/media."
+        ),
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: cores).")] = None,
     image_size: Annotated[int, typer.Option(help="Short side of stored photos, at most.")] = 512,
     segment_seconds: Annotated[
@@ -253,6 +261,7 @@ def materialize_cmd(
     cfg = {
         "engine": engine,
         "ray_address": ray_address,
+        "media_root": media_root,
         "workers": workers,
         "image_size": image_size,
         "segment_seconds": segment_seconds,
