@@ -14,6 +14,8 @@ import logging
 import math
 import multiprocessing
 import pickle
+import socket
+import sys
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import (
@@ -24,7 +26,7 @@ from concurrent.futures import (
     as_completed,
 )
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import polars as pl
 import pyarrow as pa
@@ -54,6 +56,15 @@ class ShardReport:
     downloaded: int  # bytes downloaded
     stored: int  # bytes of media stored
     stats: Counter  # the HTTP client's counters for this shard
+    node: str  # where it was done: the Ray node id, else the host name
+
+
+def _node() -> str:
+    """This worker's Ray node id when it runs in Ray, else the host name."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()
 
 
 @dataclass
@@ -62,6 +73,7 @@ class Received:
 
     reports: int = 0
     bytes: int = 0
+    nodes: set[str] = field(default_factory=set)  # where the shards were done
 
 
 _CLIENTS: dict[HttpSpec, HttpClient] = {}
@@ -117,6 +129,7 @@ def run_shard(
         sum(o.downloaded for o in outcomes),
         int(rows["size"].sum() or 0),
         stats,
+        _node(),
     )
     return pickle.dumps(report)
 
@@ -132,6 +145,7 @@ class Collector:
         self.received.reports += 1
         self.received.bytes += len(blob)
         report: ShardReport = pickle.loads(blob)
+        self.received.nodes.add(report.node)
         self.http.stats.update(report.stats)
         self.on(report.modality, report.records, report.downloaded)
         return report

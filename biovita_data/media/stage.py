@@ -56,6 +56,7 @@ class MaterializeResult:
     seconds: float
     media_root: str = ""  # where the shards are (OUT/media, a folder or an fsspec URL)
     driver_bytes: int = 0  # what the workers sent the driver (pickled reports, no media)
+    nodes: int = 0  # machines (Ray nodes) that did shards in this run
 
     def by_modality(self, modality: str) -> ModalityResult:
         return next(m for m in self.modalities if m.modality == modality)
@@ -148,7 +149,12 @@ def materialize(
         results[m].failed = dict(sorted(Counter(mine["reason"].to_list()).items()))
     seconds = time.monotonic() - t0
     result = MaterializeResult(
-        settings.engine, list(results.values()), seconds, store.url, received.bytes
+        settings.engine,
+        list(results.values()),
+        seconds,
+        store.url,
+        received.bytes,
+        len(received.nodes),
     )
     write_json_atomic(_summary(settings, result), out / "media" / "materialize.json")
     console.print(summary_table(result, http))
