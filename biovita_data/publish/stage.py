@@ -29,6 +29,7 @@ from biovita_data.publish.upload import (
     push_to_git,
     redact,
     upload_to_hub,
+    write_gitattributes,
 )
 
 MEDIA_MODES = ("embed", "urls")
@@ -92,6 +93,7 @@ def build_folder(
         repo_id, media, species, records, results, bench_tasks, bench_settings, build, stats
     )
     license_code = write_card(folder, inputs, pretty_name or repo_id.split("/", 1)[1])
+    write_gitattributes(folder)
     return results, license_code
 
 
