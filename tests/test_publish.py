@@ -471,6 +471,52 @@ def test_hub_upload_uses_token_and_endpoint(
     assert secret not in log.getvalue() and "uploaded to" in log.getvalue()
 
 
+def test_large_folder_uploads_resumably_and_deletes_stale_files(
+    published: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A large folder goes through upload_large_folder (where huggingface_hub has it), then one
+    commit deletes the remote files it lacks; without it, upload_folder (itself multi-commit and
+    resumable from huggingface_hub 2 on)."""
+    import huggingface_hub
+
+    from biovita_data.publish import upload
+
+    calls: list[tuple[str, object]] = []
+
+    class LargeApi:
+        def __init__(self, endpoint: str | None = None, token: str | None = None) -> None:
+            pass
+
+        def create_repo(self, repo_id: str, **kw) -> None:
+            calls.append(("create_repo", repo_id))
+
+        def upload_large_folder(self, **kw) -> None:
+            calls.append(("upload_large_folder", kw))
+
+        def list_repo_files(self, repo_id: str, **kw) -> list[str]:
+            return ["README.md", "audio/train-00000-of-00009.parquet", "old.txt"]
+
+        def create_commit(self, repo_id: str, *, operations, **kw) -> None:
+            calls.append(("delete", sorted(op.path_in_repo for op in operations)))
+
+    monkeypatch.setenv("HF_TOKEN", "hf_x")
+    monkeypatch.delenv("HF_ENDPOINT", raising=False)
+    monkeypatch.setattr(huggingface_hub, "HfApi", LargeApi)
+    (published / ".cache" / "huggingface").mkdir(parents=True, exist_ok=True)
+    (published / ".cache" / "huggingface" / "state").write_text("resume state")
+    url = upload.upload_to_hub(published, REPO_ID, private=False, message="m", large=True)
+    assert url == f"https://huggingface.co/datasets/{REPO_ID}"
+    assert calls[1][0] == "upload_large_folder"
+    assert calls[1][1] == {
+        "repo_id": REPO_ID, "folder_path": str(published), "repo_type": "dataset", "private": False
+    }  # fmt: skip
+    assert calls[2] == ("delete", ["audio/train-00000-of-00009.parquet", "old.txt"])
+    assert not any(f.startswith(".cache") for f in upload.folder_files(published))
+    assert ".gitattributes" in upload.folder_files(published)
+    assert not upload.is_large(published)  # the tiny world: upload_folder by default
+    shutil.rmtree(published / ".cache")
+
+
 def test_git_push_is_idempotent_and_redacts(published: Path, tmp_path: Path) -> None:
     remote = tmp_path / "remote.git"
     subprocess.run(["git", "init", "-q", "--bare", str(remote)], check=True)

@@ -286,8 +286,18 @@ def publish_cmd(
         str | None, typer.Option(help="Commit and push to this git remote instead of the Hub.")
     ] = None,
     private: Annotated[bool, typer.Option(help="Create the Hub repo private.")] = False,
-    max_shard_mb: Annotated[int, typer.Option(help="Parquet shard size limit in MB.")] = 500,
+    max_shard_mb: Annotated[
+        int, typer.Option(help="Target Parquet shard size in MB (row groups of a few MB).")
+    ] = 500,
     pretty_name: Annotated[str | None, typer.Option(help="The card's title.")] = None,
+    large_upload: Annotated[
+        bool | None,
+        typer.Option(
+            "--large-upload/--single-upload",
+            help="HfApi.upload_large_folder (resumable, many commits) or upload_folder; default: "
+            "large from 2 GB. Re-run the same command to resume an interrupted upload.",
+        ),
+    ] = None,
 ) -> None:
     """Write the Hugging Face dataset folder OUT/hf (card, plots, Parquet) and upload it."""
     from biovita_data.publish import PublishError, publish
@@ -302,6 +312,7 @@ def publish_cmd(
             private=private,
             max_shard_bytes=max_shard_mb * 2**20,
             pretty_name=pretty_name,
+            large_upload=large_upload,
             console=console,
         )
     except (PublishError, OSError, ValueError) as exc:

@@ -98,8 +98,13 @@ def build_folder(
 
 
 def _swap_in(tmp: Path, target: Path) -> None:
-    """Replace `target` with `tmp` (old content moved aside first, then removed)."""
+    """Replace `target` with `tmp` (old content moved aside first, then removed); an upload's
+    resume state (`.cache/huggingface`) moves over, so an interrupted upload resumes."""
     old = target.with_name(f".{target.name}.old")
+    cache = target / ".cache" / "huggingface"
+    if cache.is_dir():
+        (tmp / ".cache").mkdir(exist_ok=True)
+        cache.rename(tmp / ".cache" / "huggingface")
     if old.exists():
         shutil.rmtree(old)
     if target.exists():
@@ -119,6 +124,7 @@ def publish(
     private: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     pretty_name: str | None = None,
+    large_upload: bool | None = None,
     console: Console | None = None,
 ) -> PublishResult:
     """Write OUT/hf (configs audio, image, species, bench + card), then upload it unless
@@ -161,7 +167,9 @@ def publish(
             target = redact(git_remote)
             console.print(f"pushed {commit[:12]} to {target}")
         else:
-            target = upload_to_hub(hf, repo_id, private=private, message=message)
+            target = upload_to_hub(
+                hf, repo_id, private=private, message=message, large=large_upload
+            )
             console.print(f"uploaded to {target}")
     return PublishResult(
         folder=hf,

@@ -47,15 +47,46 @@ def _scrub(text: str, token: str) -> str:
     return text.replace(token, "***") if token else text
 
 
-def upload_to_hub(folder: Path, repo_id: str, *, private: bool, message: str) -> str:
-    """create_repo (exist_ok) + upload_folder; remote files the folder lacks are deleted (stale
-    shards would otherwise match a config's `split-*` pattern). Returns the commit URL."""
+# A folder at least this large is uploaded with HfApi.upload_large_folder (resumable, many commits)
+# where the installed huggingface_hub has it; from huggingface_hub 2 on, upload_folder itself is
+# streamed, committed in batches and resumed by running it again.
+LARGE_FOLDER_BYTES = 2 * 2**30
+_LOCAL_CACHE = ".cache"  # upload_large_folder's resume state inside the folder
+
+
+def folder_files(folder: Path) -> list[str]:
+    """The folder's files as repo paths (its upload cache excluded)."""
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder).parts[0] != _LOCAL_CACHE
+    )
+
+
+def is_large(folder: Path) -> bool:
+    return sum((folder / f).stat().st_size for f in folder_files(folder)) >= LARGE_FOLDER_BYTES
+
+
+def upload_to_hub(
+    folder: Path, repo_id: str, *, private: bool, message: str, large: bool | None = None
+) -> str:
+    """create_repo (exist_ok), then the folder: upload_large_folder when `large` (None: when it
+    holds LARGE_FOLDER_BYTES or more) and the installed huggingface_hub has it, else
+    upload_folder. Remote files the folder lacks are deleted (stale shards would otherwise match
+    a config's `split-*` pattern). An interrupted upload resumes by running it again. Returns the
+    commit (or repo) URL."""
     from huggingface_hub import HfApi
 
     token = hub_token()
     api = HfApi(endpoint=hub_endpoint(), token=token)
+    large = is_large(folder) if large is None else large
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        if large and hasattr(api, "upload_large_folder"):
+            api.upload_large_folder(
+                repo_id=repo_id, folder_path=str(folder), repo_type="dataset", private=private
+            )
+            return _delete_stale(api, folder, repo_id, message)
         info = api.upload_folder(
             folder_path=str(folder),
             repo_id=repo_id,
@@ -66,6 +97,22 @@ def upload_to_hub(folder: Path, repo_id: str, *, private: bool, message: str) ->
     except Exception as exc:  # the hub's errors can quote request headers: scrub the token
         raise PublishError(_scrub(f"upload to {repo_id} failed: {exc}", token)) from None
     return str(getattr(info, "commit_url", info))
+
+
+def _delete_stale(api: object, folder: Path, repo_id: str, message: str) -> str:
+    """One commit deleting the remote files the folder lacks; the repo's URL."""
+    from huggingface_hub import CommitOperationDelete
+
+    remote = api.list_repo_files(repo_id, repo_type="dataset")  # type: ignore[attr-defined]
+    stale = sorted(set(remote) - set(folder_files(folder)))
+    if stale:
+        api.create_commit(  # type: ignore[attr-defined]
+            repo_id,
+            repo_type="dataset",
+            operations=[CommitOperationDelete(path) for path in stale],
+            commit_message=f"{message}: remove files no longer published",
+        )
+    return f"{hub_endpoint() or 'https://huggingface.co'}/datasets/{repo_id}"
 
 
 def redact(url: str) -> str:
