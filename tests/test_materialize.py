@@ -497,10 +497,17 @@ def test_ray_cluster_workers_write_shards_to_s3(built: Path, local_run, cluster,
     failures = "manifests/failures.parquet"
     assert (out / failures).read_bytes() == (local_run[0] / failures).read_bytes()
 
-    # a re-run finds every shard finished in S3; publish reads them from there
+    # a re-run finds every shard finished in S3 (OUT/media/store.json names the bucket) ...
     again = materialize(out, _settings(engine="ray"), console=QUIET, http=_client())
     assert all(m.shards_reused == m.shards for m in again.modalities)
     assert again.driver_bytes == 0
+    # ... and redoes only a shard whose final object is missing, to the same bytes
+    import s3fs
+
+    s3fs.S3FileSystem().rm("media/run/audio/shard-00001.parquet")
+    redo = materialize(out, _settings(engine="ray"), console=QUIET, http=_client())
+    assert redo.by_modality("audio").shards_reused == redo.by_modality("audio").shards - 1
+    assert _s3_files("media/run") == expected
     from biovita_data.publish.configs import load_species, write_media_embed
 
     def published(build: Path, folder: Path) -> dict[str, bytes]:
