@@ -402,3 +402,120 @@ def test_materialize_redraws_the_bench_from_stored_media(built: Path, tmp_path: 
     assert after and after <= kept and not after & lost
     settings = json.loads((layout.bench_dir(out, "seen") / "bench.json").read_text())["settings"]
     assert settings["seed"] == 3  # drawn again with the recorded settings
+
+
+# ----------------------------------------------------------------------------- scale out
+# A real 2-node Ray cluster (ray.cluster_utils.Cluster, one CPU each) writing to a real S3 API
+# (moto's server on 127.0.0.1, reached through s3fs): the workers write the shards, the driver
+# only gets small reports.
+S3_ENV = {
+    "AWS_ACCESS_KEY_ID": "testing",
+    "AWS_SECRET_ACCESS_KEY": "testing",
+    "AWS_DEFAULT_REGION": "us-east-1",
+}
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3() -> Iterator[str]:
+    """An S3 endpoint on 127.0.0.1 (moto server mode) with bucket `media`; AWS_* env set."""
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")
+    s3fs = pytest.importorskip("s3fs")
+    port = _free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {**S3_ENV, "AWS_ENDPOINT_URL": endpoint}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        s3fs.S3FileSystem().mkdir("media")
+        yield endpoint
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(s3: str):
+    """A head node and a worker node, one CPU each; started after AWS_* is in the environment
+    (each node's workers read their credentials and endpoint from it, as on a real cluster)."""
+    ray = pytest.importorskip("ray", reason="ray[data] is not installed (the distributed extra)")
+    from ray.cluster_utils import Cluster
+
+    c = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    c.add_node(num_cpus=1)
+    c.wait_for_nodes()
+    ray.init(address=c.address, log_to_driver=False, logging_level="ERROR")
+    try:
+        yield c
+    finally:
+        ray.shutdown()
+        c.shutdown()
+
+
+def _s3_files(prefix: str) -> dict[str, bytes]:
+    import s3fs
+
+    fs = s3fs.S3FileSystem()
+    fs.invalidate_cache()
+    return {p.split("/", 2)[2]: fs.cat_file(p) for p in fs.find(prefix) if p.endswith(".parquet")}
+
+
+def test_ray_cluster_workers_write_shards_to_s3(built: Path, local_run, cluster, tmp_path) -> None:
+    import ray
+
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    out = _copy(built, tmp_path / "out")
+    settings = _settings(engine="ray", media_root="s3://media/run")
+    result = materialize(out, settings, console=QUIET, http=_client())
+    assert result.media_root == "s3://media/run"
+    assert result.nodes == 2  # both nodes did shards
+    assert not list((out / "media").rglob("shard-*.parquet"))  # nothing written locally
+    stored = _s3_files("media/run")
+    ref = local_run[0] / "media"
+    expected = {
+        str(p.relative_to(ref)): p.read_bytes()
+        for p in sorted(ref.rglob("*-?????.parquet"))  # shards and their failures
+    }
+    assert stored == expected  # byte-identical to the local engine's shards
+    media_bytes = sum(len(v) for k, v in stored.items() if "/shard-" in k)
+    assert 0 < result.driver_bytes < 0.01 * media_bytes  # the driver never saw the media
+    for name in ("audio/index.parquet", "image/index.parquet"):
+        assert (out / "media" / name).read_bytes() == (ref / name).read_bytes()
+    failures = "manifests/failures.parquet"
+    assert (out / failures).read_bytes() == (local_run[0] / failures).read_bytes()
+
+    # a re-run finds every shard finished in S3 (OUT/media/store.json names the bucket) ...
+    again = materialize(out, _settings(engine="ray"), console=QUIET, http=_client())
+    assert all(m.shards_reused == m.shards for m in again.modalities)
+    assert again.driver_bytes == 0
+    # ... and redoes only a shard whose final object is missing, to the same bytes
+    import s3fs
+
+    s3fs.S3FileSystem().rm("media/run/audio/shard-00001.parquet")
+    redo = materialize(out, _settings(engine="ray"), console=QUIET, http=_client())
+    assert redo.by_modality("audio").shards_reused == redo.by_modality("audio").shards - 1
+    assert _s3_files("media/run") == expected
+    from biovita_data.publish.configs import load_species, write_media_embed
+
+    def published(build: Path, folder: Path) -> dict[str, bytes]:
+        species = load_species(build)
+        names = species["scientific_name"].to_list()
+        for modality in ("audio", "image"):
+            write_media_embed(build, folder, modality, species, names, 2**20)
+        return {str(p.relative_to(folder)): p.read_bytes() for p in folder.rglob("*.parquet")}
+
+    remote = published(out, tmp_path / "hf-s3")  # reads the shards from s3://media/run
+    assert remote and remote == published(local_run[0], tmp_path / "hf-local")

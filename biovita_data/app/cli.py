@@ -348,6 +348,14 @@ def materialize_cmd(
     ray_address: Annotated[
         str | None, typer.Option(help="A Ray cluster address (default: a local Ray).")
     ] = None,
+    media_root: Annotated[
+        str | None,
+        typer.Option(
+            help="Where workers write the shards: a (shared) folder or an fsspec URL such as "
+            "s3://bucket/prefix (credentials and endpoint from AWS_* / the standard environment). "
+            "Remembered in OUT/media/store.json. Default: OUT/media."
+        ),
+    ] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: cores).")] = None,
     image_size: Annotated[int, typer.Option(help="Short side of stored photos, at most.")] = 512,
     segment_seconds: Annotated[
@@ -369,6 +377,7 @@ def materialize_cmd(
     cfg = {
         "engine": engine,
         "ray_address": ray_address,
+        "media_root": media_root,
         "workers": workers,
         "image_size": image_size,
         "segment_seconds": segment_seconds,
@@ -393,8 +402,18 @@ def publish_cmd(
         str | None, typer.Option(help="Commit and push to this git remote instead of the Hub.")
     ] = None,
     private: Annotated[bool, typer.Option(help="Create the Hub repo private.")] = False,
-    max_shard_mb: Annotated[int, typer.Option(help="Parquet shard size limit in MB.")] = 500,
+    max_shard_mb: Annotated[
+        int, typer.Option(help="Target Parquet shard size in MB (row groups of a few MB).")
+    ] = 500,
     pretty_name: Annotated[str | None, typer.Option(help="The card's title.")] = None,
+    large_upload: Annotated[
+        bool | None,
+        typer.Option(
+            "--large-upload/--single-upload",
+            help="HfApi.upload_large_folder (resumable, many commits) or upload_folder; default: "
+            "large from 2 GB. Re-run the same command to resume an interrupted upload.",
+        ),
+    ] = None,
 ) -> None:
     """Write the Hugging Face dataset folder OUT/hf (card, plots, Parquet) and upload it."""
     from biovita_data.publish import PublishError, publish
@@ -409,6 +428,7 @@ def publish_cmd(
             private=private,
             max_shard_bytes=max_shard_mb * 2**20,
             pretty_name=pretty_name,
+            large_upload=large_upload,
             console=console,
         )
     except (PublishError, OSError, ValueError) as exc:

@@ -1,10 +1,11 @@
-"""Engines: both run `run_batch` (download + verify/convert/hash, per record) over batches.
+"""Engines: both run `run_shard` (download, verify/convert/hash, write) over the shards to do.
 
-A batch is up to BATCH[modality] consecutive records of one shard. `run_batch` runs in a worker
-process: its threads download (I/O), its own thread decodes/converts/hashes as downloads arrive
-(CPU), so the driver never touches the downloaded bytes. `local` maps batches over a process pool,
-`ray` over a Ray Dataset (`map_batches`); the driver assembles finished shards from the
-outcomes the same way for both, so both write the same bytes.
+`run_shard` runs in a worker process: its threads download (I/O), its own thread decodes,
+converts and hashes as downloads arrive (CPU), then it writes the finished shard straight to the
+media store (OUT/media, a shared folder or an object store) and returns only a small report
+(index rows without bytes, failures, counters). No downloaded byte ever reaches the driver.
+`local` maps shards over a process pool, `ray` over a Ray Dataset (`map_batches`, any node);
+both write the same bytes, because the shard is assembled and encoded the same way.
 """
 
 from __future__ import annotations
@@ -13,6 +14,9 @@ import logging
 import math
 import multiprocessing
 import pickle
+import socket
+import sys
+import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import (
@@ -23,48 +27,56 @@ from concurrent.futures import (
     as_completed,
 )
 from concurrent.futures import wait as wait_futures
-from dataclasses import dataclass
-from typing import NamedTuple
+from dataclasses import dataclass, field
 
+import polars as pl
 import pyarrow as pa
 
 from biovita_data.crawl.http import HttpClient
 from biovita_data.media.download import HttpSpec, fetch_item
+from biovita_data.media.index import shard_rows
 from biovita_data.media.process import process_item
 from biovita_data.media.records import ItemFailure, ItemOutcome, failed
 from biovita_data.media.settings import MaterializeSettings, ProcessSettings, WorkItem
-from biovita_data.media.shards import ShardSpec, assemble
+from biovita_data.media.shards import ShardSpec, assemble, write_shard
+from biovita_data.media.store import MediaStore
 
-# Records per batch: enough to keep a worker's threads busy, few enough to spread small runs.
-BATCH = {"audio": 16, "image": 64}
-
-# Called as batches finish: (modality, records, bytes downloaded).
+# Called as shards finish: (modality, records, bytes downloaded).
 OnProgress = Callable[[str, int, int], None]
 
 
-class ShardDone(NamedTuple):
-    spec: ShardSpec
-    files: pa.Table
+@dataclass
+class ShardReport:
+    """What a worker sends back for a shard it wrote: no media bytes."""
+
+    modality: str
+    index: int
+    records: int
+    rows: pl.DataFrame  # the shard's index rows (index.shard_rows)
     failures: pa.Table
+    downloaded: int  # bytes downloaded
+    stored: int  # bytes of media stored
+    stats: Counter  # the HTTP client's counters for this shard
+    node: str  # where it was done: the Ray node id, else the host name
 
 
-@dataclass(frozen=True)
-class Batch:
-    shard: int  # position in the engine's shard list
-    start: int  # index of the first record within the shard
-    items: tuple[WorkItem, ...]
+def _node() -> str:
+    """This worker's Ray node id when it runs in Ray, else the host name."""
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        return ray.get_runtime_context().get_node_id()
+    return socket.gethostname()
 
 
-def make_batches(shards: list[ShardSpec]) -> list[Batch]:
-    """Consecutive records of one shard each, in shard order."""
-    out = []
-    for s, spec in enumerate(shards):
-        size = BATCH[spec.modality]
-        out += [Batch(s, k, spec.items[k : k + size]) for k in range(0, len(spec.items), size)]
-    return out
+@dataclass
+class Received:
+    """What crossed from the workers to the driver: compressed pickled reports, in bytes."""
+
+    reports: int = 0
+    bytes: int = 0
+    nodes: set[str] = field(default_factory=set)  # where the shards were done
 
 
-# ----------------------------------------------------------------------------- in a worker
 _CLIENTS: dict[HttpSpec, HttpClient] = {}
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
@@ -76,10 +88,10 @@ def _download(http: HttpClient, item: WorkItem) -> bytes | ItemFailure:
         return exc
 
 
-def run_batch(
+def run_items(
     items: tuple[WorkItem, ...], ps: ProcessSettings, http: HttpSpec, threads: int
 ) -> tuple[list[ItemOutcome], Counter]:
-    """A batch's outcomes in record order, and the HTTP client's counters for it.
+    """The records' outcomes in record order, and the HTTP client's counters for them.
 
     `threads` threads download (fetch_item); this thread processes each download as it
     arrives (process_item), so CPU work never oversubscribes the worker's core. The client
@@ -101,26 +113,44 @@ def run_batch(
     return outcomes, Counter(client.stats) - before  # type: ignore[return-value]
 
 
+def run_shard(
+    spec: ShardSpec, ps: ProcessSettings, http: HttpSpec, threads: int, store: MediaStore
+) -> bytes:
+    """Do a shard, write it (and its failures) to the store; the ShardReport, pickled and
+    compressed."""
+    outcomes, stats = run_items(spec.items, ps, http, threads)
+    files, fails = assemble(spec, dict(enumerate(outcomes)))
+    write_shard(store, spec, files, fails)
+    rows = shard_rows(files.drop_columns(["bytes"]), spec.index)
+    report = ShardReport(
+        spec.modality,
+        spec.index,
+        len(spec.items),
+        rows,
+        fails,
+        sum(o.downloaded for o in outcomes),
+        int(rows["size"].sum() or 0),
+        stats,
+        _node(),
+    )
+    return zlib.compress(pickle.dumps(report))  # hex digests and repeated paths: about 2x
+
+
 # ----------------------------------------------------------------------------- in the driver
-class Assembler:
-    """Collects batch outcomes; a shard is done (and assembled) once all its records are in."""
+class Collector:
+    """Turns the workers' compressed reports into ShardReports; counts what the driver got."""
 
-    def __init__(self, shards: list[ShardSpec], http: HttpClient, on: OnProgress) -> None:
-        self.shards = shards
-        self.http = http
-        self.on = on
-        self.outcomes: dict[int, dict[int, ItemOutcome]] = {s: {} for s in range(len(shards))}
+    def __init__(self, http: HttpClient, on: OnProgress, received: Received) -> None:
+        self.http, self.on, self.received = http, on, received
 
-    def add(self, batch: Batch, outcomes: list[ItemOutcome], stats: Counter) -> list[ShardDone]:
-        got = self.outcomes[batch.shard]
-        for k, outcome in enumerate(outcomes):
-            got[batch.start + k] = outcome
-        self.http.stats.update(stats)
-        spec = self.shards[batch.shard]
-        self.on(spec.modality, len(outcomes), sum(o.downloaded for o in outcomes))
-        if len(got) < len(spec.items):
-            return []
-        return [ShardDone(spec, *assemble(spec, self.outcomes.pop(batch.shard)))]
+    def add(self, blob: bytes) -> ShardReport:
+        self.received.reports += 1
+        self.received.bytes += len(blob)
+        report: ShardReport = pickle.loads(zlib.decompress(blob))
+        self.received.nodes.add(report.node)
+        self.http.stats.update(report.stats)
+        self.on(report.modality, report.records, report.downloaded)
+        return report
 
 
 def _worker_share(settings: MaterializeSettings, http: HttpClient) -> tuple[HttpSpec, int]:
@@ -131,45 +161,51 @@ def _worker_share(settings: MaterializeSettings, http: HttpClient) -> tuple[Http
 
 
 def run_local(
-    shards: list[ShardSpec], settings: MaterializeSettings, http: HttpClient, on: OnProgress
-) -> Iterator[ShardDone]:
-    """Batches over a process pool, at most two per worker in flight (bounded memory)."""
+    shards: list[ShardSpec],
+    settings: MaterializeSettings,
+    http: HttpClient,
+    store: MediaStore,
+    on: OnProgress,
+    received: Received,
+) -> Iterator[ShardReport]:
+    """Shards over a process pool, one per worker at a time (a shard is held in its memory)."""
     ps = settings.process()
     spec, threads = _worker_share(settings, http)
-    assembler = Assembler(shards, http, on)
-    todo = iter(make_batches(shards))
-    window = 2 * settings.n_workers
+    collect = Collector(http, on, received)
+    todo = iter(shards)
+    window = settings.n_workers
     ctx = multiprocessing.get_context("forkserver")  # never fork a process that runs threads
     ctx.set_forkserver_preload(["biovita_data.media.engines"])
-    inflight: dict[Future, Batch] = {}
+    inflight: set[Future] = set()
     with ProcessPoolExecutor(settings.n_workers, mp_context=ctx) as pool:
         while True:
-            for batch in todo if len(inflight) < window else ():
-                inflight[pool.submit(run_batch, batch.items, ps, spec, threads)] = batch
+            for shard in todo if len(inflight) < window else ():
+                inflight.add(pool.submit(run_shard, shard, ps, spec, threads, store))
                 if len(inflight) >= window:
                     break
             if not inflight:
                 return
             done, _ = wait_futures(list(inflight), return_when=FIRST_COMPLETED)
             for fut in done:
-                yield from assembler.add(inflight.pop(fut), *fut.result())
+                inflight.discard(fut)
+                yield collect.add(fut.result())
 
 
-def _ray_batch(batch: pa.Table, ps: ProcessSettings, http: HttpSpec, threads: int) -> pa.Table:
-    """Ray Data's map_batches function: pickled Batches in, pickled outcomes out."""
-    pos, results = [], []
-    for p, blob in zip(batch["pos"].to_pylist(), batch["batch"].to_pylist(), strict=True):
-        pos.append(p)
-        results.append(pickle.dumps(run_batch(pickle.loads(blob).items, ps, http, threads)))
-    return pa.table(
-        {"pos": pa.array(pos, pa.int64()), "result": pa.array(results, pa.large_binary())}
-    )
+def _ray_shards(batch: pa.Table, **kwargs) -> pa.Table:
+    """Ray Data's map_batches function: pickled ShardSpecs in, pickled ShardReports out."""
+    blobs = [run_shard(pickle.loads(b), **kwargs) for b in batch["shard"].to_pylist()]
+    return pa.table({"report": pa.array(blobs, pa.large_binary())})
 
 
 def run_ray(
-    shards: list[ShardSpec], settings: MaterializeSettings, http: HttpClient, on: OnProgress
-) -> Iterator[ShardDone]:
-    """Each batch is one row of a Ray Dataset, mapped by `run_batch` on whichever node is free."""
+    shards: list[ShardSpec],
+    settings: MaterializeSettings,
+    http: HttpClient,
+    store: MediaStore,
+    on: OnProgress,
+    received: Received,
+) -> Iterator[ShardReport]:
+    """Each shard is one row of a Ray Dataset, done and written by whichever node is free."""
     import ray
 
     started = False
@@ -187,12 +223,11 @@ def run_ray(
     try:
         ray.data.DataContext.get_current().enable_progress_bars = False
         spec, threads = _worker_share(settings, http)
-        batches = make_batches(shards)
-        assembler = Assembler(shards, http, on)
-        rows = [{"pos": k, "batch": pickle.dumps(b)} for k, b in enumerate(batches)]
-        kwargs = {"ps": settings.process(), "http": spec, "threads": threads}
+        collect = Collector(http, on, received)
+        rows = [{"shard": pickle.dumps(s)} for s in shards]
+        kwargs = {"ps": settings.process(), "http": spec, "threads": threads, "store": store}
         ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
-            _ray_batch,
+            _ray_shards,
             batch_size=1,
             batch_format="pyarrow",
             fn_kwargs=kwargs,
@@ -200,8 +235,7 @@ def run_ray(
             concurrency=settings.n_workers,
         )
         for row in ds.iter_rows():
-            outcomes, stats = pickle.loads(row["result"])
-            yield from assembler.add(batches[row["pos"]], outcomes, stats)
+            yield collect.add(row["report"])
     finally:
         if started:
             ray.shutdown()

@@ -9,11 +9,11 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from biovita_data.core import layout
 from biovita_data.core.schemas import FAILURE, MEDIA_FILE
 from biovita_data.core.tables import read_table, replace_failures, write_table
 from biovita_data.media.records import STAGE
 from biovita_data.media.shards import SIZES_KEY, ShardSpec, read_failures
+from biovita_data.media.store import MediaStore
 
 # OUT/media/<modality>/index.parquet: every stored file without its bytes, where it lives, and
 # whether it is kept. A duplicate (same sha256 of the downloaded original as a record earlier in
@@ -31,9 +31,15 @@ MEDIA_INDEX = pa.schema(
 _META_COLUMNS = [f.name for f in MEDIA_FILE if f.name != "bytes"]
 
 
-def build_index(out: Path, specs: list[ShardSpec]) -> tuple[pa.Table, pa.Table]:
-    """The modality's index (shard order = record order) and one failure row per duplicate."""
-    parts = [_shard_index(out, s) for s in specs]
+def build_index(
+    store: MediaStore, specs: list[ShardSpec], known: dict[int, pl.DataFrame] | None = None
+) -> tuple[pa.Table, pa.Table]:
+    """The modality's index (shard order = record order) and one failure row per duplicate.
+
+    `known`: shard index -> its rows as the worker that wrote it reported them (shard_rows);
+    other shards (finished by an earlier run) are read back from the store, bytes excluded."""
+    known = known or {}
+    parts = [known[s.index] if s.index in known else _read_shard_index(store, s) for s in specs]
     empty = pl.from_arrow(MEDIA_INDEX.empty_table()).select(*_META_COLUMNS, "size", "shard")
     df = pl.concat([empty, *parts], how="vertical_relaxed")
     first = (
@@ -69,13 +75,19 @@ def build_index(out: Path, specs: list[ShardSpec]) -> tuple[pa.Table, pa.Table]:
     return index, pa.Table.from_pylist(rows, schema=FAILURE)
 
 
-def _shard_index(out: Path, spec: ShardSpec) -> pl.DataFrame:
-    """A shard's rows without their bytes (a column projection: the bytes are never read)."""
-    path = layout.media_shard_path(out, spec.modality, spec.index)
-    table = pq.read_table(path, columns=_META_COLUMNS)
+def _read_shard_index(store: MediaStore, spec: ShardSpec) -> pl.DataFrame:
+    """A stored shard's rows without their bytes (a column projection: bytes are never read)."""
+    with store.open(store.shard(spec.modality, spec.index)) as f:
+        table = pq.read_table(f, columns=_META_COLUMNS)
+    return shard_rows(table, spec.index)
+
+
+def shard_rows(table: pa.Table, shard: int) -> pl.DataFrame:
+    """A shard table's index rows: its columns but `bytes`, each row's size, the shard number."""
     sizes = json.loads((table.schema.metadata or {})[SIZES_KEY])
+    table = table.select(_META_COLUMNS)
     return pl.from_arrow(table).with_columns(
-        pl.Series("size", sizes, pl.Int64), pl.lit(spec.index, pl.Int32).alias("shard")
+        pl.Series("size", sizes, pl.Int64), pl.lit(shard, pl.Int32).alias("shard")
     )
 
 
@@ -92,14 +104,17 @@ def write_if_changed(table: pa.Table, path: Path) -> bool:
 
 
 def merge_failures(
-    out: Path, specs: dict[str, list[ShardSpec]], duplicates: dict[str, pa.Table]
+    out: Path,
+    store: MediaStore,
+    specs: dict[str, list[ShardSpec]],
+    duplicates: dict[str, pa.Table],
 ) -> pa.Table:
     """This stage's failures in OUT/manifests/failures.parquet; rows of other modalities stay."""
     path = out / "manifests" / "failures.parquet"
     old = pl.from_arrow(read_table(path, FAILURE))
     old_stage = old.filter(pl.col("stage") == STAGE)
     kept_old = old_stage.filter(~pl.col("modality").is_in(list(specs)))
-    new = [pl.from_arrow(read_failures(out, specs[m])) for m in specs]
+    new = [pl.from_arrow(read_failures(store, specs[m])) for m in specs]
     new += [pl.from_arrow(duplicates[m]) for m in specs]
     merged = pl.concat([kept_old, *new], how="vertical_relaxed")
     order = ["stage", "source", "modality", "record_id", "reason"]

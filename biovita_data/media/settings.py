@@ -17,6 +17,9 @@ class MaterializeSettings:
 
     engine: str = "local"  # local: threads + processes; ray: Ray Data
     ray_address: str | None = None  # a Ray cluster ("auto", "ray://host:10001"); None: local Ray
+    # where workers write the shards: a folder or an fsspec URL (s3://bucket/prefix); None: the
+    # one OUT/media/store.json recorded, else OUT/media. Credentials come from the environment.
+    media_root: str | None = None
     workers: int | None = None  # CPU worker processes (local) or concurrent Ray tasks; None: cores
     image_size: int = 512  # images: at most this many px on the short side (never upscaled)
     segment_seconds: float = 60.0  # audio longer than this is cut into FLAC segments

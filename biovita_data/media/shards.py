@@ -4,11 +4,10 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import IO
 
 import polars as pl
 import pyarrow as pa
@@ -16,9 +15,10 @@ import pyarrow.parquet as pq
 
 from biovita_data.core import layout
 from biovita_data.core.schemas import FAILURE, MEDIA_FILE
-from biovita_data.core.tables import to_table, write_table
+from biovita_data.core.tables import to_table
 from biovita_data.media.records import ItemOutcome
 from biovita_data.media.settings import FORMAT_VERSION, ProcessSettings, WorkItem
+from biovita_data.media.store import MediaStore
 
 FINGERPRINT_KEY = b"biovita.materialize.fingerprint"
 SIZES_KEY = b"biovita.materialize.sizes"  # JSON list: each row's len(bytes), read without the bytes
@@ -72,18 +72,14 @@ def fingerprint(modality: str, items: Iterable[WorkItem], settings: ProcessSetti
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()
 
 
-def failures_path(out: Path, modality: str, index: int) -> Path:
-    """The shard's failures, next to it: failures-NNNNN.parquet (not matched by shard-*)."""
-    return layout.media_dir(out, modality) / f"failures-{index:05d}.parquet"
-
-
-def is_done(out: Path, spec: ShardSpec) -> bool:
-    """Finished: the shard file exists and was made from the same records and settings."""
-    path = layout.media_shard_path(out, spec.modality, spec.index)
-    if not (path.exists() and failures_path(out, spec.modality, spec.index).exists()):
+def is_done(store: MediaStore, spec: ShardSpec) -> bool:
+    """Finished: the shard object exists and was made from the same records and settings."""
+    path = store.shard(spec.modality, spec.index)
+    if not (store.exists(path) and store.exists(store.failures(spec.modality, spec.index))):
         return False
     try:
-        meta = pq.read_schema(path).metadata or {}
+        with store.open(path) as f:
+            meta = pq.read_schema(f).metadata or {}
     except (OSError, pa.ArrowInvalid):
         return False
     return meta.get(FINGERPRINT_KEY) == spec.fingerprint.encode()
@@ -100,60 +96,55 @@ def assemble(spec: ShardSpec, outcomes: dict[int, ItemOutcome]) -> tuple[pa.Tabl
     return files, fails.replace_schema_metadata(meta)
 
 
-def write_shard(out: Path, spec: ShardSpec, files: pa.Table, fails: pa.Table) -> None:
-    """Failures first, the shard last: the shard file's existence marks the shard done."""
-    write_table(fails, failures_path(out, spec.modality, spec.index))
-    write_media_table(files, layout.media_shard_path(out, spec.modality, spec.index))
+def write_shard(store: MediaStore, spec: ShardSpec, files: pa.Table, fails: pa.Table) -> None:
+    """Failures first, the shard last: the shard object's existence marks the shard done."""
+    store.write(
+        store.failures(spec.modality, spec.index),
+        lambda f: pq.write_table(fails, f, compression="zstd"),
+    )
+    store.write(store.shard(spec.modality, spec.index), lambda f: write_media_parquet(files, f))
 
 
-def write_media_table(table: pa.Table, path: Path) -> Path:
-    """tables.write_table for media bytes: atomic, zstd, small row groups, no stats on `bytes`.
+def write_media_parquet(table: pa.Table, where: str | Path | IO[bytes]) -> None:
+    """Media bytes as Parquet: zstd, small row groups, no dictionary or stats on `bytes`.
 
     Encoded media does not compress and is never filtered on, so dictionary encoding and
     min/max statistics of the `bytes` column only cost time; row groups of ROW_GROUP rows let
     readers fetch a few files without reading a whole shard.
     """
     others = [name for name in table.column_names if name != "bytes"]
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        pq.write_table(
-            table,
-            tmp,
-            compression="zstd",
-            row_group_size=ROW_GROUP,
-            use_dictionary=others,
-            write_statistics=others,
-        )
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)  # as a plainly created file (mkstemp makes 0600)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
+    pq.write_table(
+        table,
+        where,
+        compression="zstd",
+        row_group_size=ROW_GROUP,
+        use_dictionary=others,
+        write_statistics=others,
+    )
 
 
-def remove_partial(out: Path, modality: str) -> None:
-    """Delete temp files of writes cut short by a killed run (one run per OUT at a time)."""
-    for tmp in layout.media_dir(out, modality).glob(".*.tmp"):
-        tmp.unlink(missing_ok=True)
+def remove_partial(store: MediaStore, modality: str) -> None:
+    """Delete temp files of writes cut short by a killed run (one run per store at a time)."""
+    for tmp in store.glob(modality, ".*.tmp"):
+        store.remove(tmp)
 
 
-def remove_stale(out: Path, modality: str, n_shards: int) -> list[Path]:
+def remove_stale(store: MediaStore, modality: str, n_shards: int) -> list[str]:
     """Delete shards (and their failures) numbered past the plan: left by a larger manifest."""
     gone = []
-    folder = layout.media_dir(out, modality)
-    for path in sorted([*folder.glob("shard-*.parquet"), *folder.glob("failures-*.parquet")]):
-        number = path.stem.split("-", 1)[1]
+    paths = [*store.glob(modality, "shard-*.parquet"), *store.glob(modality, "failures-*.parquet")]
+    for path in sorted(paths):
+        number = path.rsplit("/", 1)[-1].removesuffix(".parquet").split("-", 1)[1]
         if number.isdigit() and int(number) >= n_shards:
-            path.unlink()
+            store.remove(path)
             gone.append(path)
     return gone
 
 
-def read_failures(out: Path, specs: list[ShardSpec]) -> pa.Table:
-    tables = [pq.read_table(failures_path(out, s.modality, s.index)) for s in specs]
+def read_failures(store: MediaStore, specs: list[ShardSpec]) -> pa.Table:
+    """The shards' failure rows, read from the store."""
+    tables = []
+    for s in specs:
+        with store.open(store.failures(s.modality, s.index)) as f:
+            tables.append(pq.read_table(f))
     return pa.concat_tables([FAILURE.empty_table(), *(t.cast(FAILURE) for t in tables)])

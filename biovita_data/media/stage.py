@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import time
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from biovita_data.crawl.http import HttpClient
 from biovita_data.media import engines, shards
 from biovita_data.media.index import build_index, merge_failures, write_if_changed
 from biovita_data.media.settings import MaterializeSettings
+from biovita_data.media.store import STORE_FILE, MediaStore
 
 
 @dataclass
@@ -46,6 +46,7 @@ class ModalityResult:
     shards: int = 0
     shards_reused: int = 0  # finished by an earlier run: not redone
     seconds: float = 0.0
+    stored_new: int = 0  # bytes of media stored by this run's workers
 
 
 @dataclass
@@ -53,6 +54,9 @@ class MaterializeResult:
     engine: str
     modalities: list[ModalityResult]
     seconds: float
+    media_root: str = ""  # where the shards are (OUT/media, a folder or an fsspec URL)
+    driver_bytes: int = 0  # what the workers sent the driver (pickled reports, no media)
+    nodes: int = 0  # machines (Ray nodes) that did shards in this run
 
     def by_modality(self, modality: str) -> ModalityResult:
         return next(m for m in self.modalities if m.modality == modality)
@@ -85,12 +89,13 @@ def materialize(
     )
     t0 = time.monotonic()
     ps = settings.process()
+    store = use_store(out, settings.media_root)
     plans = {m: shards.plan(out, m, settings.shard_size, ps) for m in settings.modalities}
     results = {m: ModalityResult(m, records=sum(len(s.items) for s in plans[m])) for m in plans}
     pending = []
     for m, specs in plans.items():
-        shards.remove_partial(out, m)
-        todo = [s for s in specs if not shards.is_done(out, s)]
+        shards.remove_partial(store, m)
+        todo = [s for s in specs if not shards.is_done(store, s)]
         results[m].shards, results[m].shards_reused = len(specs), len(specs) - len(todo)
         pending += todo
     columns = (
@@ -123,33 +128,47 @@ def materialize(
                 tasks[modality], advance=records, downloaded=results[modality].downloaded
             )
 
-        def write(done: engines.ShardDone) -> None:
-            shards.write_shard(out, done.spec, done.files, done.failures)
-            results[done.spec.modality].seconds = time.monotonic() - started[done.spec.modality]
-
         run = engines.ENGINES[settings.engine]
-        # one writer thread: Parquet encoding (GIL released) overlaps the engine's next records
-        with ThreadPoolExecutor(1, "materialize-write") as writer:
-            done_shards = run(pending, settings, http, on) if pending else ()
-            writes = [writer.submit(write, done) for done in done_shards]
-        for w in writes:
-            w.result()  # a failed write is an error of the run
+        received = engines.Received()
+        known: dict[str, dict[int, pl.DataFrame]] = {m: {} for m in plans}
+        for report in run(pending, settings, http, store, on, received) if pending else ():
+            known[report.modality][report.index] = report.rows
+            results[report.modality].stored_new += report.stored
+            results[report.modality].seconds = time.monotonic() - started[report.modality]
     duplicates = {}
     for m, specs in plans.items():
-        shards.remove_stale(out, m, len(specs))
-        index, duplicates[m] = build_index(out, specs)
+        shards.remove_stale(store, m, len(specs))
+        index, duplicates[m] = build_index(store, specs, known[m])
         write_if_changed(index, layout.media_index_path(out, m))
         kept = pl.from_arrow(index).filter(pl.col("kept"))
         results[m].kept = kept.select("source", "record_id").n_unique() if len(kept) else 0
         results[m].files, results[m].bytes = len(kept), int(kept["size"].sum() or 0)
-    failures = pl.from_arrow(merge_failures(out, plans, duplicates))
+    failures = pl.from_arrow(merge_failures(out, store, plans, duplicates))
     for m in plans:
         mine = failures.filter(pl.col("modality") == m)
         results[m].failed = dict(sorted(Counter(mine["reason"].to_list()).items()))
-    result = MaterializeResult(settings.engine, list(results.values()), time.monotonic() - t0)
+    seconds = time.monotonic() - t0
+    result = MaterializeResult(
+        settings.engine,
+        list(results.values()),
+        seconds,
+        store.url,
+        received.bytes,
+        len(received.nodes),
+    )
     write_json_atomic(_summary(settings, result), out / "media" / "materialize.json")
     console.print(summary_table(result, http))
     return result
+
+
+def use_store(out: Path, media_root: str | None) -> MediaStore:
+    """The run's media store; a `media_root` is recorded in OUT/media/store.json, so later runs
+    and `publish` find the shards there without being told again."""
+    store = MediaStore.of(out, media_root)
+    record = out / "media" / STORE_FILE
+    if media_root:
+        write_json_atomic({"media_root": store.url}, record)
+    return store
 
 
 def _summary(settings: MaterializeSettings, result: MaterializeResult) -> dict:
@@ -178,7 +197,8 @@ def summary_table(result: MaterializeResult, http: HttpClient) -> Table:
         )  # fmt: skip
     got = sum(m.downloaded for m in result.modalities) / 2**20
     table.caption = (
-        f"{result.seconds:.1f} s in all; downloaded {got:.1f} MB; "
+        f"{result.seconds:.1f} s in all; downloaded {got:.1f} MB; shards in {result.media_root} "
+        f"(the driver received {result.driver_bytes / 2**10:.0f} KB); "
         f"requests {http.stats['requests']}, "
         f"retries {http.stats['retries']}, failed {http.stats['failed']}"
     )

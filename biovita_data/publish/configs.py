@@ -22,6 +22,7 @@ from biovita_data.build.bench.csv_layout import (
 from biovita_data.core import layout
 from biovita_data.core.schemas import BENCH_TASK, MEDIA, SPECIES
 from biovita_data.core.tables import read_table
+from biovita_data.media.store import MediaStore
 from biovita_data.publish.features import (
     BENCH_SPLIT_OF_SUBSET,
     MEDIA_SPLITS,
@@ -127,9 +128,9 @@ def _manifest(out: Path, modality: str, species: pl.DataFrame) -> pl.DataFrame:
     return df.with_row_index("_order").join(taxa, on="species_id", how="inner").sort("_order")
 
 
-def media_shards(out: Path, modality: str) -> list[Path]:
-    """OUT/media/<modality>/shard-*.parquet, in shard order."""
-    return sorted(layout.media_dir(out, modality).glob("shard-[0-9][0-9][0-9][0-9][0-9].parquet"))
+def media_shards(store: MediaStore, modality: str) -> list[str]:
+    """The store's <modality>/shard-*.parquet (OUT/media or --media-root), in shard order."""
+    return store.glob(modality, "shard-[0-9][0-9][0-9][0-9][0-9].parquet")
 
 
 def _kept_keys(out: Path, modality: str) -> pl.DataFrame | None:
@@ -162,13 +163,14 @@ def _finish(writers: dict[str, SplitWriter], result: ConfigResult) -> None:
 
 
 def _plan(
-    shards: list[Path], kept: pl.DataFrame | None, manifest: pl.DataFrame
+    store: MediaStore, shards: list[str], kept: pl.DataFrame | None, manifest: pl.DataFrame
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Which stored files are published, in shard order: `_shard`, `_row`, the key, `_m` (the
     manifest row), `split`, `duration_s`; one pass over the shards' key columns, one join."""
     frames = []
     for k, shard in enumerate(shards):
-        keys = pl.from_arrow(pq.read_table(shard, columns=[*KEY, "duration_s"]))
+        with store.open(shard) as f:
+            keys = pl.from_arrow(pq.read_table(f, columns=[*KEY, "duration_s"]))
         assert isinstance(keys, pl.DataFrame)
         frames.append(
             keys.with_columns(
@@ -192,17 +194,20 @@ def _plan(
     return plan.sort("_shard", "_row"), skipped
 
 
-def _row_groups(shard: Path, rows: np.ndarray) -> Iterator[tuple[pa.Table, np.ndarray]]:
+def _row_groups(
+    store: MediaStore, shard: str, rows: np.ndarray
+) -> Iterator[tuple[pa.Table, np.ndarray]]:
     """The shard's row groups that hold any of `rows` (sorted), each with the positions of
     those rows in it; groups without a published row are not read."""
-    pf = pq.ParquetFile(shard)
-    offset = 0
-    for g in range(pf.num_row_groups):
-        n = pf.metadata.row_group(g).num_rows
-        lo, hi = np.searchsorted(rows, [offset, offset + n])
-        if hi > lo:
-            yield pf.read_row_group(g, columns=list(FILE_COLUMNS)), rows[lo:hi] - offset
-        offset += n
+    with store.open(shard) as f:
+        pf = pq.ParquetFile(f)
+        offset = 0
+        for g in range(pf.num_row_groups):
+            n = pf.metadata.row_group(g).num_rows
+            lo, hi = np.searchsorted(rows, [offset, offset + n])
+            if hi > lo:
+                yield pf.read_row_group(g, columns=list(FILE_COLUMNS)), rows[lo:hi] - offset
+            offset += n
 
 
 def write_media_embed(
@@ -210,20 +215,21 @@ def write_media_embed(
 ) -> MediaResult:
     """An `audio`/`image` config with the bytes: the media shards' kept files, joined to the
     manifest, in shard order, each row to the writer of its manifest split."""
-    shards = media_shards(out, modality)
+    store = MediaStore.of(out)
+    shards = media_shards(store, modality)
     if not shards:
         raise FileNotFoundError(
-            f"{layout.media_dir(out, modality)} holds no shard-*.parquet: run materialize first"
+            f"{store.url}/{modality} holds no shard-*.parquet: run materialize first"
         )
     manifest = _manifest(out, modality, species)
-    plan, skipped = _plan(shards, _kept_keys(out, modality), manifest)
+    plan, skipped = _plan(store, shards, _kept_keys(out, modality), manifest)
     meta = manifest.select(*META_COLUMNS)
     cols, writers = _writers(folder, modality, "embed", names, max_bytes)
     names_out = [c for c, _ in cols]
     for part in plan.partition_by("_shard", maintain_order=True):
         shard = shards[int(part["_shard"][0])]
         done = 0  # rows of `part` already written
-        for group, positions in _row_groups(shard, part["_row"].to_numpy()):
+        for group, positions in _row_groups(store, shard, part["_row"].to_numpy()):
             for a in range(0, positions.size, _BATCH_ROWS):
                 take = positions[a : a + _BATCH_ROWS]
                 sel = part.slice(done, take.size)
@@ -303,14 +309,21 @@ def _json_list(values: list) -> str:
     return json.dumps(values, ensure_ascii=False, separators=(",", ":"))
 
 
+def _json_lists(column: pa.ChunkedArray) -> pa.Array:
+    """_json_list of every value of a list column, vectorised (polars' JSON encoder, whose output
+    is the same compact JSON: `{"v":[...]}` with the wrapper cut off)."""
+    wrapped = pl.DataFrame({"v": column}).select(pl.struct("v").struct.json_encode())
+    return wrapped.to_series().str.slice(5, None).str.head(-1).to_arrow().cast(pa.string())
+
+
 def _bench_batches(path: Path) -> Iterator[pa.Table]:
     pf = pq.ParquetFile(path)
     for batch in pf.iter_batches(batch_size=_BATCH_ROWS):
         t = pa.Table.from_batches([batch]).cast(BENCH_TASK)
-        taxa = [_json_list(v) for v in t.column("candidates_taxa").to_pylist()]
-        ids = [_json_list(v) for v in t.column("candidates_target_ids").to_pylist()]
-        t = t.set_column(3, "candidates_taxa", pa.array(taxa, pa.string()))
-        yield t.set_column(4, "candidates_target_ids", pa.array(ids, pa.string()))
+        taxa = _json_lists(t.column("candidates_taxa"))
+        ids = _json_lists(t.column("candidates_target_ids"))
+        t = t.set_column(3, "candidates_taxa", taxa)
+        yield t.set_column(4, "candidates_target_ids", ids)
 
 
 def write_bench(out: Path, folder: Path, max_bytes: int) -> ConfigResult:

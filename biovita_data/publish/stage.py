@@ -29,6 +29,7 @@ from biovita_data.publish.upload import (
     push_to_git,
     redact,
     upload_to_hub,
+    write_gitattributes,
 )
 
 MEDIA_MODES = ("embed", "urls")
@@ -92,12 +93,18 @@ def build_folder(
         repo_id, media, species, records, results, bench_tasks, bench_settings, build, stats
     )
     license_code = write_card(folder, inputs, pretty_name or repo_id.split("/", 1)[1])
+    write_gitattributes(folder)
     return results, license_code
 
 
 def _swap_in(tmp: Path, target: Path) -> None:
-    """Replace `target` with `tmp` (old content moved aside first, then removed)."""
+    """Replace `target` with `tmp` (old content moved aside first, then removed); an upload's
+    resume state (`.cache/huggingface`) moves over, so an interrupted upload resumes."""
     old = target.with_name(f".{target.name}.old")
+    cache = target / ".cache" / "huggingface"
+    if cache.is_dir():
+        (tmp / ".cache").mkdir(exist_ok=True)
+        cache.rename(tmp / ".cache" / "huggingface")
     if old.exists():
         shutil.rmtree(old)
     if target.exists():
@@ -117,6 +124,7 @@ def publish(
     private: bool = False,
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     pretty_name: str | None = None,
+    large_upload: bool | None = None,
     console: Console | None = None,
 ) -> PublishResult:
     """Write OUT/hf (configs audio, image, species, bench + card), then upload it unless
@@ -159,7 +167,9 @@ def publish(
             target = redact(git_remote)
             console.print(f"pushed {commit[:12]} to {target}")
         else:
-            target = upload_to_hub(hf, repo_id, private=private, message=message)
+            target = upload_to_hub(
+                hf, repo_id, private=private, message=message, large=large_upload
+            )
             console.print(f"uploaded to {target}")
     return PublishResult(
         folder=hf,

@@ -47,15 +47,46 @@ def _scrub(text: str, token: str) -> str:
     return text.replace(token, "***") if token else text
 
 
-def upload_to_hub(folder: Path, repo_id: str, *, private: bool, message: str) -> str:
-    """create_repo (exist_ok) + upload_folder; remote files the folder lacks are deleted (stale
-    shards would otherwise match a config's `split-*` pattern). Returns the commit URL."""
+# A folder at least this large is uploaded with HfApi.upload_large_folder (resumable, many commits)
+# where the installed huggingface_hub has it; from huggingface_hub 2 on, upload_folder itself is
+# streamed, committed in batches and resumed by running it again.
+LARGE_FOLDER_BYTES = 2 * 2**30
+_LOCAL_CACHE = ".cache"  # upload_large_folder's resume state inside the folder
+
+
+def folder_files(folder: Path) -> list[str]:
+    """The folder's files as repo paths (its upload cache excluded)."""
+    return sorted(
+        p.relative_to(folder).as_posix()
+        for p in folder.rglob("*")
+        if p.is_file() and p.relative_to(folder).parts[0] != _LOCAL_CACHE
+    )
+
+
+def is_large(folder: Path) -> bool:
+    return sum((folder / f).stat().st_size for f in folder_files(folder)) >= LARGE_FOLDER_BYTES
+
+
+def upload_to_hub(
+    folder: Path, repo_id: str, *, private: bool, message: str, large: bool | None = None
+) -> str:
+    """create_repo (exist_ok), then the folder: upload_large_folder when `large` (None: when it
+    holds LARGE_FOLDER_BYTES or more) and the installed huggingface_hub has it, else
+    upload_folder. Remote files the folder lacks are deleted (stale shards would otherwise match
+    a config's `split-*` pattern). An interrupted upload resumes by running it again. Returns the
+    commit (or repo) URL."""
     from huggingface_hub import HfApi
 
     token = hub_token()
     api = HfApi(endpoint=hub_endpoint(), token=token)
+    large = is_large(folder) if large is None else large
     try:
         api.create_repo(repo_id, repo_type="dataset", private=private, exist_ok=True)
+        if large and hasattr(api, "upload_large_folder"):
+            api.upload_large_folder(
+                repo_id=repo_id, folder_path=str(folder), repo_type="dataset", private=private
+            )
+            return _delete_stale(api, folder, repo_id, message)
         info = api.upload_folder(
             folder_path=str(folder),
             repo_id=repo_id,
@@ -66,6 +97,22 @@ def upload_to_hub(folder: Path, repo_id: str, *, private: bool, message: str) ->
     except Exception as exc:  # the hub's errors can quote request headers: scrub the token
         raise PublishError(_scrub(f"upload to {repo_id} failed: {exc}", token)) from None
     return str(getattr(info, "commit_url", info))
+
+
+def _delete_stale(api: object, folder: Path, repo_id: str, message: str) -> str:
+    """One commit deleting the remote files the folder lacks; the repo's URL."""
+    from huggingface_hub import CommitOperationDelete
+
+    remote = api.list_repo_files(repo_id, repo_type="dataset")  # type: ignore[attr-defined]
+    stale = sorted(set(remote) - set(folder_files(folder)))
+    if stale:
+        api.create_commit(  # type: ignore[attr-defined]
+            repo_id,
+            repo_type="dataset",
+            operations=[CommitOperationDelete(path) for path in stale],
+            commit_message=f"{message}: remove files no longer published",
+        )
+    return f"{hub_endpoint() or 'https://huggingface.co'}/datasets/{repo_id}"
 
 
 def redact(url: str) -> str:
@@ -82,14 +129,32 @@ def _git(args: list[str], env: dict[str, str], remote: str) -> subprocess.Comple
     return proc
 
 
+# Stored through git-LFS on a git remote: the Parquet shards, figures and any media file.
+LFS_PATTERNS = ("*.parquet", "*.png", "*.jpg", "*.jpeg", "*.flac", "*.mp3", "*.ogg", "*.wav")
+
+
+def write_gitattributes(folder: Path) -> Path:
+    """FOLDER/.gitattributes: LFS_PATTERNS go through git-LFS (as on the Hub)."""
+    path = folder / ".gitattributes"
+    path.write_text("".join(f"{p} filter=lfs diff=lfs merge=lfs -text\n" for p in LFS_PATTERNS))
+    return path
+
+
+def _uses_lfs(folder: Path) -> bool:
+    attributes = folder / ".gitattributes"
+    return attributes.exists() and "filter=lfs" in attributes.read_text()
+
+
 def push_to_git(
     folder: Path, remote: str, *, message: str, branch: str = "main", date: str | None = None
 ) -> str:
     """Commit the folder's exact content on top of the remote branch (if any) and push it.
 
     The commit's tree is the folder (files it lacks are removed); nothing is pushed when the
-    tree is unchanged. `date` (ISO 8601) fixes the commit dates, so the same folder pushed onto
-    the same parent gives the same commit. Returns the commit id.
+    tree is unchanged. Files the folder's .gitattributes sends through git-LFS are committed as
+    LFS pointers and their objects pushed to the remote's LFS store first (`git lfs push`).
+    `date` (ISO 8601) fixes the commit dates, so the same folder pushed onto the same parent
+    gives the same commit. Returns the commit id.
     """
     if "://" not in remote and Path(remote).exists():
         remote = str(Path(remote).resolve())  # git runs inside the folder
@@ -108,6 +173,11 @@ def push_to_git(
             env["GIT_AUTHOR_DATE"] = env["GIT_COMMITTER_DATE"] = date
         _git(["init", "-q"], env, remote)
         _git(["config", "core.autocrlf", "false"], env, remote)
+        lfs = _uses_lfs(folder)
+        if lfs:
+            if subprocess.run(["git", "lfs", "version"], capture_output=True).returncode != 0:
+                raise PublishError("git-lfs is not installed (apt install git-lfs)")
+            _git(["lfs", "install", "--local", "--skip-smudge"], env, remote)
         parent = None
         if _git(["ls-remote", remote, f"refs/heads/{branch}"], env, remote).stdout.strip():
             _git(["fetch", "-q", "--depth", "1", remote, branch], env, remote)
@@ -120,5 +190,8 @@ def push_to_git(
                 return parent
         args = ["commit-tree", tree, "-m", message] + (["-p", parent] if parent else [])
         commit = _git(args, env, remote).stdout.strip()
-        _git(["push", "-q", remote, f"{commit}:refs/heads/{branch}"], env, remote)
+        if lfs:
+            _git(["update-ref", "refs/heads/publish", commit], env, remote)
+            _git(["lfs", "push", remote, "publish"], env, remote)
+        _git(["push", "-q", "--no-verify", remote, f"{commit}:refs/heads/{branch}"], env, remote)
         return commit
