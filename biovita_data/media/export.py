@@ -18,6 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
+import pyarrow.parquet as pq
 
 from biovita_data.build.bench.csv_layout import (
     SUBSETS,
@@ -27,6 +28,7 @@ from biovita_data.build.bench.csv_layout import (
     read_index_csv,
 )
 from biovita_data.core import layout
+from biovita_data.media.store import MediaStore
 
 MEDIA_MODALITIES = ("audio", "image")
 _KEYS = ["source", "record_id"]
@@ -105,6 +107,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
 def export_bench_media(out: str | os.PathLike[str], to: str | os.PathLike[str]) -> ExportResult:
     """Write every medium of OUT's bench id indexes at DIR/<file_path> from the media shards."""
     out, root = Path(out), Path(to).resolve()
+    store = MediaStore.of(out)  # OUT/media, or the --media-root materialize used
     items = bench_media(out)
     written = unchanged = size = 0
     missing = []
@@ -137,12 +140,13 @@ def export_bench_media(out: str | os.PathLike[str], to: str | os.PathLike[str]) 
             want = pl.DataFrame(
                 [(s, rid) for s, rid, _ in todo], schema=_KEYS, orient="row"
             ).unique()
+            with store.open(store.shard(modality, int(shard))) as f:
+                table = pq.read_table(f, columns=[*_KEYS, "segment", "bytes"])
             data = (
-                pl.scan_parquet(layout.media_shard_path(out, modality, int(shard)))
+                pl.from_arrow(table)
                 .filter(pl.col("segment") == 0)
                 .select(*_KEYS, "bytes")
-                .join(want.lazy(), on=_KEYS, how="semi")
-                .collect()
+                .join(want, on=_KEYS, how="semi")
             )
             blobs = {(s, rid): b for s, rid, b in data.iter_rows()}
             for s, rid, dest in todo:
