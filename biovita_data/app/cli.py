@@ -9,28 +9,31 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from biovita_data.app.clikit import version_option
+from biovita_data.app.clikit import cli_app, cli_console, debug_option, error_line, version_option
 
-app = typer.Typer(
-    help="Build the BioVITA corpus: crawl sources, build manifests, materialize, publish.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-sample_app = typer.Typer(help="The embedded sample world: serve it, export its tables.")
+app = cli_app("Build the BioVITA corpus: crawl sources, build manifests, materialize, publish.")
+sample_app = cli_app("The embedded sample world: serve it, export its tables.")
 app.add_typer(sample_app, name="sample")
-console = Console(stderr=True)
+console = cli_console(stderr=True)
 
 
 @app.callback()
-def main(version: Annotated[bool, version_option("biovita-data")] = False) -> None:
+def main(
+    version: Annotated[bool, version_option("biovita-data")] = False,
+    debug: Annotated[bool, debug_option()] = False,
+) -> None:
     """BioVITA data pipeline: sources -> manifests -> media -> dataset -> loader."""
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    error_line(message)
     raise typer.Exit(2)
+
+
+NoThrottleOption = Annotated[
+    bool, typer.Option("--no-throttle", help="Disable per-host rate limits (loopback only!).")
+]
 
 
 @app.command()
@@ -59,11 +62,9 @@ def fetch(
     max_records: Annotated[
         int | None, typer.Option(help="Stop each source after N records.")
     ] = None,
-    no_throttle: Annotated[
-        bool, typer.Option(help="Disable per-host rate limits (loopback only!).")
-    ] = False,
+    no_throttle: NoThrottleOption = False,
     restart: Annotated[
-        bool, typer.Option(help="Discard an unfinished crawl with other settings.")
+        bool, typer.Option("--restart", help="Discard an unfinished crawl with other settings.")
     ] = False,
 ) -> None:
     """Crawl Xeno-canto v3, iNaturalist v1 and iNaturalist Open Data into OUT/raw/<source>/."""
@@ -71,6 +72,7 @@ def fetch(
     from biovita_data.crawl.fetch import fetch as run_fetch
     from biovita_data.crawl.http import FetchError
     from biovita_data.crawl.sources.xeno_canto import MissingKey
+    from biovita_data.crawl.taxa import TaxonNotFound
 
     # default: the two APIs; Open Data (the same photos, for scale) is opt-in or part of "all"
     source = source or ["xeno-canto", "inaturalist"]
@@ -78,6 +80,7 @@ def fetch(
     unknown = set(sources) - set(SOURCES)
     if unknown:
         _fail(f"unknown source(s) {sorted(unknown)}; choose from {', '.join(SOURCES)} or all")
+    _check_date("--since", since)
     settings = settings_from_env(
         taxa=taxa,
         sources=sources,
@@ -89,10 +92,23 @@ def fetch(
     )
     try:
         run_fetch(settings, out, console=console, restart=restart)
-    except (MissingKey, FetchError) as exc:
-        _fail(
-            f"{exc}\nThe crawl state is kept under {out}/raw: run the same command again to resume."
-        )
+    except (TaxonNotFound, MissingKey) as exc:
+        _fail(str(exc))  # nothing was crawled: no resume advice
+    except FetchError as exc:
+        kept = (out / "raw").is_dir()
+        advice = f" (crawl state kept under {out}/raw: run the same command to resume)"
+        _fail(f"{exc}{advice if kept else ''}")
+
+
+def _check_date(option: str, value: str | None) -> None:
+    """A YYYY-MM-DD date, checked here rather than by the server."""
+    import datetime as dt
+
+    if value is not None:
+        try:
+            dt.date.fromisoformat(value)
+        except ValueError:
+            _fail(f"{option} {value!r} is not a date: give YYYY-MM-DD, e.g. 2024-01-31")
 
 
 @app.command("import-official")
@@ -144,9 +160,7 @@ def align_cmd(
         int | None, typer.Option("--max-images", help="Cap photos per species (seeded).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the photo cap.")] = 0,
-    no_throttle: Annotated[
-        bool, typer.Option(help="Disable per-host rate limits (loopback only!).")
-    ] = False,
+    no_throttle: NoThrottleOption = False,
 ) -> None:
     """Align raw names to one backbone -> OUT/manifests/{species,audio,image,unmatched}.parquet."""
     from biovita_data.app.stages import run_align
@@ -184,7 +198,7 @@ def traits_cmd(
 @app.command("split")
 def split_cmd(
     out: OutOption,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the split draw.")] = 0,
     test_fraction: Annotated[float, typer.Option(help="Share of a seen species -> test.")] = 0.1,
     unseen_max_audio: Annotated[
         int, typer.Option(help="Species with at most N recordings are held out as unseen.")
@@ -201,7 +215,7 @@ def split_cmd(
 def bench_cmd(
     out: OutOption,
     candidates: Annotated[int, typer.Option(help="Candidate taxa per query.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the query and candidate draw.")] = 0,
     max_queries_per_taxon: Annotated[int, typer.Option(help="Query cap per taxon and task.")] = 25,
     max_queries_per_task: Annotated[int, typer.Option(help="Query cap per task (seeded).")] = 1024,
 ) -> None:
@@ -222,7 +236,7 @@ def stats_cmd(out: OutOption) -> None:
     """Print the corpus statistics and write OUT/stats.json."""
     from biovita_data.app.stages import run_stats
 
-    _stage(run_stats, out, {}, Console())
+    _stage(run_stats, out, {}, cli_console())
 
 
 @app.command("materialize")
@@ -243,9 +257,7 @@ def materialize_cmd(
     ] = None,
     download_threads: Annotated[int, typer.Option(help="Download threads per worker.")] = 16,
     jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of stored photos.")] = 90,
-    no_throttle: Annotated[
-        bool, typer.Option(help="Disable per-host rate limits (loopback only!).")
-    ] = False,
+    no_throttle: NoThrottleOption = False,
 ) -> None:
     """Download, verify, hash and store every selected recording and photo in OUT/media/."""
     from biovita_data.app.stages import run_materialize
@@ -272,11 +284,13 @@ def publish_cmd(
     media: Annotated[
         str, typer.Option(help="embed (bytes in the Parquet) or urls (metadata + media URLs).")
     ] = "embed",
-    folder_only: Annotated[bool, typer.Option(help="Write OUT/hf only; upload nothing.")] = False,
+    folder_only: Annotated[
+        bool, typer.Option("--folder-only", help="Write OUT/hf only; upload nothing.")
+    ] = False,
     git_remote: Annotated[
         str | None, typer.Option(help="Commit and push to this git remote instead of the Hub.")
     ] = None,
-    private: Annotated[bool, typer.Option(help="Create the Hub repo private.")] = False,
+    private: Annotated[bool, typer.Option("--private", help="New Hub repo: private.")] = False,
     max_shard_mb: Annotated[int, typer.Option(help="Parquet shard size limit in MB.")] = 500,
     pretty_name: Annotated[str | None, typer.Option(help="The card's title.")] = None,
 ) -> None:
@@ -304,7 +318,7 @@ def run(
     pipeline: Annotated[Path, typer.Argument(help="A pipeline TOML file.")],
     out: Annotated[Path | None, typer.Option(help="Override the pipeline's build dir.")] = None,
 ) -> None:
-    """Run a pipeline file's stages in order; a [sample] section serves the sample world."""
+    """Run a pipeline file's stages in order; a \\[sample] section serves the sample world."""
     from biovita_data.app.pipeline import load_pipeline, run_pipeline
 
     try:
@@ -322,8 +336,8 @@ def demo(
     train: Annotated[
         str,
         typer.Option(
-            help="Tiny-model preset to train and evaluate at the end: demo (minutes), "
-            "acceptance (the issue's figures, ~10 min) or none."
+            help="Model trained and evaluated at the end: demo (minutes), acceptance "
+            "(the README's figures, ~10 min) or none."
         ),
     ] = "demo",
 ) -> None:
