@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, NoReturn
 
 import typer
 from rich.console import Console, ConsoleDimensions
@@ -78,6 +78,12 @@ def error_line(message: str) -> None:
     """Print `error: MESSAGE` on one line of stderr (markup in MESSAGE is not interpreted)."""
     text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
     _err.print(f"[red]error:[/red] {rich_escape(text)}", soft_wrap=True)
+
+
+def fail(message: str, code: int = 2) -> NoReturn:
+    """End the command: `error: MESSAGE` on one line, exit `code` (2: a usage error)."""
+    error_line(message)
+    raise typer.Exit(code)
 
 
 def rich_escape(text: str) -> str:
