@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import math
+import os
 import re
+import sys
+import tempfile
+import threading
 from itertools import pairwise
+from typing import Any
 
 import av
 import numpy as np
@@ -26,15 +32,72 @@ _WAV_DATA = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
 
 def store_audio(data: bytes, segment_seconds: float) -> list[StoredFile]:
     """The files to store for one downloaded recording (one, or its segments); ItemFailure."""
-    try:
-        snd = sf.SoundFile(io.BytesIO(data))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
-        samples, rate, subtype = _decode_av(data)
-        return _as_flac(samples, rate, subtype, segment_seconds)
-    try:
-        return _store_libsndfile(snd, data, segment_seconds)
-    except sf.LibsndfileError as exc:  # a decode error part-way (lost sync, bad frame, ...)
-        raise ItemFailure("undecodable", f"libsndfile: {exc}") from None
+    with _DECODER_NOISE:
+        try:
+            snd = sf.SoundFile(io.BytesIO(data))
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+            samples, rate, subtype = _decode_av(data)
+            return _as_flac(samples, rate, subtype, segment_seconds)
+        try:
+            return _store_libsndfile(snd, data, segment_seconds)
+        except sf.LibsndfileError as exc:  # a decode error part-way (lost sync, bad frame, ...)
+            raise ItemFailure("undecodable", f"libsndfile: {exc}") from None
+
+
+class _DecoderStderr:
+    """Keeps libmpg123's complaints about broken MP3 frames off the terminal.
+
+    libsndfile decodes MP3 through libmpg123, which writes each complaint straight to file
+    descriptor 2 (`[src/libmpg123/layer3.c:...] error: part2_3_length ... too large`); the file
+    itself fails as `undecodable` and is counted in the summary. While a decode runs, fd 2 goes
+    to a temporary file; afterwards every line that is not the decoder's goes on to the real
+    stderr, so what other threads write meanwhile is kept. Re-entrant across threads.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._depth = 0
+        self._saved: int | None = None
+        self._tmp: Any = None
+
+    def __enter__(self) -> None:
+        with self._lock:
+            self._depth += 1
+            if self._depth > 1:
+                return
+            try:
+                sys.stderr.flush()
+                tmp = tempfile.TemporaryFile()
+                saved = os.dup(2)
+                os.dup2(tmp.fileno(), 2)
+            except (OSError, ValueError, AttributeError):
+                return  # no usable fd 2: nothing to keep off it
+            self._saved, self._tmp = saved, tmp
+
+    def __exit__(self, *exc: object) -> None:
+        with self._lock:
+            self._depth -= 1
+            if self._depth or self._saved is None:
+                return
+            with contextlib.suppress(OSError, ValueError, AttributeError):
+                sys.stderr.flush()
+            os.dup2(self._saved, 2)
+            os.close(self._saved)
+            self._tmp.seek(0)
+            text = self._tmp.read()
+            self._tmp.close()
+            self._saved = self._tmp = None
+        kept = b"".join(x for x in text.splitlines(keepends=True) if not _MPG123.match(x))
+        if kept:
+            os.write(2, kept)
+
+
+# `[src/libmpg123/layer3.c:INT123_do_layer3():1844] error: ...` and its resync notes
+_MPG123 = re.compile(
+    rb"^(\[[^\]]*mpg123[^\]]*\]"
+    rb"|Note: (Illegal Audio-MPEG-Header|Trying to resync|Skipped \d+ bytes))"
+)
+_DECODER_NOISE = _DecoderStderr()
 
 
 def _store_libsndfile(snd: sf.SoundFile, data: bytes, segment_seconds: float) -> list[StoredFile]:
