@@ -290,7 +290,9 @@ def publish_cmd(
     git_remote: Annotated[
         str | None, typer.Option(help="Commit and push to this git remote instead of the Hub.")
     ] = None,
-    private: Annotated[bool, typer.Option("--private", help="New Hub repo: private.")] = False,
+    private: Annotated[
+        bool, typer.Option("--private", help="Create the Hub repo as a private one.")
+    ] = False,
     max_shard_mb: Annotated[int, typer.Option(help="Parquet shard size limit in MB.")] = 500,
     pretty_name: Annotated[str | None, typer.Option(help="The card's title.")] = None,
 ) -> None:
@@ -386,17 +388,29 @@ def sample_serve(
     size: Annotated[str, typer.Option(help="tiny | default")] = "default",
     seed: Annotated[int, typer.Option(help="World seed.")] = 0,
     faults: Annotated[str, typer.Option(help="none | light | heavy")] = "none",
+    output_format: Annotated[
+        str,
+        typer.Option("--format", help="env: `export VAR=...` lines to paste; json: one JSON line."),
+    ] = "env",
 ) -> None:
     """Serve the sample world like Xeno-canto v3, iNaturalist v1 and Open Data; print the URLs."""
+    import shlex
+
     from biovita_data.sample.server import DEFAULT_XC_KEY, SampleServer
     from biovita_data.sample.world import World
 
+    if output_format not in ("env", "json"):
+        _fail(f"--format {output_format!r}: use env or json")
     try:
         server = SampleServer(World(size, seed), host=host, port=port, faults=faults)
     except ValueError as exc:
         _fail(str(exc))
     info = {**server.urls, "XENO_CANTO_API_KEY": DEFAULT_XC_KEY}
-    typer.echo(json.dumps(info), color=False)
+    if output_format == "json":
+        typer.echo(json.dumps(info), color=False)
+    else:
+        lines = [f"export {k}={shlex.quote(v)}" for k, v in info.items()]
+        typer.echo("\n".join([*lines, "# serving; Ctrl-C stops"]), color=False)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()
