@@ -20,7 +20,7 @@ from biovita_data import __version__
 from biovita_data.app.pipeline import sample_environment, sample_trait_tables
 from biovita_data.app.stages import BUILD_STAGES, RELEASE_STAGES, run_build
 from biovita_data.core.tables import write_json_atomic
-from biovita_data.crawl.fetch import fetch, settings_from_env
+from biovita_data.crawl.fetch import FetchSettings, fetch, settings_from_env
 from biovita_data.publish import CONFIGS, SPLITS, localhub
 
 TAXA = ["Aves", "Amphibia", "Mammalia", "Insecta"]
@@ -77,21 +77,14 @@ def run_demo(
         if use_hub:
             publish = {"repo_id": DEMO_REPO_ID, "git_remote": localhub.init_repo(hub, DEMO_REPO_ID)}
         sections = world_sections(workdir, size, seed, publish)
+        # the record so far, for the dataset card publish writes; completed at the end
+        write_json_atomic(build_record(size, seed, settings, stages, t0), workdir / "build.json")
         stages.update(run_build(workdir, sections, console, stages=BUILD_STAGES + RELEASE_STAGES))
     if use_hub:
         stages["load"] = load_back(workdir, hub, console)
     if train != "none":
         stages["train"] = train_model(workdir, train, seed, console)
-    build = {
-        "tool": f"biovita {__version__}",
-        "python": platform.python_version(),
-        "world": {"size": size, "seed": seed},
-        "sources": settings.sources,
-        "taxa": TAXA,
-        "snapshot": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "stages": stages,
-        "seconds": round(time.monotonic() - t0, 2),
-    }
+    build = build_record(size, seed, settings, stages, t0)
     write_json_atomic(build, workdir / "build.json")
     table = Table(title=f"biovita-data demo -> {workdir}")
     table.add_column("stage")
@@ -115,8 +108,21 @@ def run_demo(
     table.add_row("build", "build.json", f"{build['seconds']} s in all")
     console.print(table)
     print_next_steps(workdir, hub, use_hub, console)
-    console.print(json.dumps({"workdir": str(workdir), "seconds": build["seconds"]}))
     return build
+
+
+def build_record(size: str, seed: int, settings: FetchSettings, stages: dict, t0: float) -> dict:
+    """build.json: what was built from which sample world, by which tool, stage by stage."""
+    return {
+        "tool": f"biovita {__version__}",
+        "python": platform.python_version(),
+        "world": {"size": size, "seed": seed},
+        "sources": settings.sources,
+        "taxa": TAXA,
+        "snapshot": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "stages": stages,
+        "seconds": round(time.monotonic() - t0, 2),
+    }
 
 
 def world_sections(out: Path, size: str, seed: int, publish: dict) -> dict[str, dict]:
@@ -220,5 +226,7 @@ def print_next_steps(workdir: Path, hub: Path, use_hub: bool, console: Console) 
             "# evaluate the trained tiny model again, or embed the dataset",
             f"#   biovita-model eval --run {workdir / 'runs' / 'stage2'}"
             f" --bench {workdir / 'bench'}",
+            f"#   biovita-model embed --run {workdir / 'runs' / 'stage2'}"
+            f" --dataset {workdir / 'hf'} --modality audio --out {workdir / 'audio_emb.parquet'}",
         ]
-    console.print("\n".join(lines), markup=False, highlight=False)
+    console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)
