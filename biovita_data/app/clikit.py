@@ -93,7 +93,7 @@ def rich_escape(text: str) -> str:
 
 
 # Errors a user can fix from the message alone (a path, a value, a network answer): no type name.
-_USER_ERRORS = (OSError, ValueError, KeyError, LookupError, RuntimeError, TimeoutError)
+_USER_ERRORS = (OSError, ValueError, RuntimeError, TimeoutError)
 
 
 class CliGroup(TyperGroup):
@@ -109,7 +109,7 @@ class CliGroup(TyperGroup):
         **extra: Any,
     ) -> Any:
         _state["debug"] = False
-        if not sys.stdout.isatty():
+        if not _isatty(sys.stdout):
             rich_utils.MAX_WIDTH = LOG_HELP_WIDTH  # help panels whole in a log (TERMINAL_WIDTH)
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
@@ -150,6 +150,13 @@ class CliGroup(TyperGroup):
     def format_help(self, ctx: Any, formatter: Any) -> None:
         _tidy_flags(self, ctx)
         super().format_help(ctx, formatter)
+
+
+def _isatty(stream: Any) -> bool:
+    try:
+        return bool(stream.isatty())
+    except (AttributeError, ValueError, OSError):
+        return False
 
 
 def _tidy_flags(cmd: Any, ctx: Any) -> None:
