@@ -33,22 +33,22 @@ def one_error_line(output: str) -> str:
 @pytest.mark.parametrize(
     ("args", "expected"),
     [
-        (["train", "--dataset", "/nonexistent", "--stage", "1", "--out", "R"], "no such folder"),
+        (["train", "--dataset", "MISSING", "--stage", "1", "--out", "R"], "no such folder"),
         (["train", "--out", "R"], "--dataset"),
         (["train", "--out", "R", "--dataset", "ns/name"], "--stage"),
-        (["train", "--out", "/nonexistent/run", "--resume"], "no run to resume"),
-        (["eval", "--run", "/nonexistent", "--bench", "/nonexistent"], "no such run folder"),
+        (["train", "--out", "MISSING/run", "--resume"], "no run to resume"),
+        (["eval", "--run", "MISSING", "--bench", "MISSING"], "no such run folder"),
         (["eval", "--run", "."], "Missing option '--bench'"),
-        (["embed", "--run", "/nonexistent", "--dataset", "d", "--out", "x.parquet"], "--run"),
-        (["probe-traits", "--run", "/nonexistent", "--dataset", "d"], "--run"),
-        (["train-tiny", "--dataset", "/nonexistent", "--runs", "R"], "no such folder"),
-        (["import-official", "--clap-weights", "/no.pth", "--open-clip", "/no", "--out", "R"],
-         "--clap-weights"),
+        (["embed", "--run", "MISSING", "--dataset", "d", "--out", "x.parquet"], "--run"),
+        (["probe-traits", "--run", "MISSING", "--dataset", "d"], "--run"),
+        (["train-tiny", "--dataset", "MISSING", "--runs", "R"], "no such folder"),
+        (["import-official", "--clap-weights", "MISSING.pth", "--open-clip", "MISSING",
+          "--out", "R"], "--clap-weights"),
         (["trian"], "Did you mean 'train'"),
     ],
 )  # fmt: skip
-def test_model_errors_are_one_line(args: list[str], expected: str) -> None:
-    result = runner.invoke(model_app, args)
+def test_model_errors_are_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
+    result = runner.invoke(model_app, [a.replace("MISSING", str(tmp_path / "x")) for a in args])
     assert result.exit_code == 2, result.output
     assert expected in one_error_line(result.output)
 
@@ -59,14 +59,15 @@ def test_model_errors_are_one_line(args: list[str], expected: str) -> None:
         (["fetch", "--out", "O"], "Missing option '--taxa'"),
         (["fetch", "--taxa", "Aves", "--out", "O", "--since", "yesterday"], "YYYY-MM-DD"),
         (["fetch", "--taxa", "Aves", "--out", "O", "--source", "gbiff"], "unknown source"),
-        (["align", "--out", "/nonexistent/out"], "/nonexistent/out"),
-        (["run", "/nonexistent.toml"], "nonexistent.toml"),
+        (["align", "--out", "MISSING/out"], "x/out"),
+        (["run", "MISSING.toml"], "x.toml"),
+        (["publish", "--out", "MISSING", "--repo-id", "a/b", "--folder-only"], "no build here"),
         (["sample", "serve", "--format", "yaml"], "env or json"),
         (["materialize"], "Missing option '--out'"),
     ],
 )
-def test_data_errors_are_one_line(args: list[str], expected: str) -> None:
-    result = runner.invoke(app, args)
+def test_data_errors_are_one_line(args: list[str], expected: str, tmp_path: Path) -> None:
+    result = runner.invoke(app, [a.replace("MISSING", str(tmp_path / "x")) for a in args])
     assert result.exit_code != 0, result.output
     assert expected in one_error_line(result.output)
 

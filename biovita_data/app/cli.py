@@ -299,6 +299,8 @@ def publish_cmd(
     """Write the Hugging Face dataset folder OUT/hf (card, plots, Parquet) and upload it."""
     from biovita_data.publish import PublishError, publish
 
+    if not (out / "manifests").is_dir():
+        _fail(f"{out}: no build here (no manifests/): run the build stages first")
     try:
         publish(
             out,
