@@ -57,7 +57,8 @@ def run_demo(
     use_hub = localhub.available()
     if not use_hub:
         console.print("[yellow]olah is not installed: the dataset is published as a folder only "
-                      "and not loaded back by repo id (pip install olah)[/yellow]")  # fmt: skip
+                      "and not loaded back by repo id (./biovita setup demo, or pip install -e "
+                      "'.\\[demo]')[/yellow]")  # fmt: skip
     stages: dict[str, dict] = {}
     with ExitStack() as stack:
         env = sample_environment(stack, size, seed, "none")
@@ -184,7 +185,8 @@ def train_model(workdir: Path, preset: str, seed: int, console: Console) -> dict
     """`biovita-model train-tiny` in its own process (biovita_data never imports the model)."""
     missing = [m for m in ("torch", "open_clip", "transformers") if not importlib.util.find_spec(m)]
     if missing:
-        console.print(f"[yellow]skipping training: {', '.join(missing)} not installed[/yellow]")
+        console.print(f"[yellow]skipping training: {', '.join(missing)} not installed "
+                      "(./biovita setup demo, or pip install -e '.\\[demo]')[/yellow]")  # fmt: skip
         return {"result": f"skipped ({', '.join(missing)} not installed)"}
     t = time.monotonic()
     console.rule(f"biovita-model train-tiny --preset {preset}")
