@@ -10,27 +10,26 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.console import Console
 
-from biovita_data.app.clikit import version_option
+from biovita_data.app.clikit import cli_app, cli_console, debug_option, fail, version_option
 
-app = typer.Typer(
-    help="Train and evaluate the BioVITA audio-image-text model.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
+app = cli_app("Train and evaluate the BioVITA audio-image-text model.")
 
 MODEL_PACKAGES = ("torch", "torchvision", "open_clip_torch", "transformers", "torchcodec")
-console = Console()
-err = Console(stderr=True)
+console = cli_console()
+err = cli_console(stderr=True)
 
 
 @app.callback()
-def main(version: Annotated[bool, version_option("biovita-model")] = False) -> None:
+def main(
+    version: Annotated[bool, version_option("biovita-model")] = False,
+    debug: Annotated[bool, debug_option()] = False,
+) -> None:
     """BioVITA model: HTS-AT audio tower aligned to BioCLIP 2 image and text towers."""
 
 
@@ -51,9 +50,12 @@ def info() -> None:
 # ---- training -------------------------------------------------------------------------------
 
 Opt = typer.Option
-DatasetOpt = Annotated[
-    str | None, Opt("--dataset", help="published folder (OUT/hf or OUT) or Hub repo NS/NAME")
-]
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+TrainDatasetOpt = Annotated[
+    str | None,
+    Opt("--dataset", help="published folder (OUT/hf or OUT) or Hub repo NS/NAME "
+        "(required unless --resume)"),
+]  # fmt: skip
 OutOpt = Annotated[Path, Opt("--out", help="the run folder to write")]
 EpochsOpt = Annotated[int | None, Opt("--epochs", help="epochs (default 10)")]
 BatchOpt = Annotated[
@@ -65,6 +67,10 @@ LrOpt = Annotated[
         "after --init, those of the init run)"),
 ]  # fmt: skip
 ResumeOpt = Annotated[bool, Opt("--resume", help="continue RUN from its last checkpoint")]
+ProgressOpt = Annotated[bool, Opt("--progress/--no-progress", help="show the progress bar")]
+VerboseOpt = Annotated[
+    bool, Opt("--verbose", help="also print the per-epoch table (train_summary.json keeps it)")
+]
 WorkersOpt = Annotated[int | None, Opt("--workers", help="data worker processes per rank (0)")]
 DeviceOpt = Annotated[str | None, Opt("--device", help="cpu or cuda (one per rank)")]
 PrecisionOpt = Annotated[str | None, Opt("--precision", help="fp32, bf16 or fp16 (autocast)")]
@@ -94,6 +100,55 @@ def _options(**given: Any) -> dict[str, Any]:
     return {k: v for k, v in given.items() if v is not None}
 
 
+def _check_dataset(dataset: str | None) -> None:
+    """A published folder that exists, or something shaped like a Hub repo id (NS/NAME)."""
+    if dataset is None or Path(dataset).exists():
+        return
+    if _REPO_ID.fullmatch(dataset):
+        return
+    raise typer.BadParameter(
+        f"{dataset}: no such folder (give a published folder OUT/hf or OUT, or a Hub repo NS/NAME)",
+        param_hint="--dataset",
+    )
+
+
+def _check_run(run: Path, option: str = "--run") -> None:
+    """A run folder: config.json + model.pt (what train, train-tiny and import-official write)."""
+    missing = [name for name in ("config.json", "model.pt") if not (Path(run) / name).is_file()]
+    if not Path(run).is_dir():
+        raise typer.BadParameter(f"{run}: no such run folder", param_hint=option)
+    if missing:
+        raise typer.BadParameter(
+            f"{run} is not a finished run (no {' or '.join(missing)})", param_hint=option
+        )
+
+
+_REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+(@\S+)?$")
+
+
+def _check_exists(path: Path | str, option: str, *, hub: bool = False) -> None:
+    """A file or folder that must exist; with `hub`, a Hub repo id (hf-hub:ORG/NAME, ORG/NAME)
+    passes too (huggingface_hub says whether it exists)."""
+    text = str(path)
+    if hub and (text.startswith("hf-hub:") or (_REPO_ID.match(text) and not Path(text).exists())):
+        return
+    if not Path(text.removeprefix("local-dir:")).exists():
+        raise typer.BadParameter(f"{path}: no such file or folder", param_hint=option)
+
+
+def _check_train(out: Path, dataset: str | None, stage: str | None, resume: bool) -> None:
+    """The options a training run needs, checked before torch is imported."""
+    if resume:
+        if not out.is_dir():
+            raise typer.BadParameter(f"{out}: no run to resume", param_hint="--out")
+    else:
+        if dataset is None:
+            fail("missing option --dataset (required unless --resume)")
+        if stage is None:
+            fail("missing option --stage: 1 or 2 (required unless --resume)")
+    _check_dataset(dataset)
+
+
 def _config(out: Path, resume: bool, given: dict[str, Any]) -> Any:
     """The run's TrainConfig: on --resume, the stored one with the options given on top."""
     from biovita_model.training import TrainConfig
@@ -117,9 +172,13 @@ def _config(out: Path, resume: bool, given: dict[str, Any]) -> Any:
 @app.command()
 def train(
     out: OutOpt,
-    dataset: DatasetOpt = None,
+    dataset: TrainDatasetOpt = None,
     stage: Annotated[
-        str | None, Opt("--stage", help="1 (ATC) or 2 (ATC + lambda (AIC + ITC))")
+        str | None,
+        Opt(
+            "--stage",
+            help="1 (ATC) or 2 (ATC + lambda (AIC + ITC)); required unless --resume",
+        ),
     ] = None,
     init: Annotated[
         str | None, Opt("--init", help="a run folder or checkpoint to start from")
@@ -177,20 +236,26 @@ def train(
     threads: ThreadsOpt = None,
     augment: Annotated[bool | None, Opt("--augment/--no-augment", help="augmentation")] = None,
     dropout: Annotated[float | None, Opt("--dropout", help="override audio dropout")] = None,
-    keep_checkpoints: Annotated[int | None, Opt("--keep-checkpoints", help="(2)")] = None,
+    keep_checkpoints: Annotated[
+        int | None, Opt("--keep-checkpoints", help="epoch checkpoints kept, the newest (2)")
+    ] = None,
     stop_after: Annotated[
         int | None, Opt("--stop-after", help="end this session after N epochs (then --resume)")
     ] = None,
     resume: ResumeOpt = False,
-    progress: Annotated[bool, Opt("--progress/--no-progress")] = True,
+    progress: ProgressOpt = True,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Train Stage 1 or 2 (one process, or each rank of `torchrun --nproc_per_node N`)."""
-    from biovita_model.training import train as run_train
-
     if stage is not None and stage not in ("1", "2"):
         raise typer.BadParameter(
             "use 1 or 2 (pretrain-towers trains the towers)", param_hint="--stage"
         )
+    _check_train(out, dataset, stage, resume)
+    from biovita_model.training import train as run_train
+    from biovita_model.training.report import set_verbose
+
+    set_verbose(verbose)
     given = _options(
         dataset=dataset, stage=stage, init=init, towers=towers, audio_tower=audio_tower,
         audio_config=audio_config, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
@@ -215,7 +280,7 @@ def train(
 @app.command("pretrain-towers")
 def pretrain_towers_cmd(
     out: OutOpt,
-    dataset: DatasetOpt = None,
+    dataset: TrainDatasetOpt = None,
     towers: TowersOpt = None,
     epochs: EpochsOpt = None,
     max_steps: Annotated[int | None, Opt("--max-steps", help="stop after N steps")] = None,
@@ -231,10 +296,15 @@ def pretrain_towers_cmd(
     seed: SeedOpt = None,
     threads: ThreadsOpt = None,
     resume: ResumeOpt = False,
-    progress: Annotated[bool, Opt("--progress/--no-progress")] = True,
+    progress: ProgressOpt = True,
+    verbose: VerboseOpt = False,
 ) -> None:
     """Train tiny image/text towers image-text contrastively: a STAND-IN for BioCLIP 2."""
+    _check_train(out, dataset, "pretrain", resume)
     from biovita_model.training import train as run_train
+    from biovita_model.training.report import set_verbose
+
+    set_verbose(verbose)
 
     given = _options(
         dataset=dataset, towers=towers, epochs=epochs, max_steps=max_steps,
@@ -254,12 +324,22 @@ def train_tiny_cmd(
         Path | None, Opt("--bench", help="OUT/bench: evaluate stage 1 and 2 on it")
     ] = None,
     preset: Annotated[str, Opt("--preset", help="demo (minutes) or acceptance")] = "demo",
-    seed: Annotated[int, Opt("--seed")] = 0,
+    seed: Annotated[int, Opt("--seed", help="seed of the models, data and augmentation")] = 0,
     workers: WorkersOpt = None,
+    verbose: VerboseOpt = False,
+    as_json: Annotated[
+        bool, Opt("--json", help="end with one JSON line (runs, seconds) for machines")
+    ] = False,
 ) -> None:
     """pretrain-towers -> Stage 1 -> Stage 2 with tiny towers (a measured preset), + eval."""
+    _check_dataset(dataset)
+    if bench is not None:
+        _check_exists(bench, "--bench")
     from biovita_model.eval_tables import eval_table
     from biovita_model.training.recipes import train_tiny
+    from biovita_model.training.report import set_verbose
+
+    set_verbose(verbose)
 
     chain = train_tiny(
         dataset, runs, bench=bench, preset=preset, seed=seed, workers=workers, console=err
@@ -268,8 +348,9 @@ def train_tiny_cmd(
         console.rule(f"{stage}: {chain.runs[stage]}")
         for table in eval_table(report):
             console.print(table)
-    console.print(json.dumps({"runs": {k: str(v) for k, v in chain.runs.items()},
-                              "seconds": chain.seconds, "reused": chain.reused}))  # fmt: skip
+    if as_json:
+        typer.echo(json.dumps({"runs": {k: str(v) for k, v in chain.runs.items()},
+                               "seconds": chain.seconds, "reused": chain.reused}))  # fmt: skip
 
 
 # ---- evaluation -----------------------------------------------------------------------------
@@ -299,12 +380,15 @@ def eval_cmd(
         str | None, Opt("--dataset", help="published folder with the media (default: OUT/hf)")
     ] = None,
     layout: Annotated[str, Opt("--layout", help="auto, parquet or csv (official layout)")] = "auto",
-    batch_size: Annotated[int, Opt("--batch-size")] = 64,
-    workers: Annotated[int, Opt("--workers")] = 0,
-    device: Annotated[str, Opt("--device")] = "cpu",
+    batch_size: Annotated[int, Opt("--batch-size", help="items per forward pass")] = 64,
+    workers: Annotated[int, Opt("--workers", help="data worker processes")] = 0,
+    device: Annotated[str, Opt("--device", help="cpu or cuda")] = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
     """Score a run on BioVITA-Bench: table, RUN/eval.json, eval_per_class.csv and eval.png."""
+    _check_run(run)
+    _check_exists(bench, "--bench")
+    _check_dataset(dataset)
     from biovita_model.eval_run import evaluate_run
     from biovita_model.eval_tables import eval_table
 
@@ -330,12 +414,16 @@ def embed(
     out: Annotated[Path, Opt("--out", help="FILE.parquet")],
     modality: Annotated[str, Opt("--modality", help="audio, image or text")] = "audio",
     split: Annotated[list[str] | None, Opt("--split", help="train/test/unseen (all)")] = None,
-    batch_size: Annotated[int, Opt("--batch-size")] = 64,
-    workers: Annotated[int, Opt("--workers")] = 0,
-    device: Annotated[str, Opt("--device")] = "cpu",
+    batch_size: Annotated[int, Opt("--batch-size", help="items per forward pass")] = 64,
+    workers: Annotated[int, Opt("--workers", help="data worker processes")] = 0,
+    device: Annotated[str, Opt("--device", help="cpu or cuda")] = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
     """Embeddings of a dataset's items (text: every prompt of every species) as Parquet."""
+    if modality not in ("audio", "image", "text"):
+        raise typer.BadParameter("use audio, image or text", param_hint="--modality")
+    _check_run(run)
+    _check_dataset(dataset)
     import torch
 
     from biovita_data.core.layout import MEDIA_SPLITS
@@ -363,11 +451,13 @@ def probe_traits_cmd(
     test_split: Annotated[str, Opt("--test-split", help="test or unseen")] = "test",
     max_per_species: Annotated[int, Opt("--max-per-species", help="items per species")] = 50,
     l2: Annotated[float, Opt("--l2", help="L2 penalty of the linear heads")] = 1e-3,
-    workers: Annotated[int, Opt("--workers")] = 0,
-    device: Annotated[str, Opt("--device")] = "cpu",
+    workers: Annotated[int, Opt("--workers", help="data worker processes")] = 0,
+    device: Annotated[str, Opt("--device", help="cpu or cuda")] = "cpu",
     threads: ThreadsOpt = None,
 ) -> None:
     """Linear trait probes on frozen embeddings: F1 per trait and category vs the majority."""
+    _check_run(run)
+    _check_dataset(dataset)
     from biovita_model.probe import probe_table, probe_traits
 
     report = probe_traits(
@@ -407,8 +497,13 @@ def import_official_cmd(
             "run references the open_clip weights file or repo commit)",
         ),
     ] = False,
+    as_json: Annotated[
+        bool, Opt("--json", help="end with one JSON line (run, embed_dim) for machines")
+    ] = False,
 ) -> None:
     """Build a run from the original release's weights (audio tower + adapter, open_clip)."""
+    _check_exists(clap_weights, "--clap-weights", hub=True)
+    _check_exists(open_clip, "--open-clip", hub=True)
     from biovita_model.model import save_model
     from biovita_model.release_weights import import_official
 
@@ -416,7 +511,8 @@ def import_official_cmd(
     extra = {"imported": {"clap_weights": clap_weights, "open_clip": open_clip}}
     save_model(model, out, extra=extra, embed_towers=embed_towers)
     err.print(f"wrote {out} (towers {model.spec}, embed dim {model.embed_dim})")
-    console.print(json.dumps({"run": str(out), "embed_dim": model.embed_dim}))
+    if as_json:
+        typer.echo(json.dumps({"run": str(out), "embed_dim": model.embed_dim}))
 
 
 if __name__ == "__main__":  # `python -m biovita_model.cli ...`, e.g. under torchrun -m

@@ -184,7 +184,17 @@ def test_pipeline_files_parse() -> None:
 
 def test_sample_serve_prints_urls_and_serves(tmp_path: Path) -> None:
     proc = subprocess.Popen(
-        [sys.executable, "-m", "biovita_data.app.cli", "sample", "serve", "--size", "tiny"],
+        [
+            sys.executable,
+            "-m",
+            "biovita_data.app.cli",
+            "sample",
+            "serve",
+            "--size",
+            "tiny",
+            "--format",
+            "json",
+        ],
         stdout=subprocess.PIPE,
         text=True,
     )

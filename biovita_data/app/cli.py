@@ -9,32 +9,35 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-from biovita_data.app.clikit import version_option
+from biovita_data.app.clikit import cli_app, cli_console, debug_option, error_line, version_option
 
-app = typer.Typer(
-    help="Build the BioVITA corpus: crawl sources, build manifests, materialize, publish.",
-    no_args_is_help=True,
-    pretty_exceptions_enable=False,
-)
-sample_app = typer.Typer(help="The embedded sample world: serve it, export its tables.")
+app = cli_app("Build the BioVITA corpus: crawl sources, build manifests, materialize, publish.")
+sample_app = cli_app("The embedded sample world: serve it, export its tables.")
 app.add_typer(sample_app, name="sample")
 bench_app = typer.Typer(
     help="Build BioVITA-Bench (`bench --out OUT`); `bench export-media` writes its media as files."
 )
 app.add_typer(bench_app, name="bench")
-console = Console(stderr=True)
+console = cli_console(stderr=True)
 
 
 @app.callback()
-def main(version: Annotated[bool, version_option("biovita-data")] = False) -> None:
+def main(
+    version: Annotated[bool, version_option("biovita-data")] = False,
+    debug: Annotated[bool, debug_option()] = False,
+) -> None:
     """BioVITA data pipeline: sources -> manifests -> media -> dataset -> loader."""
 
 
 def _fail(message: str) -> None:
-    console.print(f"[red]error:[/red] {message}")
+    error_line(message)
     raise typer.Exit(2)
+
+
+NoThrottleOption = Annotated[
+    bool, typer.Option("--no-throttle", help="Disable per-host rate limits (loopback only!).")
+]
 
 
 @app.command()
@@ -64,11 +67,9 @@ def fetch(
     max_records: Annotated[
         int | None, typer.Option(help="Stop each source after N records.")
     ] = None,
-    no_throttle: Annotated[
-        bool, typer.Option(help="Disable per-host rate limits (loopback only!).")
-    ] = False,
+    no_throttle: NoThrottleOption = False,
     restart: Annotated[
-        bool, typer.Option(help="Discard an unfinished crawl with other settings.")
+        bool, typer.Option("--restart", help="Discard an unfinished crawl with other settings.")
     ] = False,
     gbif_dataset: Annotated[
         list[str] | None,
@@ -86,6 +87,7 @@ def fetch(
     from biovita_data.crawl.fetch import fetch as run_fetch
     from biovita_data.crawl.http import FetchError
     from biovita_data.crawl.sources.xeno_canto import MissingKey
+    from biovita_data.crawl.taxa import TaxonNotFound
 
     # default: the two APIs; Open Data (the same photos, for scale) is opt-in or part of "all"
     source = source or ["xeno-canto", "inaturalist"]
@@ -93,6 +95,7 @@ def fetch(
     unknown = set(sources) - set(SOURCES)
     if unknown:
         _fail(f"unknown source(s) {sorted(unknown)}; choose from {', '.join(SOURCES)} or all")
+    _check_date("--since", since)
     settings = settings_from_env(
         taxa=taxa,
         sources=sources,
@@ -108,10 +111,23 @@ def fetch(
         _fail(f"--media must be sound, image or both, not {media!r}")
     try:
         run_fetch(settings, out, console=console, restart=restart)
-    except (MissingKey, FetchError) as exc:
-        _fail(
-            f"{exc}\nThe crawl state is kept under {out}/raw: run the same command again to resume."
-        )
+    except (TaxonNotFound, MissingKey) as exc:
+        _fail(str(exc))  # nothing was crawled: no resume advice
+    except FetchError as exc:
+        kept = (out / "raw").is_dir()
+        advice = f" (crawl state kept under {out}/raw: run the same command to resume)"
+        _fail(f"{exc}{advice if kept else ''}")
+
+
+def _check_date(option: str, value: str | None) -> None:
+    """A YYYY-MM-DD date, checked here rather than by the server."""
+    import datetime as dt
+
+    if value is not None:
+        try:
+            dt.date.fromisoformat(value)
+        except ValueError:
+            _fail(f"{option} {value!r} is not a date: give YYYY-MM-DD, e.g. 2024-01-31")
 
 
 @app.command("import-official")
@@ -223,9 +239,7 @@ def align_cmd(
         int | None, typer.Option("--max-images", help="Cap photos per species (seeded).")
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the photo cap.")] = 0,
-    no_throttle: Annotated[
-        bool, typer.Option(help="Disable per-host rate limits (loopback only!).")
-    ] = False,
+    no_throttle: NoThrottleOption = False,
 ) -> None:
     """Align raw names to one backbone -> OUT/manifests/{species,audio,image,unmatched}.parquet."""
     from biovita_data.app.stages import run_align
@@ -269,7 +283,7 @@ def traits_cmd(
 @app.command("split")
 def split_cmd(
     out: OutOption,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the split draw.")] = 0,
     test_fraction: Annotated[float, typer.Option(help="Share of a seen species -> test.")] = 0.1,
     unseen_max_audio: Annotated[
         int, typer.Option(help="Species with at most N recordings are held out as unseen.")
@@ -287,7 +301,7 @@ def bench_cmd(
     ctx: typer.Context,
     out: Annotated[Path | None, typer.Option("--out", help="Build directory.")] = None,
     candidates: Annotated[int, typer.Option(help="Candidate taxa per query.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the query and candidate draw.")] = 0,
     max_queries_per_taxon: Annotated[int, typer.Option(help="Query cap per taxon and task.")] = 25,
     max_queries_per_task: Annotated[int, typer.Option(help="Query cap per task (seeded).")] = 1024,
 ) -> None:
@@ -338,7 +352,7 @@ def stats_cmd(out: OutOption) -> None:
     """Print the corpus statistics and write OUT/stats.json."""
     from biovita_data.app.stages import run_stats
 
-    _stage(run_stats, out, {}, Console())
+    _stage(run_stats, out, {}, cli_console())
 
 
 @app.command("materialize")
@@ -367,9 +381,7 @@ def materialize_cmd(
     ] = None,
     download_threads: Annotated[int, typer.Option(help="Download threads per worker.")] = 16,
     jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of stored photos.")] = 90,
-    no_throttle: Annotated[
-        bool, typer.Option(help="Disable per-host rate limits (loopback only!).")
-    ] = False,
+    no_throttle: NoThrottleOption = False,
 ) -> None:
     """Download, verify, hash and store every selected recording and photo in OUT/media/."""
     from biovita_data.app.stages import run_materialize
@@ -397,11 +409,15 @@ def publish_cmd(
     media: Annotated[
         str, typer.Option(help="embed (bytes in the Parquet) or urls (metadata + media URLs).")
     ] = "embed",
-    folder_only: Annotated[bool, typer.Option(help="Write OUT/hf only; upload nothing.")] = False,
+    folder_only: Annotated[
+        bool, typer.Option("--folder-only", help="Write OUT/hf only; upload nothing.")
+    ] = False,
     git_remote: Annotated[
         str | None, typer.Option(help="Commit and push to this git remote instead of the Hub.")
     ] = None,
-    private: Annotated[bool, typer.Option(help="Create the Hub repo private.")] = False,
+    private: Annotated[
+        bool, typer.Option("--private", help="Create the Hub repo as a private one.")
+    ] = False,
     max_shard_mb: Annotated[
         int, typer.Option(help="Target Parquet shard size in MB (row groups of a few MB).")
     ] = 500,
@@ -418,6 +434,8 @@ def publish_cmd(
     """Write the Hugging Face dataset folder OUT/hf (card, plots, Parquet) and upload it."""
     from biovita_data.publish import PublishError, publish
 
+    if not (out / "manifests").is_dir():
+        _fail(f"{out}: no build here (no manifests/): run the build stages first")
     try:
         publish(
             out,
@@ -440,7 +458,7 @@ def run(
     pipeline: Annotated[Path, typer.Argument(help="A pipeline TOML file.")],
     out: Annotated[Path | None, typer.Option(help="Override the pipeline's build dir.")] = None,
 ) -> None:
-    """Run a pipeline file's stages in order; a [sample] section serves the sample world."""
+    """Run a pipeline file's stages in order; a \\[sample] section serves the sample world."""
     from biovita_data.app.pipeline import load_pipeline, run_pipeline
 
     try:
@@ -458,8 +476,8 @@ def demo(
     train: Annotated[
         str,
         typer.Option(
-            help="Tiny-model preset to train and evaluate at the end: demo (minutes), "
-            "acceptance (the issue's figures, ~10 min) or none."
+            help="Model trained and evaluated at the end: demo (minutes), acceptance "
+            "(the README's figures, ~10 min) or none."
         ),
     ] = "demo",
 ) -> None:
@@ -511,11 +529,20 @@ def sample_serve(
     gbif_max_offset: Annotated[
         int, typer.Option(help="GBIF's offset + limit cap (lower it to see queries split).")
     ] = 100_000,
+    output_format: Annotated[
+        str,
+        typer.Option("--format", help="env: `export VAR=...` lines to paste; json: one JSON line."),
+    ] = "env",
 ) -> None:
-    """Serve the sample world like Xeno-canto v3, iNaturalist v1, Open Data and GBIF v1."""
+    """Serve the sample world like Xeno-canto v3, iNaturalist v1, Open Data and GBIF v1; print
+    the variables to export."""
+    import shlex
+
     from biovita_data.sample.server import DEFAULT_XC_KEY, SampleServer
     from biovita_data.sample.world import World
 
+    if output_format not in ("env", "json"):
+        _fail(f"--format {output_format!r}: use env or json")
     try:
         server = SampleServer(
             World(size, seed), host=host, port=port, faults=faults, gbif_max_offset=gbif_max_offset
@@ -525,7 +552,11 @@ def sample_serve(
     info = {**server.urls, "XENO_CANTO_API_KEY": DEFAULT_XC_KEY}
     if gbif_max_offset != 100_000:
         info["GBIF_MAX_OFFSET"] = str(gbif_max_offset)
-    typer.echo(json.dumps(info), color=False)
+    if output_format == "json":
+        typer.echo(json.dumps(info), color=False)
+    else:
+        lines = [f"export {k}={shlex.quote(v)}" for k, v in info.items()]
+        typer.echo("\n".join([*lines, "# serving; Ctrl-C stops"]), color=False)
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
     server.start()

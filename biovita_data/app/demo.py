@@ -22,7 +22,7 @@ from biovita_data.app.pipeline import sample_environment, sample_release_tables,
 from biovita_data.app.stages import BUILD_STAGES, RELEASE_STAGES, run_build, run_tol
 from biovita_data.core import layout
 from biovita_data.core.tables import write_json_atomic
-from biovita_data.crawl.fetch import SOURCES, fetch, settings_from_env
+from biovita_data.crawl.fetch import SOURCES, FetchSettings, fetch, settings_from_env
 from biovita_data.publish import CONFIGS, SPLITS, localhub
 
 TAXA = ["Aves", "Amphibia", "Mammalia", "Insecta"]
@@ -62,7 +62,8 @@ def run_demo(
     use_hub = localhub.available()
     if not use_hub:
         console.print("[yellow]olah is not installed: the dataset is published as a folder only "
-                      "and not loaded back by repo id (pip install olah)[/yellow]")  # fmt: skip
+                      "and not loaded back by repo id (./biovita setup demo, or pip install -e "
+                      "'.\\[demo]')[/yellow]")  # fmt: skip
     stages: dict[str, dict] = {}
     with ExitStack() as stack:
         env = sample_environment(stack, size, seed, "none")
@@ -88,21 +89,14 @@ def run_demo(
         if use_hub:
             publish = {"repo_id": DEMO_REPO_ID, "git_remote": localhub.init_repo(hub, DEMO_REPO_ID)}
         sections = world_sections(workdir, size, seed, publish)
+        # the record so far, for the dataset card publish writes; completed at the end
+        write_json_atomic(build_record(size, seed, settings, stages, t0), workdir / "build.json")
         stages.update(run_build(workdir, sections, console, stages=BUILD_STAGES + RELEASE_STAGES))
     if use_hub:
         stages["load"] = load_back(workdir, hub, console)
     if train != "none":
         stages["train"] = train_model(workdir, train, seed, console)
-    build = {
-        "tool": f"biovita {__version__}",
-        "python": platform.python_version(),
-        "world": {"size": size, "seed": seed},
-        "sources": [*settings.sources, "treeoflife-200m"],
-        "taxa": TAXA,
-        "snapshot": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
-        "stages": stages,
-        "seconds": round(time.monotonic() - t0, 2),
-    }
+    build = build_record(size, seed, settings, stages, t0)
     write_json_atomic(build, workdir / "build.json")
     table = Table(title=f"biovita-data demo -> {workdir}")
     table.add_column("stage")
@@ -132,7 +126,6 @@ def run_demo(
     table.add_row("build", "build.json", f"{build['seconds']} s in all")
     console.print(table)
     print_next_steps(workdir, hub, use_hub, console)
-    console.print(json.dumps({"workdir": str(workdir), "seconds": build["seconds"]}))
     return build
 
 
@@ -141,6 +134,20 @@ def tol_settings(out: Path, size: str, seed: int, root: str) -> dict:
     taxa, the only image source (the crawled photos become failures), as in the paper."""
     view = sample_tol_view(size, seed, root, out)
     return {**view, "taxa": TAXA, "per_species": 200, "seed": seed, "exclusive": True}
+
+
+def build_record(size: str, seed: int, settings: FetchSettings, stages: dict, t0: float) -> dict:
+    """build.json: what was built from which sample world, by which tool, stage by stage."""
+    return {
+        "tool": f"biovita {__version__}",
+        "python": platform.python_version(),
+        "world": {"size": size, "seed": seed},
+        "sources": [*settings.sources, "treeoflife-200m"],
+        "taxa": TAXA,
+        "snapshot": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+        "stages": stages,
+        "seconds": round(time.monotonic() - t0, 2),
+    }
 
 
 def world_sections(out: Path, size: str, seed: int, publish: dict) -> dict[str, dict]:
@@ -202,7 +209,8 @@ def train_model(workdir: Path, preset: str, seed: int, console: Console) -> dict
     """`biovita-model train-tiny` in its own process (biovita_data never imports the model)."""
     missing = [m for m in ("torch", "open_clip", "transformers") if not importlib.util.find_spec(m)]
     if missing:
-        console.print(f"[yellow]skipping training: {', '.join(missing)} not installed[/yellow]")
+        console.print(f"[yellow]skipping training: {', '.join(missing)} not installed "
+                      "(./biovita setup demo, or pip install -e '.\\[demo]')[/yellow]")  # fmt: skip
         return {"result": f"skipped ({', '.join(missing)} not installed)"}
     t = time.monotonic()
     console.rule(f"biovita-model train-tiny --preset {preset}")
@@ -244,5 +252,7 @@ def print_next_steps(workdir: Path, hub: Path, use_hub: bool, console: Console) 
             "# evaluate the trained tiny model again, or embed the dataset",
             f"#   biovita-model eval --run {workdir / 'runs' / 'stage2'}"
             f" --bench {workdir / 'bench'}",
+            f"#   biovita-model embed --run {workdir / 'runs' / 'stage2'}"
+            f" --dataset {workdir / 'hf'} --modality audio --out {workdir / 'audio_emb.parquet'}",
         ]
-    console.print("\n".join(lines), markup=False, highlight=False)
+    console.print("\n".join(lines), markup=False, highlight=False, soft_wrap=True)

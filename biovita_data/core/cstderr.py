@@ -19,7 +19,11 @@ import tempfile
 import threading
 from collections.abc import Iterator
 
-MPG123_MESSAGE = re.compile(rb"^\[src/libmpg123/[^\]]*\] (error|warning|note): ")
+# `[src/libmpg123/layer3.c:INT123_do_layer3():1844] error: ...` and its resync notes
+MPG123_MESSAGE = re.compile(
+    rb"^(\[[^\]]*mpg123[^\]]*\]"
+    rb"|Note: (Illegal Audio-MPEG-Header|Trying to resync|Skipped \d+ bytes))"
+)
 
 _lock = threading.Lock()
 _depth = 0

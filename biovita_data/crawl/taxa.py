@@ -50,6 +50,18 @@ def xc_tag(tag: str, value: str) -> str:
     return f'{tag}:"{value}"' if " " in value else f"{tag}:{value}"
 
 
+class TaxonNotFound(FetchError):
+    """A `--taxa` name iNaturalist does not know; names the closest known ones."""
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        from rapidfuzz import process
+
+        matches = process.extract(name, list(dict.fromkeys(filter(None, known))), limit=3)
+        self.suggestions = [m for m, score, _ in matches if score >= 70]
+        hint = f"; did you mean {', '.join(self.suggestions)}?" if self.suggestions else ""
+        super().__init__(f"taxon {name!r} not found on iNaturalist{hint}")
+
+
 class TaxonResolver:
     """Resolves names through iNaturalist `/taxa` (the built-in table covers classes)."""
 
@@ -91,7 +103,8 @@ class TaxonResolver:
         for t in data.get("results", []):
             if t.get("name", "").lower() == name.lower() and t.get("is_active", True):
                 return t
-        raise FetchError(f"taxon {name!r} not found on iNaturalist (/taxa?q={name})")
+        known = [*CLASSES, *(t.get("name", "") for t in data.get("results", []))]
+        raise TaxonNotFound(name, known)
 
     def _children(self, taxon_id: int, rank: str) -> list[str]:
         names: list[str] = []

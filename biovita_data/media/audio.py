@@ -11,6 +11,7 @@ import av
 import numpy as np
 import soundfile as sf
 
+from biovita_data.core.cstderr import filtered_c_stderr
 from biovita_data.core.layout import KEPT_AUDIO_FORMATS
 from biovita_data.media.records import ItemFailure, StoredFile
 
@@ -26,15 +27,16 @@ _WAV_DATA = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
 
 def store_audio(data: bytes, segment_seconds: float) -> list[StoredFile]:
     """The files to store for one downloaded recording (one, or its segments); ItemFailure."""
-    try:
-        snd = sf.SoundFile(io.BytesIO(data))
-    except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
-        samples, rate, subtype = _decode_av(data)
-        return _as_flac(samples, rate, subtype, segment_seconds)
-    try:
-        return _store_libsndfile(snd, data, segment_seconds)
-    except sf.LibsndfileError as exc:  # a decode error part-way (lost sync, bad frame, ...)
-        raise ItemFailure("undecodable", f"libsndfile: {exc}") from None
+    with filtered_c_stderr():  # libmpg123's complaints about broken frames: counted, not shown
+        try:
+            snd = sf.SoundFile(io.BytesIO(data))
+        except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
+            samples, rate, subtype = _decode_av(data)
+            return _as_flac(samples, rate, subtype, segment_seconds)
+        try:
+            return _store_libsndfile(snd, data, segment_seconds)
+        except sf.LibsndfileError as exc:  # a decode error part-way (lost sync, bad frame, ...)
+            raise ItemFailure("undecodable", f"libsndfile: {exc}") from None
 
 
 def _store_libsndfile(snd: sf.SoundFile, data: bytes, segment_seconds: float) -> list[StoredFile]:

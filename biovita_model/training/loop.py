@@ -24,7 +24,7 @@ from typing import Any
 import numpy as np
 import torch
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.progress import Progress
 from rich.table import Table
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
@@ -53,6 +53,7 @@ from biovita_model.training.distributed import (
     teardown,
 )
 from biovita_model.training.prompt_cache import FrozenText
+from biovita_model.training.report import StageProgress, print_summary
 from biovita_model.training.schedule import warmup_cosine
 
 STAND_IN = (
@@ -259,16 +260,7 @@ def forward_loss(
 
 
 def _progress(enabled: bool, console: Console) -> Progress:
-    return Progress(
-        TextColumn("{task.description}"),
-        BarColumn(),
-        MofNCompleteColumn(),
-        TextColumn("loss {task.fields[loss]:.4f}"),
-        TimeElapsedColumn(),
-        console=console,
-        disable=not enabled,
-        transient=False,
-    )
+    return StageProgress(enabled, console)  # one bar per stage (training/report.py)
 
 
 def _check_resume(cfg: TrainConfig, run_dir: Path) -> None:
@@ -434,7 +426,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
     )
     if info.is_main:
         (run_dir / SUMMARY_FILE).write_text(json.dumps(_summary(result, cfg), indent=2) + "\n")
-        console.print(summary_table(result, cfg))
+        print_summary(console, result, summary_table(result, cfg))
     barrier()
     return result
 
