@@ -60,7 +60,9 @@ def records(out: Path, source: str) -> pl.DataFrame:
 
 def canon(df: pl.DataFrame) -> pl.DataFrame:
     """Rows with URLs reduced to their paths (each test server listens on its own port)."""
-    urls = [c for c in ("media_url", "thumbnail_url", "page_url") if c in df.columns]
+    urls = [
+        c for c in ("media_url", "thumbnail_url", "page_url", "sonogram_url") if c in df.columns
+    ]
     return df.with_columns(pl.col(urls).str.replace(r"^http://127\.0\.0\.1:\d+", ""))
 
 

@@ -45,6 +45,22 @@ class Target:
         return closest_epithet(sp.strip().lower(), epithets | self.xc_siblings)[0] in epithets
 
 
+def ancestors_of(taxon: dict) -> list[int]:
+    """A taxon's ancestor ids, root first, without the taxon itself.
+
+    iNaturalist's `ancestor_ids` usually ends with the taxon's own id, but not always; dropping
+    the last id blindly loses the parent (a subspecies' species, a species' genus).
+    """
+    own = taxon.get("id")
+    out = []
+    for i in taxon.get("ancestor_ids") or []:
+        try:
+            out.append(int(i))
+        except (TypeError, ValueError):
+            continue
+    return [i for i in out if own is None or str(i) != str(own)]
+
+
 def xc_tag(tag: str, value: str) -> str:
     """A Xeno-canto search tag; values with spaces are quoted (`grp:"land mammals"`)."""
     return f'{tag}:"{value}"' if " " in value else f"{tag}:{value}"
@@ -63,7 +79,7 @@ class TaxonResolver:
             if cls.lower() == clean.lower():
                 return Target(cls, "class", tid, cls, [xc_tag("grp", g) for g in groups])
         taxon = self._lookup(clean)
-        ancestors = taxon.get("ancestor_ids") or []
+        ancestors = ancestors_of(taxon)
         class_name = next((CLASS_BY_ID[i] for i in ancestors if i in CLASS_BY_ID), None)
         groups = CLASSES[class_name][1] if class_name else ()
         target = Target(taxon["name"], taxon["rank"], int(taxon["id"]), class_name)
