@@ -255,7 +255,37 @@ def _user(obs: Observation) -> dict:
     }
 
 
-def inat_taxon(world: World, taxon: Taxon, *, search: bool = False, term: str = "") -> dict:
+@lru_cache(maxsize=8)
+def _synonyms_of(world: World) -> dict[int, tuple[str, ...]]:
+    """Accepted taxon id -> its older names (the world's synonyms), sorted."""
+    out: dict[int, list[str]] = {}
+    for name, tid in sorted(world.taxonomy.synonyms.items()):
+        out.setdefault(tid, []).append(name)
+    return {tid: tuple(names) for tid, names in out.items()}
+
+
+def taxon_names(world: World, taxon: Taxon) -> list[dict]:
+    """iNaturalist's `names` (`all_names=true`): the valid name, older ones, the common name."""
+    sci = [(taxon.name, True), *((n, False) for n in _synonyms_of(world).get(taxon.id, ()))]
+    names = [
+        {"is_valid": valid, "name": n, "position": i, "locale": "sci"}
+        for i, (n, valid) in enumerate(sci)
+    ]
+    if taxon.common_name:
+        names.append({"is_valid": True, "name": taxon.common_name, "position": 0, "locale": "en"})
+    return names
+
+
+def quirky_ancestor_ids(taxon: Taxon) -> list[int]:
+    """`ancestor_ids` as /taxa/{id} writes it: usually ending with the taxon's own id, but for
+    some taxa without it (as seen in real answers); a reader must not drop the last id blindly."""
+    own = [taxon.id] if taxon.id % 3 else []
+    return [*taxon.ancestor_ids, *own]
+
+
+def inat_taxon(
+    world: World, taxon: Taxon, *, search: bool = False, term: str = "", all_names: bool = False
+) -> dict:
     """A taxon object: the observation-embedded form, or the /taxa search form."""
     ancestor_ids = [*taxon.ancestor_ids, taxon.id]
     # The nearest iconic taxon: the class, or Animalia above it (null only for Life).
@@ -287,8 +317,11 @@ def inat_taxon(world: World, taxon: Taxon, *, search: bool = False, term: str = 
         "taxon_schemes_count": 2,
         "wikipedia_url": None,
     }
+    if all_names:
+        base["names"] = taxon_names(world, taxon)
     if search:
         return {**base, "matched_term": term or taxon.name, "vision": taxon.rank == "species"}
+    base["ancestor_ids"] = quirky_ancestor_ids(taxon)
     return {
         **base,  # no "conservation_status": iNaturalist leaves it out when there is none
         "created_at": "2010-10-26T20:24:33+00:00",

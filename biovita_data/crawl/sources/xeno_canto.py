@@ -167,7 +167,11 @@ class XenoCantoSource(TargetSource):
 
     def _filters(self, query: str) -> list[Target] | None:
         """The targets behind `query` that filter client-side; None when one keeps everything."""
-        mine = [t for t in self.targets if any(query.startswith(q) for q in t.xc_queries)]
+        mine = [
+            t
+            for t in self.targets
+            if any(query == q or query.startswith(f"{q} ") for q in t.xc_queries)
+        ]
         return None if any(not t.xc_genera for t in mine) else mine
 
     def fetch_page(self, query: str, cursor: Any) -> Page:
