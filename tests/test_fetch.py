@@ -63,7 +63,7 @@ def canon(df: pl.DataFrame) -> pl.DataFrame:
     urls = [
         c for c in ("media_url", "thumbnail_url", "page_url", "sonogram_url") if c in df.columns
     ]
-    return df.with_columns(pl.col(urls).str.replace(r"^http://127\.0\.0\.1:\d+", ""))
+    return df.with_columns(pl.col(urls).str.replace(r"^https?://127\.0\.0\.1:\d+", ""))
 
 
 def failures(out: Path) -> pl.DataFrame:
@@ -183,6 +183,29 @@ def test_inaturalist_rows_are_typed(world: World, tmp_path: Path) -> None:
     assert len(snd) > 0 and set(snd["file_format"]) <= {"m4a", "mp3", "wav"}
     assert df["raw_ancestry"].str.starts_with("48460/1/2/").all()
     assert df.schema["date"] == pl.Date and df.schema["updated_at"].time_zone == "UTC"
+    # the sample's API photo URLs say .jpeg for some photos: one format vocabulary
+    assert img["media_url"].str.contains(r"\.jpeg\?").any()
+    assert set(img["file_format"]) <= {"jpg", "png"}
+    # obscured observations are marked, with the public coordinates' accuracy
+    hidden = df.filter(pl.col("coordinates_obscured"))
+    assert 0 < len(hidden) < len(df) and df["coordinates_obscured"].is_not_null().all()
+    assert (hidden["positional_accuracy"] == 28_954).all()
+    assert set(hidden["geoprivacy"].drop_nulls()) | set(hidden["taxon_geoprivacy"]) >= {"obscured"}
+
+
+def test_xeno_canto_rows_keep_the_recording_details(world: World, tmp_path: Path) -> None:
+    with SampleServer(world, xc_key=KEY) as server:
+        fetch(settings(server, ["Aves"], sources=["xeno-canto"]), tmp_path)
+    df = records(tmp_path, "xeno-canto")
+    assert df["page_url"].str.starts_with("https://").all()  # protocol-relative on the wire
+    assert df["sonogram_url"].str.starts_with("https://").all()
+    assert df["background_species"].list.len().max() > 0
+    assert df["background_species"].list.len().min() == 0
+    assert set(df["recording_method"]) == {"field recording", "in the hand"}
+    for col in ("animal_seen", "playback_used", "automatic_recording"):
+        assert set(df[col]) == {True, False}, col
+    assert df["device"].drop_nulls().len() > 0 and df["remarks"].str.contains("\r\n").any()
+    assert df["locality"].is_not_null().all() and df["altitude"].is_not_null().all()
 
 
 def test_heavy_faults_same_result_bounded_retries(world: World, tmp_path: Path) -> None:
