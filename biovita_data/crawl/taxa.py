@@ -103,7 +103,7 @@ class TaxonResolver:
             target.xc_genera = {genus.lower(): {epithet.lower()}}
             target.xc_siblings = {s.split(" ")[1].lower() for s in siblings}
             target.xc_queries = [f"gen:{genus}"]
-            species_id = (
+            within = (
                 int(taxon["id"])
                 if taxon["rank"] == "species"
                 else int(self._lookup(f"{genus} {epithet}")["id"])
@@ -111,15 +111,15 @@ class TaxonResolver:
         elif taxon["rank"] == "genus":
             target.xc_genera = {taxon["name"].lower(): None}
             target.xc_queries = [f"gen:{taxon['name']}"]
-            species_id = int(taxon["id"])
+            within = int(taxon["id"])
         else:
             genera = sorted(self._children(int(taxon["id"]), "genus"))
             target.xc_genera = {g.lower(): None for g in genera}
             target.xc_queries = [f"gen:{g}" for g in genera]
-            species_id = int(taxon["id"])
+            within = int(taxon["id"])
         # Xeno-canto files recordings under its own checklist's names: ask for the older names
         # too, keeping from those genera only the synonyms' epithets
-        for old in self._synonyms(species_id):
+        for old in self._synonyms(within):
             add_synonym(target, old)
         return target
 
