@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gzip
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -170,5 +171,15 @@ def test_pyrate_limiter_4_waits_for_the_next_permit() -> None:
         assert [http.get(f"{srv.url}/{i}", policy="p") for i in range(3)] == [b"ok"] * 3
         assert http.stats["retries"] == 0 and len(hits) == 3
         assert hits[2] - hits[0] >= 0.45  # two waits of one 250 ms window each
+    finally:
+        srv.close()
+
+
+def test_a_gzip_encoded_body_is_decoded_as_it_arrives() -> None:
+    """The deadline-aware reader still undoes Content-Encoding: gzip (as iNaturalist sends)."""
+    body = b'{"results": "' + b"x" * 300_000 + b'"}'
+    srv = Scripted(lambda h, s: _reply(h, 200, gzip.compress(body), Content_Encoding="gzip"))
+    try:
+        assert HttpClient(throttle=False).get_json(f"{srv.url}/x") == {"results": "x" * 300_000}
     finally:
         srv.close()
