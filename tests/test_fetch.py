@@ -20,7 +20,7 @@ from biovita_data.crawl.fetch import FetchSettings, fetch
 from biovita_data.crawl.http import FetchError, HttpClient
 from biovita_data.sample.faults import FaultPlan
 from biovita_data.sample.server import SampleServer
-from biovita_data.sample.world import World
+from biovita_data.sample.world import SNAPSHOT, World
 
 KEY = "test-xc-key-7f3a9"
 
@@ -60,8 +60,10 @@ def records(out: Path, source: str) -> pl.DataFrame:
 
 def canon(df: pl.DataFrame) -> pl.DataFrame:
     """Rows with URLs reduced to their paths (each test server listens on its own port)."""
-    urls = [c for c in ("media_url", "thumbnail_url", "page_url") if c in df.columns]
-    return df.with_columns(pl.col(urls).str.replace(r"^http://127\.0\.0\.1:\d+", ""))
+    urls = [
+        c for c in ("media_url", "thumbnail_url", "page_url", "sonogram_url") if c in df.columns
+    ]
+    return df.with_columns(pl.col(urls).str.replace(r"^https?://127\.0\.0\.1:\d+", ""))
 
 
 def failures(out: Path) -> pl.DataFrame:
@@ -111,11 +113,8 @@ def test_fetch_matches_ground_truth(world: World, tmp_path: Path, level: str) ->
     with SampleServer(world, xc_key=KEY) as server:
         fetch(settings(server, [name]), tmp_path)
     kept, dropped = expected_sets(world, species)
-    if level != "class":
-        # below class, Xeno-canto is asked by genus: recordings filed under an older genus
-        # name are only found by a class-level crawl (documented limitation)
-        kept = {k for k in kept if not _old_genus(world, k)}
-        dropped = {k: v for k, v in dropped.items() if not _old_genus(world, k)}
+    # below class, Xeno-canto is asked by genus, and by the genera of the species' older names
+    # (iNaturalist `all_names`): recordings filed under an older name are found at every level
     got, drops = crawled(tmp_path)
     assert got == kept
     assert {k: v for k, v in drops.items() if k in dropped} == dropped
@@ -127,12 +126,31 @@ def test_fetch_matches_ground_truth(world: World, tmp_path: Path, level: str) ->
     )
 
 
-def _old_genus(world: World, key: tuple[str, str, str]) -> bool:
-    source, _, rid = key
-    if source != "xeno-canto":
-        return False
-    rec = world.recording_by_id[(source, int(rid))]
-    return world.species[rec.species_index].name_variant == "old_genus"
+@pytest.mark.parametrize("level", ["family", "genus", "species"])
+def test_lower_rank_crawl_finds_recordings_filed_under_an_older_name(
+    world: World, tmp_path: Path, level: str
+) -> None:
+    """Xeno-canto files a species under an older genus: a family-, genus- or species-level crawl
+    asks for the synonyms too and finds what a class-level crawl finds for that taxon."""
+    old = next(s for s in world.species if s.name_variant == "old_genus")
+    name = {"family": old.family, "genus": old.genus, "species": old.name}[level]
+    within = {
+        s.index
+        for s in world.species
+        if {"family": s.family, "genus": s.genus, "species": s.name}[level] == name
+    }
+    with SampleServer(world, xc_key=KEY) as server:
+        fetch(settings(server, [old.class_name], sources=["xeno-canto"]), tmp_path / "class")
+        fetch(settings(server, [name], sources=["xeno-canto"]), tmp_path / "low")
+    by_class = records(tmp_path / "class", "xeno-canto")
+    low = records(tmp_path / "low", "xeno-canto")
+    ids = {r.id for r in world.xc_recordings(SNAPSHOT) if r.species_index in within}
+    wanted = by_class.filter(pl.col("record_id").cast(pl.Int64).is_in(list(ids)))
+    assert wanted.filter(pl.col("raw_genus").str.strip_chars() == old.xc_gen.strip()).height > 0
+    assert set(low["record_id"]) == set(wanted["record_id"])
+    queries = set(low["query"])
+    assert f"gen:{old.xc_gen.strip()}" in queries  # the older genus, asked once
+    assert len(low) == low.select("record_id").n_unique()
 
 
 def test_amphibia_and_open_data_same_photos(world: World, tmp_path: Path) -> None:
@@ -165,6 +183,29 @@ def test_inaturalist_rows_are_typed(world: World, tmp_path: Path) -> None:
     assert len(snd) > 0 and set(snd["file_format"]) <= {"m4a", "mp3", "wav"}
     assert df["raw_ancestry"].str.starts_with("48460/1/2/").all()
     assert df.schema["date"] == pl.Date and df.schema["updated_at"].time_zone == "UTC"
+    # the sample's API photo URLs say .jpeg for some photos: one format vocabulary
+    assert img["media_url"].str.contains(r"\.jpeg\?").any()
+    assert set(img["file_format"]) <= {"jpg", "png"}
+    # obscured observations are marked, with the public coordinates' accuracy
+    hidden = df.filter(pl.col("coordinates_obscured"))
+    assert 0 < len(hidden) < len(df) and df["coordinates_obscured"].is_not_null().all()
+    assert (hidden["positional_accuracy"] == 28_954).all()
+    assert set(hidden["geoprivacy"].drop_nulls()) | set(hidden["taxon_geoprivacy"]) >= {"obscured"}
+
+
+def test_xeno_canto_rows_keep_the_recording_details(world: World, tmp_path: Path) -> None:
+    with SampleServer(world, xc_key=KEY) as server:
+        fetch(settings(server, ["Aves"], sources=["xeno-canto"]), tmp_path)
+    df = records(tmp_path, "xeno-canto")
+    assert df["page_url"].str.starts_with("https://").all()  # protocol-relative on the wire
+    assert df["sonogram_url"].str.starts_with("https://").all()
+    assert df["background_species"].list.len().max() > 0
+    assert df["background_species"].list.len().min() == 0
+    assert set(df["recording_method"]) == {"field recording", "in the hand"}
+    for col in ("animal_seen", "playback_used", "automatic_recording"):
+        assert set(df[col]) == {True, False}, col
+    assert df["device"].drop_nulls().len() > 0 and df["remarks"].str.contains("\r\n").any()
+    assert df["locality"].is_not_null().all() and df["altitude"].is_not_null().all()
 
 
 def test_heavy_faults_same_result_bounded_retries(world: World, tmp_path: Path) -> None:

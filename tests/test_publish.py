@@ -142,6 +142,14 @@ def make_build(out: Path) -> Path:
                         "media_url": f"https://example.org/{rid}",
                         "page_url": f"https://example.org/p/{rid}",
                         "split": split,
+                        # where and how: published as they are (background species "; "-joined)
+                        "latitude": 40.0 + n,
+                        "coordinates_obscured": sid % 20 == 0 if source == "inaturalist" else None,
+                        "positional_accuracy": 28_954.0 if n % 2 == 0 else 10.0,
+                        "background_species": ["Aa bb", "Cc dd"]
+                        if source == "xeno-canto"
+                        else None,
+                        "recording_method": "field recording" if source == "xeno-canto" else None,
                     }
                 )
                 n += 1
@@ -288,6 +296,29 @@ def test_folder_layout_card_and_schema(published: Path) -> None:
     assert features["label"]["names"] == [t[1] for t in sorted(TAXA)]
     assert features["segment"] == {"dtype": "int32", "_type": "Value"}
     assert not list(published.rglob("*.part"))
+
+
+def test_published_rows_carry_where_and_how(build: Path, published: Path, tmp_path: Path) -> None:
+    """Obscured coordinates, accuracy, background species and method reach both media modes."""
+    copy = tmp_path / "copy"
+    shutil.copytree(build, copy, ignore=shutil.ignore_patterns("hf", "media"))
+    publish(copy, REPO_ID, media="urls", folder_only=True)
+    manifest = pl.read_parquet(layout.media_manifest_path(build, "audio"))
+    for folder in (published, layout.hf_dir(copy)):
+        rows = pl.read_parquet(sorted((folder / "audio").glob("*.parquet")), columns=None)
+        rows = rows.drop("audio") if "audio" in rows.columns else rows
+        assert {"coordinates_obscured", "background_species", "recording_method"} <= set(
+            rows.columns
+        )
+        joined = rows.unique("record_id").join(manifest, on="record_id", suffix="_m")
+        assert len(joined) > 0
+        for r in joined.iter_rows(named=True):
+            assert r["coordinates_obscured"] == r["coordinates_obscured_m"]
+            assert r["positional_accuracy"] == r["positional_accuracy_m"]
+            expected = "; ".join(r["background_species_m"]) if r["background_species_m"] else None
+            assert r["background_species"] == expected
+        assert set(joined["background_species"].drop_nulls()) == {"Aa bb; Cc dd"}
+        assert set(joined["coordinates_obscured"].drop_nulls()) == {True, False}
 
 
 def test_publish_is_deterministic(build: Path, published: Path, tmp_path: Path) -> None:

@@ -102,7 +102,10 @@ def read_rows(name: str, data: bytes) -> list[dict[str, str | None]]:
         data = data.decode("cp1252").replace("\r\r\n", "\n").encode()
     sep = "\t" if name.startswith("eltontraits") else ","
     null = "NA" if name in ("avonet", "amphibio") else None
-    frame = pl.read_csv(io.BytesIO(data), separator=sep, null_values=null, infer_schema=False)
+    quote = None if sep == "\t" else '"'  # TSV has no quoting: `wing 4"` is a lone quote
+    frame = pl.read_csv(
+        io.BytesIO(data), separator=sep, null_values=null, infer_schema=False, quote_char=quote
+    )
     return frame.to_dicts()
 
 
@@ -344,7 +347,7 @@ def test_mamfuncdat_bytes(worlds: dict[str, Taxonomy]) -> None:
     lines = data.split(b"\n")[:-1]
     assert lines[-1] == lines[-2] == b"\t" * 25  # empty tab-only rows at the end
     rows = read_rows("eltontraits_mammals", data)
-    assert "Ref_2, Ref_3" in {r["BodyMass-Source"] for r in rows}
+    assert '"Ref_2, Ref_3"' in {r["BodyMass-Source"] for r in rows}  # TSV: quotes are literal
 
 
 def test_amphibio_bytes(worlds: dict[str, Taxonomy]) -> None:

@@ -21,6 +21,7 @@ from biovita_data.build.traits import (
     read_trait_table,
     run_traits,
 )
+from biovita_data.build.traits.readers import read_trait_rows
 from biovita_data.core import layout
 from biovita_data.core.schemas import SPECIES, UNMATCHED
 from biovita_data.core.tables import read_table, write_table
@@ -237,6 +238,7 @@ def test_byte_quirks_of_the_sample_files(default_world: World, exported) -> None
     mammals = paths["eltontraits_mammals"].read_bytes()
     assert avonet.startswith(b"\xef\xbb\xbf") and b"\r\n" in avonet and b",NA," in avonet
     assert b"\r\r\n" in birds and b"\x92" in birds  # cp1252 apostrophe
+    assert b'\twing 4" (museum skin)\r' in birds  # a lone quote in TSV free text
     with pytest.raises(UnicodeDecodeError):
         birds.decode("utf-8")
     assert b"\n\t\t\t" in mammals and b'"Ref_2, Ref_3"' in mammals
@@ -271,14 +273,14 @@ def test_byte_variants_read_the_same(tmp_path: Path, mangle: Callable[[str], byt
 
 
 def test_quoted_fields_and_tab_only_rows(tmp_path: Path) -> None:
-    """Quoted fields with separators inside, and rows of tabs only, in a MamFuncDat file."""
+    """Quoted fields (literal quotes: TSV has no quoting) and rows of tabs only, in MamFuncDat."""
     header = (
         "MSW3_ID\tScientific\tDiet-Inv\tDiet-Vend\tDiet-Vect\tDiet-Vfish\tDiet-Vunk\tDiet-Scav\t"
         "Diet-Fruit\tDiet-Nect\tDiet-Seed\tDiet-PlantO\tDiet-Source\tForStrat-Value\t"
         "Activity-Nocturnal\tActivity-Crepuscular\tActivity-Diurnal\n"
     )
     rows = (
-        '1\tMus musculus\t20\t0\t0\t0\t0\t0\t0\t0\t80\t0\t"Ref_2,\tRef_3"\tS\t1\t0\t0\n'
+        '1\tMus musculus\t20\t0\t0\t0\t0\t0\t0\t0\t80\t0\t"Ref_2, Ref_3"\tS\t1\t0\t0\n'
         "2\tSorex sp\t\t\t\t\t\t\t\t\t\t\t\tX\t\t1\t\n" + "\t" * 16 + "\n" + "\t" * 16 + "\n"
     )
     path = tmp_path / "MamFuncDat.txt"
@@ -292,6 +294,58 @@ def test_quoted_fields_and_tab_only_rows(tmp_path: Path) -> None:
     assert mus["trait_lifestyle_aquatic"] == 0 and mus["trait_activity_nocturnal"] == 1
     assert all(sorex[c] is None for c in TRAIT_COLUMNS if c != "trait_activity_crepuscular")
     assert sorex["trait_activity_crepuscular"] == 1
+
+
+BIRD_HEADER = (
+    "SpecID\tScientific\tDiet-Inv\tDiet-Vend\tDiet-Vect\tDiet-Vfish\tDiet-Vunk\tDiet-Scav\t"
+    "Diet-Fruit\tDiet-Nect\tDiet-Seed\tDiet-PlantO\tForStrat-watbelowsurf\t"
+    "ForStrat-wataroundsurf\tForStrat-ground\tForStrat-understory\tForStrat-midhigh\t"
+    "ForStrat-canopy\tForStrat-aerial\tPelagicSpecialist\tNocturnal\tRecord-Comment"
+)
+
+
+def _bird(number: int, name: str, comment: str, extra: str = "") -> str:
+    cells = [str(number), name, "100", *["0"] * 9, "0", "0", "100", *["0"] * 4, "0", "1", comment]
+    return "\t".join(cells) + extra
+
+
+def test_a_lone_quote_in_free_text_and_a_bad_row_are_not_fatal(tmp_path: Path) -> None:
+    """BirdFuncDat-like TSV: a lone `"` in a comment (6" tail); a row with spare fields."""
+    rows = [
+        _bird(1, "Aa bb", 'tail 6" long, "measured'),
+        _bird(2, "Cc dd", "fine"),
+        _bird(3, "Ee ff", "shifted", extra="\tspare\tcells"),
+        _bird(4, "Gg hh", '"quoted comment"'),
+    ]
+    path = tmp_path / "BirdFuncDat.txt"
+    path.write_text("\r\r\n".join([BIRD_HEADER, *rows]) + "\r\r\n", encoding="cp1252")
+    frame, bad = read_trait_rows("eltontraits", path)
+    assert frame["name"].to_list() == ["Aa bb", "Cc dd", "Gg hh"]
+    assert set(frame["trait_diet_invertebrates"]) == {1}
+    assert set(frame["trait_activity_nocturnal"]) == {1}
+    assert [(b.line, b.reason) for b in bad] == [(4, "malformed_row")]
+    assert "24 fields, the header has 22" in bad[0].detail
+
+
+def test_an_unclosed_quote_in_a_csv_row_is_reported(tmp_path: Path, tiny_world: World) -> None:
+    """AmphiBIO-like CSV: an unclosed quote spoils its own row only, and becomes a failure."""
+    header = ",".join(["scientific_name", "trait_activity_nocturnal", "note"])
+    lines = [header, "Ab cd,1,ok", 'Ef gh,0,"unclosed, text', "Ij kl,1,fine", 'Mn op,1,"x"y']
+    path = tmp_path / "plain.csv"
+    path.write_text("\n".join(lines) + "\n")
+    frame, bad = read_trait_rows("csv", path)
+    assert frame["name"].to_list() == ["Ab cd", "Ij kl"]
+    assert [b.line for b in bad] == [3, 5]
+    taxonomy = tiny_world.taxonomy
+    out = tmp_path / "OUT"
+    write_table(species_frame(taxonomy).to_arrow().cast(SPECIES), layout.species_path(out))
+    result = run_traits(out, [("csv", path)], resolver(taxonomy))
+    assert result.coverage["tables"][0]["bad_rows"] == 2
+    fails = pl.read_parquet(out / "manifests" / "failures.parquet")
+    assert fails.select("stage", "source", "record_id", "reason").rows() == [
+        ("traits", "csv", "plain.csv:3", "malformed_row"),
+        ("traits", "csv", "plain.csv:5", "malformed_row"),
+    ]
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -452,6 +506,7 @@ def test_rows_of_one_species_combine_within_a_table(tiny_world: World, tmp_path:
         "table": "csv",
         "file": None,
         "rows": 5,
+        "bad_rows": 0,
         "matched": 3,
         "unmatched": 2,
         "not_in_corpus": 0,

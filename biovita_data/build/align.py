@@ -18,7 +18,7 @@ from rich.table import Table
 
 from biovita_data.build.backbone import Backbone, InatBackbone, add_user_synonyms, csv_backbone
 from biovita_data.core import layout
-from biovita_data.core.schemas import FAILURE, MEDIA, SPECIES, UNMATCHED
+from biovita_data.core.schemas import FAILURE, MEDIA, RAW_RECORD, SPECIES, UNMATCHED
 from biovita_data.core.tables import read_table, replace_failures, write_json_atomic, write_table
 from biovita_data.crawl.http import HttpClient
 
@@ -77,7 +77,8 @@ def load_raw(out: Path) -> pl.DataFrame:
     for source in layout.SOURCE_DIRS:
         path = layout.raw_records_path(out, source)
         if path.exists():
-            frames.append(pl.scan_parquet(path).select(RAW_COLUMNS))
+            # read with the declared schema: a file written before a column was added has nulls
+            frames.append(pl.from_arrow(read_table(path, RAW_RECORD)).select(RAW_COLUMNS).lazy())
     if not frames:
         raise FileNotFoundError(
             f"no raw records under {layout.raw_root(out)}: "

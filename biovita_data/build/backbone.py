@@ -21,6 +21,7 @@ from biovita_data.core.names import ParsedName, closest_epithet, parse_name
 from biovita_data.core.schemas import LINEAGE
 from biovita_data.core.tables import read_table, write_table
 from biovita_data.crawl.http import HttpClient
+from biovita_data.crawl.taxa import ancestors_of
 
 INAT_TAXON = pa.schema(
     [
@@ -240,7 +241,7 @@ class InatBackbone(Backbone):
                 "taxon_id": int(t["id"]),
                 "name": t.get("name"),
                 "rank": t.get("rank"),
-                "ancestor_ids": "/".join(str(i) for i in (t.get("ancestor_ids") or [])[:-1]),
+                "ancestor_ids": "/".join(str(i) for i in ancestors_of(t)),
                 "common_name": t.get("preferred_common_name"),
                 "is_active": bool(t.get("is_active", True)),
             }

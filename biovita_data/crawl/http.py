@@ -1,4 +1,8 @@
-"""The one HTTP client of every source: per-host rate limits, retries, timeouts, size cap."""
+"""The one HTTP client of every source: per-host rate limits, retries, timeouts, size cap.
+
+Redirects are followed by the client itself, so every hop gets the checks of the first URL
+(http/https only, no https -> http downgrade) and the rate limit of the host it lands on.
+"""
 
 from __future__ import annotations
 
@@ -6,17 +10,20 @@ import contextlib
 import json
 import os
 import random
+import re
 import threading
+import time
 from collections import Counter
 from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import quote, quote_plus, urljoin, urlsplit
 
 import requests
-from pyrate_limiter import Duration, Limiter, Rate
+from pyrate_limiter import Limiter, Rate
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from urllib3.exceptions import HTTPError as Urllib3Error
 
 from biovita_data import __version__
 
@@ -24,6 +31,8 @@ USER_AGENT = (
     f"biovita/{__version__} (+https://github.com/biovita/biovita; biodiversity corpus builder)"
 )
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
+REDIRECT_STATUS = {301, 302, 303, 307, 308}
+MAX_REDIRECTS = 10
 
 
 @dataclass(frozen=True)
@@ -61,6 +70,29 @@ class _Retryable(Exception):
         self.retry_after = retry_after
 
 
+def check_url(url: str, came_from: str | None = None) -> str:
+    """An absolute http(s) URL with a host; a redirect may not go from https to http."""
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise FetchError(f"not an http(s) URL: {url.split('?', 1)[0][:120]!r}")
+    if came_from and urlsplit(came_from).scheme == "https" and parts.scheme == "http":
+        raise FetchError(f"redirect from https to http refused: {url.split('?', 1)[0][:120]}")
+    return url
+
+
+def secret_forms(secret: str) -> list[str]:
+    """The ways a server may echo a secret: as is, URL-encoded (%XX or +), JSON-escaped."""
+    forms = {
+        secret,
+        quote(secret, safe=""),
+        quote(secret),
+        quote_plus(secret),
+        secret.replace("/", "\\/"),
+        json.dumps(secret)[1:-1],
+    }
+    return sorted((f for f in forms if f), key=len, reverse=True)
+
+
 def _retry_after(value: str | None) -> float | None:
     if not value:
         return None
@@ -96,6 +128,8 @@ class HttpClient:
         max_bytes: int = 512 * 2**20,
         secrets: tuple[str, ...] = (),
         throttle: bool = True,
+        deadline_s: float = 900.0,
+        download_deadline_s: float = 6 * 3600.0,
     ) -> None:
         self.policies = dict(DEFAULT_POLICIES if policies is None else policies)
         self.retries = retries
@@ -105,6 +139,10 @@ class HttpClient:
         self.max_bytes = max_bytes
         self.secrets = tuple(s for s in secrets if s)
         self.throttle = throttle
+        # the most one call may take, retries included: a per-read timeout alone lets a server
+        # that trickles a byte every few seconds hold a request for ever
+        self.deadline_s = deadline_s
+        self.download_deadline_s = download_deadline_s
         self.stats: Counter = Counter()
         self._local = threading.local()
         self._lock = threading.Lock()
@@ -113,9 +151,11 @@ class HttpClient:
 
     # ------------------------------------------------------------------ plumbing
     def redact(self, text: str) -> str:
-        for s in self.secrets:
-            text = text.replace(s, "***")
-        return text
+        """`text` with every secret replaced by `***`, in any form a server may echo it."""
+        forms = sorted({f for s in self.secrets for f in secret_forms(s)}, key=len, reverse=True)
+        if not forms:
+            return text
+        return re.sub("|".join(map(re.escape, forms)), "***", text, flags=re.IGNORECASE)
 
     def _session(self) -> requests.Session:
         s = getattr(self._local, "session", None)
@@ -133,7 +173,7 @@ class HttpClient:
                 if p.per_second and self.throttle:
                     # one permit per 1/rate seconds, so requests are spread, not bursted
                     ms = max(1, round(1000 / p.per_second))
-                    self._limiters[policy] = Limiter(Rate(1, Duration.SECOND * ms / 1000))
+                    self._limiters[policy] = Limiter(Rate(1, ms))
             return self._limiters.get(policy), self._slots[policy]
 
     def _wait(self, state: RetryCallState) -> float:
@@ -148,72 +188,53 @@ class HttpClient:
         exc = state.outcome.exception() if state.outcome else None
         with self._lock:
             self.stats["retries"] += 1
-            self.stats[f"error: {str(exc).split(' for ', 1)[0][:60]}"] += 1
+            self.stats[f"error: {self.redact(str(exc)).split(' for ', 1)[0][:60]}"] += 1
 
     # ------------------------------------------------------------------ API
     def get(self, url: str, params: dict | None = None, *, policy: str | None = None) -> bytes:
         """The body of a 200 response; FetchError once retries are exhausted or on a 4xx."""
-        return self._fetch(url, params, policy, None)
+        return self._fetch(url, params, policy, None, self.deadline_s)
 
     def download(self, url: str, dest: Path, *, policy: str | None = None) -> Path:
         """Stream a (large) 200 body to `dest` atomically, without the in-memory size cap."""
-        self._fetch(url, None, policy, dest)
+        self._fetch(url, None, policy, dest, self.download_deadline_s)
         return dest
 
-    def _fetch(self, url: str, params: dict | None, policy: str | None, dest: Path | None) -> bytes:
-        name = policy or urlsplit(url).hostname or ""
+    def _acquire(self, name: str) -> threading.BoundedSemaphore:
+        """Wait for a permit of policy `name` (pyrate-limiter 4 blocks); its concurrency slot."""
         limiter, slot = self._gates(name)
-        where = url.split("?", 1)[0]
+        if limiter is not None and not limiter.try_acquire(name, blocking=True):
+            raise _Retryable(f"rate limiter refused a permit for {name}")
+        return slot
+
+    def _fetch(
+        self,
+        url: str,
+        params: dict | None,
+        policy: str | None,
+        dest: Path | None,
+        deadline_s: float,
+    ) -> bytes:
+        check_url(url)
+        name = policy or urlsplit(url).hostname or ""
+        start = time.monotonic()
 
         def attempt() -> bytes:
-            if limiter is not None:
-                limiter.try_acquire(name)
-            with slot:
-                with self._lock:
-                    self.stats["requests"] += 1
-                try:
-                    resp = self._session().get(
-                        url, params=params, timeout=self.timeout, stream=True
-                    )
-                except (requests.ConnectionError, requests.Timeout) as exc:
-                    raise _Retryable(f"{type(exc).__name__} for {where}") from None
-                try:
-                    if resp.status_code in RETRY_STATUS:
-                        ra = _retry_after(resp.headers.get("Retry-After"))
-                        raise _Retryable(f"HTTP {resp.status_code} for {where}", ra)
-                    declared = int(resp.headers.get("Content-Length") or 0)
-                    to_file = dest is not None and resp.status_code == 200
-                    if declared > self.max_bytes and not to_file:
-                        raise FetchError(f"{declared} bytes exceed the size cap: {where}")
-                    body = bytearray()
-                    tmp = dest.with_name(f".{dest.name}.part") if to_file else None
-                    try:
-                        with open(tmp, "wb") if tmp else contextlib.nullcontext() as sink:
-                            for chunk in resp.iter_content(1 << 20):
-                                if sink is not None:
-                                    sink.write(chunk)
-                                    continue
-                                body += chunk
-                                if len(body) > self.max_bytes:
-                                    raise FetchError(f"body exceeds the size cap: {where}")
-                    except (
-                        requests.ConnectionError,
-                        requests.exceptions.ChunkedEncodingError,
-                        requests.Timeout,
-                    ) as exc:
-                        raise _Retryable(
-                            f"truncated body ({type(exc).__name__}) for {where}"
-                        ) from None
-                    if resp.status_code != 200:
-                        text = self.redact(body[:300].decode(errors="replace"))
-                        raise FetchError(
-                            f"HTTP {resp.status_code} for {where}: {text}", resp.status_code
-                        )
-                    if tmp is not None:
-                        os.replace(tmp, dest)
-                    return bytes(body)
-                finally:
+            target, query, gate = url, params, name
+            for _ in range(MAX_REDIRECTS + 1):
+                with self._acquire(gate):
+                    resp = self._request(target, query, start + deadline_s)
+                    if resp.status_code not in REDIRECT_STATUS or "Location" not in resp.headers:
+                        return self._body(resp, target, dest, start + deadline_s)
                     resp.close()
+                nxt = check_url(urljoin(target, resp.headers["Location"]), came_from=target)
+                with self._lock:
+                    self.stats["redirects"] += 1
+                host = urlsplit(nxt).hostname
+                if host != urlsplit(target).hostname:
+                    gate = host or ""  # another host: its own (per-host) policy
+                target, query = nxt, None
+            raise FetchError(f"more than {MAX_REDIRECTS} redirects for {url.split('?', 1)[0]}")
 
         retrying = Retrying(
             retry=retry_if_exception(lambda e: isinstance(e, _Retryable)),
@@ -230,6 +251,89 @@ class HttpClient:
             raise FetchError(
                 self.redact(f"giving up after {self.retries} retries: {exc}")
             ) from None
+        except FetchError as exc:
+            raise FetchError(self.redact(str(exc)), exc.status) from None
+
+    def _request(self, url: str, params: dict | None, deadline: float) -> requests.Response:
+        """One GET, redirects not followed, headers read; the body is left to `_body`."""
+        where = url.split("?", 1)[0]
+        left = deadline - time.monotonic()
+        if left <= 0:
+            raise FetchError(f"deadline exceeded before the request for {where}")
+        connect, read = self.timeout
+        with self._lock:
+            self.stats["requests"] += 1
+        try:
+            return self._session().get(
+                url,
+                params=params,
+                timeout=(min(connect, left), min(read, left)),
+                stream=True,
+                allow_redirects=False,
+            )
+        except (requests.ConnectionError, requests.Timeout) as exc:
+            raise _Retryable(f"{type(exc).__name__} for {where}") from None
+        except requests.RequestException as exc:
+            raise FetchError(f"{type(exc).__name__} for {where}: {exc}") from None
+
+    def _chunks(self, resp: requests.Response, where: str, deadline: float):
+        """The body as it arrives (not a fixed chunk size), checking the deadline in between."""
+        read1 = getattr(resp.raw, "read1", None)
+        if read1 is None:  # not a urllib3 2 response (a test double): no deadline between reads
+            yield from resp.iter_content(1 << 20)
+            return
+        while True:
+            if time.monotonic() > deadline:
+                raise FetchError(f"deadline exceeded while reading the body of {where}")
+            chunk = read1(1 << 20, decode_content=True)
+            if not chunk:
+                return
+            yield chunk
+
+    def _body(self, resp: requests.Response, url: str, dest: Path | None, deadline: float) -> bytes:
+        """Read a response to the end: retryable statuses, size cap, streamed or in memory."""
+        where = url.split("?", 1)[0]
+        try:
+            if resp.status_code in RETRY_STATUS:
+                ra = _retry_after(resp.headers.get("Retry-After"))
+                raise _Retryable(f"HTTP {resp.status_code} for {where}", ra)
+            declared = int(resp.headers.get("Content-Length") or 0)
+            to_file = dest is not None and resp.status_code == 200
+            if declared > self.max_bytes and not to_file:
+                raise FetchError(f"{declared} bytes exceed the size cap: {where}")
+            body = bytearray()
+            tmp = dest.with_name(f".{dest.name}.part") if to_file and dest else None
+            try:
+                with open(tmp, "wb") if tmp else contextlib.nullcontext() as sink:
+                    for chunk in self._chunks(resp, where, deadline):
+                        if sink is not None:
+                            sink.write(chunk)
+                            continue
+                        body += chunk
+                        if len(body) > self.max_bytes:
+                            raise FetchError(f"body exceeds the size cap: {where}")
+            except (
+                requests.ConnectionError,
+                requests.exceptions.ChunkedEncodingError,
+                requests.Timeout,
+                Urllib3Error,
+                OSError,
+            ) as exc:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
+                raise _Retryable(f"truncated body ({type(exc).__name__}) for {where}") from None
+            except FetchError:
+                if tmp is not None:
+                    tmp.unlink(missing_ok=True)
+                raise
+            if resp.status_code != 200:
+                text = self.redact(body[:300].decode(errors="replace"))
+                raise FetchError(f"HTTP {resp.status_code} for {where}: {text}", resp.status_code)
+            if tmp is not None and dest is not None:
+                os.replace(tmp, dest)
+            return bytes(body)
+        finally:
+            resp.close()
 
     def get_json(self, url: str, params: dict | None = None, *, policy: str | None = None) -> Any:
         body = self.get(url, params, policy=policy)

@@ -45,6 +45,22 @@ class Target:
         return closest_epithet(sp.strip().lower(), epithets | self.xc_siblings)[0] in epithets
 
 
+def ancestors_of(taxon: dict) -> list[int]:
+    """A taxon's ancestor ids, root first, without the taxon itself.
+
+    iNaturalist's `ancestor_ids` usually ends with the taxon's own id, but not always; dropping
+    the last id blindly loses the parent (a subspecies' species, a species' genus).
+    """
+    own = taxon.get("id")
+    out = []
+    for i in taxon.get("ancestor_ids") or []:
+        try:
+            out.append(int(i))
+        except (TypeError, ValueError):
+            continue
+    return [i for i in out if own is None or str(i) != str(own)]
+
+
 def xc_tag(tag: str, value: str) -> str:
     """A Xeno-canto search tag; values with spaces are quoted (`grp:"land mammals"`)."""
     return f'{tag}:"{value}"' if " " in value else f"{tag}:{value}"
@@ -62,6 +78,18 @@ class TaxonNotFound(FetchError):
         super().__init__(f"taxon {name!r} not found on iNaturalist{hint}")
 
 
+def add_synonym(target: Target, binomial: str) -> None:
+    """Also ask Xeno-canto for `binomial` (an older name of a species of `target`): its genus
+    is queried once, and from that genus only the synonyms' epithets are kept."""
+    genus, epithet = (w.lower() for w in binomial.split(" ", 1))
+    query = f"gen:{binomial.split(' ', 1)[0]}"
+    if target.xc_genera.get(genus, set()) is None:
+        return  # the whole genus is already wanted
+    target.xc_genera.setdefault(genus, set()).add(epithet)  # type: ignore[union-attr]
+    if query.lower() not in {q.lower() for q in target.xc_queries}:
+        target.xc_queries.append(query)
+
+
 class TaxonResolver:
     """Resolves names through iNaturalist `/taxa` (the built-in table covers classes)."""
 
@@ -75,7 +103,7 @@ class TaxonResolver:
             if cls.lower() == clean.lower():
                 return Target(cls, "class", tid, cls, [xc_tag("grp", g) for g in groups])
         taxon = self._lookup(clean)
-        ancestors = taxon.get("ancestor_ids") or []
+        ancestors = ancestors_of(taxon)
         class_name = next((CLASS_BY_ID[i] for i in ancestors if i in CLASS_BY_ID), None)
         groups = CLASSES[class_name][1] if class_name else ()
         target = Target(taxon["name"], taxon["rank"], int(taxon["id"]), class_name)
@@ -87,14 +115,40 @@ class TaxonResolver:
             target.xc_genera = {genus.lower(): {epithet.lower()}}
             target.xc_siblings = {s.split(" ")[1].lower() for s in siblings}
             target.xc_queries = [f"gen:{genus}"]
+            within = (
+                int(taxon["id"])
+                if taxon["rank"] == "species"
+                else int(self._lookup(f"{genus} {epithet}")["id"])
+            )
         elif taxon["rank"] == "genus":
             target.xc_genera = {taxon["name"].lower(): None}
             target.xc_queries = [f"gen:{taxon['name']}"]
+            within = int(taxon["id"])
         else:
             genera = sorted(self._children(int(taxon["id"]), "genus"))
             target.xc_genera = {g.lower(): None for g in genera}
             target.xc_queries = [f"gen:{g}" for g in genera]
+            within = int(taxon["id"])
+        # Xeno-canto files recordings under its own checklist's names: ask for the older names
+        # too, keeping from those genera only the synonyms' epithets
+        for old in self._synonyms(within):
+            add_synonym(target, old)
         return target
+
+    def _synonyms(self, taxon_id: int) -> list[str]:
+        """Synonym binomials of the species at or under `taxon_id` (iNaturalist `all_names`)."""
+        found: set[str] = set()
+        for t in self._children_of(taxon_id, "species", all_names=True):
+            for n in t.get("names") or []:
+                if not isinstance(n, dict) or n.get("is_valid", True) is not False:
+                    continue
+                lexicon = str(n.get("lexicon") or "").lower()
+                if n.get("locale") != "sci" and "scientific" not in lexicon:
+                    continue
+                words = str(n.get("name") or "").split()
+                if len(words) == 2 and words[0][:1].isupper() and words[1].islower():
+                    found.add(" ".join(words))
+        return sorted(found)
 
     def _lookup(self, name: str) -> dict:
         data = self.http.get_json(
@@ -107,15 +161,18 @@ class TaxonResolver:
         raise TaxonNotFound(name, known)
 
     def _children(self, taxon_id: int, rank: str) -> list[str]:
-        names: list[str] = []
+        return [t["name"] for t in self._children_of(taxon_id, rank)]
+
+    def _children_of(self, taxon_id: int, rank: str, all_names: bool = False) -> list[dict]:
+        """Every taxon of `rank` at or under `taxon_id`, all pages."""
+        found: list[dict] = []
         page = 1
         while True:
-            data = self.http.get_json(
-                f"{self.inat_url}/taxa",
-                {"taxon_id": taxon_id, "rank": rank, "per_page": 200, "page": page},
-                policy="inaturalist",
-            )
-            names += [t["name"] for t in data.get("results", [])]
+            params: dict = {"taxon_id": taxon_id, "rank": rank, "per_page": 200, "page": page}
+            if all_names:
+                params["all_names"] = "true"
+            data = self.http.get_json(f"{self.inat_url}/taxa", params, policy="inaturalist")
+            found += [t for t in data.get("results", []) if isinstance(t, dict) and "name" in t]
             if page * 200 >= int(data.get("total_results", 0)):
-                return names
+                return found
             page += 1

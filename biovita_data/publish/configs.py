@@ -25,6 +25,7 @@ from biovita_data.core.tables import read_table
 from biovita_data.media.store import MediaStore
 from biovita_data.publish.features import (
     BENCH_SPLIT_OF_SUBSET,
+    DETAIL_COLUMNS,
     MEDIA_SPLITS,
     MEDIA_STRUCT,
     arrow_schema,
@@ -60,6 +61,7 @@ META_COLUMNS = (
     "media_url",
     "page_url",
     "split",
+    *DETAIL_COLUMNS,
 )
 _BATCH_ROWS = 256
 
@@ -125,6 +127,7 @@ def _manifest(out: Path, modality: str, species: pl.DataFrame) -> pl.DataFrame:
     df = pl.from_arrow(read_table(path, MEDIA))
     assert isinstance(df, pl.DataFrame)
     taxa = species.select(TAXON_COLUMNS)
+    df = df.with_columns(pl.col("background_species").list.join("; "))  # a plain Value column
     return df.with_row_index("_order").join(taxa, on="species_id", how="inner").sort("_order")
 
 

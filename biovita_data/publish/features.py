@@ -46,13 +46,47 @@ _AUDIO_FILE: list[tuple[str, pa.DataType]] = [
     ("channels", pa.int32()),
 ]
 _IMAGE_FILE: list[tuple[str, pa.DataType]] = [("width", pa.int32()), ("height", pa.int32())]
+# Where: coordinates as the source publishes them, and whether they were obscured (iNaturalist
+# geoprivacy / taxon_geoprivacy: moved at random within ~0.2 degrees, or withheld).
+_WHERE: list[tuple[str, pa.DataType]] = [
+    ("country", pa.string()),
+    ("latitude", pa.float64()),
+    ("longitude", pa.float64()),
+    ("coordinates_obscured", pa.bool_()),
+    ("geoprivacy", pa.string()),
+    ("positional_accuracy", pa.float64()),
+]
+# How a recording was made (Xeno-canto); background_species is "; "-joined.
+_RECORDING: list[tuple[str, pa.DataType]] = [
+    ("background_species", pa.string()),
+    ("recording_method", pa.string()),
+    ("locality", pa.string()),
+    ("altitude", pa.float64()),
+    ("remarks", pa.string()),
+    ("animal_seen", pa.bool_()),
+    ("playback_used", pa.bool_()),
+    ("automatic_recording", pa.bool_()),
+    ("device", pa.string()),
+    ("microphone", pa.string()),
+    ("sonogram_url", pa.string()),
+]
+# Manifest columns beyond taxon and rights that a media config carries.
+DETAIL_COLUMNS = tuple(c for c, _ in (*_WHERE, *_RECORDING))
 
 # media = "embed": one row per stored file (a long recording is several rows, segment 0..n-1).
-AUDIO_COLUMNS = [("audio", MEDIA_STRUCT), *_TAXON, *_AUDIO_FILE, *_RIGHTS, ("sha256", pa.string())]
-IMAGE_COLUMNS = [("image", MEDIA_STRUCT), *_TAXON, *_IMAGE_FILE, *_RIGHTS, ("sha256", pa.string())]
+AUDIO_COLUMNS = [
+    ("audio", MEDIA_STRUCT), *_TAXON, *_AUDIO_FILE, *_RIGHTS, ("sha256", pa.string()),
+    *_WHERE, *_RECORDING,
+]  # fmt: skip
+IMAGE_COLUMNS = [
+    ("image", MEDIA_STRUCT), *_TAXON, *_IMAGE_FILE, *_RIGHTS, ("sha256", pa.string()), *_WHERE,
+]  # fmt: skip
 # media = "urls": one row per record of the manifest, no bytes and no per-file columns.
-AUDIO_URL_COLUMNS = [*_TAXON, ("duration_s", pa.float64()), ("sample_rate", pa.int32()), *_RIGHTS]
-IMAGE_URL_COLUMNS = [*_TAXON, *_IMAGE_FILE, *_RIGHTS]
+AUDIO_URL_COLUMNS = [
+    *_TAXON, ("duration_s", pa.float64()), ("sample_rate", pa.int32()), *_RIGHTS,
+    *_WHERE, *_RECORDING,
+]  # fmt: skip
+IMAGE_URL_COLUMNS = [*_TAXON, *_IMAGE_FILE, *_RIGHTS, *_WHERE]
 
 SPECIES_COLUMNS = [("label", pa.int64()), *((f.name, f.type) for f in SPECIES)]
 BENCH_COLUMNS: list[tuple[str, pa.DataType]] = [

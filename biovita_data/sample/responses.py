@@ -121,6 +121,19 @@ def _length(seconds: float) -> str:
     return f"{s // 60}:{s % 60:02d}"
 
 
+def _protocol_relative(url: str) -> str:
+    """`http://host/x` -> `//host/x`: how Xeno-canto writes `url` and the sonogram URLs."""
+    return url.split(":", 1)[1] if url.startswith(("http://", "https://")) else url
+
+
+def xc_background(world: World, rec: Recording) -> list[str]:
+    """XC `also`: other species heard; for every fourth recording one of the world's species."""
+    if rec.id % 4:
+        return []
+    other = world.species[(rec.species_index + 1 + rec.id % 7) % len(world.species)]
+    return [other.name] if other.index != rec.species_index else []
+
+
 def xc_recording(world: World, rec: Recording, root: str) -> dict:
     sp = world.species[rec.species_index]
     code = f"{rec.id * 7919 % 10**10:010d}"
@@ -128,6 +141,7 @@ def xc_recording(world: World, rec: Recording, root: str) -> dict:
     initials = "".join(w[0] for w in rec.recordist.split()).upper()
     stem = f"XC{rec.id}-{initials}-{rec.date:%Y%m%d}-{sp.xc_gen.strip()}{sp.xc_sp.strip()}"
     file_name = "" if rec.restricted else f"{stem}.{rec.fmt}"
+    sono = f"{root}/xeno-canto/sounds/spectrograms/{code}/{rec.id}/"
     return {
         "id": str(rec.id),
         "gen": sp.xc_gen,
@@ -144,14 +158,15 @@ def xc_recording(world: World, rec: Recording, root: str) -> dict:
         "type": rec.type,
         "sex": rec.sex,
         "stage": rec.stage,
-        "method": "field recording",
-        "url": f"{root}/xeno-canto/{rec.id}",
+        "method": "in the hand" if rec.id % 23 == 0 else "field recording",
+        # page and sonogram URLs are protocol-relative, as Xeno-canto writes them
+        "url": _protocol_relative(f"{root}/xeno-canto/{rec.id}"),
         "file": file_url,
         "file-name": file_name,
         "sono": {
-            "small": f"{root}/xeno-canto/sounds/spectrograms/{code}/{rec.id}/grey-small.png",
-            "med": f"{root}/xeno-canto/sounds/spectrograms/{code}/{rec.id}/grey-medium.png",
-            "large": f"{root}/xeno-canto/sounds/spectrograms/{code}/{rec.id}/colour.png",
+            "small": _protocol_relative(sono + "grey-small.png"),
+            "med": _protocol_relative(sono + "grey-medium.png"),
+            "large": _protocol_relative(sono + "colour.png"),
             "full": None,
         },
         "osci": {"small": None, "med": None, "large": None},
@@ -161,15 +176,17 @@ def xc_recording(world: World, rec: Recording, root: str) -> dict:
         "time": "?" if rec.id % 5 == 0 else f"{rec.id % 24:02d}:{rec.id % 60:02d}",
         "date": rec.date.isoformat(),
         "uploaded": rec.uploaded.isoformat(),
-        "also": [],
-        "rmk": "",
+        "also": xc_background(world, rec),
+        "rmk": ""
+        if rec.id % 5
+        else f"Calling from cover.\r\n\r\nFiltered below {rec.id % 9}00 Hz.",
         "animal-seen": "yes" if rec.id % 3 else "no",
-        "playback-used": "no",
+        "playback-used": "yes" if rec.id % 11 == 0 else "no",
         "temp": None,
         "regnr": "",
-        "auto": "no",
-        "dvc": "",
-        "mic": "",
+        "auto": "yes" if rec.id % 13 == 0 else "no",
+        "dvc": "" if rec.id % 2 else "Zoom H5",
+        "mic": "" if rec.id % 2 else "Telinga parabola",
         "smp": str(rec.sample_rate),
         "annotation-set": [],
     }
@@ -192,7 +209,9 @@ def _details(d: dt.date | dt.datetime) -> dict:
 
 
 def photo_url(root: str, photo: Photo, size: str = "square") -> str:
-    return f"{root}/inaturalist-static/photos/{photo.id}/{size}.{photo.fmt}?{photo.seed % 10**10}"
+    # iNaturalist's own photo URLs often end in `.jpeg` (Open Data's extension says `jpg`)
+    ext = "jpeg" if photo.fmt == "jpg" and photo.id % 2 == 0 else photo.fmt
+    return f"{root}/inaturalist-static/photos/{photo.id}/{size}.{ext}?{photo.seed % 10**10}"
 
 
 def sound_url(root: str, rec: Recording) -> str:
@@ -255,7 +274,37 @@ def _user(obs: Observation) -> dict:
     }
 
 
-def inat_taxon(world: World, taxon: Taxon, *, search: bool = False, term: str = "") -> dict:
+@lru_cache(maxsize=8)
+def _synonyms_of(world: World) -> dict[int, tuple[str, ...]]:
+    """Accepted taxon id -> its older names (the world's synonyms), sorted."""
+    out: dict[int, list[str]] = {}
+    for name, tid in sorted(world.taxonomy.synonyms.items()):
+        out.setdefault(tid, []).append(name)
+    return {tid: tuple(names) for tid, names in out.items()}
+
+
+def taxon_names(world: World, taxon: Taxon) -> list[dict]:
+    """iNaturalist's `names` (`all_names=true`): the valid name, older ones, the common name."""
+    sci = [(taxon.name, True), *((n, False) for n in _synonyms_of(world).get(taxon.id, ()))]
+    names = [
+        {"is_valid": valid, "name": n, "position": i, "locale": "sci"}
+        for i, (n, valid) in enumerate(sci)
+    ]
+    if taxon.common_name:
+        names.append({"is_valid": True, "name": taxon.common_name, "position": 0, "locale": "en"})
+    return names
+
+
+def quirky_ancestor_ids(taxon: Taxon) -> list[int]:
+    """`ancestor_ids` as /taxa/{id} writes it: usually ending with the taxon's own id, but for
+    some taxa without it (as seen in real answers); a reader must not drop the last id blindly."""
+    own = [taxon.id] if taxon.id % 3 else []
+    return [*taxon.ancestor_ids, *own]
+
+
+def inat_taxon(
+    world: World, taxon: Taxon, *, search: bool = False, term: str = "", all_names: bool = False
+) -> dict:
     """A taxon object: the observation-embedded form, or the /taxa search form."""
     ancestor_ids = [*taxon.ancestor_ids, taxon.id]
     # The nearest iconic taxon: the class, or Animalia above it (null only for Life).
@@ -287,8 +336,11 @@ def inat_taxon(world: World, taxon: Taxon, *, search: bool = False, term: str = 
         "taxon_schemes_count": 2,
         "wikipedia_url": None,
     }
+    if all_names:
+        base["names"] = taxon_names(world, taxon)
     if search:
         return {**base, "matched_term": term or taxon.name, "vision": taxon.rank == "species"}
+    base["ancestor_ids"] = quirky_ancestor_ids(taxon)
     return {
         **base,  # no "conservation_status": iNaturalist leaves it out when there is none
         "created_at": "2010-10-26T20:24:33+00:00",
@@ -313,15 +365,27 @@ def _observation_counts(world: World) -> dict[int, int]:
     return dict(counts)
 
 
+def geoprivacy(obs: Observation) -> tuple[str | None, str, int | None, int | None]:
+    """(geoprivacy, taxon_geoprivacy, positional_accuracy, public_positional_accuracy):
+    every seventh observation is obscured by its observer, every eleventh by its taxon; an
+    obscured one's public coordinates are only good to ~28 km."""
+    own = "obscured" if obs.id % 7 == 0 else None
+    by_taxon = "obscured" if obs.id % 11 == 0 else "open"
+    accuracy = None if obs.id % 3 == 0 else 5 + obs.id % 60
+    public = 28_954 if own or by_taxon == "obscured" else accuracy
+    return own, by_taxon, accuracy, public
+
+
 def inat_observation(world: World, obs: Observation, root: str) -> dict:
     sp = world.species[obs.species_index]
     taxon = world.taxonomy.taxa[sp.taxon_id]
     photos = [world.photo_by_id[i] for i in obs.photo_ids]
     sounds = [world.recording_by_id[("inaturalist", i)] for i in obs.sound_ids]
     loc = f"{obs.lat},{obs.lon}"
+    own_geo, taxon_geo, accuracy, public_accuracy = geoprivacy(obs)
     return {
         "quality_grade": obs.quality_grade,
-        "taxon_geoprivacy": "open",
+        "taxon_geoprivacy": taxon_geo,
         "annotations": [],
         "uuid": obs.uuid,
         "observed_on_details": _details(obs.observed_on),
@@ -340,12 +404,12 @@ def inat_observation(world: World, obs: Observation, root: str) -> dict:
         "species_guess": sp.common_name,
         "identifications_most_disagree": False,
         "tags": [],
-        "positional_accuracy": None,
+        "positional_accuracy": accuracy,
         "comments_count": 0,
         "site_id": 1,
         "license_code": obs.license,
         "quality_metrics": [],
-        "public_positional_accuracy": None,
+        "public_positional_accuracy": public_accuracy,
         "reviewed_by": [],
         "oauth_application_id": None,
         "flags": [],
@@ -373,9 +437,9 @@ def inat_observation(world: World, obs: Observation, root: str) -> dict:
         "geojson": {"coordinates": [obs.lon, obs.lat], "type": "Point"},
         "owners_identification_from_vision": False,
         "identifications_count": 1,
-        "obscured": False,
+        "obscured": public_accuracy != accuracy,
         "num_identification_disagreements": 0,
-        "geoprivacy": None,
+        "geoprivacy": own_geo,
         "location": loc,
         "private_location": loc,
         "votes": [],
@@ -429,7 +493,9 @@ def open_data_table(world: World, name: str, as_of: dt.date) -> bytes:
     elif name == "observations":
         for o in obs:
             sp = world.species[o.species_index]
-            rows.append((o.uuid, o.user_id, o.lat, o.lon, "", sp.taxon_id, o.quality_grade,
+            public = geoprivacy(o)[3]
+            rows.append((o.uuid, o.user_id, o.lat, o.lon, "" if public is None else public,
+                         sp.taxon_id, o.quality_grade,
                          o.observed_on.isoformat(), f"{(o.id % 1000) / 1000:.3f}"))  # fmt: skip
     elif name == "photos":
         for o in obs:

@@ -309,6 +309,7 @@ def inat_taxa(svc: SampleServer, qs: dict) -> _Reply:
     # taxon_id: "these taxa or their descendants"; parent_id: direct children (as on iNaturalist)
     within = {int(x) for v in qs.get("taxon_id", []) for x in v.split(",") if x.isdigit()}
     parent = _one(qs, "parent_id")
+    all_names = _one(qs, "all_names") == "true"
     synonyms: dict[int, list[str]] = {}
     for name, tid in sorted(world.taxonomy.synonyms.items()):
         synonyms.setdefault(tid, []).append(name)
@@ -334,7 +335,10 @@ def inat_taxa(svc: SampleServer, qs: dict) -> _Reply:
             "total_results": len(hits),
             "page": page,
             "per_page": per_page,
-            "results": [R.inat_taxon(world, t, search=True, term=term) for t, term in chunk],
+            "results": [
+                R.inat_taxon(world, t, search=True, term=term, all_names=all_names)
+                for t, term in chunk
+            ],
         },
     )
 

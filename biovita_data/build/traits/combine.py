@@ -9,8 +9,8 @@ from typing import Any
 
 import polars as pl
 
-from biovita_data.build.traits.readers import read_trait_table
-from biovita_data.core.schemas import SPECIES, UNMATCHED
+from biovita_data.build.traits.readers import read_trait_rows
+from biovita_data.core.schemas import FAILURE, SPECIES, UNMATCHED
 from biovita_data.core.vocab import TRAIT_CATEGORIES, TRAIT_COLUMNS
 
 # resolve(distinct raw names, source label) -> name, species_id, match_kind, reason, closest
@@ -20,6 +20,7 @@ PROVENANCE_COLUMNS: tuple[str, ...] = tuple(
     c.replace("trait_", "provenance_", 1) for c in TRAIT_COLUMNS
 )
 SPECIES_SCHEMA: pl.Schema = pl.from_arrow(SPECIES.empty_table()).schema  # type: ignore[union-attr]
+FAILURE_SCHEMA: pl.Schema = pl.from_arrow(FAILURE.empty_table()).schema  # type: ignore[union-attr]
 UNMATCHED_SCHEMA: pl.Schema = pl.from_arrow(UNMATCHED.empty_table()).schema  # type: ignore[union-attr]
 _RESOLVED_SCHEMA: dict[str, pl.DataType] = {
     "name": pl.String(),
@@ -46,6 +47,7 @@ class TraitResult:
     species: pl.DataFrame  # SPECIES columns (trait_* and provenance_* filled), then any extras
     unmatched: pl.DataFrame  # UNMATCHED schema, modality "traits"
     coverage: dict[str, Any]  # JSON-able counts
+    failures: pl.DataFrame | None = None  # rows of the tables that could not be read (FAILURE)
 
 
 def _resolve(resolve: Resolver, names: list[str], source: str) -> pl.DataFrame:
@@ -130,8 +132,21 @@ def attach_traits(
     per_table: list[pl.DataFrame] = []
     unmatched: list[pl.DataFrame] = []
     stats: list[dict[str, Any]] = []
+    bad_rows: list[dict[str, Any]] = []
     for rank, (kind, path) in enumerate(tables):
-        rows = read_trait_table(kind, Path(path))
+        rows, bad = read_trait_rows(kind, Path(path))
+        bad_rows += [
+            {
+                "stage": "traits",
+                "source": kind,
+                "modality": "traits",
+                "record_id": f"{Path(path).name}:{b.line}",
+                "name": None,
+                "reason": b.reason,
+                "detail": f"{Path(path).name} {b.detail}",
+            }
+            for b in bad
+        ]
         names = rows.get_column("name").unique().sort().to_list()
         rows = rows.join(_resolve(resolve, names, kind), on="name", how="left").with_columns(
             status=pl.when(pl.col("species_id").is_null())
@@ -166,6 +181,7 @@ def attach_traits(
                 "table": kind,
                 "file": Path(path).name,
                 "rows": rows.height,
+                "bad_rows": len(bad),
                 **{k: int(by_status.get(k, 0)) for k in ("matched", "unmatched", "not_in_corpus")},
                 "species": matched.get_column("species_id").n_unique(),
             }
@@ -196,4 +212,5 @@ def attach_traits(
         .select([pl.col(c).cast(t) for c, t in UNMATCHED_SCHEMA.items()])
         .sort("source", "name")
     )
-    return TraitResult(filled, names, _coverage(filled, stats))
+    failures = pl.DataFrame(bad_rows, schema=FAILURE_SCHEMA)
+    return TraitResult(filled, names, _coverage(filled, stats), failures)

@@ -7,8 +7,10 @@ Formats and the field -> label mapping are those of DESIGN.md ("Traits") and man
 from __future__ import annotations
 
 import codecs
+import csv
 import re
 from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import polars as pl
@@ -277,21 +279,64 @@ def _separator(text: str) -> str:
     return max((",", "\t", ";"), key=header.count)
 
 
-def _read_cells(path: Path) -> pl.DataFrame:
-    """Every cell of a delimited text file as a string (header names stripped)."""
+@dataclass(frozen=True)
+class BadRow:
+    """A row of a trait table that could not be read: skipped and reported, never fatal."""
+
+    line: int  # 1-based line number in the file (the header is line 1)
+    reason: str  # malformed_row
+    detail: str
+
+
+def _fields(line: str, sep: str) -> list[str]:
+    """One line's fields. TSV is read without quote processing (a `"` in free text is just a
+    character, as in EltonTraits' `"Ref_2, Ref_3"`); CSV quotes are honoured within the line."""
+    if sep == "\t":
+        return line.split("\t")
+    return next(csv.reader([line], delimiter=sep, strict=True), [])
+
+
+def _unique(names: list[str]) -> list[str]:
+    """Header names made unique (a repeated name gets `_2`, `_3`, ...)."""
+    seen: dict[str, int] = {}
+    out = []
+    for n in names:
+        seen[n] = seen.get(n, 0) + 1
+        out.append(n if seen[n] == 1 else f"{n}_{seen[n]}")
+    return out
+
+
+def read_cells(path: Path) -> tuple[pl.DataFrame, list[BadRow]]:
+    """Every cell of a delimited text file as a string (header names stripped), and the rows
+    that could not be read: an unclosed quote (CSV) or more non-empty fields than the header.
+    Each line is read on its own, so one bad row never swallows the rows after it."""
     text = decode_text(Path(path).read_bytes())
     if not text.strip():
-        return pl.DataFrame()
-    return pl.read_csv(
-        text.encode("utf-8"),
-        separator=_separator(text),
-        quote_char='"',
-        infer_schema=False,
-        null_values=None,
-        empty_string_is_null=True,
-        truncate_ragged_lines=True,
-        with_column_names=lambda names: [n.strip().strip("\ufeff") for n in names],
-    )
+        return pl.DataFrame(), []
+    sep = _separator(text)
+    lines = text.split("\n")
+    try:
+        header = _fields(lines[0], sep)
+    except csv.Error as exc:
+        raise ValueError(f"{path}: the header line cannot be read: {exc}") from None
+    names = _unique([n.strip().strip("\ufeff") for n in header])
+    rows: list[list[str]] = []
+    bad: list[BadRow] = []
+    for number, line in enumerate(lines[1:], start=2):
+        if not line.strip(sep + " "):
+            continue  # blank and separator-only rows (the end of MamFuncDat.txt)
+        try:
+            cells = _fields(line, sep)
+        except csv.Error as exc:
+            bad.append(BadRow(number, "malformed_row", f"line {number}: {exc}"))
+            continue
+        if len(cells) > len(names) and any(c.strip() for c in cells[len(names) :]):
+            detail = f"line {number}: {len(cells)} fields, the header has {len(names)}"
+            bad.append(BadRow(number, "malformed_row", detail))
+            continue
+        rows.append((cells + [""] * len(names))[: len(names)])
+    frame = pl.DataFrame(rows, schema=dict.fromkeys(names, pl.String), orient="row")
+    return frame.with_columns(pl.all().replace("", None)), bad
 
 
 def _layout(kind: str, path: Path, columns: Sequence[str]) -> tuple[Sequence[str], _Labels, str]:
@@ -312,19 +357,26 @@ def _layout(kind: str, path: Path, columns: Sequence[str]) -> tuple[Sequence[str
     return ("scientific_name",), _csv_labels, "csv"
 
 
-def read_trait_table(kind: str, path: Path) -> pl.DataFrame:
-    """One row per named row of a trait table: `table`, `name`, then the 34 labels as Int8."""
+def read_trait_rows(kind: str, path: Path) -> tuple[pl.DataFrame, list[BadRow]]:
+    """One row per named row of a trait table (`table`, `name`, the 34 labels as Int8), and the
+    rows that could not be read."""
     if kind not in KINDS:
         raise ValueError(f"unknown trait table kind {kind!r}; choose one of {', '.join(KINDS)}")
     path = Path(path)
-    cells = _read_cells(path)
+    cells, bad = read_cells(path)
     required, labels, what = _layout(kind, path, cells.columns)
     missing = [c for c in required if c not in cells.columns]
     if missing:
         raise ValueError(f"{path}: {what} table lacks required columns: {', '.join(missing)}")
     exprs = labels(cells.columns)
-    return cells.select(
+    rows = cells.select(
         pl.lit(kind, pl.String).alias("table"),
         _text(_NAME_COLUMN[kind]).alias("name"),
         *[exprs.get(c, pl.lit(None)).cast(pl.Int8).alias(c) for c in TRAIT_COLUMNS],
     ).filter(pl.col("name").is_not_null())
+    return rows, bad
+
+
+def read_trait_table(kind: str, path: Path) -> pl.DataFrame:
+    """One row per named row of a trait table: `table`, `name`, then the 34 labels as Int8."""
+    return read_trait_rows(kind, path)[0]

@@ -11,9 +11,10 @@ from rich.table import Table
 
 from biovita_data.build.traits.combine import Resolver, TraitResult, attach_traits
 from biovita_data.build.traits.coverage import coverage_summary
+from biovita_data.build.traits.readers import KINDS
 from biovita_data.core import layout
-from biovita_data.core.schemas import SPECIES, UNMATCHED
-from biovita_data.core.tables import read_table, write_json_atomic, write_table
+from biovita_data.core.schemas import FAILURE, SPECIES, UNMATCHED
+from biovita_data.core.tables import read_table, replace_failures, write_json_atomic, write_table
 
 UNMATCHED_ORDER = ("modality", "source", "name", "normalized", "reason", "closest", "count")
 
@@ -34,6 +35,8 @@ def run_traits(out: Path, tables: Sequence[tuple[str, Path]], resolve: Resolver)
     result.coverage["classes"] = coverage_summary(result.species)
     write_table(result.species.select(SPECIES.names).to_arrow().cast(SPECIES), species_file)
     write_json_atomic(result.coverage, coverage_path(out))
+    if result.failures is not None:  # rows a table could not give: reported, not fatal
+        replace_failures(out, "traits", KINDS, result.failures.to_arrow().cast(FAILURE))
 
     unmatched_file = layout.unmatched_path(out)
     old = pl.from_arrow(read_table(unmatched_file, UNMATCHED))
@@ -54,13 +57,15 @@ def print_coverage(result: TraitResult, console: Console | None = None) -> None:
     widest = max((len(t["file"]) for t in coverage["tables"]), default=4)
     per_table.add_column("table")
     per_table.add_column("file", min_width=widest)
-    for column in ("rows", "matched", "unmatched", "not in corpus"):
+    for column in ("rows", "bad rows", "matched", "unmatched", "not in corpus"):
         per_table.add_column(column, justify="right")
     for t in coverage["tables"]:
         per_table.add_row(
             t["table"],
             t["file"],
-            *(str(t[k]) for k in ("rows", "matched", "unmatched", "not_in_corpus")),
+            str(t["rows"]),
+            str(t.get("bad_rows", 0)),
+            *(str(t[k]) for k in ("matched", "unmatched", "not_in_corpus")),
         )
     console.print(per_table)
     n = coverage["species"]

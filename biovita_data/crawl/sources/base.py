@@ -110,6 +110,37 @@ def check_media_url(url: Any) -> str:
     return url
 
 
+# One vocabulary of file formats: the API's photo URLs say `jpeg`, Open Data says `jpg`.
+FORMAT_ALIASES = {"jpeg": "jpg", "jpe": "jpg", "tif": "tiff", "oga": "ogg", "mp4a": "m4a"}
+
+
+def normalize_format(ext: Any) -> str | None:
+    """A file extension in the project's vocabulary (lower case, `jpg` for every JPEG)."""
+    if not isinstance(ext, str) or not ext.strip():
+        return None
+    e = ext.strip().lower().lstrip(".")
+    return FORMAT_ALIASES.get(e, e)
+
+
+def with_scheme(url: Any) -> str | None:
+    """A protocol-relative URL (`//xeno-canto.org/1`) with https:; other strings as they are."""
+    if not isinstance(url, str) or not url.strip():
+        return None
+    url = url.strip()
+    return "https:" + url if url.startswith("//") else url
+
+
+def to_text(value: Any) -> str | None:
+    """A stripped non-empty string, else None."""
+    return value.strip() or None if isinstance(value, str) else None
+
+
+def to_yes_no(value: Any) -> bool | None:
+    """`yes` -> True, `no` -> False, anything else (`unknown`, empty) -> None."""
+    v = value.strip().lower() if isinstance(value, str) else None
+    return True if v == "yes" else False if v == "no" else None
+
+
 def check_license(raw: Any, allowed: tuple[str, ...] = DEFAULT_ALLOWED) -> str:
     if raw is not None and not isinstance(raw, str):
         raise BadRecord("license_unknown", f"licence is not a string: {raw!r}")

@@ -17,7 +17,9 @@ from biovita_data.crawl.sources.base import (
     TargetSource,
     check_license,
     failure,
+    normalize_format,
     to_date,
+    to_float,
 )
 from biovita_data.crawl.taxa import Target
 
@@ -55,8 +57,11 @@ class OpenDataSource(TargetSource):
                 shutil.copyfileobj(src, dst, 1 << 20)
             part.replace(tsv)
             gz.unlink()
-        # The bucket's TSVs use no quoting at all; quotes inside fields are literal.
-        return pl.scan_csv(tsv, separator="\t", quote_char=None, infer_schema=False)
+        # The bucket's TSVs use no quoting at all; quotes inside fields are literal. A row with
+        # too many fields is cut (its ids are then checked like any other row's).
+        return pl.scan_csv(
+            tsv, separator="\t", quote_char=None, infer_schema=False, truncate_ragged_lines=True
+        )
 
     def fetch_page(self, query: str, cursor: Any) -> Page:
         taxon_id = query.split("=", 1)[1]
@@ -71,50 +76,58 @@ class OpenDataSource(TargetSource):
             .join(obs.drop("observer_id"), on="observation_uuid", how="inner")
             .join(wanted, on="taxon_id", how="inner")
             .join(self._table("observers"), on="observer_id", how="left")
-            .sort(pl.col("photo_id").cast(pl.Int64))
+            .with_columns(
+                _pid=pl.col("photo_id").str.strip_chars().cast(pl.Int64, strict=False),
+                _tid=pl.col("taxon_id").str.strip_chars().cast(pl.Int64, strict=False),
+            )
+            .sort("_pid", "photo_id", nulls_last=True)
             .collect(engine="streaming")
         )
         page = Page(cursor=None, done=True)
         for r in joined.iter_rows(named=True):
             try:
-                lic = check_license(r["license"], self.allowed)
+                page.rows.append(self._row(r, query))
             except BadRecord as exc:
-                page.failures.append(failure(NAME, "image", r["photo_id"], r["name"], exc))
-                continue
-            ext = r["extension"]
-            page.rows.append(
-                {
-                    "source": NAME,
-                    "modality": "image",
-                    "record_id": r["photo_id"],
-                    "raw_scientific_name": r["name"],
-                    "raw_taxon_id": int(r["taxon_id"]),
-                    "raw_taxon_rank": r["rank"],
-                    "raw_ancestry": r["ancestry"],
-                    "license": lic,
-                    "license_raw": r["license"],
-                    "attribution": f"(c) {r['login'] or r['observer_id']}",
-                    "media_url": f"{self.base_url}/photos/{r['photo_id']}/original.{ext}",
-                    "thumbnail_url": f"{self.base_url}/photos/{r['photo_id']}/square.{ext}",
-                    "file_format": "jpg" if ext == "jpeg" else ext,
-                    "width": _int(r["width"]),
-                    "height": _int(r["height"]),
-                    "quality": r["quality_grade"],
-                    "latitude": _float(r["latitude"]),
-                    "longitude": _float(r["longitude"]),
-                    "query": query,
-                    "date": to_date(r["observed_on"]),
-                }
-            )
+                rid = r["photo_id"][:40] if isinstance(r["photo_id"], str) else None
+                page.failures.append(failure(NAME, "image", rid, r["name"], exc))
         return page
+
+    def _row(self, r: dict, query: str) -> dict:
+        """One joined row -> a raw row; BadRecord for a malformed one (it must not stop the
+        source: the tables are hundreds of millions of rows written without quoting)."""
+        if r["_pid"] is None or r["_pid"] < 0:
+            raise BadRecord("malformed", f"photo_id is not an integer: {r['photo_id']!r}")
+        if r["_tid"] is None:
+            raise BadRecord("malformed", f"taxon_id is not an integer: {r['taxon_id']!r}")
+        pid, ext = r["_pid"], (r["extension"] or "").strip()
+        if not ext.isalnum():
+            raise BadRecord("malformed", f"photo {pid}: bad extension {r['extension']!r}")
+        lic = check_license(r["license"], self.allowed)
+        return {
+            "source": NAME,
+            "modality": "image",
+            "record_id": str(pid),
+            "raw_scientific_name": r["name"],
+            "raw_taxon_id": r["_tid"],
+            "raw_taxon_rank": r["rank"],
+            "raw_ancestry": r["ancestry"],
+            "license": lic,
+            "license_raw": r["license"],
+            "attribution": f"(c) {r['login'] or r['observer_id']}",
+            "media_url": f"{self.base_url}/photos/{pid}/original.{ext}",
+            "thumbnail_url": f"{self.base_url}/photos/{pid}/square.{ext}",
+            "file_format": normalize_format(ext),
+            "width": _int(r["width"]),
+            "height": _int(r["height"]),
+            "quality": r["quality_grade"],
+            "latitude": to_float(r["latitude"]),
+            "longitude": to_float(r["longitude"]),
+            # the bucket's coordinates are the public ones; it does not say which are obscured
+            "positional_accuracy": to_float(r["positional_accuracy"]),
+            "query": query,
+            "date": to_date(r["observed_on"]),
+        }
 
 
 def _int(v: str | None) -> int | None:
     return int(v) if v and v.isdigit() else None
-
-
-def _float(v: str | None) -> float | None:
-    try:
-        return float(v) if v else None
-    except ValueError:
-        return None

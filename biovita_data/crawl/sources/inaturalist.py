@@ -13,10 +13,12 @@ from biovita_data.crawl.sources.base import (
     check_license,
     check_media_url,
     failure,
+    normalize_format,
     to_date,
     to_datetime,
     to_float,
     to_int,
+    to_text,
 )
 
 NAME = "inaturalist"
@@ -41,7 +43,45 @@ def size_url(url: str, size: str) -> str:
 
 def _ext(url: str) -> str | None:
     path = url.split("?", 1)[0]
-    return path.rsplit(".", 1)[-1].lower() if "." in path.rsplit("/", 1)[-1] else None
+    return normalize_format(path.rsplit(".", 1)[-1]) if "." in path.rsplit("/", 1)[-1] else None
+
+
+HIDDEN = ("obscured", "private")
+
+
+def _location(obs: dict) -> tuple[float | None, float | None]:
+    """`location` as iNaturalist writes it: "lat,lon", or (in some answers) [lat, lon]."""
+    loc = obs.get("location")
+    if isinstance(loc, str) and "," in loc:
+        lat, lon = loc.split(",", 1)
+    elif isinstance(loc, list) and len(loc) == 2:
+        lat, lon = loc
+    else:
+        return None, None
+    return to_float(lat), to_float(lon)
+
+
+def where(obs: dict) -> dict:
+    """Coordinates as published, how exact they are, and whether they are obscured.
+
+    An observation's own `geoprivacy` or its taxon's (`taxon_geoprivacy`, threatened species)
+    can be `obscured` (public coordinates moved at random within a ~0.2 degree cell) or `private`
+    (no public coordinates); `public_positional_accuracy` is the uncertainty of the public ones.
+    """
+    geo, taxon_geo = (to_text(obs.get(k)) for k in ("geoprivacy", "taxon_geoprivacy"))
+    lat, lon = _location(obs)
+    accuracy = obs.get("public_positional_accuracy")
+    if accuracy is None:
+        accuracy = obs.get("positional_accuracy")
+    hidden = obs.get("obscured") is True or geo in HIDDEN or taxon_geo in HIDDEN
+    return {
+        "latitude": lat,
+        "longitude": lon,
+        "geoprivacy": geo,
+        "taxon_geoprivacy": taxon_geo,
+        "positional_accuracy": to_float(accuracy),
+        "coordinates_obscured": hidden,
+    }
 
 
 def parse_observation(obs: Any, query: str, allowed: tuple[str, ...]) -> tuple[list, list]:
@@ -53,8 +93,6 @@ def parse_observation(obs: Any, query: str, allowed: tuple[str, ...]) -> tuple[l
     if not isinstance(taxon, dict) or not isinstance(taxon.get("name"), str):
         raise BadRecord("malformed", f"observation {oid}: no taxon name")
     user = obs.get("user") if isinstance(obs.get("user"), dict) else {}
-    loc = obs.get("location") if isinstance(obs.get("location"), str) else ""
-    lat, lon = (to_float(x) for x in (loc.split(",", 1) if "," in loc else ("", "")))
     common = {
         "observation_id": oid,
         "raw_scientific_name": taxon["name"],
@@ -64,8 +102,7 @@ def parse_observation(obs: Any, query: str, allowed: tuple[str, ...]) -> tuple[l
         "source_group": taxon.get("iconic_taxon_name"),
         "common_name": taxon.get("preferred_common_name"),
         "quality": obs.get("quality_grade"),
-        "latitude": lat,
-        "longitude": lon,
+        **where(obs),
         "date": to_date(obs.get("observed_on")),
         "uploaded": to_date(obs.get("created_at")),
         "updated_at": to_datetime(obs.get("updated_at")),

@@ -15,9 +15,13 @@ from biovita_data.crawl.sources.base import (
     check_license,
     check_media_url,
     failure,
+    normalize_format,
     to_date,
     to_float,
     to_int,
+    to_text,
+    to_yes_no,
+    with_scheme,
 )
 from biovita_data.crawl.taxa import Target
 
@@ -55,6 +59,22 @@ def parse_length(text: Any) -> float | None:
     return float(seconds)
 
 
+def background_species(also: Any) -> list[str] | None:
+    """XC `also` (other species heard) as a list of names; empty entries (`[""]`) dropped."""
+    if isinstance(also, str):
+        also = also.split(",")
+    if not isinstance(also, list):
+        return None
+    return [a.strip() for a in also if isinstance(a, str) and a.strip()]
+
+
+def sonogram_url(sono: Any) -> str | None:
+    """The largest sonogram XC offers (`sono.large`, else `med`, `small`), with a scheme."""
+    if not isinstance(sono, dict):
+        return None
+    return with_scheme(next((sono[k] for k in ("large", "med", "small") if sono.get(k)), None))
+
+
 def parse_recording(rec: Any, query: str, allowed: tuple[str, ...]) -> dict:
     """One XC recording object -> a raw row; BadRecord when it cannot be used."""
     if not isinstance(rec, dict):
@@ -68,8 +88,11 @@ def parse_recording(rec: Any, query: str, allowed: tuple[str, ...]) -> dict:
         raise BadRecord("restricted", f"XC{rid}: no download (restricted species)")
     url = check_media_url(rec.get("file"))
     file_name = rec.get("file-name") if isinstance(rec.get("file-name"), str) else ""
-    ext = file_name.rsplit(".", 1)[-1].lower() if "." in file_name else None
+    ext = normalize_format(file_name.rsplit(".", 1)[-1]) if "." in file_name else None
     smp = rec.get("smp")
+    # API v2 wrote `lng` and `bird-seen` where v3 writes `lon` and `animal-seen`
+    lon = rec.get("lon") if "lon" in rec else rec.get("lng")
+    seen = rec.get("animal-seen") if "animal-seen" in rec else rec.get("bird-seen")
     return {
         "source": NAME,
         "modality": "audio",
@@ -94,11 +117,22 @@ def parse_recording(rec: Any, query: str, allowed: tuple[str, ...]) -> dict:
         "stage": rec.get("stage") or None,
         "country": rec.get("cnt") or None,
         "latitude": to_float(rec.get("lat")),
-        "longitude": to_float(rec.get("lon")),
+        "longitude": to_float(lon),
         "date": to_date(rec.get("date")),
         "time": rec.get("time") if rec.get("time") not in ("", "?") else None,
         "uploaded": to_date(rec.get("uploaded")),
-        "page_url": rec.get("url") if isinstance(rec.get("url"), str) else None,
+        "page_url": with_scheme(rec.get("url")),
+        "locality": to_text(rec.get("loc")),
+        "altitude": to_float(rec.get("alt")),
+        "background_species": background_species(rec.get("also")),
+        "recording_method": to_text(rec.get("method")),
+        "remarks": to_text(rec.get("rmk")),
+        "animal_seen": to_yes_no(seen),
+        "playback_used": to_yes_no(rec.get("playback-used")),
+        "automatic_recording": to_yes_no(rec.get("auto")),
+        "device": to_text(rec.get("dvc")),
+        "microphone": to_text(rec.get("mic")),
+        "sonogram_url": sonogram_url(rec.get("sono")),
         "query": query,
     }
 
@@ -133,7 +167,11 @@ class XenoCantoSource(TargetSource):
 
     def _filters(self, query: str) -> list[Target] | None:
         """The targets behind `query` that filter client-side; None when one keeps everything."""
-        mine = [t for t in self.targets if any(query.startswith(q) for q in t.xc_queries)]
+        mine = [
+            t
+            for t in self.targets
+            if any(query == q or query.startswith(f"{q} ") for q in t.xc_queries)
+        ]
         return None if any(not t.xc_genera for t in mine) else mine
 
     def fetch_page(self, query: str, cursor: Any) -> Page:

@@ -1,0 +1,185 @@
+"""What bad servers do to the HTTP client: redirects, trickled bodies, echoed keys, rate limits."""
+
+from __future__ import annotations
+
+import gzip
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib.metadata import version
+from pathlib import Path
+from urllib.parse import quote, quote_plus
+
+import pytest
+
+from biovita_data.crawl.http import FetchError, HostPolicy, HttpClient
+
+KEY = "k3y/with+odd=chars&more"
+
+
+class Scripted:
+    """A loopback server whose handler is a function of the request path."""
+
+    def __init__(self, handle) -> None:
+        self.paths: list[str] = []
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *a: object) -> None:
+                pass
+
+            def do_GET(self) -> None:
+                outer.paths.append(self.path)
+                handle(self, outer)
+
+        self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.httpd.daemon_threads = True
+        threading.Thread(target=self.httpd.serve_forever, daemon=True).start()
+        self.port = self.httpd.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
+def _reply(h: BaseHTTPRequestHandler, status: int, body: bytes = b"", **headers: str) -> None:
+    h.send_response(status)
+    h.send_header("Content-Length", str(len(body)))
+    for k, v in headers.items():
+        h.send_header(k.replace("_", "-"), v)
+    h.end_headers()
+    h.wfile.write(body)
+
+
+@pytest.fixture
+def server(request: pytest.FixtureRequest):
+    srv = Scripted(request.param)
+    yield srv
+    srv.close()
+
+
+def _to_file_scheme(h, srv) -> None:
+    _reply(h, 302, Location="file:///etc/passwd")
+
+
+def _loop(h, srv) -> None:
+    _reply(h, 302, Location=f"/hop{len(srv.paths)}")
+
+
+def _to_other_host(h, srv) -> None:
+    if h.path == "/start":
+        _reply(h, 302, Location=f"http://localhost:{srv.port}/final")
+    else:
+        _reply(h, 200, b"landed")
+
+
+@pytest.mark.parametrize("server", [_to_file_scheme], indirect=True)
+def test_redirect_to_another_scheme_is_refused(server: Scripted) -> None:
+    http = HttpClient(retries=0, throttle=False)
+    with pytest.raises(FetchError, match="not an http"):
+        http.get(f"{server.url}/start")
+    assert server.paths == ["/start"]
+
+
+@pytest.mark.parametrize("server", [_loop], indirect=True)
+def test_redirect_loop_is_bounded(server: Scripted) -> None:
+    http = HttpClient(retries=0, throttle=False)
+    with pytest.raises(FetchError, match="redirects"):
+        http.get(f"{server.url}/start")
+    assert len(server.paths) == 11  # the first request and 10 redirects
+
+
+@pytest.mark.parametrize("server", [_to_other_host], indirect=True)
+def test_redirect_to_another_host_goes_through_that_hosts_policy(server: Scripted) -> None:
+    http = HttpClient({"svc": HostPolicy(per_second=None, max_concurrency=1)}, throttle=False)
+    assert http.get(f"{server.url}/start", policy="svc") == b"landed"
+    assert server.paths == ["/start", "/final"]
+    assert set(http._slots) == {"svc", "localhost"}  # the hop was gated as its own host
+    assert http.stats["redirects"] == 1
+
+
+def test_initial_url_checks() -> None:
+    http = HttpClient(retries=0, throttle=False)
+    for bad in ("ftp://127.0.0.1/x", "file:///etc/passwd", "http:///nohost"):
+        with pytest.raises(FetchError, match="not an http"):
+            http.get(bad)
+
+
+def _trickle(h, srv) -> None:
+    h.send_response(200)
+    h.send_header("Content-Length", "200")
+    h.end_headers()
+    try:
+        for _ in range(200):
+            h.wfile.write(b"x")
+            h.wfile.flush()
+            time.sleep(0.2)
+    except OSError:
+        pass  # the client hung up
+
+
+@pytest.mark.parametrize("server", [_trickle], indirect=True)
+def test_a_trickling_body_hits_the_overall_deadline(server: Scripted, tmp_path: Path) -> None:
+    # each read gets a byte well within the read timeout; only an overall deadline ends it
+    http = HttpClient(retries=2, throttle=False, timeout=(5.0, 5.0), deadline_s=1.0)
+    t0 = time.monotonic()
+    with pytest.raises(FetchError, match="deadline"):
+        http.get(f"{server.url}/slow")
+    assert time.monotonic() - t0 < 20  # the body alone would take 40 s
+    assert len(server.paths) == 1  # a deadline is final, not retried
+    http.download_deadline_s = 1.0
+    with pytest.raises(FetchError, match="deadline"):
+        http.download(f"{server.url}/table.gz", tmp_path / "t.gz")
+    assert list(tmp_path.iterdir()) == []  # no partial file left behind
+
+
+def _echo(h, srv) -> None:
+    # servers echo the query back in every form: raw, %-encoded (upper and lower), +, JSON \/
+    raw = h.path.split("key=", 1)[1]
+    escaped = KEY.replace("/", "\\/")
+    body = f"bad key {raw} / {raw.lower()} / {KEY} / {quote_plus(KEY)} / {escaped}"
+    _reply(h, 401, body.encode())
+
+
+@pytest.mark.parametrize("server", [_echo], indirect=True)
+def test_a_key_is_redacted_in_every_form(server: Scripted) -> None:
+    http = HttpClient(retries=0, throttle=False, secrets=(KEY,))
+    with pytest.raises(FetchError) as info:
+        http.get(f"{server.url}/recordings", {"key": KEY})
+    text = str(info.value)
+    assert "bad key" in text
+    for form in (KEY, quote(KEY, safe=""), quote(KEY, safe="").lower(), quote_plus(KEY), "k3y"):
+        assert form not in text, form
+    assert http.redact(f"?key={quote(KEY, safe='')}") == "?key=***"
+
+
+def test_pyrate_limiter_4_waits_for_the_next_permit() -> None:
+    """A second request inside the rate window waits for its permit (3.x raised instead)."""
+    assert int(version("pyrate-limiter").split(".")[0]) == 4
+    hits: list[float] = []
+
+    def ok(h, srv) -> None:
+        hits.append(time.monotonic())
+        _reply(h, 200, b"ok")
+
+    srv = Scripted(ok)
+    try:
+        http = HttpClient({"p": HostPolicy(per_second=4, max_concurrency=1)}, retries=0)
+        assert [http.get(f"{srv.url}/{i}", policy="p") for i in range(3)] == [b"ok"] * 3
+        assert http.stats["retries"] == 0 and len(hits) == 3
+        assert hits[2] - hits[0] >= 0.45  # two waits of one 250 ms window each
+    finally:
+        srv.close()
+
+
+def test_a_gzip_encoded_body_is_decoded_as_it_arrives() -> None:
+    """The deadline-aware reader still undoes Content-Encoding: gzip (as iNaturalist sends)."""
+    body = b'{"results": "' + b"x" * 300_000 + b'"}'
+    srv = Scripted(lambda h, s: _reply(h, 200, gzip.compress(body), Content_Encoding="gzip"))
+    try:
+        assert HttpClient(throttle=False).get_json(f"{srv.url}/x") == {"results": "x" * 300_000}
+    finally:
+        srv.close()
