@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-import test_publish as tp  # the small hand-made build of the publish tests
+import publish_helpers as tp  # the small hand-made build of the publish tests
 
 from biovita_data.core import layout
 from biovita_data.publish import publish

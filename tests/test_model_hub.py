@@ -17,8 +17,7 @@ pytest.importorskip("open_clip")
 pytest.importorskip("transformers")
 pytest.importorskip("olah")
 
-from test_model_library import _open_clip_folder, _tiny_clap  # noqa: E402
-from test_training import synthetic_world  # noqa: E402
+from model_helpers import open_clip_folder, synthetic_world, tiny_clap  # noqa: E402
 
 from biovita_data.publish import localhub  # noqa: E402
 
@@ -80,12 +79,12 @@ def test_train_and_import_by_repo_id(tmp_path: Path) -> None:
     hub = tmp_path / "hub"
     # model repos: an open_clip folder (two commits: main moves on), a CLAP folder, a release
     bioclip = tmp_path / "bioclip"
-    clip = _open_clip_folder(bioclip, seed=1)
+    clip = open_clip_folder(bioclip, seed=1)
     remote = localhub.init_repo(hub, "test/tiny-bioclip", "models")
     first = push_folder(bioclip, remote, "seed 1")
-    _open_clip_folder(bioclip, seed=2)
+    open_clip_folder(bioclip, seed=2)
     second = push_folder(bioclip, remote, "seed 2")
-    clap = _tiny_clap(3)
+    clap = tiny_clap(3)
     clap.save_pretrained(tmp_path / "clap")
     clap_commit = push_folder(
         tmp_path / "clap", localhub.init_repo(hub, "test/tiny-clap", "models"), "clap"

@@ -14,8 +14,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("open_clip")
 pytest.importorskip("transformers")
 
-from test_model_library import _open_clip_folder, _tiny_clap  # noqa: E402
-from test_training import synthetic_world  # noqa: E402
+from model_helpers import open_clip_folder, synthetic_world, tiny_clap  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
 from biovita_model.cli import app  # noqa: E402
@@ -41,8 +40,8 @@ def setup(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("towers")
     world = synthetic_world(root / "hf")
     folder = root / "bioclip"
-    _open_clip_folder(folder, seed=1)
-    clap = _tiny_clap(2)
+    open_clip_folder(folder, seed=1)
+    clap = tiny_clap(2)
     clap.save_pretrained(folder / "clap")
     adapter = torch.nn.Linear(64, 64, bias=False)
     weights = {"clap_audio": clap.state_dict(), "audio_adapter": adapter.state_dict()}
@@ -138,7 +137,7 @@ def test_runs_reference_frozen_towers_and_resume_exactly(
     assert not any(k.startswith("clip.") for k in ckpt["model"]) and ckpt["optimizer"]["state"]
     # the run rebuilds whole: image and text from the folder, audio from model.pt
     model = load_model(straight).eval()
-    clip = _open_clip_folder(tmp_path / "same", seed=1)
+    clip = open_clip_folder(tmp_path / "same", seed=1)
     pixels = torch.randn(2, 3, 32, 32)
     tokens = model.tokenize(["Parus major"])
     with torch.no_grad():
@@ -162,7 +161,7 @@ def test_runs_reference_frozen_towers_and_resume_exactly(
         with pytest.raises(ValueError, match="changed"):
             load_model(s2)
     finally:
-        _open_clip_folder(setup["folder"], seed=1)
+        open_clip_folder(setup["folder"], seed=1)
 
 
 def test_prompt_embeddings_are_cached_by_text_tower(setup: dict[str, Path], tmp_path: Path) -> None:
