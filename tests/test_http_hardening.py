@@ -183,3 +183,21 @@ def test_a_gzip_encoded_body_is_decoded_as_it_arrives() -> None:
         assert HttpClient(throttle=False).get_json(f"{srv.url}/x") == {"results": "x" * 300_000}
     finally:
         srv.close()
+
+
+def test_ray_workers_get_the_same_client_settings() -> None:
+    """A Ray task rebuilds the driver's client from HttpSpec: deadlines included, limits shared."""
+    from biovita_data.crawl.http import HostPolicy, HttpClient
+    from biovita_data.media.download import HttpSpec
+
+    http = HttpClient(
+        {"h": HostPolicy(per_second=4.0, max_concurrency=4)},
+        retries=2,
+        deadline_s=12.5,
+        download_deadline_s=99.0,
+        throttle=False,
+    )
+    worker = HttpSpec.of(http).shared_by(2).client()
+    assert (worker.deadline_s, worker.download_deadline_s) == (12.5, 99.0)
+    assert worker.retries == 2 and worker.throttle is False
+    assert worker.policies["h"] == HostPolicy(per_second=2.0, max_concurrency=2)

@@ -45,6 +45,8 @@ class HttpSpec:
     timeout: tuple[float, float]
     max_bytes: int
     throttle: bool
+    deadline_s: float = 900.0
+    download_deadline_s: float = 6 * 3600.0
 
     @classmethod
     def of(cls, http: HttpClient) -> HttpSpec:
@@ -56,6 +58,8 @@ class HttpSpec:
             timeout=http.timeout,
             max_bytes=http.max_bytes,
             throttle=http.throttle,
+            deadline_s=http.deadline_s,
+            download_deadline_s=http.download_deadline_s,
         )
 
     def shared_by(self, n: int) -> HttpSpec:
@@ -84,4 +88,6 @@ class HttpSpec:
             timeout=self.timeout,
             max_bytes=self.max_bytes,
             throttle=self.throttle,
+            deadline_s=self.deadline_s,
+            download_deadline_s=self.download_deadline_s,
         )
