@@ -180,6 +180,9 @@ def test_pipeline_files_parse() -> None:
         "avonet", "eltontraits-birds", "eltontraits-mammals", "amphibio"
     ]  # fmt: skip
     assert biovita.extra["tol"]["per_species"] == 200
+    gbif = biovita.fetch_settings()
+    assert "gbif" in gbif.sources and gbif.media == "sound"
+    assert gbif.gbif_datasets == ["b7ec1bf8-819b-11e2-bad2-00145eb45e9a"]  # Animal Sound Archive
 
 
 def test_sample_serve_prints_urls_and_serves(tmp_path: Path) -> None:

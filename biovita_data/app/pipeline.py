@@ -43,11 +43,19 @@ class Pipeline:
             max_records=f.get("max_records"),
             throttle=bool(f.get("throttle", True)),
         )
+        # GBIF: [fetch] gbif_datasets = ["KEY", ...], media = "sound|image|both"
+        if "gbif_datasets" in f:
+            settings.gbif_datasets = [str(k) for k in f["gbif_datasets"]]
+        if "media" in f:
+            if f["media"] not in ("sound", "image", "both"):
+                raise ValueError(f"[fetch] media = {f['media']!r}: use sound, image or both")
+            settings.media = f["media"]
         # the pipeline file may pin URLs; the environment still wins
         for key, env in (
             ("xeno_canto", "XENO_CANTO_API_URL"),
             ("inaturalist", "INATURALIST_API_URL"),
             ("open_data", "INATURALIST_OPEN_DATA_URL"),
+            ("gbif", "GBIF_API_URL"),
         ):
             if key in urls and not os.environ.get(env):
                 setattr(
