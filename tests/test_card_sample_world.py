@@ -34,3 +34,20 @@ def test_real_build_card_credits_the_sources(tmp_path: Path) -> None:
     card = _card(tp.make_build(tmp_path / "out"))
     assert "Synthetic data" not in card
     assert "Audio from Xeno-canto" in card.split("## Provenance", 1)[1]
+
+
+def test_real_build_credits_the_sources_of_its_rows() -> None:
+    import polars as pl
+
+    from biovita_data.publish.card import _origin
+
+    records = {
+        "audio": pl.DataFrame({"source": ["gbif", "xeno-canto", "gbif", "inaturalist"]}),
+        "image": pl.DataFrame({"source": ["treeoflife-200m"]}),
+    }
+    text = _origin(records)
+    assert text.startswith("Audio from Xeno-canto (API v3), iNaturalist (API v1) and GBIF")
+    assert "photos from TreeOfLife-200M" in text
+    assert _origin({"audio": pl.DataFrame({"source": ["xeno-canto"]})}) == (
+        "Audio from Xeno-canto (API v3)"
+    )

@@ -370,6 +370,35 @@ def _plain(value: object) -> str:
     return str(value)
 
 
+# What each source is, for the provenance sentence (in the order the sentence names them).
+_SOURCE_NAMES = {
+    "xeno-canto": "Xeno-canto (API v3)",
+    "inaturalist": "iNaturalist (API v1)",
+    "inat-open-data": "the iNaturalist Open Data bucket",
+    "gbif": "GBIF (occurrence API v1 or a Darwin Core Archive download; the Animal Sound Archive "
+    "by default)",
+    "treeoflife-200m": "TreeOfLife-200M (catalog + provenance, a seeded draw per species)",
+    "official": "the original BioVITA release's metadata table",
+}
+
+
+def _origin(records: dict[str, pl.DataFrame]) -> str:
+    """`Audio from X and Y, photos from Z`: the sources of the published rows."""
+    parts = []
+    for modality, word in (("audio", "Audio"), ("image", "photos")):
+        frame = records.get(modality)
+        if frame is None or "source" not in frame.columns or not frame.height:
+            continue
+        present = set(frame["source"].unique().to_list())
+        names = [_SOURCE_NAMES[s] for s in _SOURCE_NAMES if s in present]
+        names += sorted(present - set(_SOURCE_NAMES))
+        parts.append(
+            f"{word} from "
+            + (", ".join(names[:-1]) + " and " + names[-1] if len(names) > 1 else names[0])
+        )
+    return ", ".join(parts) or "No media"
+
+
 def _provenance_section(inp: CardInputs) -> str:
     build = inp.build
     bullets = []
@@ -383,8 +412,7 @@ def _provenance_section(inp: CardInputs) -> str:
         "The embedded sample world's synthetic recordings and photos, crawled from its loopback "
         "server with the same client code as the real sources"
         if "world" in build
-        else "Audio from Xeno-canto (API v3) and iNaturalist (observation sounds), photos from "
-        "iNaturalist (API v1 and the iNaturalist Open Data bucket)"
+        else _origin(inp.records)
     )
     parts = [
         "## Provenance",
