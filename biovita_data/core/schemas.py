@@ -4,6 +4,26 @@ from __future__ import annotations
 
 import pyarrow as pa
 
+# Where and how a record was made: the Xeno-canto and iNaturalist fields kept since issue 14
+# (raw records, then the media manifests; published in the audio/image configs).
+RECORD_DETAILS: list[pa.Field] = [
+    pa.field("coordinates_obscured", pa.bool_()),  # iNat obscured/private; null: not said
+    pa.field("geoprivacy", pa.string()),  # iNat observation: open | obscured | private
+    pa.field("taxon_geoprivacy", pa.string()),  # iNat, set by the taxon (threatened species)
+    pa.field("positional_accuracy", pa.float64()),  # metres, of the coordinates stored
+    pa.field("locality", pa.string()),  # XC loc
+    pa.field("altitude", pa.float64()),  # XC alt, metres
+    pa.field("background_species", pa.list_(pa.string())),  # XC also: other species heard
+    pa.field("recording_method", pa.string()),  # XC method: field recording, in the hand, ...
+    pa.field("remarks", pa.string()),  # XC rmk
+    pa.field("animal_seen", pa.bool_()),  # XC animal-seen (v2 bird-seen)
+    pa.field("playback_used", pa.bool_()),  # XC playback-used
+    pa.field("automatic_recording", pa.bool_()),  # XC auto
+    pa.field("device", pa.string()),  # XC dvc
+    pa.field("microphone", pa.string()),  # XC mic
+    pa.field("sonogram_url", pa.string()),  # XC sono.large (https:, never protocol-relative)
+]
+
 RAW_RECORD = pa.schema(
     [
         pa.field("source", pa.string(), nullable=False),  # xeno-canto | inaturalist | ...
@@ -42,23 +62,7 @@ RAW_RECORD = pa.schema(
         pa.field("uploaded", pa.date32()),  # XC upload, iNat creation date
         pa.field("updated_at", pa.timestamp("s", tz="UTC")),
         pa.field("page_url", pa.string()),
-        # ---- where and how (Xeno-canto and iNaturalist fields kept since issue 14) ----
-        pa.field("coordinates_obscured", pa.bool_()),  # iNat obscured/private; null: not said
-        pa.field("geoprivacy", pa.string()),  # iNat observation: open | obscured | private
-        pa.field("taxon_geoprivacy", pa.string()),  # iNat, set by the taxon (threatened species)
-        pa.field("positional_accuracy", pa.float64()),  # metres, of the coordinates stored
-        pa.field("locality", pa.string()),  # XC loc
-        pa.field("altitude", pa.float64()),  # XC alt, metres
-        pa.field("background_species", pa.list_(pa.string())),  # XC also: other species heard
-        pa.field("recording_method", pa.string()),  # XC method: field recording, in the hand, ...
-        pa.field("remarks", pa.string()),  # XC rmk
-        pa.field("animal_seen", pa.bool_()),  # XC animal-seen (v2 bird-seen)
-        pa.field("playback_used", pa.bool_()),  # XC playback-used
-        pa.field("automatic_recording", pa.bool_()),  # XC auto
-        pa.field("device", pa.string()),  # XC dvc
-        pa.field("microphone", pa.string()),  # XC mic
-        pa.field("sonogram_url", pa.string()),  # XC sono.large (https:, never protocol-relative)
-        # ---- end of the issue-14 fields ----
+        *RECORD_DETAILS,
         pa.field("query", pa.string()),  # the crawl query that found it (no key)
         # GBIF occurrences (crawl.sources.gbif, crawl.dwca): the occurrence behind a media item
         pa.field("gbif_id", pa.int64()),
@@ -167,23 +171,7 @@ MEDIA = pa.schema(
         pa.field("latitude", pa.float64()),
         pa.field("longitude", pa.float64()),
         pa.field("date", pa.date32()),
-        # ---- where and how (Xeno-canto and iNaturalist fields kept since issue 14) ----
-        pa.field("coordinates_obscured", pa.bool_()),  # iNat obscured/private; null: not said
-        pa.field("geoprivacy", pa.string()),  # iNat observation: open | obscured | private
-        pa.field("taxon_geoprivacy", pa.string()),  # iNat, set by the taxon (threatened species)
-        pa.field("positional_accuracy", pa.float64()),  # metres, of the coordinates stored
-        pa.field("locality", pa.string()),  # XC loc
-        pa.field("altitude", pa.float64()),  # XC alt, metres
-        pa.field("background_species", pa.list_(pa.string())),  # XC also: other species heard
-        pa.field("recording_method", pa.string()),  # XC method: field recording, in the hand, ...
-        pa.field("remarks", pa.string()),  # XC rmk
-        pa.field("animal_seen", pa.bool_()),  # XC animal-seen (v2 bird-seen)
-        pa.field("playback_used", pa.bool_()),  # XC playback-used
-        pa.field("automatic_recording", pa.bool_()),  # XC auto
-        pa.field("device", pa.string()),  # XC dvc
-        pa.field("microphone", pa.string()),  # XC mic
-        pa.field("sonogram_url", pa.string()),  # XC sono.large (https:, never protocol-relative)
-        # ---- end of the issue-14 fields ----
+        *RECORD_DETAILS,
         pa.field("split", pa.string()),  # train | test | unseen (filled by split)
     ]
 )
