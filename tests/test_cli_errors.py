@@ -186,7 +186,9 @@ def test_sample_serve_prints_exports() -> None:
         env=env,
     )
     try:
-        lines = [proc.stdout.readline().strip() for _ in range(5)]
+        lines = []
+        while not lines or lines[-1].startswith("export "):  # up to the "# serving" line
+            lines.append(proc.stdout.readline().strip())
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -355,7 +355,7 @@ def test_sample_serve_prints_the_gbif_variables() -> None:
     import sys
 
     cmd = [sys.executable, "-m", "biovita_data.app.cli", "sample", "serve", "--size", "tiny",
-           "--gbif-max-offset", "10"]  # fmt: skip
+           "--gbif-max-offset", "10", "--format", "json"]  # fmt: skip
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)
     try:
         info = json.loads(proc.stdout.readline())
