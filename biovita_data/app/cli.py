@@ -82,7 +82,7 @@ def fetch(
         str, typer.Option(help="What GBIF is asked for: sound, image or both.")
     ] = "sound",
 ) -> None:
-    """Crawl Xeno-canto v3, iNaturalist v1, the iNaturalist Open Data bucket and GBIF v1 into OUT/raw/<source>/."""
+    """Crawl Xeno-canto v3, iNaturalist v1 (and its Open Data bucket) and GBIF v1 into OUT/raw/."""
     from biovita_data.crawl.fetch import SOURCES, settings_from_env
     from biovita_data.crawl.fetch import fetch as run_fetch
     from biovita_data.crawl.http import FetchError
