@@ -9,6 +9,8 @@
    each stage evaluated on DIR/bench (eval.json, eval_per_class.csv, eval.png);
 3. the checks: species level seen, all six directions >= 5 x chance (Stage 1 and Stage 2);
    Stage 2 > Stage 1 on A2I and I2A; unseen species above chance in all six directions;
+   Stage 2 > a lambda = 0 control (same steps from Stage 1, ATC only; DIR/runs/stage2_control)
+   on A2I and I2A, gap printed; unseen species: Stage 2 >= Stage 1 on the six-direction mean;
 4. probe-traits on Stage 2 vs the majority baseline, on the traits the world ties to sound or
    appearance; 5. a 2-rank torchrun (gloo) = 1 process (tests/test_training.py);
 6. benchmarks/eval_speed.py (paper-scale bench, < 60 s).
@@ -33,9 +35,16 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from biovita_data.build.bench.csv_layout import LEVELS, TASKS  # noqa: E402
+from biovita_model.eval_run import evaluate_run  # noqa: E402
 from biovita_model.eval_tables import eval_table  # noqa: E402
 from biovita_model.probe import probe_table, probe_traits  # noqa: E402
-from biovita_model.training.recipes import train_tiny  # noqa: E402
+from biovita_model.training.recipes import (  # noqa: E402
+    PRESETS,
+    ensure_trained,
+    species_per_stage,
+    stage_config,
+    train_tiny,
+)
 
 DIRECTIONS = [t.code for t in TASKS]
 # traits the sample world derives from what a species sounds or looks like (taxonomy.py
@@ -112,6 +121,49 @@ def retrieval_checks(reports: dict[str, dict]) -> dict[str, bool]:
     return checks
 
 
+def control_run(out: Path, preset: str, seed: int) -> tuple[Path, dict]:
+    """Stage 2's lambda = 0 control: the same steps from the same Stage 1, ATC alone."""
+    runs = out / "runs"
+    batch = min(PRESETS[preset]["stage2"]["batch_size"], species_per_stage(out / "hf")["stage2"])
+    cfg = stage_config(
+        preset, "stage2", out / "hf", runs / "stage2_control", runs / "stage1", seed=seed,
+        lambda_max=0.0, batch_size=max(2, batch),
+    )  # fmt: skip
+    ensure_trained(cfg, Console(stderr=True))
+    report = evaluate_run(runs / "stage2_control", out / "bench", dataset=out / "hf", workers=1)
+    return runs / "stage2_control", report.report
+
+
+def control_checks(reports: dict[str, dict], control: dict) -> dict[str, bool]:
+    """Stage 2 beats its lambda = 0 control on A2I and I2A (the image losses, not the extra
+    steps, carry the gain); unseen species: Stage 2 at least Stage 1 on the six-direction mean."""
+    checks: dict[str, bool] = {}
+    s2, ctl = reports["stage2"]["results"], control["results"]
+    for d in ("A2I", "I2A"):
+        key = f"seen/species/{d}"
+        gap = 100 * (s2[key]["top1"] - ctl[key]["top1"])
+        console.print(
+            f"{key}: Stage 2 {100 * s2[key]['top1']:.1f} %, lambda = 0 control "
+            f"{100 * ctl[key]['top1']:.1f} %, gap {gap:+.1f} pp",
+            markup=False,
+            highlight=False,
+        )
+        checks[f"stage2 > lambda=0 control on {key}"] = gap > 0
+    means = {
+        stage: sum(reports[stage]["results"][f"unseen/species/{d}"]["top1"] for d in DIRECTIONS)
+        / len(DIRECTIONS)
+        for stage in ("stage1", "stage2")
+    }
+    console.print(
+        f"unseen/species mean of six: Stage 1 {100 * means['stage1']:.1f} %, "
+        f"Stage 2 {100 * means['stage2']:.1f} %",
+        markup=False,
+        highlight=False,
+    )
+    checks["stage2 >= stage1 on the unseen six-direction mean"] = means["stage2"] >= means["stage1"]
+    return checks
+
+
 def probe_checks(report: dict) -> dict[str, bool]:
     """Probe > majority on the tied traits (those scored), per modality."""
     checks = {}
@@ -147,6 +199,11 @@ def main() -> int:
         print(table_text(chain.reports[stage]), flush=True)
     checks = retrieval_checks(chain.reports)
     t = time.monotonic()
+    _, control = control_run(out, args.preset, args.seed)
+    timings["stage2_control"] = round(time.monotonic() - t, 1)
+    print(table_text(control), flush=True)
+    checks.update(control_checks(chain.reports, control))
+    t = time.monotonic()
     probe = probe_traits(chain.runs["stage2"], out / "hf", workers=1)
     timings["probe"] = round(time.monotonic() - t, 1)
     for table in probe_table(probe):
@@ -175,6 +232,7 @@ def main() -> int:
         "checks": checks,
         "failed": failed,
         "results": {s: chain.reports[s]["results"] for s in ("stage1", "stage2")},
+        "control_lambda0": control["results"],
         "probe": {
             m: {"categories": r["categories"], "mean": r["mean"]}
             for m, r in probe["modalities"].items()
