@@ -152,6 +152,19 @@ def _natural(df: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def _failures(records: pl.DataFrame, reason: str, detail: pl.Expr) -> pl.DataFrame:
+    """Raw records as fetch-stage failure rows with one reason."""
+    return records.select(
+        pl.lit("fetch").alias("stage"),
+        "source",
+        "modality",
+        "record_id",
+        pl.col("raw_scientific_name").alias("name"),
+        pl.lit(reason).alias("reason"),
+        detail.alias("detail"),
+    )
+
+
 def finalize(
     out: Path, source: str, rows: pa.Table, fails: pa.Table, settings: FetchSettings
 ) -> SourceResult:
@@ -162,17 +175,7 @@ def finalize(
         pl.struct(list(RAW_KEY)).is_duplicated() & ~pl.struct(list(RAW_KEY)).is_first_distinct()
     )
     df = df.unique(subset=list(RAW_KEY), keep="first", maintain_order=True)
-    extra = [
-        dup.select(
-            pl.lit("fetch").alias("stage"),
-            "source",
-            "modality",
-            "record_id",
-            pl.col("raw_scientific_name").alias("name"),
-            pl.lit("duplicate").alias("reason"),
-            pl.format("listed again by query {}", pl.col("query")).alias("detail"),
-        )
-    ]
+    extra = [_failures(dup, "duplicate", pl.format("listed again by query {}", pl.col("query")))]
     if settings.max_per_species:
         rank = pl.col("record_id").cum_count().over(["modality", "raw_scientific_name"])
         over = df.with_columns(rank.alias("_n")).filter(pl.col("_n") > settings.max_per_species)
@@ -181,17 +184,8 @@ def finalize(
             .filter(pl.col("_n") <= settings.max_per_species)
             .drop("_n")
         )
-        extra.append(
-            over.select(
-                pl.lit("fetch").alias("stage"),
-                "source",
-                "modality",
-                "record_id",
-                pl.col("raw_scientific_name").alias("name"),
-                pl.lit("over_cap").alias("reason"),
-                pl.lit(f"beyond --max-per-species {settings.max_per_species}").alias("detail"),
-            )
-        )
+        cap = pl.lit(f"beyond --max-per-species {settings.max_per_species}")
+        extra.append(_failures(over, "over_cap", cap))
     records_path = layout.raw_records_path(out, source)
     old = pl.from_arrow(read_table(records_path, RAW_RECORD))
     if len(old):
