@@ -348,3 +348,26 @@ def test_kill_and_resume_equals_uninterrupted(big_world: World, tmp_path: Path) 
         assert records(tmp_path / "killed", src).equals(records(tmp_path / "clean", src))
     assert failures(tmp_path / "killed").equals(failures(tmp_path / "clean"))
     assert not state.exists()
+
+
+def test_finalize_keeps_a_duplicate_once_and_fails_over_cap(tmp_path: Path) -> None:
+    from biovita_data.core.schemas import FAILURE, RAW_RECORD
+    from biovita_data.core.tables import to_table
+    from biovita_data.crawl.fetch import FetchSettings, finalize
+
+    def row(rid: str, name: str, query: str) -> dict:
+        return {"source": "xeno-canto", "modality": "audio", "record_id": rid,
+                "raw_scientific_name": name, "query": query}  # fmt: skip
+
+    rows = [row("1", "Aa bb", "grp:birds"), row("1", "Aa bb", "gen:Aa"), row("2", "Aa bb", "q"),
+            row("3", "Aa bb", "q"), row("4", "Cc dd", "q")]  # fmt: skip
+    settings = FetchSettings(taxa=["Aves"], max_per_species=2)
+    res = finalize(
+        tmp_path, "xeno-canto", to_table(rows, RAW_RECORD), to_table([], FAILURE), settings
+    )
+    # record 1, listed by two queries, is kept once (so not a failure); record 3 is over the cap
+    assert res.kept == 3 and res.dropped == {"over_cap": 1}
+    fails = pl.read_parquet(tmp_path / "manifests" / "failures.parquet")
+    assert fails.select("stage", "record_id", "name", "reason", "detail").rows() == [
+        ("fetch", "3", "Aa bb", "over_cap", "beyond --max-per-species 2"),
+    ]
