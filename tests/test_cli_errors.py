@@ -195,3 +195,12 @@ def test_sample_serve_prints_exports() -> None:
     exports = dict(x.removeprefix("export ").split("=", 1) for x in lines if x.startswith("export"))
     assert set(exports) >= {"XENO_CANTO_API_URL", "INATURALIST_API_URL", "XENO_CANTO_API_KEY"}
     assert exports["INATURALIST_API_URL"].startswith("http://127.0.0.1:")
+
+
+def test_traits_on_a_build_without_species_fails_before_any_download(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["traits", "--out", str(tmp_path), "--table", "avonet"])
+    assert result.exit_code == 2
+    assert result.output.strip().splitlines() == [
+        f"error: {tmp_path}/manifests/species.parquet: missing (run align first)"
+    ]
+    assert not (tmp_path / "raw" / "traits").exists()  # nothing was downloaded

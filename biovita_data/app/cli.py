@@ -219,7 +219,7 @@ def _stage(fn, *args) -> object:
         from biovita_data.crawl.http import FetchError
 
         if isinstance(exc, FetchError):
-            _fail(f"{exc}\nAnswers so far are cached under OUT/raw/backbone: run it again.")
+            _fail(f"{exc}\nWhat was downloaded so far is cached under OUT/raw: run it again.")
         raise
 
 

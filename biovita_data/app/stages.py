@@ -75,6 +75,8 @@ def run_align(out: Path, cfg: dict, console: Console, http: HttpClient | None = 
 def run_traits_stage(out: Path, cfg: dict, console: Console, http: HttpClient | None = None):
     from biovita_data.build.traits import print_coverage, run_traits
 
+    if not layout.species_path(out).is_file():  # before any download
+        raise FileNotFoundError(f"{layout.species_path(out)}: missing (run align first)")
     cache = Path(cfg["cache"]) if cfg.get("cache") else layout.traits_cache_dir(out)
     throttle = bool(cfg.get("throttle", True))
     tables = parse_tables(list(cfg.get("tables", [])), cache, http or HttpClient(throttle=throttle))
