@@ -200,6 +200,11 @@ class AudioFrontend(nn.Module):
             sample_rate=cfg.sample_rate,
             generator=generator,
         )
+        return self.log_mel(x)
+
+    def log_mel(self, x: torch.Tensor) -> torch.Tensor:
+        """Log-mel of whole waveforms (B, samples), as they are: (B, 1, samples // hop + 1, F)."""
+        cfg = self.cfg
         spec = torch.stft(
             x,
             n_fft=cfg.n_fft,

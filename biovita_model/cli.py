@@ -90,6 +90,14 @@ AudioConfigOpt = Annotated[
     str | None,
     Opt("--audio-config", help="HTS-AT config in configs/ giving the front end (htsat-unfused)"),
 ]
+CacheInputsOpt = Annotated[
+    bool | None,
+    Opt(
+        "--cache-inputs/--no-cache-inputs",
+        help="keep each recording's log-mel (computed once, kept on disk) and each decoded photo "
+        "in memory: for small datasets and tiny towers (off)",
+    ),
+]
 ThreadsOpt = Annotated[
     int | None, Opt("--threads", help="torch CPU threads per rank (default: cores / processes)")
 ]
@@ -229,6 +237,7 @@ def train(
         int | None, Opt("--max-audio-per-species", help="items per species per epoch")
     ] = None,
     workers: WorkersOpt = None,
+    cache_inputs: CacheInputsOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     grad_accum: AccumOpt = None,
@@ -263,8 +272,8 @@ def train(
         lambda_ramp_fraction=lambda_ramp_fraction, lambda_ramp_steps=lambda_ramp_steps,
         grad_checkpointing=grad_checkpointing, warmup=warmup,
         weight_decay=weight_decay, max_audio_per_species=max_audio_per_species,
-        workers=workers, device=device, precision=precision, grad_accum=grad_accum, seed=seed,
-        threads=threads, augment=augment, dropout=dropout, keep_checkpoints=keep_checkpoints,
+        workers=workers, cache_inputs=cache_inputs, device=device, precision=precision,
+        grad_accum=grad_accum, seed=seed, threads=threads, augment=augment, dropout=dropout, keep_checkpoints=keep_checkpoints,
         stop_after=stop_after, progress=progress,
     )  # fmt: skip
     if not resume and "stage" not in given:
@@ -291,6 +300,7 @@ def pretrain_towers_cmd(
         bool | None, Opt("--grad-checkpointing/--no-grad-checkpointing")
     ] = None,
     workers: WorkersOpt = None,
+    cache_inputs: CacheInputsOpt = None,
     device: DeviceOpt = None,
     precision: PrecisionOpt = None,
     seed: SeedOpt = None,
@@ -309,8 +319,8 @@ def pretrain_towers_cmd(
     given = _options(
         dataset=dataset, towers=towers, epochs=epochs, max_steps=max_steps,
         batch_size=batch_size, lr=lr, warmup=warmup, grad_checkpointing=grad_checkpointing,
-        workers=workers, device=device, precision=precision, seed=seed, threads=threads,
-        progress=progress,
+        workers=workers, cache_inputs=cache_inputs, device=device, precision=precision,
+        seed=seed, threads=threads, progress=progress,
     )  # fmt: skip
     given["stage"] = "pretrain"
     run_train(_config(out, resume, given), resume=resume, console=err)

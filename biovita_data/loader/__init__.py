@@ -14,7 +14,7 @@
 `biovita_data` itself never imports torch; only this package does.
 """
 
-from biovita_data.loader.audio import TARGET_RATE, Clip, decode_clip, onset_index
+from biovita_data.loader.audio import TARGET_RATE, Clip, decode_clip, decode_whole, onset_index
 from biovita_data.loader.dataset import BioVITADataset, collate, decode_image, item_rng
 from biovita_data.loader.prompts import TEMPLATES, species_prompts, taxonomic_name
 from biovita_data.loader.sampler import (
@@ -36,6 +36,7 @@ __all__ = [
     "collate",
     "decode_clip",
     "decode_image",
+    "decode_whole",
     "draw_epoch",
     "item_rng",
     "onset_index",

@@ -114,6 +114,14 @@ def read_window(f: sf.SoundFile, start: int, frames: int) -> np.ndarray:
     return to_mono(f.read(start + frames, dtype="float32", always_2d=True))[start:]
 
 
+def decode_whole(data: bytes, *, target_rate: int = TARGET_RATE, quality: str = "HQ") -> np.ndarray:
+    """The whole recording as mono float32 at target_rate (for caches that crop later)."""
+    with sf.SoundFile(io.BytesIO(data)) as f:
+        mono = to_mono(f.read(dtype="float32", always_2d=True))
+        rate = f.samplerate
+    return resample(mono, rate, target_rate, quality)
+
+
 def decode_clip(
     data: bytes,
     *,

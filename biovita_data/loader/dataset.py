@@ -165,6 +165,12 @@ class BioVITADataset(Dataset):
         return label_rows(self._image_order, self._image_starts, label)
 
     def __getitem__(self, key: Key) -> dict[str, Any]:
+        return self.item(key)
+
+    def item(self, key: Key, *, audio: bool = True) -> dict[str, Any]:
+        """Item `key`; with audio=False the audio is not decoded and the item carries `crop_u`
+        instead: the fraction of the admissible starts its random crop would start at (for a
+        caller that crops a cached spectrogram the same way)."""
         index, epoch = (key, self.epoch) if isinstance(key, int | np.integer) else key
         index, epoch = int(index), int(epoch)
         if not 0 <= index < len(self):
@@ -175,6 +181,34 @@ class BioVITADataset(Dataset):
         u_crop, u_image, u_text = rng.random(3)  # drawn up front: fixed whatever is decoded
 
         label = int(self.audio_index.label[index])
+        item: dict[str, Any] = (
+            {"crop_u": float(u_crop)} if not audio else self._audio_item(index, float(u_crop))
+        )
+        item.update(
+            label=label,
+            species_id=int(self.species.species_id[label]),
+            scientific_name=self.species.scientific_name[label],
+            traits=torch.from_numpy(self.species.traits[label].copy()),
+            traits_mask=torch.from_numpy(self.species.trait_mask[label].copy()),
+            index=index,
+            epoch=epoch,
+        )
+        if self.with_text:
+            prompts = self.species.prompts[label]
+            item["text"] = prompts[min(len(prompts) - 1, int(u_text * len(prompts)))]
+        if self.with_image:
+            item["image"] = self._image_item(label, float(u_image))
+        return item
+
+    def audio_bytes(self, index: int) -> bytes:
+        """The encoded audio of item `index` (only this value's bytes are read)."""
+        data = self._audio.media(index)
+        if data is None:
+            raise ValueError(f"audio item {index} ({self._audio_path(index)}) is null")
+        return data
+
+    def _audio_item(self, index: int, u_crop: float) -> dict[str, Any]:
+        """`audio` (the decoded crop, through audio_transform) and `audio_length`."""
         data = self._audio.media(index)  # only this value's bytes are read
         crop: CropMode = "onset" if self.mode == "eval" else "random"
         try:
@@ -183,7 +217,7 @@ class BioVITADataset(Dataset):
             clip = decode_clip(
                 data,
                 mode=crop,
-                u=float(u_crop),
+                u=u_crop,
                 seconds=self.clip_seconds,
                 target_rate=self.sample_rate,
                 quality=self.resample_quality,
@@ -196,24 +230,7 @@ class BioVITADataset(Dataset):
         audio: Any = torch.from_numpy(clip.samples)
         if self.audio_transform is not None:
             audio = self.audio_transform(audio)
-
-        item: dict[str, Any] = {
-            "audio": audio,
-            "audio_length": clip.valid,
-            "label": label,
-            "species_id": int(self.species.species_id[label]),
-            "scientific_name": self.species.scientific_name[label],
-            "traits": torch.from_numpy(self.species.traits[label].copy()),
-            "traits_mask": torch.from_numpy(self.species.trait_mask[label].copy()),
-            "index": index,
-            "epoch": epoch,
-        }
-        if self.with_text:
-            prompts = self.species.prompts[label]
-            item["text"] = prompts[min(len(prompts) - 1, int(u_text * len(prompts)))]
-        if self.with_image:
-            item["image"] = self._image_item(label, float(u_image))
-        return item
+        return {"audio": audio, "audio_length": clip.valid}
 
     def _audio_path(self, index: int) -> str | None:
         """The `path` of audio item `index`, for error messages."""

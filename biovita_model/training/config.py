@@ -49,6 +49,9 @@ class TrainConfig:
     train_text: bool = True  # stage 2: train the text tower (at text_lr); image stays frozen
     max_audio_per_species: int | None = None  # per epoch (images, in pre-training)
     workers: int = 0  # DataLoader worker processes per rank
+    # keep every recording's log-mel (computed once, on disk: training/mel_cache.py) and every
+    # decoded photo in memory: items cost microseconds instead of ~30 ms (small datasets)
+    cache_inputs: bool = False
     threads: int | None = None  # torch CPU threads per rank; None: cores / (ranks x (1 + workers))
     device: str = "cpu"
     precision: str = "fp32"

@@ -29,6 +29,7 @@ from biovita_model.audio_frontend import AudioFrontend, FrontendConfig, augment_
 from biovita_model.image_input import input_size, load_image
 from biovita_model.threads import worker_init
 from biovita_model.training.batches import SpeciesBatchSampler
+from biovita_model.training.mel_cache import MelCache
 
 _AUGMENT_STREAM = 6  # first word of the augmentation seed sequences
 _IMAGE_ITEM_STREAM = 7
@@ -64,7 +65,14 @@ class _Frontend:
 class SpeciesImages:
     """The photos of one split by species: a seeded pick per item, decoded and transformed."""
 
-    def __init__(self, folder: Path, split: str, transform: Callable[[Image.Image], Any]) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        split: str,
+        transform: Callable[[Image.Image], Any],
+        *,
+        cache: bool = False,
+    ) -> None:
         files = split_files(folder, "image", split)
         if not files:
             raise FileNotFoundError(f"no image/{split}-*.parquet shards under {folder}")
@@ -73,20 +81,27 @@ class SpeciesImages:
         self.order, self.starts = self.index.by_label()
         self.transform = transform
         self.size = input_size(transform)
+        self._decoded: dict[int, Image.Image] | None = {} if cache else None
 
     def rows_of(self, label: int) -> np.ndarray:
         """Rows of the index that show species `label`."""
         return label_rows(self.order, self.starts, label)
 
     def load(self, row: int) -> Any:
-        """Row `row` decoded and transformed."""
-        return self.transform(load_image(self.reader.media(row), self.size))
+        """Row `row` decoded (once, with `cache`: the decoded photo is kept) and transformed."""
+        if self._decoded is None:
+            return self.transform(load_image(self.reader.media(row), self.size))
+        img = self._decoded.get(row)
+        if img is None:
+            img = self._decoded[row] = load_image(self.reader.media(row), self.size)
+        return self.transform(img)
 
 
 class AudioItems(Dataset):
     """Audio items of a split as model inputs: `mel` (1, T, F), `text`, `label` (and `image`).
 
     Audio, prompt and label come from BioVITADataset (random 10 s crop, random template); with
+    `mels`, the audio is a crop of the recording's cached log-mel instead of a fresh decode; with
     `images`, each item also gets a random photo of its species (seeded by the item).
     """
 
@@ -96,10 +111,12 @@ class AudioItems(Dataset):
         frontend: FrontendConfig,
         *,
         images: SpeciesImages | None = None,
+        mels: MelCache | None = None,
         augment: bool = True,
         seed: int = 0,
     ) -> None:
         self.base = base
+        self.mels = mels
         self.frontend = _Frontend(frontend)
         self.images = images
         self.augment = augment
@@ -124,8 +141,12 @@ class AudioItems(Dataset):
     def __getitem__(self, key: tuple[int, int]) -> dict[str, Any]:
         index, epoch = int(key[0]), int(key[1])
         s = item_seed(self.seed, epoch, index)
-        item = self.base[(index, epoch)]
-        mel = self.frontend(item["audio"], int(item["audio_length"]))
+        if self.mels is None:
+            item = self.base[(index, epoch)]
+            mel = self.frontend(item["audio"], int(item["audio_length"]))
+        else:
+            item = self.base.item((index, epoch), audio=False)
+            mel = self.mels.clip(index, item["crop_u"])
         if self.augment:
             g = torch.Generator().manual_seed(s)
             mel = augment_mel(mel[None], generator=g)[0]
@@ -150,9 +171,10 @@ class ImageTextItems(Dataset):
         *,
         image_transform: Callable[[Image.Image], Any],
         seed: int = 0,
+        cache: bool = False,
     ) -> None:
         self.folder = resolve_folder(folder) if Path(folder).is_dir() else Path(folder)
-        self.images = SpeciesImages(self.folder, split, image_transform)
+        self.images = SpeciesImages(self.folder, split, image_transform, cache=cache)
         self.index = self.images.index
         self.species = read_species(
             split_files(self.folder, "species", "train"), labels=self.index.label

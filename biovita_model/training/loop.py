@@ -52,6 +52,7 @@ from biovita_model.training.distributed import (
     setup,
     teardown,
 )
+from biovita_model.training.mel_cache import MelCache
 from biovita_model.training.prompt_cache import FrozenText
 from biovita_model.training.report import StageProgress, print_summary
 from biovita_model.training.schedule import warmup_cosine
@@ -183,12 +184,17 @@ def param_groups(model: BioVITAModel, cfg: TrainConfig) -> list[dict[str, Any]]:
 # ---- data -----------------------------------------------------------------------------------
 
 
-def build_data(cfg: TrainConfig, model: BioVITAModel, info: DistInfo) -> tuple[Any, Any]:
+def build_data(
+    cfg: TrainConfig, model: BioVITAModel, info: DistInfo, console: Console | None = None
+) -> tuple[Any, Any]:
     """(dataset, batch sampler) of a stage's training split."""
     train_tf, eval_tf = model.image_transforms()
     image_tf = train_tf if cfg.augment else eval_tf
+    cache = cfg.cache_inputs
     if cfg.stage == "pretrain":
-        ds: Any = ImageTextItems(cfg.dataset, "train", image_transform=image_tf, seed=cfg.seed)
+        ds: Any = ImageTextItems(
+            cfg.dataset, "train", image_transform=image_tf, seed=cfg.seed, cache=cache
+        )
     else:
         fe = model.frontend.cfg
         base = BioVITADataset.from_pretrained(
@@ -199,8 +205,17 @@ def build_data(cfg: TrainConfig, model: BioVITAModel, info: DistInfo) -> tuple[A
             sample_rate=fe.sample_rate,
             clip_seconds=float(fe.max_length_s),
         )
-        images = SpeciesImages(base.folder, "train", image_tf) if cfg.stage == "2" else None
-        ds = AudioItems(base, fe, images=images, augment=cfg.augment, seed=cfg.seed)
+        images = None
+        if cfg.stage == "2":
+            images = SpeciesImages(base.folder, "train", image_tf, cache=cache)
+        mels = MelCache(base, fe, console=console, write=info.is_main) if cache else None
+        if mels is not None and info.is_main and console is not None:
+            state = "computed" if mels.computed else "read"
+            console.print(
+                f"mel cache: {len(base)} recordings, {mels.nbytes / 2**20:.1f} MiB, {state} "
+                f"({mels.path})"
+            )
+        ds = AudioItems(base, fe, images=images, mels=mels, augment=cfg.augment, seed=cfg.seed)
     sampler = SpeciesBatchSampler(
         ds.labels,
         cfg.batch_size,
@@ -323,7 +338,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
     if info.world > 1:
         convert_batch_norm(model)
     model.to(info.device)
-    dataset, sampler = build_data(cfg, model, info)
+    dataset, sampler = build_data(cfg, model, info, console)
     loader = make_loader(
         dataset, sampler, cfg.workers, pin_memory=info.device.type == "cuda", seed=cfg.seed
     )
