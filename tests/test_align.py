@@ -378,10 +378,13 @@ def test_fuzzy_epithets_are_conservative() -> None:
 # ---- split and stats ---------------------------------------------------------------------------
 
 
-def test_split_properties(built: Path) -> None:
+def test_split_properties(built: Path, default_world: World) -> None:
     species = pl.read_parquet(layout.species_path(built))
     unseen = set(species.filter(split_group="unseen")["species_id"])
     assert unseen == set(species.filter(pl.col("n_audio") <= 2)["species_id"]) and unseen
+    # the world's rare species (1-2 recordings in all) are held out: 50+ unseen species
+    rare = {default_world.species[i].taxon_id for i in default_world.rare_species}
+    assert rare & set(species["species_id"]) <= unseen and len(unseen) >= 50
     for m in ("audio", "image"):
         media = pl.read_parquet(layout.media_manifest_path(built, m))
         assert media["split"].null_count() == 0
