@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import inspect
 import io
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
@@ -12,7 +13,9 @@ import pytest
 import soundfile as sf
 from PIL import Image, ImageFile
 
+from biovita_data.build.split import split
 from biovita_data.sample.audio import decode_info
+from biovita_data.sample.gbif import archive_recordings
 from biovita_data.sample.taxonomy import RANK_LEVEL
 from biovita_data.sample.world import World, is_allowed, license_code
 
@@ -207,10 +210,39 @@ def test_recordings_per_species_have_a_long_tail(default_world: World) -> None:
     xc = Counter(r.species_index for r in default_world.recordings if r.source == "xeno-canto")
     counts = list(xc.values())
     common = sum(4 <= c <= 15 for c in counts)
-    rare = sum(1 <= c <= 3 for c in counts)
-    assert common > 0.7 * len(counts)
-    assert 0.05 * len(counts) <= rare <= 0.25 * len(counts)
+    rare = sum(1 <= c <= 2 for c in counts)
+    # every species is common (4-15) or rare (1-2: about 3 in 10, the split's unseen species)
+    assert common + rare == len(counts)
+    assert common > 0.6 * len(counts)
+    assert 0.2 * len(counts) <= rare <= 0.4 * len(counts)
     assert max(counts) <= 15
+    assert {i for i, c in xc.items() if c <= 2} <= default_world.rare_species
+
+
+def test_default_world_has_fifty_unseen_species_with_photos(default_world: World) -> None:
+    # The split holds out every species with at most `unseen_max_audio` recordings; the unseen
+    # bench needs 50+ of them with audio and photos, spread over the tree (one query <= 2 pp).
+    w = default_world
+    most = inspect.signature(split).parameters["unseen_max_audio"].default
+    kept: dict[str, Counter] = {"audio": Counter(), "image": Counter()}
+    for e in w.expected():
+        if e.fetch == "keep":
+            kept[e.modality][e.species_index] += 1
+    # every audio record any source serves, kept or not: an upper bound on a species' n_audio
+    heard = Counter(r.species_index for r in w.recordings if r.source == "xeno-canto")
+    heard.update(e.species_index for e in w.expected() if e.source == "inaturalist"
+                 and e.modality == "audio")  # fmt: skip
+    heard.update(r.species_index for r in archive_recordings(w))
+    unseen = [
+        s for s in w.species
+        if kept["audio"][s.index] and kept["image"][s.index] and heard[s.index] <= most
+    ]  # fmt: skip
+    assert len(unseen) >= 50
+    assert {s.class_name for s in unseen} == set(CLASSES)
+    assert len({s.family for s in unseen}) >= 10 and len({s.genus for s in unseen}) >= 25
+    # the seen part keeps its size: 120+ species with at least 3 kept recordings and a photo
+    seen = [s for s in w.species if kept["audio"][s.index] > most and kept["image"][s.index]]
+    assert len(seen) >= 120
 
 
 def test_licence_mix_includes_nd_and_all_rights_reserved(default_world: World) -> None:
@@ -302,7 +334,7 @@ def test_corrupt_audio_does_not_decode(tiny_world: World) -> None:
 
 @pytest.mark.parametrize(
     ("size", "seed", "fmt"),
-    [("tiny", 2, "flac"), ("tiny", 6, "ogg"), ("default", 8, "wav")],
+    [("tiny", 2, "flac"), ("tiny", 6, "ogg"), ("default", 0, "wav")],
 )
 def test_corrupt_audio_does_not_decode_in_other_formats(size: str, seed: int, fmt: str) -> None:
     # A WAV that keeps its whole header would still decode (its data is just PCM noise).

@@ -64,12 +64,13 @@ class ArchiveRecording:
 
 @lru_cache(maxsize=8)
 def archive_recordings(world: World) -> tuple[ArchiveRecording, ...]:
-    """Seeded: 0-3 recordings of each species that calls (those with a Xeno-canto group)."""
+    """Seeded: 0-3 recordings of each species that calls (those with a Xeno-canto group), but
+    none of the rare species only Xeno-canto hears."""
     rng = np.random.default_rng([world.seed, 4242])
     names, weights = zip(*ASA_LICENSES, strict=True)
     out = []
     for sp in world.species:
-        if sp.xc_group is None:
+        if sp.xc_group is None or sp.index in world.heard_only_on_xeno_canto:
             continue
         for _ in range(int(rng.integers(0, 4))):
             out.append(

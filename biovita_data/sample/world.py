@@ -54,6 +54,24 @@ LOGINS = ("samroom", "birdnerd42", "frogwatcher", "nightbat", "katydidkate", "tr
 
 
 @dataclass(frozen=True)
+class RarePlan:
+    """Per world size: how many species are rare, and what a rare species gets."""
+
+    share: tuple[int, int]  # (a, b): max(3, n * a // b) of the n species are rare
+    recordings: tuple[int, int]  # its Xeno-canto recordings, inclusive
+    photos: tuple[int, int] | None  # its photos, inclusive (None: as many as any species)
+    heard_elsewhere: bool  # whether iNaturalist sounds and the Animal Sound Archive have it too
+
+
+RARE: dict[str, RarePlan] = {
+    # 3 in 10 species are rare: 1-2 recordings in all and a few photos, so the split holds each
+    # out as unseen (at most 2 recordings) and the unseen bench gets 50+ species (about 60).
+    "default": RarePlan(share=(3, 10), recordings=(1, 2), photos=(3, 5), heard_elsewhere=False),
+    "tiny": RarePlan(share=(1, 8), recordings=(1, 3), photos=None, heard_elsewhere=True),
+}
+
+
+@dataclass(frozen=True)
 class Recording:
     """One audio record of a source: a Xeno-canto recording or an iNaturalist observation sound."""
 
@@ -172,9 +190,14 @@ class World:
         n_single = max(2, n // 40)
         xc_only = {int(i) for i in order[:n_single]}
         inat_only = {int(i) for i in order[n_single : 2 * n_single]}
-        rare = {int(i) for i in order[2 * n_single : 2 * n_single + max(3, n // 8)]}
+        plan = RARE[self.size]
+        n_rare = max(3, n * plan.share[0] // plan.share[1])
+        rare = {int(i) for i in order[2 * n_single : 2 * n_single + n_rare]}
+        self.rare_species = frozenset(rare)
+        # rare species no other archive hears: their Xeno-canto recordings are all their audio
+        self.heard_only_on_xeno_canto = frozenset() if plan.heard_elsewhere else self.rare_species
         self.restricted_species = int(
-            next(i for i in order[2 * n_single + max(3, n // 8) :] if self.species[i].xc_group)
+            next(i for i in order[2 * n_single + n_rare :] if self.species[i].xc_group)
         )
         tiny = self.size == "tiny"
         self._temp_ids = itertools.count(1)
@@ -186,7 +209,8 @@ class World:
         for sp in self.species:
             srng = self._rng(2000 + sp.index)
             if sp.xc_group and sp.index not in inat_only:
-                n_rec = int(srng.integers(1, 4)) if sp.index in rare else int(srng.integers(4, 16))
+                lo, hi = plan.recordings if sp.index in rare else (4, 15)
+                n_rec = int(srng.integers(lo, hi + 1))
                 if tiny:
                     n_rec = min(n_rec, int(srng.integers(3, 6)))
                 for _ in range(n_rec):
@@ -198,8 +222,15 @@ class World:
                     )
             if sp.index in xc_only:
                 continue
-            n_photos = int(srng.integers(4, 16)) if not tiny else int(srng.integers(3, 7))
-            with_sounds = sp.index in inat_only or (sp.xc_group and srng.random() < 0.25)
+            lo, hi = (3, 6) if tiny else (4, 15)
+            if plan.photos and sp.index in rare:
+                lo, hi = plan.photos
+            n_photos = int(srng.integers(lo, hi + 1))
+            with_sounds = sp.index in inat_only or (
+                sp.xc_group
+                and sp.index not in self.heard_only_on_xeno_canto
+                and srng.random() < 0.25
+            )
             while n_photos > 0:
                 k = min(n_photos, int(srng.integers(1, 4)))
                 n_photos -= k
