@@ -273,8 +273,8 @@ def train(
         grad_checkpointing=grad_checkpointing, warmup=warmup,
         weight_decay=weight_decay, max_audio_per_species=max_audio_per_species,
         workers=workers, cache_inputs=cache_inputs, device=device, precision=precision,
-        grad_accum=grad_accum, seed=seed, threads=threads, augment=augment, dropout=dropout, keep_checkpoints=keep_checkpoints,
-        stop_after=stop_after, progress=progress,
+        grad_accum=grad_accum, seed=seed, threads=threads, augment=augment, dropout=dropout,
+        keep_checkpoints=keep_checkpoints, stop_after=stop_after, progress=progress,
     )  # fmt: skip
     if not resume and "stage" not in given:
         raise typer.BadParameter("--stage is required", param_hint="--stage")
