@@ -71,7 +71,7 @@ def tiny() -> BioVITAModel:
 def test_tiny_towers_shapes_and_norms(tiny: BioVITAModel) -> None:
     cfg = tiny.tower_config
     assert cfg.embed_dim == 64 and tiny.embed_dim == 64
-    assert cfg.audio["spec_size"] == 64 and cfg.audio["num_mel_bins"] == 32
+    assert cfg.audio["spec_size"] == 64 and cfg.audio["num_mel_bins"] == 16
     assert cfg.open_clip["model_cfg"]["text_cfg"]["context_length"] == 32
     assert tiny.audio_adapter.bias is None and tiny.audio_adapter.weight.shape == (64, 64)
     tokens = tiny.tokenize(["Turdus merula", "Aves Passeriformes Turdidae Turdus merula"])
@@ -82,8 +82,8 @@ def test_tiny_towers_shapes_and_norms(tiny: BioVITAModel) -> None:
         a = tiny.encode_audio(torch.randn(3, 12 * SR))
         i = tiny.encode_image(torch.randn(3, 3, 32, 32))
         t = tiny.encode_text(tokens)
-    assert mel.shape == (3, 1, 121, 32)  # 480000 // 4000 + 1 frames, 32 mel bins
-    assert mel.shape[2] <= max_frames(64, 32)
+    assert mel.shape == (3, 1, 251, 16)  # 480000 // 1920 + 1 frames (40 ms), 16 mel bins
+    assert mel.shape[2] <= max_frames(64, 16)
     for x, n in ((a, 3), (i, 3), (t, 2)):
         assert x.shape == (n, 64)
         assert torch.allclose(x.norm(dim=-1), torch.ones(n), atol=1e-5)
@@ -185,7 +185,7 @@ def test_local_dir_with_clap_folder(tmp_path: Path) -> None:
     assert set(towers.sources) == {"open_clip", "audio"}
     assert towers.preprocess_cfg["mean"] == [0.5] * 3
     model = BioVITAModel(towers).eval()
-    mel = torch.randn(2, 1, 100, 32) * 10 - 40
+    mel = torch.randn(2, 1, 100, read_config("tiny")["audio"]["num_mel_bins"]) * 10 - 40
     with torch.no_grad():
         ours = model.audio(input_features=mel).audio_embeds
         ref = clap.audio_projection(clap.audio_model(input_features=mel).pooler_output)
@@ -282,21 +282,28 @@ def test_frontend_matches_clap_feature_extractor() -> None:
 
 
 def test_frontend_limits_and_config() -> None:
-    tiny_cfg = FrontendConfig.from_dict(read_config("tiny")["frontend"])
+    tiny = read_config("tiny")
+    tiny_cfg = FrontendConfig.from_dict(tiny["frontend"])
     real = read_config("htsat-unfused")
-    assert tiny_cfg.n_frames <= max_frames(64, 32)
-    check_frontend(tiny_cfg, 64, 32)
+    bins = tiny["audio"]["num_mel_bins"]
+    assert tiny_cfg.n_mels == bins
+    # the species' call modulation (3-20 Hz) needs frames shorter than 50 ms, within HTS-AT's limit
+    assert tiny_cfg.hop_length / tiny_cfg.sample_rate <= 0.05
+    assert tiny_cfg.n_frames <= max_frames(64, bins)
+    check_frontend(tiny_cfg, 64, bins)
     check_frontend(FrontendConfig.from_dict(real["frontend"]), 256, 64)
     with pytest.raises(ValueError, match="at most"):
         check_frontend(FrontendConfig(n_mels=32, hop_length=480), 64, 32)
     with pytest.raises(ValueError, match="mel bins"):
         check_frontend(tiny_cfg, 64, 64)
+    with pytest.raises(ValueError, match="at most"):  # 16 bins allow 256 frames, 32 only 128
+        check_frontend(FrontendConfig(n_mels=32, hop_length=1920), 64, 32)
     with pytest.raises(ValueError, match="integer"):
         FrontendConfig(max_length_s=10.0)  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="unknown"):
         FrontendConfig.from_dict({"hop": 1})
     out = AudioFrontend(tiny_cfg)(torch.randn(2, 3 * SR))
-    assert out.shape == (2, 1, tiny_cfg.n_frames, 32) and torch.isfinite(out).all()
+    assert out.shape == (2, 1, tiny_cfg.n_frames, bins) and torch.isfinite(out).all()
 
 
 def test_fit_length_and_crops() -> None:

@@ -41,6 +41,12 @@ def item_seed(seed: int, epoch: int, index: int, stream: int = _AUGMENT_STREAM) 
     return int(ss.generate_state(1, dtype=np.uint64)[0] >> np.uint64(1))
 
 
+def seed_cpu(seed: int) -> None:
+    """Seed torch's CPU generator only. `torch.manual_seed` also queues a lazy CUDA seeding that
+    records a stack trace each call (~2.5 ms: 80 ms of a 32-item batch's preparation)."""
+    torch.default_generator.manual_seed(seed)
+
+
 class _Frontend:
     """An AudioFrontend built lazily in each process (its mel filters are not pickled)."""
 
@@ -156,7 +162,7 @@ class AudioItems(Dataset):
             if rows.size:
                 pick = int(rows[np.random.default_rng(s).integers(rows.size)])
                 with torch.random.fork_rng(devices=[]):
-                    torch.manual_seed(s)  # the transform draws from torch's global generator
+                    seed_cpu(s)  # the transform draws from torch's global generator
                     out["image"] = self.images.load(pick)
         return out
 
@@ -200,7 +206,7 @@ class ImageTextItems(Dataset):
         prompts = self.species.prompts[label]
         pick = np.random.default_rng(s).integers(len(prompts))
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(s)
+            seed_cpu(s)
             image = self.images.load(index)
         return {"image": image, "text": prompts[pick], "label": label, "index": index}
 

@@ -206,8 +206,8 @@ def build_data(
             clip_seconds=float(fe.max_length_s),
         )
         images = None
-        if cfg.stage == "2":
-            images = SpeciesImages(base.folder, "train", image_tf, cache=cache)
+        if cfg.stage == "2":  # the frozen image tower's photos are targets: not augmented
+            images = SpeciesImages(base.folder, "train", eval_tf, cache=cache)
         mels = MelCache(base, fe, console=console, write=info.is_main) if cache else None
         if mels is not None and info.is_main and console is not None:
             state = "computed" if mels.computed else "read"
