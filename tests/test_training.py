@@ -169,6 +169,22 @@ def test_resume_with_worker_processes_continues_exactly(world: Path, tmp_path: P
     assert _losses(straight) == _losses(tmp_path / "b")
 
 
+def test_cached_inputs_train_as_decoded_ones_and_resume_exactly(
+    world: Path, tmp_path: Path
+) -> None:
+    """The world's clips are shorter than the front end's 10 s: a cached item is the decoded one
+    (stored as float16), so the losses follow the uncached run's; a cached run resumes exactly."""
+    for stage in ("1", "2"):
+        plain = train(_cfg(world, tmp_path / f"p{stage}", stage=stage)).run_dir
+        cached = train(_cfg(world, tmp_path / f"c{stage}", stage=stage, cache_inputs=True)).run_dir
+        np.testing.assert_allclose(_losses(cached), _losses(plain), rtol=2e-3)
+        part = _cfg(world, tmp_path / f"r{stage}", stage=stage, cache_inputs=True, stop_after=1)
+        train(part)
+        train(_cfg(world, tmp_path / f"r{stage}", stage=stage, cache_inputs=True), resume=True)
+        assert _losses(tmp_path / f"r{stage}") == _losses(cached)
+    assert len(list(Path(os.environ["BIOVITA_CACHE"], "mels").glob("*.npz"))) >= 1
+
+
 @pytest.mark.parametrize("precision", ["bf16", "fp16"])
 def test_mixed_precision_and_accumulation(world: Path, tmp_path: Path, precision: str) -> None:
     cfg = _cfg(world, tmp_path / precision, stage="2", epochs=1, precision=precision, grad_accum=2)

@@ -8,7 +8,8 @@ the model's time only: about 0.18 s towers, 0.16 s Stage 1, 0.25 s Stage 2):
 
 - `demo`: for `biovita-data demo`, within 10 minutes of training: towers 40 epochs (~840
   steps), Stage 1 40 (~1,280), Stage 2 28 (~900) at lambda 1.0 and lr 3e-3;
-- `acceptance`: longer (Stage 1 60, Stage 2 36 epochs), about 14 minutes.
+- `acceptance`: longer (Stage 1 60, Stage 2 36 epochs), about 13 minutes by the step times
+  (not re-measured).
 
 Figures, timings and what changed: README, "The tiny model on the sample world".
 
