@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -29,7 +29,9 @@ from biovita_model.audio_frontend import AudioFrontend, FrontendConfig, augment_
 from biovita_model.image_input import input_size, load_image
 from biovita_model.threads import worker_init
 from biovita_model.training.batches import SpeciesBatchSampler
-from biovita_model.training.mel_cache import MelCache
+
+if TYPE_CHECKING:
+    from biovita_model.training.mel_cache import MelCache
 
 _AUGMENT_STREAM = 6  # first word of the augmentation seed sequences
 _IMAGE_ITEM_STREAM = 7
@@ -47,7 +49,7 @@ def seed_cpu(seed: int) -> None:
     torch.default_generator.manual_seed(seed)
 
 
-class _Frontend:
+class LazyFrontend:
     """An AudioFrontend built lazily in each process (its mel filters are not pickled)."""
 
     def __init__(self, cfg: FrontendConfig) -> None:
@@ -60,12 +62,17 @@ class _Frontend:
     def __setstate__(self, state: dict[str, Any]) -> None:
         self.cfg, self._module = state["cfg"], None
 
-    def __call__(self, wave: torch.Tensor, length: int) -> torch.Tensor:
-        """One waveform (samples,) -> log-mel (1, T, F)."""
+    @property
+    def module(self) -> AudioFrontend:
+        """The AudioFrontend of this process (built on first use)."""
         if self._module is None:
             self._module = AudioFrontend(self.cfg)
+        return self._module
+
+    def __call__(self, wave: torch.Tensor, length: int) -> torch.Tensor:
+        """One waveform (samples,) -> log-mel (1, T, F)."""
         with torch.no_grad():
-            return self._module(wave[None], torch.tensor([length]))[0]
+            return self.module(wave[None], torch.tensor([length]))[0]
 
 
 class SpeciesImages:
@@ -123,7 +130,7 @@ class AudioItems(Dataset):
     ) -> None:
         self.base = base
         self.mels = mels
-        self.frontend = _Frontend(frontend)
+        self.frontend = LazyFrontend(frontend)
         self.images = images
         self.augment = augment
         self.seed = int(seed)

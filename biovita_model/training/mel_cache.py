@@ -24,7 +24,6 @@ import hashlib
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -34,9 +33,10 @@ from torch.utils.data import DataLoader, Dataset
 
 from biovita_data.loader import BioVITADataset, decode_whole
 from biovita_data.loader.index import index_rows
-from biovita_model.audio_frontend import AudioFrontend, FrontendConfig
+from biovita_model.audio_frontend import FrontendConfig
 from biovita_model.model import write_atomic
 from biovita_model.threads import worker_init
+from biovita_model.training.data import LazyFrontend
 from biovita_model.training.prompt_cache import cache_root
 
 CACHE_DIR = "mels"
@@ -63,21 +63,12 @@ class _Recordings(Dataset):
     """Item i: recording i's stored frames (T, F) float16 (decoded in a loader worker)."""
 
     def __init__(self, base: BioVITADataset, cfg: FrontendConfig) -> None:
-        self.base, self.cfg = base, cfg
-        self._frontend: AudioFrontend | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        return {"base": self.base, "cfg": self.cfg}
-
-    def __setstate__(self, state: dict[str, Any]) -> None:
-        self.base, self.cfg, self._frontend = state["base"], state["cfg"], None
+        self.base, self.cfg, self.frontend = base, cfg, LazyFrontend(cfg)
 
     def __len__(self) -> int:
         return len(self.base)
 
     def __getitem__(self, index: int) -> np.ndarray:
-        if self._frontend is None:
-            self._frontend = AudioFrontend(self.cfg)
         try:
             wave = decode_whole(
                 self.base.audio_bytes(index),
@@ -91,13 +82,13 @@ class _Recordings(Dataset):
                 f"cannot decode audio item {index} of {self.base.folder} split "
                 f"{self.base.split} for the mel cache: {exc}"
             ) from exc
-        x = torch.from_numpy(wave)[None]
-        with torch.no_grad():
-            if x.shape[1] <= self.cfg.max_samples:  # the front end's own padding: exact
-                mel = self._frontend(x, torch.tensor([x.shape[1]]))
-            else:
-                mel = self._frontend.log_mel(x)
-        return mel[0, 0].to(torch.float16).numpy()
+        x = torch.from_numpy(wave)
+        if x.shape[0] <= self.cfg.max_samples:  # the front end's own padding: exact
+            mel = self.frontend(x, x.shape[0])[0]
+        else:
+            with torch.no_grad():
+                mel = self.frontend.module.log_mel(x[None])[0, 0]
+        return mel.to(torch.float16).numpy()
 
 
 class MelCache:
