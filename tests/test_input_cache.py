@@ -117,3 +117,31 @@ def test_cached_photos_give_the_same_items(folder: Path) -> None:
         assert cached.load(row) == plain.load(row)
     assert len(cached._decoded) == 3  # each photo decoded once
     assert load_image(cached.reader.media(0), 224).size == calls[0]
+
+
+def test_frozen_images_hold_the_towers_embedding_of_each_photo(folder: Path) -> None:
+    from biovita_model.model import create_model
+    from biovita_model.training.frozen_images import FrozenImages
+
+    model = create_model("tiny")
+    model.freeze(image=True, text=True, audio=False)
+    model.train()  # a frozen tower stays in eval mode: its embedding of a photo is fixed
+    _, eval_tf = model.image_transforms()
+    images = SpeciesImages(folder, "train", eval_tf)
+    frozen = FrozenImages(model, images, torch.device("cpu"), batch_size=4)
+    assert len(frozen) == len(images.index) == 6
+    with torch.no_grad():
+        direct = model.encode_image(torch.stack([images.load(r) for r in range(6)]))
+    rows = torch.tensor([5, 0, 5, 2])
+    torch.testing.assert_close(frozen(rows), direct[rows], atol=1e-5, rtol=0)
+    # AudioItems then hands out the row of its species' photo, the same pick as the pixels
+    base = _base(folder)
+    with_rows = AudioItems(base, FE, images=images, augment=False, photo_rows=True)
+    with_pixels = AudioItems(base, FE, images=images, augment=False)
+    for key in [(0, 0), (1, 4), (2, 9)]:
+        row, pixels = with_rows[key]["image_row"], with_pixels[key]["image"]
+        assert "image" not in with_rows[key] and base.labels[key[0]] == images.index.label[row]
+        torch.testing.assert_close(images.load(row), pixels)
+    model.freeze(image=False, text=True, audio=False)
+    with pytest.raises(ValueError, match="frozen image tower"):
+        FrozenImages(model, images, torch.device("cpu"))

@@ -137,6 +137,13 @@ def test_stages_freeze_what_they_should(world: Path, tmp_path: Path) -> None:
     assert load_model(s2).frozen == {"image"}
     summary = json.loads((s2 / "train_summary.json").read_text())
     assert summary["stage"] == "2" and len(summary["history"]) == 1
+    # Stage 2 without --train-text: both towers frozen, prompts and photos embedded once
+    kw = {"stage": "2", "epochs": 1, "init": str(s1), "train_text": False, "cache_inputs": True}
+    s2f = train(_cfg(world, tmp_path / "s2f", **kw)).run_dir
+    pf = _state(s2f)
+    assert not _changed(p1, pf, visual) and not _changed(p1, pf, "clip.transformer.")
+    assert _changed(p1, pf, "audio.") and load_model(s2f).frozen == {"image", "text"}
+    assert np.isfinite([r["aic"] for r in read_metrics(s2f)]).all()
 
 
 def test_resume_continues_exactly(world: Path, tmp_path: Path) -> None:

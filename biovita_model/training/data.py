@@ -115,7 +115,8 @@ class AudioItems(Dataset):
 
     Audio, prompt and label come from BioVITADataset (random 10 s crop, random template); with
     `mels`, the audio is a crop of the recording's cached log-mel instead of a fresh decode; with
-    `images`, each item also gets a random photo of its species (seeded by the item).
+    `images`, each item also gets a random photo of its species (seeded by the item): decoded and
+    transformed (`image`), or with `photo_rows` only its row (`image_row`, for `FrozenImages`).
     """
 
     def __init__(
@@ -127,9 +128,11 @@ class AudioItems(Dataset):
         mels: MelCache | None = None,
         augment: bool = True,
         seed: int = 0,
+        photo_rows: bool = False,
     ) -> None:
         self.base = base
         self.mels = mels
+        self.photo_rows = photo_rows
         self.frontend = LazyFrontend(frontend)
         self.images = images
         self.augment = augment
@@ -168,6 +171,9 @@ class AudioItems(Dataset):
             rows = self.images.rows_of(item["label"])
             if rows.size:
                 pick = int(rows[np.random.default_rng(s).integers(rows.size)])
+                if self.photo_rows:
+                    out["image_row"] = pick
+                    return out
                 with torch.random.fork_rng(devices=[]):
                     seed_cpu(s)  # the transform draws from torch's global generator
                     out["image"] = self.images.load(pick)

@@ -52,6 +52,7 @@ from biovita_model.training.distributed import (
     setup,
     teardown,
 )
+from biovita_model.training.frozen_images import FrozenImages
 from biovita_model.training.mel_cache import MelCache
 from biovita_model.training.prompt_cache import FrozenText
 from biovita_model.training.report import StageProgress, print_summary
@@ -207,7 +208,8 @@ def build_data(
         )
         images = None
         if cfg.stage == "2":  # the frozen image tower's photos are targets: not augmented
-            images = SpeciesImages(base.folder, "train", eval_tf, cache=cache)
+            # (with cache_inputs FrozenImages embeds each photo once: no decoded copies kept)
+            images = SpeciesImages(base.folder, "train", eval_tf)
         mels = MelCache(base, fe, console=console, write=info.is_main) if cache else None
         if mels is not None and info.is_main and console is not None:
             state = "computed" if mels.computed else "read"
@@ -215,7 +217,15 @@ def build_data(
                 f"mel cache: {len(base)} recordings, {mels.nbytes / 2**20:.1f} MiB, {state} "
                 f"({mels.path})"
             )
-        ds = AudioItems(base, fe, images=images, mels=mels, augment=cfg.augment, seed=cfg.seed)
+        ds = AudioItems(
+            base,
+            fe,
+            images=images,
+            mels=mels,
+            augment=cfg.augment,
+            seed=cfg.seed,
+            photo_rows=images is not None and cache,  # FrozenImages looks their embeddings up
+        )
     sampler = SpeciesBatchSampler(
         ds.labels,
         cfg.batch_size,
@@ -230,6 +240,14 @@ def build_data(
 
 
 # ---- one step -------------------------------------------------------------------------------
+
+
+@dataclass
+class Frozen:
+    """Targets of frozen towers embedded once: prompts (`FrozenText`), photos (`FrozenImages`)."""
+
+    text: FrozenText | None = None
+    images: FrozenImages | None = None
 
 
 def _autocast(device: torch.device, precision: str) -> contextlib.AbstractContextManager:
@@ -247,21 +265,24 @@ def forward_loss(
     lam: float,
     device: torch.device,
     precision: str,
-    text_cache: FrozenText | None = None,
+    frozen: Frozen | None = None,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """The stage's loss on one (local) batch and its detached parts."""
+    frozen = frozen or Frozen()
     inputs: dict[str, torch.Tensor] = {}
-    if text_cache is None:
+    if frozen.text is None:
         inputs["text"] = model.tokenize(batch["text"]).to(device)
     if stage != "pretrain":
         inputs["audio"] = batch["mel"].to(device, non_blocking=True)
-    if stage != "1":
+    if stage != "1" and frozen.images is None:
         inputs["image"] = batch["image"].to(device, non_blocking=True)
     with _autocast(device, precision):
         out = module(**inputs)
     out = {k: v.float() for k, v in out.items()}
-    if text_cache is not None:
-        out["text"] = text_cache(batch["text"])
+    if frozen.text is not None:
+        out["text"] = frozen.text(batch["text"])
+    if frozen.images is not None:
+        out["image"] = frozen.images(batch["image_row"])
     if stage == "pretrain":
         loss = itc_loss(out["image"], out["text"], out["scale_image_text"])
         return loss, {"itc": loss.detach()}
@@ -377,10 +398,14 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
     if info.world > 1:
         ids = [info.device.index] if info.device.type == "cuda" else None
         module = DistributedDataParallel(model, device_ids=ids)
-    text_cache = None
-    if cfg.stage == "1":  # the text tower is frozen: embed the finite prompt set once
-        text_cache = FrozenText(
+    frozen = Frozen()
+    if "text" in model.frozen:  # Stage 1 (and 2 without --train-text): embed the prompts once
+        frozen.text = FrozenText(
             model, dataset.base.species.prompts, info.device, write=info.is_main
+        )
+    if getattr(dataset, "photo_rows", False):  # Stage 2 with cache_inputs: embed the photos once
+        frozen.images = FrozenImages(
+            model, dataset.images, info.device, autocast=_autocast(info.device, cfg.precision)
         )
     trainable = [p for p in model.parameters() if p.requires_grad]
     if info.is_main:
@@ -392,11 +417,13 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
             f"{n_train:,} trainable parameters, lr {cfg.base_lr:g} (towers {cfg.start_towers})"
             + (f", {total} steps (--max-steps)" if total < steps_per_epoch * cfg.epochs else "")
         )
-        if text_cache is not None:
+        if frozen.text is not None:
             console.print(
-                f"prompt embeddings: {len(text_cache.row) - text_cache.computed} cached, "
-                f"{text_cache.computed} embedded ({text_cache.path})"
+                f"prompt embeddings: {len(frozen.text.row) - frozen.text.computed} cached, "
+                f"{frozen.text.computed} embedded ({frozen.text.path})"
             )
+        if frozen.images is not None:
+            console.print(f"photo embeddings: {len(frozen.images)} embedded once (frozen tower)")
         if cfg.stage == "pretrain":
             console.print(f"[yellow]note[/yellow]: {STAND_IN}")
     end_epoch = cfg.epochs if cfg.stop_after is None else start_epoch + cfg.stop_after
@@ -412,7 +439,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
             t_epoch, losses = time.monotonic(), []
             for records in _epoch_steps(
                 module, model, loader, optimizer, scheduler, scaler, cfg, info, step, ramp,
-                steps_per_epoch, text_cache,
+                steps_per_epoch, frozen,
             ):  # fmt: skip
                 step += 1
                 records.update(step=step, epoch=epoch, seconds=round(time.monotonic() - t_run, 3))
@@ -458,7 +485,7 @@ def _epoch_steps(
     step: int,
     ramp: int,
     steps_per_epoch: int,
-    text_cache: FrozenText | None = None,
+    frozen: Frozen | None = None,
 ) -> Iterator[dict[str, Any]]:
     """Run one epoch's optimizer steps; yield each step's metrics (global means)."""
     k = cfg.grad_accum
@@ -474,7 +501,7 @@ def _epoch_steps(
         sync = contextlib.nullcontext() if last or info.world == 1 else module.no_sync()
         with sync:
             loss, parts = forward_loss(
-                module, model, batch, cfg.stage, lam, info.device, cfg.precision, text_cache
+                module, model, batch, cfg.stage, lam, info.device, cfg.precision, frozen
             )
             scaler.scale(loss / k).backward()
         loss_sum += float(mean_over_ranks(loss.detach()))
