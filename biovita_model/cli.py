@@ -95,7 +95,8 @@ CacheInputsOpt = Annotated[
     Opt(
         "--cache-inputs/--no-cache-inputs",
         help="keep each recording's log-mel (computed once, kept on disk) and each decoded photo "
-        "in memory: for small datasets and tiny towers (off)",
+        "in memory, and embed Stage 2's photo targets once: for small datasets and tiny towers "
+        "(off)",
     ),
 ]
 ThreadsOpt = Annotated[

@@ -50,7 +50,8 @@ class TrainConfig:
     max_audio_per_species: int | None = None  # per epoch (images, in pre-training)
     workers: int = 0  # DataLoader worker processes per rank
     # keep every recording's log-mel (computed once, on disk: training/mel_cache.py) and every
-    # decoded photo in memory: items cost microseconds instead of ~30 ms (small datasets)
+    # decoded photo in memory: items cost microseconds instead of ~30 ms (small datasets); Stage 2
+    # embeds its photo targets once (training/frozen_images.py)
     cache_inputs: bool = False
     threads: int | None = None  # torch CPU threads per rank; None: cores / (ranks x (1 + workers))
     device: str = "cpu"
