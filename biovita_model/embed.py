@@ -82,13 +82,16 @@ def embed_items(
     workers: int = 0,
     device: str | torch.device = "cpu",
 ) -> torch.Tensor:
-    """Normalised embeddings (n, D) of every item, in order."""
+    """Normalised embeddings (n, D) of every item, in order. Torch's global random stream is left
+    as it was (the loader draws its base seed from a generator of its own), so a training run
+    that embeds something first keeps its dropout stream."""
     model.eval().to(device)
     loader = DataLoader(
         items,
         batch_size=batch_size,
         num_workers=workers,
         worker_init_fn=worker_init if workers else None,
+        generator=torch.Generator().manual_seed(0),
     )
     out = []
     for batch in loader:

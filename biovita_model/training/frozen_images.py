@@ -13,12 +13,14 @@ import contextlib
 
 import torch
 
+from biovita_model.embed import MediaItems, embed_items
 from biovita_model.model import BioVITAModel
 from biovita_model.training.data import SpeciesImages
 
 
 class FrozenImages:
-    """Embeddings of every photo of a `SpeciesImages` split by a frozen image tower."""
+    """Embeddings of every photo of a `SpeciesImages` split by a frozen image tower
+    (`embed.embed_items` over its index, with its transform; the model's mode is kept)."""
 
     def __init__(
         self,
@@ -31,20 +33,12 @@ class FrozenImages:
     ) -> None:
         if "image" not in model.frozen:
             raise ValueError("photo embeddings can only be cached for a frozen image tower")
-        rows = len(images.index)
-        chunks = []
-        visual = model.clip.visual
-        mode = visual.training
-        visual.eval()
-        with torch.no_grad(), autocast or contextlib.nullcontext():
-            for start in range(0, rows, batch_size):
-                pixels = torch.stack(
-                    [images.load(r) for r in range(start, min(rows, start + batch_size))]
-                )
-                chunks.append(model.encode_image(pixels.to(device)).float())
-        visual.train(mode)
-        dim = model.embed_dim
-        self.embeddings = torch.cat(chunks) if chunks else torch.zeros(0, dim, device=device)
+        items = MediaItems(images.index, "image", image_transform=images.transform)
+        training = model.training
+        with autocast or contextlib.nullcontext():
+            self.embeddings = embed_items(model, items, batch_size=batch_size, device=device)
+        model.train(training)  # embed_items leaves the model in eval mode
+        self.embeddings = self.embeddings.to(device)
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
