@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import colorsys
 import inspect
 import io
 from collections import Counter
@@ -243,6 +244,28 @@ def test_default_world_has_fifty_unseen_species_with_photos(default_world: World
     # the seen part keeps its size: 120+ species with at least 3 kept recordings and a photo
     seen = [s for s in w.species if kept["audio"][s.index] > most and kept["image"][s.index]]
     assert len(seen) >= 120
+
+
+def test_congeneric_species_share_a_palette_and_differ_in_markings(default_world: World) -> None:
+    # An unseen species' photo must look like its genus (as in nature): the markings are a dark
+    # shade or pale tint of the genus' hue, and congeneric species differ in pattern and shade.
+    def hsv(rgb: tuple[int, int, int]) -> tuple[float, float, float]:
+        return colorsys.rgb_to_hsv(*(c / 255 for c in rgb))
+
+    by_genus: dict[str, list] = {}
+    for s in default_world.species:
+        by_genus.setdefault(s.genus, []).append(s)
+        (h_base, _, v_base), (h_acc, s_acc, v_acc) = hsv(s.look.base_rgb), hsv(s.look.accent_rgb)
+        assert min(abs(h_acc - h_base), 1 - abs(h_acc - h_base)) < 0.08, s.name
+        # visible markings: darker than the body, or much paler (less saturated)
+        assert v_acc < v_base - 0.2 or s_acc < 0.3, s.name
+    for members in by_genus.values():
+        looks = [(s.look.pattern, s.look.accent_rgb) for s in members]
+        assert len({p for p, _ in looks}) == len(looks)  # one pattern per species of a genus
+        assert (
+            len({s.look.base_rgb for s in members}) == 1
+            and len({s.look.shape for s in members}) == 1
+        )
 
 
 def test_licence_mix_includes_nd_and_all_rights_reserved(default_world: World) -> None:

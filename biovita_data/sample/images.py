@@ -1,7 +1,8 @@
 """Synthetic animal photos of the sample world, their iNaturalist size variants and broken files.
 
 A photo is a cluttered natural background with one "animal": the family's shape filled with the
-genus' base colour and overlaid with the species' pattern in its accent colour. The scene is drawn
+genus' base colour and overlaid with the species' pattern in its accent colour (a dark shade or pale
+tint of the genus' hue: congeneric species share a palette). The scene is drawn
 at a working resolution of at most ``WORK_SIDE`` px on the short side and upscaled, so even
 3000 px photos render in a fraction of a second; everything is seeded, so the same arguments give
 the same bytes.

@@ -97,7 +97,7 @@ class CallParams:
 
 @dataclass(frozen=True)
 class LookParams:
-    """How a species looks: family -> shape, genus -> base colour, species -> pattern."""
+    """How a species looks: family -> shape, genus -> colours, species -> pattern and shade."""
 
     shape: str
     base_rgb: tuple[int, int, int]
@@ -335,7 +335,14 @@ def generate_taxonomy(size: str = "default", seed: int = 0) -> Taxonomy:
                             shape=shape,
                             base_rgb=base,
                             pattern=PATTERNS[(si + gi) % len(PATTERNS)],
-                            accent_rgb=_hsv_rgb(float(rng.random()), 0.8, 0.35 + 0.3 * (si % 2)),
+                            # markings in a dark shade or a pale tint of the genus' hue, as
+                            # congeneric species share a palette (a random hue per species
+                            # would make colour a species label no unseen species shares)
+                            accent_rgb=_hsv_rgb(
+                                (hue + 0.06 * (2 * float(rng.random()) - 1)) % 1.0,
+                                (0.8, 0.25)[si % 2],
+                                (0.3, 0.95)[si % 2],
+                            ),
                             pattern_angle=round(float(rng.uniform(0, 180)), 1),
                             pattern_count=int(rng.integers(2, 9)),
                         )

@@ -4,11 +4,11 @@ The chain: `pretrain-towers` (the image/text stand-in for BioCLIP 2) -> Stage 1 
 evaluated on the bench when one is given. Presets were measured on the default sample world
 (209 species: ~129 seen, 60 unseen; ~1,100 training clips, ~740 training photos) on 2 CPU cores,
 with `cache_inputs` (each recording's log-mel computed once, photos decoded once, Stage 2's photo
-targets embedded once; a step costs the model's time only: about 0.13 s towers, 0.11 s Stage 1,
+targets embedded once; a step costs the model's time only: about 0.12 s towers, 0.10 s Stage 1,
 0.11 s Stage 2):
 
 - `demo`: for `biovita-data demo`, within 10 minutes of training: towers 40 epochs (~840
-  steps), Stage 1 40 (~1,280), Stage 2 50 (~1,600) at lambda 2.0 and lr 3e-3;
+  steps), Stage 1 40 (~1,280), Stage 2 50 (~1,600) at lambda 1.0 and lr 3e-3;
 - `acceptance`: longer (Stage 1 60, Stage 2 70 epochs), about 9 minutes by the step times
   (not re-measured).
 
@@ -42,13 +42,13 @@ PRESETS: dict[str, dict[str, dict[str, Any]]] = {
         "towers": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "cache_inputs": True},
         "stage1": {"epochs": 60, "batch_size": 32, "lr": 3e-3, "cache_inputs": True},
         "stage2": {"epochs": 70, "batch_size": 32, "lr": 3e-3, "train_text": False,
-                   "lambda_max": 2.0, "lambda_ramp_fraction": 0.25, "cache_inputs": True},
+                   "lambda_max": 1.0, "lambda_ramp_fraction": 0.25, "cache_inputs": True},
     },
     "demo": {
         "towers": {"epochs": 40, "batch_size": 32, "lr": 1e-3, "cache_inputs": True},
         "stage1": {"epochs": 40, "batch_size": 32, "lr": 3e-3, "cache_inputs": True},
         "stage2": {"epochs": 50, "batch_size": 32, "lr": 3e-3, "train_text": False,
-                   "lambda_max": 2.0, "lambda_ramp_fraction": 0.25, "cache_inputs": True},
+                   "lambda_max": 1.0, "lambda_ramp_fraction": 0.25, "cache_inputs": True},
     },
 }  # fmt: skip
 STAGE_OF = {"towers": "pretrain", "stage1": "1", "stage2": "2"}
