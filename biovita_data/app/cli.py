@@ -476,8 +476,8 @@ def demo(
     train: Annotated[
         str,
         typer.Option(
-            help="Model trained and evaluated at the end: demo (minutes), acceptance "
-            "(the README's figures, ~10 min) or none."
+            help="Model trained and evaluated at the end: demo (the README's figures, ~7 min "
+            "of training), acceptance (longer stages, ~9 min) or none."
         ),
     ] = "demo",
 ) -> None:
