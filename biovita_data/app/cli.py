@@ -477,7 +477,7 @@ def demo(
         str,
         typer.Option(
             help="Model trained and evaluated at the end: demo (the README's figures, ~7 min "
-            "of training), acceptance (longer stages, ~9 min) or none."
+            "of training), acceptance (longer stages, ~9.5 min) or none."
         ),
     ] = "demo",
 ) -> None:
