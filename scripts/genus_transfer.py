@@ -26,8 +26,13 @@ sys.path.insert(0, str(ROOT))
 MODALITIES = ("audio", "image", "text")
 
 
-def _items(run: Path, bench: Path, dataset: Path | None) -> dict[str, dict[str, tuple]]:
-    """Per subset and modality: (embeddings, species ids, genus names) of the bench's items."""
+Items = dict[str, dict[str, tuple[np.ndarray, np.ndarray]]]
+
+
+def _items(run: Path, bench: Path, dataset: Path | None) -> tuple[Items, dict[int, str]]:
+    """Per subset and modality (embeddings, species ids) of the bench's items; each species'
+    genus."""
+    from biovita_data.core.layout import BENCH_SPLIT_OF_SUBSET
     from biovita_model.bench_media import PublishedMedia
     from biovita_model.benches import default_dataset, find_benches, load_subset
     from biovita_model.eval_run import embed_bench
@@ -35,27 +40,28 @@ def _items(run: Path, bench: Path, dataset: Path | None) -> dict[str, dict[str, 
 
     model = load_model(run, map_location="cpu").eval()
     media = PublishedMedia(dataset if dataset is not None else default_dataset(bench))
-    out: dict[str, dict[str, tuple]] = {}
-    for name, where in find_benches(bench, "all").items():
+    subsets = find_benches(bench, "all")
+    if set(subsets) != {"seen", "unseen"}:
+        raise ValueError(f"{bench}: needs the seen and the unseen subset, found {sorted(subsets)}")
+    items: Items = {}
+    genus: dict[int, str] = {}
+    for name, where in subsets.items():
         if not isinstance(where, Path):
-            raise SystemExit(f"{bench}: give the bench folder OUT/bench (with ids/*.parquet)")
-        emb, _ = embed_bench(
-            model, load_subset(where), media, splits=["test" if name == "seen" else "unseen"]
-        )
+            raise ValueError(f"{bench}: give the bench folder OUT/bench (with ids/*.parquet)")
+        subset = load_subset(where)
+        emb, _ = embed_bench(model, subset, media, splits=[BENCH_SPLIT_OF_SUBSET[name]])
         ids = where / "ids"
         text = pl.read_parquet(ids / "text_index.parquet").sort("id")
-        genus = dict(zip(text["species_id"].to_list(), text["genus"].to_list(), strict=True))
-        out[name] = {"text": (emb.text["species"].numpy(), text["species_id"].to_numpy())}
+        genus.update(zip(text["species_id"].to_list(), text["genus"].to_list(), strict=True))
+        items[name] = {"text": (emb.text["species"].numpy(), text["species_id"].to_numpy())}
         for m in ("audio", "image"):
             index = pl.read_parquet(ids / f"{m}_index.parquet").sort("id")
-            out[name][m] = (np.asarray(getattr(emb, m)), index["species_id"].to_numpy())
-        out[name]["genus"] = genus
-    return out
+            items[name][m] = (np.asarray(getattr(emb, m)), index["species_id"].to_numpy())
+    return items, genus
 
 
-def genus_transfer(items: dict[str, dict[str, tuple]]) -> dict[str, float]:
+def genus_transfer(items: Items, genus: dict[int, str]) -> dict[str, float]:
     """Share (%) of unseen items whose nearest seen-species centroid is of their genus."""
-    genus = {**items["seen"]["genus"], **items["unseen"]["genus"]}
     result = {}
     for q in MODALITIES:
         x, species = items["unseen"][q]
@@ -76,8 +82,14 @@ def main() -> int:
     parser.add_argument("--bench", type=Path, required=True)
     parser.add_argument("--dataset", type=Path, default=None)
     args = parser.parse_args()
+    from biovita_data.app.clikit import error_line
+
     for run in args.runs:
-        shares = genus_transfer(_items(run, args.bench, args.dataset))
+        try:
+            shares = genus_transfer(*_items(run, args.bench, args.dataset))
+        except (FileNotFoundError, ValueError) as exc:
+            error_line(f"{run}: {exc}")
+            return 2
         print(json.dumps({"run": str(run), "unseen_nearest_seen_species_of_own_genus": shares}))
     return 0
 
