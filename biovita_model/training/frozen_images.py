@@ -36,9 +36,9 @@ class FrozenImages:
         items = MediaItems(images.index, "image", image_transform=images.transform)
         training = model.training
         with autocast or contextlib.nullcontext():
-            self.embeddings = embed_items(model, items, batch_size=batch_size, device=device)
+            embeddings = embed_items(model, items, batch_size=batch_size, device=device)
         model.train(training)  # embed_items leaves the model in eval mode
-        self.embeddings = self.embeddings.to(device)
+        self.embeddings = embeddings.to(device)  # embed_items returns them on the CPU
 
     def __len__(self) -> int:
         return int(self.embeddings.shape[0])
