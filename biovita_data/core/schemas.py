@@ -91,6 +91,33 @@ FAILURE = pa.schema(
     ]
 )
 
+# OUT/raw/removed.parquet: records that left raw on an update (one row each; a record that comes
+# back is deleted from it). Written by `update`/takedown, read by `release diff`.
+REMOVED = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("modality", pa.string(), nullable=False),
+        pa.field("record_id", pa.string(), nullable=False),
+        pa.field("reason", pa.string(), nullable=False),  # withdrawn | licence | takedown
+        pa.field("detail", pa.string()),
+        pa.field("removed_at", pa.string()),  # ISO-8601 UTC
+    ]
+)
+
+# OUT/manifests/duplicates.parquet: one row per member of a duplicate group (`dedup`). `split`
+# keeps every group of kind exact or near on one side; kind metadata is only a candidate.
+DUPLICATES = pa.schema(
+    [
+        pa.field("group_id", pa.string(), nullable=False),
+        pa.field("modality", pa.string(), nullable=False),  # audio | image
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("record_id", pa.string(), nullable=False),
+        pa.field("kind", pa.string(), nullable=False),  # exact | near | metadata
+        pa.field("score", pa.float64()),
+        pa.field("evidence", pa.string()),
+    ]
+)
+
 # The release's lineage, one row per accepted name: a user-supplied backbone for align.
 OFFICIAL_TAXONOMY = pa.schema(
     [
