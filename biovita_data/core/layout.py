@@ -77,6 +77,36 @@ def unmatched_path(out: Path) -> Path:
     return manifests_dir(out) / "unmatched.parquet"
 
 
+def assignment_path(out: Path) -> Path:
+    """OUT/manifests/assignment.parquet: every item's split, kept across builds (`split`)."""
+    return manifests_dir(out) / "assignment.parquet"
+
+
+def split_report_path(out: Path) -> Path:
+    """OUT/manifests/split.json: the last split's settings, where it started from, what moved."""
+    return manifests_dir(out) / "split.json"
+
+
+def duplicates_path(out: Path) -> Path:
+    """OUT/manifests/duplicates.parquet: duplicate groups (`dedup`), one unit each for `split`."""
+    return manifests_dir(out) / "duplicates.parquet"
+
+
+def removed_path(out: Path) -> Path:
+    """OUT/raw/removed.parquet: records that left raw on an update, with the reason."""
+    return raw_root(out) / "removed.parquet"
+
+
+def croissant_path(out: Path) -> Path:
+    """OUT/hf/croissant.json: the published folder's Croissant 1.0 metadata."""
+    return hf_dir(out) / "croissant.json"
+
+
+def failures_path(out: Path) -> Path:
+    """OUT/manifests/failures.parquet: every dropped or failed record, with stage and reason."""
+    return manifests_dir(out) / "failures.parquet"
+
+
 def bench_dir(out: Path, subset: str) -> Path:
     """OUT/bench/seen or OUT/bench/unseen: one BENCH folder in the official layout."""
     if subset not in ("seen", "unseen"):

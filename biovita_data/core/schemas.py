@@ -204,6 +204,20 @@ MEDIA = pa.schema(
 )
 MEDIA_KEY = ("source", "record_id")
 
+# OUT/manifests/assignment.parquet: every item `split` ever placed (align rewrites the manifests
+# with split null; this keeps the assignment across builds). `present`: in the corpus now.
+ASSIGNMENT = pa.schema(
+    [
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("modality", pa.string(), nullable=False),  # audio | image
+        pa.field("record_id", pa.string(), nullable=False),
+        pa.field("species_id", pa.int64(), nullable=False),
+        pa.field("unit", pa.string(), nullable=False),  # observation group / duplicate group
+        pa.field("split", pa.string(), nullable=False),  # train | test | unseen
+        pa.field("present", pa.bool_(), nullable=False),
+    ]
+)
+
 # Source names that did not align to an accepted species of the backbone.
 UNMATCHED = pa.schema(
     [
