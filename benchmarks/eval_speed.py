@@ -25,7 +25,7 @@ import torch
 
 from biovita_data.build.bench.csv_layout import LEVELS, TASK_DTYPES, TASKS, OfficialBench
 from biovita_data.loader import cap_per_label
-from biovita_model import evaluate as ev
+from biovita_model.eval import scoring as ev
 
 SPECIES, GENERA, FAMILIES = 14_133, 5_000, 1_000
 POOL = {"audio": 125_000, "image": 226_000, "text": SPECIES}

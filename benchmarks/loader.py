@@ -75,8 +75,8 @@ from biovita_data.loader import BioVITADataset, collate, species_sampler
 from biovita_data.loader.audio import decode_clip
 from biovita_data.loader.dataset import item_rng
 from biovita_data.loader.index import RowReader, build_index, split_files
-from biovita_data.loader.synthetic import AudioSpec, write_config, write_synthetic_folder
 from biovita_data.publish.shards import MEDIA_GROUP_BYTES, MEDIA_ROW_GROUP
+from biovita_data.sample.published_folder import AudioSpec, write_config, write_synthetic_folder
 
 CROP = 480_000
 SEED = 0

@@ -1,8 +1,8 @@
 """`biovita-model`: train, evaluate and probe the tri-modal model (needs the `model` extra).
 
 Each command is a thin layer over a Python function usable from a notebook:
-`biovita_model.training.train`, `biovita_model.training.pretrain.pretrain_towers`,
-`biovita_model.eval_run.evaluate_run`, `biovita_model.embed.embed_dataset`,
+`biovita_model.training.train` (every stage, `pretrain-towers` included),
+`biovita_model.eval.run.evaluate_run`, `biovita_model.embed.embed_dataset`,
 `biovita_model.probe.probe_traits`, `biovita_model.release_weights.import_official`.
 """
 
@@ -346,7 +346,7 @@ def train_tiny_cmd(
     _check_dataset(dataset)
     if bench is not None:
         _check_exists(bench, "--bench")
-    from biovita_model.eval_tables import eval_table
+    from biovita_model.eval.tables import eval_table
     from biovita_model.training.recipes import train_tiny
     from biovita_model.training.report import set_verbose
 
@@ -400,8 +400,8 @@ def eval_cmd(
     _check_run(run)
     _check_exists(bench, "--bench")
     _check_dataset(dataset)
-    from biovita_model.eval_run import evaluate_run
-    from biovita_model.eval_tables import eval_table
+    from biovita_model.eval.run import evaluate_run
+    from biovita_model.eval.tables import eval_table
 
     ks = _ks(k)
     if subset not in ("seen", "unseen", "all"):

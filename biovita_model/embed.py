@@ -21,7 +21,6 @@ from biovita_data.core.layout import MEDIA_SPLITS
 from biovita_data.loader import decode_clip, read_species
 from biovita_data.loader.index import MediaIndex, RowReader, index_rows, resolve_folder, split_files
 from biovita_model.audio_frontend import AudioFrontend, FrontendConfig
-from biovita_model.evaluate import embed_texts
 from biovita_model.image_input import input_size, load_image
 from biovita_model.model import BioVITAModel
 from biovita_model.threads import worker_init
@@ -71,6 +70,17 @@ class MediaItems(Dataset):
         wave = torch.from_numpy(clip.samples)[None]
         with torch.no_grad():
             return self._frontend(wave, torch.tensor([max(1, clip.valid)]))[0]
+
+
+@torch.no_grad()
+def embed_texts(model: Any, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
+    """Normalised text embeddings (n, D) through model.tokenize + model.encode_text."""
+    out = []
+    for i in range(0, len(texts), batch_size):
+        out.append(model.encode_text(model.tokenize(list(texts[i : i + batch_size]))).float())
+    if not out:
+        return torch.zeros((0, model.embed_dim))
+    return torch.cat(out)
 
 
 @torch.no_grad()

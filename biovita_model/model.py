@@ -338,18 +338,8 @@ def create_model(
 
 def write_atomic(path: Path, write: Callable[[Path], None]) -> None:
     """Write path through `write` on a temporary file beside it, then rename (never half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)  # a plain file's mode, not mkstemp's 0600
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    with atomic_path(path) as tmp:
+        write(tmp)
 
 
 def file_sha256(path: Path) -> str:

@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import polars as pl
 import torch
 from rich.table import Table
 
@@ -204,21 +203,6 @@ def probe_traits(
         path = Path(run) / PROBE_FILE
         path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
     return report
-
-
-def probe_frame(report: dict[str, Any]) -> pl.DataFrame:
-    """One row per trait: category, and per modality the probe's and the baseline's F1."""
-    rows = []
-    for cat, labels in TRAIT_CATEGORIES.items():
-        for label in labels:
-            name = f"trait_{cat}_{label}"
-            row: dict[str, Any] = {"category": cat, "trait": label}
-            for modality, result in report["modalities"].items():
-                e = result["traits"].get(name)
-                row[f"{modality}_f1"] = None if e is None else e["f1"]
-                row[f"{modality}_baseline"] = None if e is None else e["baseline_f1"]
-            rows.append(row)
-    return pl.DataFrame(rows)
 
 
 def probe_table(report: dict[str, Any]) -> list[Table]:

@@ -37,8 +37,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from biovita_data.build.bench.csv_layout import LEVELS, TASKS  # noqa: E402
-from biovita_model.eval_run import evaluate_run  # noqa: E402
-from biovita_model.eval_tables import eval_table  # noqa: E402
+from biovita_model.eval.run import evaluate_run  # noqa: E402
+from biovita_model.eval.tables import eval_table  # noqa: E402
 from biovita_model.probe import probe_table, probe_traits  # noqa: E402
 from biovita_model.training.recipes import (  # noqa: E402
     PRESETS,

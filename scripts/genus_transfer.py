@@ -33,9 +33,9 @@ def _items(run: Path, bench: Path, dataset: Path | None) -> tuple[Items, dict[in
     """Per subset and modality (embeddings, species ids) of the bench's items; each species'
     genus."""
     from biovita_data.core.layout import BENCH_SPLIT_OF_SUBSET
-    from biovita_model.bench_media import PublishedMedia
-    from biovita_model.benches import default_dataset, find_benches, load_subset
-    from biovita_model.eval_run import embed_bench
+    from biovita_model.eval.media import PublishedMedia
+    from biovita_model.eval.run import embed_bench
+    from biovita_model.eval.subsets import default_dataset, find_benches, load_subset
     from biovita_model.model import load_model
 
     model = load_model(run, map_location="cpu").eval()

@@ -24,7 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 import torch  # noqa: E402
 
-from biovita_model.eval_run import evaluate_run  # noqa: E402
+from biovita_model.eval.run import evaluate_run  # noqa: E402
 from biovita_model.training.config import TrainConfig  # noqa: E402
 from biovita_model.training.loop import train  # noqa: E402
 

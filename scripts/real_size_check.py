@@ -55,7 +55,7 @@ def build(work: Path) -> dict[str, Any]:
     from safetensors.torch import save_file
     from transformers import ClapAudioModelWithProjection
 
-    from biovita_data.loader.synthetic import AudioSpec, write_synthetic_folder
+    from biovita_data.sample.published_folder import AudioSpec, write_synthetic_folder
     from biovita_model.towers import clap_audio_config, read_config
 
     t0 = time.monotonic()

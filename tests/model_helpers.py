@@ -9,7 +9,7 @@ import open_clip
 import torch
 from transformers import ClapConfig, ClapModel, ClapTextConfig
 
-from biovita_data.loader.synthetic import AudioSpec, write_synthetic_folder
+from biovita_data.sample.published_folder import AudioSpec, write_synthetic_folder
 from biovita_model.towers import create_towers, read_config
 
 N_SPECIES = 8  # the last two unseen

@@ -11,7 +11,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 from biovita_data.loader import BioVITADataset, decode_whole  # noqa: E402
-from biovita_data.loader.synthetic import AudioSpec, write_synthetic_folder  # noqa: E402
+from biovita_data.sample.published_folder import AudioSpec, write_synthetic_folder  # noqa: E402
 from biovita_model.audio_frontend import AudioFrontend, FrontendConfig  # noqa: E402
 from biovita_model.training.data import AudioItems, SpeciesImages  # noqa: E402
 from biovita_model.training.mel_cache import MelCache  # noqa: E402

@@ -30,7 +30,7 @@ from biovita_data.loader import (  # noqa: E402
     species_sampler,
 )
 from biovita_data.loader.index import RowReader  # noqa: E402
-from biovita_data.loader.synthetic import (  # noqa: E402
+from biovita_data.sample.published_folder import (  # noqa: E402
     AudioSpec,
     call_signal,
     encode_audio,

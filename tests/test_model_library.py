@@ -29,7 +29,6 @@ from biovita_data.build.bench import LEVELS, TASK_BY_CODE, TASKS, build_bench, t
 from biovita_data.core import layout  # noqa: E402
 from biovita_data.core.schemas import MEDIA, SPECIES  # noqa: E402
 from biovita_data.core.tables import write_table  # noqa: E402
-from biovita_model import evaluate as ev  # noqa: E402
 from biovita_model.audio_frontend import (  # noqa: E402
     AudioFrontend,
     FrontendConfig,
@@ -39,7 +38,11 @@ from biovita_model.audio_frontend import (  # noqa: E402
     max_frames,
     onset_starts,
 )
-from biovita_model.eval_tables import eval_table  # noqa: E402
+from biovita_model.eval import scoring as ev  # noqa: E402
+from biovita_model.eval.plot import plot_results  # noqa: E402
+from biovita_model.eval.run import bench_text_embeddings, text_strings  # noqa: E402
+from biovita_model.eval.subsets import load_bench  # noqa: E402
+from biovita_model.eval.tables import eval_table  # noqa: E402
 from biovita_model.losses import (  # noqa: E402
     info_nce,
     lambda_ramp,
@@ -653,7 +656,7 @@ def _reference_optimistic(bench_dir: Path, emb: ev.BenchEmbeddings) -> dict:
 def test_collapsed_model_scores_chance(bench_out: Path, method: str) -> None:
     """All embeddings equal: every candidate ties, so Top-k is k / candidates, not 100 %."""
     bench_dir = layout.bench_dir(bench_out / "all", "seen")
-    bench = ev.load_bench(bench_dir)
+    bench = load_bench(bench_dir)
     one = lambda n: np.tile(np.eye(8, dtype=np.float32)[0], (n, 1))  # noqa: E731
     emb = ev.BenchEmbeddings(
         audio=one(bench.audio_index.height),
@@ -754,12 +757,12 @@ def test_report_merge_json_and_plot(bench_out: Path, tmp_path: Path, tiny: BioVI
     reports = []
     for subset in ("seen", "unseen"):
         bench_dir = layout.bench_dir(bench_out / "few", subset)
-        bench = ev.load_bench(bench_dir)
-        texts = ev.text_strings(bench.text_index, ev.COMMON)
+        bench = load_bench(bench_dir)
+        texts = text_strings(bench.text_index, ev.COMMON)
         species = bench.text_index.sort("id")["species"].to_list()
         common = bench.text_index.sort("id")["common_name"].to_list()
         assert texts == [c if c is not None else s for c, s in zip(common, species, strict=True)]
-        text = ev.bench_text_embeddings(tiny, bench)
+        text = bench_text_embeddings(tiny, bench)
         assert set(text) == set(ev.TEXT_COLUMNS)
         assert all(t.shape == (bench.text_index.height, 64) for t in text.values())
         sizes = {m: bench.index(m).height for m in ("audio", "image")}
@@ -782,13 +785,13 @@ def test_report_merge_json_and_plot(bench_out: Path, tmp_path: Path, tiny: BioVI
     assert "n/a" in console.export_text()
     path = ev.write_report(merged, tmp_path / "eval.json")
     assert json.loads(path.read_text()) == json.loads(json.dumps(merged))
-    png = ev.plot_results(merged, tmp_path / "eval.png")
+    png = plot_results(merged, tmp_path / "eval.png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
 def test_per_class_csv_with_meaningless_k(tmp_path: Path) -> None:
     """Per-class rows whose Top-10 is null (k >= candidates) before rows where it is a number."""
-    from biovita_model.eval_run import write_per_class
+    from biovita_model.eval.run import write_per_class
 
     few = {f"c{i}": {"top1": 0.5, "top10": None, "n_queries": 2} for i in range(150)}
     many = {"z": {"top1": 0.25, "top10": 0.75, "n_queries": 4}}
@@ -816,7 +819,7 @@ def test_plot_draws_chance_and_na(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         "seen/genus/A2I": {"top1": 0.5, "top5": None, "top10": None, "n_candidates": 4},
         "seen/species/I2A": {"top1": 0.1, "top5": 0.3, "top10": 0.4, "n_candidates": 100},
     }
-    png = ev.plot_results({"results": results}, tmp_path / "eval.png")
+    png = plot_results({"results": results}, tmp_path / "eval.png")
     assert png.read_bytes()[:4] == b"\x89PNG"
     assert sorted(ticks) == pytest.approx([1.0, 5.0, 10.0, 25.0])
     assert texts.count("n/a") == 2

@@ -75,15 +75,6 @@ def mean_over_ranks(x: torch.Tensor) -> torch.Tensor:
     return y / dist.get_world_size()
 
 
-def broadcast_object(obj: object) -> object:
-    """Rank 0's Python object on every rank."""
-    if not (dist.is_available() and dist.is_initialized()):
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 class GlobalBatchNorm(nn.modules.batchnorm._BatchNorm):
     """Batch norm whose training statistics span the batch of every rank (differentiably).
 

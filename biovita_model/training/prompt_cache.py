@@ -17,7 +17,7 @@ from pathlib import Path
 
 import torch
 
-from biovita_model.evaluate import embed_texts
+from biovita_model.embed import embed_texts
 from biovita_model.model import BioVITAModel, part_of_key, write_atomic
 
 CACHE_ENV = "BIOVITA_CACHE"

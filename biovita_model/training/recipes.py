@@ -128,7 +128,7 @@ def train_tiny(
 ) -> ChainResult:
     """pretrain-towers -> Stage 1 -> Stage 2 with tiny towers into RUNS/{towers,stage1,stage2};
     each stage's run is evaluated on `bench` (RUN/eval.json, eval_per_class.csv, eval.png)."""
-    from biovita_model.eval_run import evaluate_run
+    from biovita_model.eval.run import evaluate_run
 
     console = console or Console(stderr=True)
     runs_dir = Path(runs_dir)

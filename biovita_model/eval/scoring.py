@@ -1,4 +1,4 @@
-"""BioVITA-Bench scoring: Top-k per subset, level and direction, per class, JSON and a plot.
+"""BioVITA-Bench scoring: Top-k per subset, level and direction, per class, ties; the JSON report.
 
 Scoring (DESIGN.md "Bench"): a query's candidate taxon scores the maximum cosine similarity
 between the query and the items of the candidate's target group. Ties are scored by a random
@@ -46,16 +46,11 @@ import torch.nn.functional as F
 
 from biovita_data.build.bench.csv_layout import (
     LEVELS,
-    MEDIA_INDEX_COLUMNS,
-    TASK_DTYPES,
     TASKS,
-    TEXT_INDEX_COLUMNS,
     OfficialBench,
     Task,
-    index_parquet_path,
-    read_official,
-    tasks_parquet_path,
 )
+from biovita_model.eval.subsets import Layout, load_bench
 
 KS = (1, 5, 10)
 COMMON = "common_name"
@@ -66,69 +61,11 @@ TIES = (
     "others tied with the correct one, a query counts clip(k - g, 0, t + 1) / (t + 1) to Top-k"
 )
 TIE_WARN_SHARE = 0.01  # warn when more than this share of a task's queries tie
-Layout = Literal["auto", "parquet", "csv"]
 Method = Literal["auto", "grouped", "dense"]
 _CHUNK_ELEMENTS = 1 << 25  # similarity / gather elements per query chunk (128 MB of float32)
 
 
 # ---- inputs ---------------------------------------------------------------------------------
-
-
-def load_bench(bench_dir: Path, layout: Layout = "auto") -> OfficialBench:
-    """A bench folder's tasks and indexes from Parquet (tasks.parquet + ids/*.parquet) or CSV.
-
-    `auto` reads Parquet when tasks.parquet exists, else the official CSV layout.
-    """
-    bench_dir = Path(bench_dir)
-    if layout == "auto":
-        layout = "parquet" if tasks_parquet_path(bench_dir).is_file() else "csv"
-    if layout == "csv":
-        return read_official(bench_dir)
-    if layout != "parquet":
-        raise ValueError(f"layout must be 'auto', 'parquet' or 'csv', not {layout!r}")
-    tasks = pl.read_parquet(tasks_parquet_path(bench_dir), columns=list(TASK_DTYPES))
-    tasks = tasks.cast(TASK_DTYPES)  # type: ignore[arg-type]
-    indexes = {}
-    for modality in ("audio", "image", "text"):
-        cols = TEXT_INDEX_COLUMNS if modality == "text" else MEDIA_INDEX_COLUMNS
-        indexes[modality] = pl.read_parquet(
-            index_parquet_path(bench_dir, modality), columns=list(cols)
-        )
-    return OfficialBench(
-        tasks=tasks,
-        audio_index=indexes["audio"],
-        image_index=indexes["image"],
-        text_index=indexes["text"],
-    )
-
-
-def text_strings(text_index: pl.DataFrame, column: str) -> list[str]:
-    """The text of every text item (by id) for one column; common names fall back to species."""
-    if column not in TEXT_COLUMNS:
-        raise ValueError(f"column must be one of {TEXT_COLUMNS}, not {column!r}")
-    col = pl.col(column)
-    if column == COMMON:
-        col = pl.coalesce(pl.col(COMMON), pl.col("species"))
-    return text_index.sort("id").select(col.fill_null(""))[:, 0].to_list()
-
-
-@torch.no_grad()
-def embed_texts(model: Any, texts: Sequence[str], batch_size: int = 256) -> torch.Tensor:
-    """Normalised text embeddings (n, D) through model.tokenize + model.encode_text."""
-    out = []
-    for i in range(0, len(texts), batch_size):
-        out.append(model.encode_text(model.tokenize(list(texts[i : i + batch_size]))).float())
-    if not out:
-        return torch.zeros((0, model.embed_dim))
-    return torch.cat(out)
-
-
-def bench_text_embeddings(
-    model: Any, bench: OfficialBench, *, common_name: bool = True, batch_size: int = 256
-) -> dict[str, torch.Tensor]:
-    """Embeddings of the text index per column (species, genus, family[, common_name])."""
-    cols = TEXT_COLUMNS if common_name else TEXT_COLUMNS[:3]
-    return {c: embed_texts(model, text_strings(bench.text_index, c), batch_size) for c in cols}
 
 
 @dataclass
@@ -528,59 +465,4 @@ def write_report(report: Mapping[str, Any], path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(report, indent=2, sort_keys=True) + "\n")
-    return path
-
-
-def plot_results(results: Mapping[str, Any], path: Path) -> Path:
-    """Bar charts of Top-1/5/10 per direction, one panel per subset and level, as a PNG; a black
-    tick over each bar marks its chance level (k / candidates), `n/a` where k >= the candidates."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    res = results.get("results", results)
-    panels: dict[tuple[str, str], dict[str, Mapping[str, Any]]] = {}
-    for key, entry in res.items():
-        subset, level, code = key.split("/")
-        panels.setdefault((subset, level), {})[code] = entry
-    subsets = sorted({s for s, _ in panels})
-    levels = [lv for lv in LEVELS if any(lv == l2 for _, l2 in panels)]
-    rows, cols = max(len(subsets), 1), max(len(levels), 1)
-    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.2 * rows), squeeze=False)
-    codes = [t.code for t in TASKS]
-    for i, subset in enumerate(subsets):
-        for j, level in enumerate(levels):
-            ax = axes[i][j]
-            entries = panels.get((subset, level), {})
-            x = np.arange(len(codes))
-            tops = [k for k in ("top1", "top5", "top10") if any(k in e for e in entries.values())]
-            width = 0.8 / max(len(tops), 1)
-            for n, k in enumerate(tops):
-                pos = x + (n - (len(tops) - 1) / 2) * width
-                vals = [entries.get(c, {}).get(k) for c in codes]
-                ax.bar(pos, [0.0 if v is None else 100 * v for v in vals], width, label=k)
-                for c, xp, v in zip(codes, pos, vals, strict=True):
-                    e = entries.get(c)
-                    if e is None:
-                        continue
-                    if v is None:
-                        ax.text(xp, 2, "n/a", rotation=90, ha="center", va="bottom", fontsize=6)
-                        continue
-                    level_pct = 100 * min(1.0, int(k[3:]) / max(1, e["n_candidates"]))
-                    label = "chance" if c == codes[0] and n == 0 else None
-                    ax.hlines(level_pct, xp - width / 2, xp + width / 2, "black", label=label)
-            ax.set_xticks(x, codes)
-            ax.set_ylim(0, 100)
-            ax.set_title(f"{subset} / {level}")
-            ax.set_ylabel("%")
-            if i == 0 and j == 0 and tops:
-                ax.legend(fontsize="small")
-    if not panels:
-        axes[0][0].set_title("no results")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
     return path

@@ -9,7 +9,7 @@ from rich import box
 from rich.table import Table
 
 from biovita_data.build.bench.csv_layout import LEVELS, SUBSETS, TASKS
-from biovita_model.evaluate import COMMON, KS
+from biovita_model.eval.scoring import COMMON, KS
 
 
 def _cell(entry: dict[str, Any] | None, k: int) -> str:

@@ -1,28 +1,61 @@
-"""Which BioVITA-Bench subsets to score and their tables: a build's OUT/bench, one BENCH folder,
-or a published folder's `bench` config (+ bench_ids/<subset>/); items missing from the dataset."""
+"""Which BioVITA-Bench subsets to score and their tables: a build's OUT/bench, one BENCH folder
+(Parquet or the official CSV layout), or a published folder's `bench` config (+
+bench_ids/<subset>/); items missing from the dataset dropped from the tasks."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import polars as pl
 
 from biovita_data.build.bench.csv_layout import (
+    MEDIA_INDEX_COLUMNS,
     SUBSETS,
     TASK_BY_CODE,
     TASK_DTYPES,
+    TEXT_INDEX_COLUMNS,
     OfficialBench,
     index_csv_path,
     index_parquet_path,
     read_index_csv,
+    read_official,
     tasks_parquet_path,
 )
 from biovita_data.core.layout import BENCH_SPLIT_OF_SUBSET
 from biovita_data.loader.index import split_files
-from biovita_model.evaluate import Layout, load_bench
 
 MODALITIES = ("audio", "image", "text")
+Layout = Literal["auto", "parquet", "csv"]
+
+
+def load_bench(bench_dir: Path, layout: Layout = "auto") -> OfficialBench:
+    """A bench folder's tasks and indexes from Parquet (tasks.parquet + ids/*.parquet) or CSV.
+
+    `auto` reads Parquet when tasks.parquet exists, else the official CSV layout.
+    """
+    bench_dir = Path(bench_dir)
+    if layout == "auto":
+        layout = "parquet" if tasks_parquet_path(bench_dir).is_file() else "csv"
+    if layout == "csv":
+        return read_official(bench_dir)
+    if layout != "parquet":
+        raise ValueError(f"layout must be 'auto', 'parquet' or 'csv', not {layout!r}")
+    tasks = pl.read_parquet(tasks_parquet_path(bench_dir), columns=list(TASK_DTYPES))
+    tasks = tasks.cast(TASK_DTYPES)  # type: ignore[arg-type]
+    indexes = {}
+    for modality in ("audio", "image", "text"):
+        cols = TEXT_INDEX_COLUMNS if modality == "text" else MEDIA_INDEX_COLUMNS
+        indexes[modality] = pl.read_parquet(
+            index_parquet_path(bench_dir, modality), columns=list(cols)
+        )
+    return OfficialBench(
+        tasks=tasks,
+        audio_index=indexes["audio"],
+        image_index=indexes["image"],
+        text_index=indexes["text"],
+    )
 
 
 def _read_index(path_parquet: Path, path_csv: Path, modality: str) -> pl.DataFrame:

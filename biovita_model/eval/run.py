@@ -20,12 +20,37 @@ import torch
 
 from biovita_data.build.bench.csv_layout import OfficialBench
 from biovita_data.core.layout import BENCH_SPLIT_OF_SUBSET, MEDIA_SPLITS
-from biovita_model import evaluate as ev
-from biovita_model.bench_media import PublishedMedia
-from biovita_model.benches import default_dataset, drop_missing, find_benches, load_subset
-from biovita_model.embed import embed_items, media_items
+from biovita_model.embed import embed_items, embed_texts, media_items
+from biovita_model.eval import scoring as ev
+from biovita_model.eval.media import PublishedMedia
+from biovita_model.eval.plot import plot_results
+from biovita_model.eval.subsets import (
+    Layout,
+    default_dataset,
+    drop_missing,
+    find_benches,
+    load_subset,
+)
 from biovita_model.model import BioVITAModel, load_model
 from biovita_model.threads import cpu_threads
+
+
+def text_strings(text_index: pl.DataFrame, column: str) -> list[str]:
+    """The text of every text item (by id) for one column; common names fall back to species."""
+    if column not in ev.TEXT_COLUMNS:
+        raise ValueError(f"column must be one of {ev.TEXT_COLUMNS}, not {column!r}")
+    col = pl.col(column)
+    if column == ev.COMMON:
+        col = pl.coalesce(pl.col(ev.COMMON), pl.col("species"))
+    return text_index.sort("id").select(col.fill_null(""))[:, 0].to_list()
+
+
+def bench_text_embeddings(
+    model: Any, bench: OfficialBench, *, common_name: bool = True, batch_size: int = 256
+) -> dict[str, torch.Tensor]:
+    """Embeddings of the text index per column (species, genus, family[, common_name])."""
+    cols = ev.TEXT_COLUMNS if common_name else ev.TEXT_COLUMNS[:3]
+    return {c: embed_texts(model, text_strings(bench.text_index, c), batch_size) for c in cols}
 
 
 def embed_bench(
@@ -58,7 +83,7 @@ def embed_bench(
         full[torch.from_numpy(keep)] = found
         emb[modality] = full
     model.to(device)
-    text = {k: v.cpu() for k, v in ev.bench_text_embeddings(model, bench).items()}
+    text = {k: v.cpu() for k, v in bench_text_embeddings(model, bench).items()}
     return ev.BenchEmbeddings(audio=emb["audio"], image=emb["image"], text=text), missing
 
 
@@ -77,7 +102,7 @@ def evaluate_run(
     subset: str = "all",
     ks: Sequence[int] = ev.KS,
     dataset: str | Path | None = None,
-    layout: ev.Layout = "auto",
+    layout: Layout = "auto",
     batch_size: int = 64,
     workers: int = 0,
     device: str = "cpu",
@@ -116,7 +141,7 @@ def evaluate_run(
         run = Path(run)
         files["json"] = ev.write_report(report, run / "eval.json")
         files["per_class"] = write_per_class(report, run / "eval_per_class.csv")
-        files["plot"] = ev.plot_results(report, run / "eval.png")
+        files["plot"] = plot_results(report, run / "eval.png")
     return EvalResult(report, files)
 
 
