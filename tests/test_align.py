@@ -406,7 +406,9 @@ def test_split_is_deterministic_and_seeded(built: Path, tmp_path: Path) -> None:
     before = (tmp_path / "manifests" / "audio.parquet").read_bytes()
     split(tmp_path, seed=0, console=QUIET)
     assert (tmp_path / "manifests" / "audio.parquet").read_bytes() == before
-    split(tmp_path, seed=1, console=QUIET)
+    split(tmp_path, seed=1, console=QUIET)  # the kept assignment holds whatever the seed
+    assert (tmp_path / "manifests" / "audio.parquet").read_bytes() == before
+    split(tmp_path, seed=1, redraw=True, console=QUIET)
     assert (tmp_path / "manifests" / "audio.parquet").read_bytes() != before
     with pytest.raises(ValueError, match="test-fraction"):
         split(tmp_path, test_fraction=1.5, console=QUIET)

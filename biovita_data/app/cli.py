@@ -288,11 +288,20 @@ def split_cmd(
     unseen_max_audio: Annotated[
         int, typer.Option(help="Species with at most N recordings are held out as unseen.")
     ] = 2,
+    previous: Annotated[
+        Path | None,
+        typer.Option(help="Keep the assignment of this earlier build folder (default: OUT's)."),
+    ] = None,
+    redraw: Annotated[
+        bool, typer.Option("--redraw", help="Forget the kept assignment; draw every item afresh.")
+    ] = False,
 ) -> None:
-    """Add `split` (train/test/unseen) to audio and image rows and `split_group` to species."""
+    """Add `split` (train/test/unseen) to audio and image rows and `split_group` to species;
+    items already placed (OUT/manifests/assignment.parquet) keep their side unless --redraw."""
     from biovita_data.app.stages import run_split
 
-    cfg = {"seed": seed, "test_fraction": test_fraction, "unseen_max_audio": unseen_max_audio}
+    cfg = {"seed": seed, "test_fraction": test_fraction, "unseen_max_audio": unseen_max_audio,
+           "previous": previous, "redraw": redraw}  # fmt: skip
     _stage(run_split, out, cfg, console)
 
 
@@ -538,6 +547,7 @@ def sample_serve(
     the variables to export."""
     import shlex
 
+    from biovita_data.crawl.http import ALLOW_LOOPBACK_ENV
     from biovita_data.sample.server import DEFAULT_XC_KEY, SampleServer
     from biovita_data.sample.world import World
 
@@ -549,7 +559,8 @@ def sample_serve(
         )
     except ValueError as exc:
         _fail(str(exc))
-    info = {**server.urls, "XENO_CANTO_API_KEY": DEFAULT_XC_KEY}
+    # the sample world's media are on loopback: the explicit allowance materialize needs
+    info = {**server.urls, "XENO_CANTO_API_KEY": DEFAULT_XC_KEY, ALLOW_LOOPBACK_ENV: "1"}
     if gbif_max_offset != 100_000:
         info["GBIF_MAX_OFFSET"] = str(gbif_max_offset)
     if output_format == "json":

@@ -121,6 +121,8 @@ def run_split(out: Path, cfg: dict, console: Console):
         seed=int(cfg.get("seed", 0)),
         test_fraction=float(cfg.get("test_fraction", 0.1)),
         unseen_max_audio=int(cfg.get("unseen_max_audio", 2)),
+        previous=Path(cfg["previous"]) if cfg.get("previous") else None,
+        redraw=bool(cfg.get("redraw", False)),
         console=console,
     )
 
