@@ -21,9 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from biovita_data.core.tables import atomic_path
 from biovita_model.audio_frontend import AudioFrontend, Crop
 from biovita_model.towers import (
     AbsentTower,
@@ -158,6 +158,16 @@ class BioVITAModel(nn.Module):
     def device(self) -> torch.device:
         """Where the parameters are."""
         return self.audio_adapter.weight.device
+
+    @property
+    def short_clip(self) -> str:
+        """How the front end fills a clip shorter than its window (pad, repeat or repeatpad)."""
+        return self.frontend.cfg.short_clip
+
+    def set_short_clip(self, short_clip: str) -> None:
+        """Fill short clips by `short_clip` from now on (kept in the run's config.json)."""
+        self.frontend.cfg = replace(self.frontend.cfg, short_clip=short_clip)
+        self.tower_config.frontend["short_clip"] = short_clip
 
     def audio_features(
         self,

@@ -103,3 +103,71 @@ def test_model_library_does_not_import_training() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, check=True
     )
     assert res.stdout.strip() == "[]", f"the model library loads training code: {res.stdout}"
+
+
+def test_data_package_never_imports_the_model_package() -> None:
+    wrong = [
+        f"{mod} imports {dep}"
+        for mod, deps in graph().items()
+        if mod.startswith("biovita_data")
+        for dep in deps
+        if dep.startswith("biovita_model")
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+# Names that say a module makes up data for tests and demos rather than reading real data.
+FIXTURE_WORDS = ("synthetic", "fake", "dummy", "fixture", "mock")
+
+
+def test_fixture_code_lives_only_in_sample() -> None:
+    misplaced = [
+        mod
+        for mod in graph()
+        if any(w in mod.rsplit(".", 1)[-1] for w in FIXTURE_WORDS)
+        and not mod.startswith("biovita_data.sample")
+    ]
+    assert not misplaced, f"fixture modules outside biovita_data/sample/: {misplaced}"
+    # the runtime (every layer below app, and the model package) never reaches for the fixtures
+    wrong = [
+        f"{mod} imports {dep}"
+        for mod, deps in graph().items()
+        if not mod.startswith(("biovita_data.sample", "biovita_data.app")) and mod != "biovita_data"
+        for dep in deps
+        if dep.startswith("biovita_data.sample")
+    ]
+    assert not wrong, "\n".join(wrong)
+
+
+def _package_files() -> list[Path]:
+    return sorted((ROOT / "biovita_data").rglob("*.py")) + sorted(
+        (ROOT / "biovita_model").rglob("*.py")
+    )
+
+
+def test_atomic_writes_and_failures_path_are_defined_once() -> None:
+    """Temp files for atomic writes come from core/tables.py; failures.parquet's path from
+    core/layout.py (a module that builds either by hand drifts from the others)."""
+    wrong = []
+    for path in _package_files():
+        rel = path.relative_to(ROOT).as_posix()
+        for node in ast.walk(ast.parse(path.read_text())):
+            if (  # a temp file beside a target (dir=...): an atomic write
+                isinstance(node, ast.Call)
+                and isinstance(node.func, ast.Attribute)
+                and node.func.attr == "mkstemp"
+                and any(k.arg == "dir" for k in node.keywords)
+                and rel != "biovita_data/core/tables.py"
+            ):
+                wrong.append(f"{rel}:{node.lineno}: tempfile.mkstemp (use core.tables.atomic_path)")
+            if (
+                isinstance(node, ast.BinOp)
+                and isinstance(node.op, ast.Div)
+                and isinstance(node.right, ast.Constant)
+                and node.right.value == "failures.parquet"
+                and rel != "biovita_data/core/layout.py"
+            ):
+                wrong.append(
+                    f"{rel}:{node.lineno}: failures.parquet by hand (layout.failures_path)"
+                )
+    assert not wrong, "\n".join(wrong)

@@ -195,7 +195,7 @@ def finalize(
         )
     df = _natural(df)
     write_table(df.to_arrow().cast(RAW_RECORD), records_path)
-    old_f = pl.from_arrow(read_table(out / "manifests" / "failures.parquet", FAILURE)).filter(
+    old_f = pl.from_arrow(read_table(layout.failures_path(out), FAILURE)).filter(
         (pl.col("stage") == "fetch") & (pl.col("source") == source)
     )
     allf = pl.concat([fdf, *[e.cast(fdf.schema) for e in extra], old_f], how="vertical_relaxed")

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,6 +27,7 @@ from biovita_data.build.bench.csv_layout import (
     read_index_csv,
 )
 from biovita_data.core import layout
+from biovita_data.core.tables import write_bytes_atomic
 from biovita_data.media.store import MediaStore
 
 MEDIA_MODALITIES = ("audio", "image")
@@ -92,18 +92,6 @@ def _same_bytes(path: Path, sha256: str) -> bool:
     return hashlib.sha256(path.read_bytes()).hexdigest() == sha256
 
 
-def _write_atomic(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 def export_bench_media(out: str | os.PathLike[str], to: str | os.PathLike[str]) -> ExportResult:
     """Write every medium of OUT's bench id indexes at DIR/<file_path> from the media shards."""
     out, root = Path(out), Path(to).resolve()
@@ -155,7 +143,7 @@ def export_bench_media(out: str | os.PathLike[str], to: str | os.PathLike[str]) 
                     raise ValueError(
                         f"{modality} {s} {rid}: listed in {stored_path} but not in shard {shard}"
                     )
-                _write_atomic(dest, blob)
+                write_bytes_atomic(blob, dest)
                 written += 1
                 size += len(blob)
     gone = pl.concat(missing) if missing else items.clear()

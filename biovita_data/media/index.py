@@ -9,6 +9,7 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from biovita_data.core.layout import failures_path
 from biovita_data.core.schemas import FAILURE, MEDIA_FILE
 from biovita_data.core.tables import read_table, replace_failures, write_table
 from biovita_data.media.records import STAGE
@@ -110,7 +111,7 @@ def merge_failures(
     duplicates: dict[str, pa.Table],
 ) -> pa.Table:
     """This stage's failures in OUT/manifests/failures.parquet; rows of other modalities stay."""
-    path = out / "manifests" / "failures.parquet"
+    path = failures_path(out)
     old = pl.from_arrow(read_table(path, FAILURE))
     old_stage = old.filter(pl.col("stage") == STAGE)
     kept_old = old_stage.filter(~pl.col("modality").is_in(list(specs)))

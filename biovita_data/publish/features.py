@@ -12,7 +12,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 
 from biovita_data.core.layout import BENCH_SPLIT_OF_SUBSET, CONFIGS, MEDIA_SPLITS, SPLITS
-from biovita_data.core.schemas import SPECIES
+from biovita_data.core.schemas import BENCH_TASK, MEDIA, MEDIA_FILE, SPECIES
 
 __all__ = ["BENCH_SPLIT_OF_SUBSET", "CONFIGS", "MEDIA_SPLITS", "SPLITS"]
 
@@ -20,84 +20,73 @@ __all__ = ["BENCH_SPLIT_OF_SUBSET", "CONFIGS", "MEDIA_SPLITS", "SPLITS"]
 # Arrow storage of the Audio and Image features: the file's bytes and its relative path.
 MEDIA_STRUCT = pa.struct([pa.field("bytes", pa.binary()), pa.field("path", pa.string())])
 
-_TAXON: list[tuple[str, pa.DataType]] = [
-    ("label", pa.int64()),
-    ("species_id", pa.int64()),
-    ("scientific_name", pa.string()),
-    ("common_name", pa.string()),
-    ("class", pa.string()),
-    ("order", pa.string()),
-    ("family", pa.string()),
-    ("genus", pa.string()),
-    ("source", pa.string()),
-    ("record_id", pa.string()),
+# Published columns keep the type core/schemas.py declares for them, except these: the class
+# label, and lists the Hub's viewer and the official CSV show as one string.
+LABEL: tuple[str, pa.DataType] = ("label", pa.int64())
+_FLATTENED: dict[str, pa.DataType] = {
+    "background_species": pa.string(),  # "; "-joined
+    "candidates_taxa": pa.string(),  # JSON list, as in the official CSV
+    "candidates_target_ids": pa.string(),  # JSON list of lists, as in the official CSV
+}
+
+
+def _cols(schema: pa.Schema, *names: str) -> list[tuple[str, pa.DataType]]:
+    """(name, Arrow type) of these columns, as `schema` declares them (or flattened)."""
+    return [(n, _FLATTENED.get(n, schema.field(n).type)) for n in names]
+
+
+_TAXON = [
+    LABEL,
+    *_cols(MEDIA, "species_id", "scientific_name"),
+    *_cols(SPECIES, "common_name", "class", "order", "family", "genus"),
+    *_cols(MEDIA, "source", "record_id"),
 ]
-_RIGHTS: list[tuple[str, pa.DataType]] = [
-    ("license", pa.string()),
-    ("attribution", pa.string()),
-    ("media_url", pa.string()),
-    ("page_url", pa.string()),
-]
-_AUDIO_FILE: list[tuple[str, pa.DataType]] = [
-    ("segment", pa.int32()),
-    ("n_segments", pa.int32()),
-    ("duration_s", pa.float64()),
-    ("sample_rate", pa.int32()),
-    ("channels", pa.int32()),
-]
-_IMAGE_FILE: list[tuple[str, pa.DataType]] = [("width", pa.int32()), ("height", pa.int32())]
+_RIGHTS = _cols(MEDIA, "license", "attribution", "media_url", "page_url")
+_AUDIO_FILE = _cols(MEDIA_FILE, "segment", "n_segments", "duration_s", "sample_rate", "channels")
+_IMAGE_FILE = _cols(MEDIA_FILE, "width", "height")
+_SHA256 = _cols(MEDIA_FILE, "sha256")
 # Where: coordinates as the source publishes them, and whether they were obscured (iNaturalist
 # geoprivacy / taxon_geoprivacy: moved at random within ~0.2 degrees, or withheld).
-_WHERE: list[tuple[str, pa.DataType]] = [
-    ("country", pa.string()),
-    ("latitude", pa.float64()),
-    ("longitude", pa.float64()),
-    ("coordinates_obscured", pa.bool_()),
-    ("geoprivacy", pa.string()),
-    ("positional_accuracy", pa.float64()),
-]
-# How a recording was made (Xeno-canto); background_species is "; "-joined.
-_RECORDING: list[tuple[str, pa.DataType]] = [
-    ("background_species", pa.string()),
-    ("recording_method", pa.string()),
-    ("locality", pa.string()),
-    ("altitude", pa.float64()),
-    ("remarks", pa.string()),
-    ("animal_seen", pa.bool_()),
-    ("playback_used", pa.bool_()),
-    ("automatic_recording", pa.bool_()),
-    ("device", pa.string()),
-    ("microphone", pa.string()),
-    ("sonogram_url", pa.string()),
-]
+_WHERE = _cols(
+    MEDIA,
+    "country",
+    "latitude",
+    "longitude",
+    "coordinates_obscured",
+    "geoprivacy",
+    "positional_accuracy",
+)
+# How a recording was made (Xeno-canto).
+_RECORDING = _cols(
+    MEDIA,
+    "background_species",
+    "recording_method",
+    "locality",
+    "altitude",
+    "remarks",
+    "animal_seen",
+    "playback_used",
+    "automatic_recording",
+    "device",
+    "microphone",
+    "sonogram_url",
+)
 # Manifest columns beyond taxon and rights that a media config carries.
 DETAIL_COLUMNS = tuple(c for c, _ in (*_WHERE, *_RECORDING))
 
 # media = "embed": one row per stored file (a long recording is several rows, segment 0..n-1).
 AUDIO_COLUMNS = [
-    ("audio", MEDIA_STRUCT), *_TAXON, *_AUDIO_FILE, *_RIGHTS, ("sha256", pa.string()),
-    *_WHERE, *_RECORDING,
+    ("audio", MEDIA_STRUCT), *_TAXON, *_AUDIO_FILE, *_RIGHTS, *_SHA256, *_WHERE, *_RECORDING,
 ]  # fmt: skip
-IMAGE_COLUMNS = [
-    ("image", MEDIA_STRUCT), *_TAXON, *_IMAGE_FILE, *_RIGHTS, ("sha256", pa.string()), *_WHERE,
-]  # fmt: skip
+IMAGE_COLUMNS = [("image", MEDIA_STRUCT), *_TAXON, *_IMAGE_FILE, *_RIGHTS, *_SHA256, *_WHERE]
 # media = "urls": one row per record of the manifest, no bytes and no per-file columns.
 AUDIO_URL_COLUMNS = [
-    *_TAXON, ("duration_s", pa.float64()), ("sample_rate", pa.int32()), *_RIGHTS,
-    *_WHERE, *_RECORDING,
+    *_TAXON, *_cols(MEDIA, "duration_s", "sample_rate"), *_RIGHTS, *_WHERE, *_RECORDING,
 ]  # fmt: skip
-IMAGE_URL_COLUMNS = [*_TAXON, *_IMAGE_FILE, *_RIGHTS, *_WHERE]
+IMAGE_URL_COLUMNS = [*_TAXON, *_cols(MEDIA, "width", "height"), *_RIGHTS, *_WHERE]
 
-SPECIES_COLUMNS = [("label", pa.int64()), *((f.name, f.type) for f in SPECIES)]
-BENCH_COLUMNS: list[tuple[str, pa.DataType]] = [
-    ("task", pa.string()),
-    ("taxon_level", pa.string()),
-    ("query_payload_id", pa.int64()),
-    ("candidates_taxa", pa.string()),  # JSON list, as in the official CSV
-    ("candidates_target_ids", pa.string()),  # JSON list of lists, as in the official CSV
-    ("correct_taxon", pa.string()),
-    ("taxon_class", pa.string()),
-]
+SPECIES_COLUMNS = [LABEL, *((f.name, f.type) for f in SPECIES)]
+BENCH_COLUMNS = _cols(BENCH_TASK, *BENCH_TASK.names)
 
 _VALUE_DTYPES = {
     pa.int8(): "int8",

@@ -11,8 +11,6 @@ modality, so each group is rendered to JSON once. A query gets the correct taxon
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -39,7 +37,7 @@ from biovita_data.build.bench.csv_layout import (
 )
 from biovita_data.core import layout
 from biovita_data.core.schemas import BENCH_MEDIA_INDEX, BENCH_TASK, BENCH_TEXT_INDEX
-from biovita_data.core.tables import write_json_atomic, write_table
+from biovita_data.core.tables import atomic_path, write_json_atomic, write_table
 
 MEDIA_MODALITIES = ("audio", "image")
 _SPECIES_COLUMNS = ("species_id", "scientific_name", "common_name", "class", "family", "genus")
@@ -340,29 +338,12 @@ def _task_rows(
 # ---- writing ---------------------------------------------------------------------------------
 
 
-def _tmp_beside(path: Path) -> Path:
-    """A temp file beside `path` with a plain file's mode (umask), not mkstemp's 0600."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    mask = os.umask(0)
-    os.umask(mask)
-    os.chmod(tmp, 0o666 & ~mask)
-    return Path(tmp)
-
-
 def _write_csv(path: Path, frames: Iterable[pl.DataFrame], columns: tuple[str, ...]) -> None:
     """Write frames as one CSV, atomically (temp file + rename); a header even when empty."""
-    tmp = _tmp_beside(path)
-    try:
-        with tmp.open("wb") as f:
-            f.write((",".join(columns) + "\n").encode())
-            for df in frames:
-                df.select(columns).write_csv(f, include_header=False)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_path(path) as tmp, tmp.open("wb") as f:
+        f.write((",".join(columns) + "\n").encode())
+        for df in frames:
+            df.select(columns).write_csv(f, include_header=False)
 
 
 def _json_rows(grid: np.ndarray) -> list[str]:
@@ -439,60 +420,57 @@ def _build_subset(
     _write_indexes(bench, pool)
     stats: list[TaskStats] = []
     parquet = tasks_parquet_path(bench)
-    tmp = _tmp_beside(parquet)
-    try:
-        with pq.ParquetWriter(tmp, BENCH_TASK, compression="zstd") as writer:
-            for level_name in LEVELS:
-                level = _level(pool, level_name)
-                n_taxa = len(level.taxa)
-                groups = {
-                    m: _groups(
-                        level.codes[m], n_taxa, s.group_cap(m), _rng(s.seed, subset, level_name, m)
-                    )
-                    for m in ("audio", "image", "text")
-                }
-                # a text query: one per taxon, the first of the seeded order its group uses
-                items, c, rank = _ranked(
-                    level.codes["text"], n_taxa, _rng(s.seed, subset, level_name, "text")
+    with (
+        atomic_path(parquet) as tmp,
+        pq.ParquetWriter(tmp, BENCH_TASK, compression="zstd") as writer,
+    ):
+        for level_name in LEVELS:
+            level = _level(pool, level_name)
+            n_taxa = len(level.taxa)
+            groups = {
+                m: _groups(
+                    level.codes[m], n_taxa, s.group_cap(m), _rng(s.seed, subset, level_name, m)
                 )
-                text_queries = (items[rank == 0], c[rank == 0])
-                for task in TASKS:
-                    if task.query == "text":
-                        queries = text_queries
-                    else:
-                        codes = level.codes[task.query]
-                        queries = (np.arange(codes.size, dtype=np.int64), codes)
-                    target = groups[task.target]
-                    rows = _task_rows(
-                        queries,
-                        target,
-                        s,
-                        _rng(s.seed, subset, level_name, task.code, "queries"),
-                        _rng(s.seed, subset, level_name, task.code, "candidates"),
+                for m in ("audio", "image", "text")
+            }
+            # a text query: one per taxon, the first of the seeded order its group uses
+            items, c, rank = _ranked(
+                level.codes["text"], n_taxa, _rng(s.seed, subset, level_name, "text")
+            )
+            text_queries = (items[rank == 0], c[rank == 0])
+            for task in TASKS:
+                if task.query == "text":
+                    queries = text_queries
+                else:
+                    codes = level.codes[task.query]
+                    queries = (np.arange(codes.size, dtype=np.int64), codes)
+                target = groups[task.target]
+                rows = _task_rows(
+                    queries,
+                    target,
+                    s,
+                    _rng(s.seed, subset, level_name, task.code, "queries"),
+                    _rng(s.seed, subset, level_name, task.code, "candidates"),
+                )
+                _write_csv(
+                    task_csv_path(bench, level_name, task),
+                    _tee(_chunks(rows, level, target, task), writer),
+                    TASK_COLUMNS,
+                )
+                n = int(rows.query_ids.size)
+                stats.append(
+                    TaskStats(
+                        subset=subset,
+                        level=level_name,
+                        task=task.code,
+                        queries=n,
+                        skipped=rows.skipped,
+                        capped=rows.capped,
+                        query_taxa=int(np.unique(rows.query_codes).size),
+                        target_taxa=rows.target_taxa,
+                        mean_candidates=float(rows.candidates.shape[1]) if n else 0.0,
                     )
-                    _write_csv(
-                        task_csv_path(bench, level_name, task),
-                        _tee(_chunks(rows, level, target, task), writer),
-                        TASK_COLUMNS,
-                    )
-                    n = int(rows.query_ids.size)
-                    stats.append(
-                        TaskStats(
-                            subset=subset,
-                            level=level_name,
-                            task=task.code,
-                            queries=n,
-                            skipped=rows.skipped,
-                            capped=rows.capped,
-                            query_taxa=int(np.unique(rows.query_codes).size),
-                            target_taxa=rows.target_taxa,
-                            mean_candidates=float(rows.candidates.shape[1]) if n else 0.0,
-                        )
-                    )
-        os.replace(tmp, parquet)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+                )
     sizes = {m: pool.media[m].height for m in MEDIA_MODALITIES}
     sizes["text"] = pool.text.height
     _write_bench_json(bench, subset, s, sizes, stats)

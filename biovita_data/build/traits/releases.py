@@ -19,7 +19,7 @@ import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
-from biovita_data.core.tables import write_json_atomic
+from biovita_data.core.tables import write_bytes_atomic, write_json_atomic
 from biovita_data.crawl.http import FetchError, HttpClient
 
 ENV_URL = "BIOVITA_TRAITS_URL"
@@ -115,9 +115,7 @@ def _extract(download: Path, release: Release) -> Path:
     else:
         data = download.read_bytes()
     if not table.exists() or table.read_bytes() != data:
-        tmp = table.with_name(f".{table.name}.tmp")
-        tmp.write_bytes(data)
-        tmp.replace(table)
+        write_bytes_atomic(data, table)
     return table
 
 

@@ -9,6 +9,7 @@ from typing import Any
 
 import polars as pl
 
+from biovita_data.core.tables import atomic_path
 from biovita_data.crawl.http import HttpClient
 from biovita_data.crawl.licenses import DEFAULT_ALLOWED
 from biovita_data.crawl.sources.base import (
@@ -52,10 +53,8 @@ class OpenDataSource(TargetSource):
             gz = self.http.download(
                 f"{self.base_url}/{name}.csv.gz", self.cache_dir / f"{name}.csv.gz", policy=NAME
             )
-            part = tsv.with_suffix(".part")
-            with gzip.open(gz, "rb") as src, open(part, "wb") as dst:
+            with atomic_path(tsv) as part, gzip.open(gz, "rb") as src, open(part, "wb") as dst:
                 shutil.copyfileobj(src, dst, 1 << 20)
-            part.replace(tsv)
             gz.unlink()
         # The bucket's TSVs use no quoting at all; quotes inside fields are literal. A row with
         # too many fields is cut (its ids are then checked like any other row's).

@@ -411,7 +411,7 @@ def exclude_other_images(out: Path) -> dict[str, int]:
         if images.is_empty():
             continue
         write_table(raw.filter(pl.col("modality") != MODALITY).to_arrow().cast(RAW_RECORD), path)
-        fails_path = layout.manifests_dir(out) / "failures.parquet"
+        fails_path = layout.failures_path(out)
         old = pl.read_parquet(fails_path) if fails_path.exists() else None
         mine = (
             old.filter((pl.col("stage") == "fetch") & (pl.col("source") == source))
