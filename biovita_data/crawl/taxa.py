@@ -176,3 +176,32 @@ class TaxonResolver:
             if page * 200 >= int(data.get("total_results", 0)):
                 return found
             page += 1
+
+
+# GBIF `/species/match` answers that found no usable taxon.
+NO_MATCH = (None, "NONE", "HIGHERRANK")
+
+
+def gbif_species_match(data: object, name: str) -> tuple[int, str]:
+    """A GBIF `/species/match` answer -> (the accepted backbone key, its rank), from a v1 body
+    (`usageKey`, `acceptedUsageKey`, `matchType`, `rank`, `synonym`) or a v2 body (`usage` and,
+    for a synonym, `acceptedUsage`, each with `key` and `rank`; `diagnostics.matchType`)."""
+    if not isinstance(data, dict):
+        raise FetchError(f"GBIF /species/match for {name!r}: not a JSON object")
+    obj = {k: v for k, v in data.items() if isinstance(v, dict)}
+    if "usage" in obj or "diagnostics" in obj:
+        usage, accepted = obj.get("usage"), obj.get("acceptedUsage")
+        kind = obj["diagnostics"].get("matchType") if "diagnostics" in obj else "EXACT"
+        if kind in NO_MATCH or usage is None:
+            raise FetchError(f"taxon {name!r} not found in the GBIF backbone (/species/match)")
+        chosen = accepted if accepted is not None else usage
+        key, rank = chosen.get("key"), chosen.get("rank") or usage.get("rank")
+    else:
+        if data.get("matchType") in NO_MATCH:
+            raise FetchError(f"taxon {name!r} not found in the GBIF backbone (/species/match)")
+        key = data.get("acceptedUsageKey") if data.get("synonym") else data.get("usageKey")
+        rank = data.get("rank")
+    try:
+        return int(str(key).strip()), str(rank or "").upper()
+    except ValueError:
+        raise FetchError(f"GBIF /species/match for {name!r}: no usable key ({key!r})") from None
