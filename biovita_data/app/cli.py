@@ -19,6 +19,8 @@ bench_app = typer.Typer(
     help="Build BioVITA-Bench (`bench --out OUT`); `bench export-media` writes its media as files."
 )
 app.add_typer(bench_app, name="bench")
+release_app = cli_app("Releases: what changed between two builds (`release diff OLD NEW`).")
+app.add_typer(release_app, name="release")
 console = cli_console(stderr=True)
 
 
@@ -463,9 +465,44 @@ def publish_cmd(
 
 
 @app.command()
+def update(
+    out: Annotated[Path, typer.Argument(help="A build directory crawled by fetch (or run).")],
+    exclude: Annotated[
+        Path | None,
+        typer.Option(help="Takedown list: one record id a line (source:id), `# reason`."),
+    ] = None,
+    no_crawl: Annotated[
+        bool, typer.Option("--no-crawl", help="Only apply the takedown list; ask no service.")
+    ] = False,
+    no_throttle: NoThrottleOption = False,
+) -> None:
+    """Fetch only what changed since OUT's last crawl and merge it into OUT/raw: new, changed and
+    withdrawn records; removed ones go to OUT/raw/removed.parquet. Then rerun the stages."""
+    from biovita_data.crawl.fetch import settings_from_env
+    from biovita_data.crawl.http import FetchError
+    from biovita_data.crawl.sources.xeno_canto import MissingKey
+    from biovita_data.crawl.update import UpdateError, crawl_record
+    from biovita_data.crawl.update import update as run_update
+
+    try:
+        stored = crawl_record(out)["settings"]
+        settings = settings_from_env(
+            **{k: v for k, v in stored.items() if k != "max_records"}, throttle=not no_throttle
+        )
+        run_update(out, exclude=exclude, console=console, settings=settings, crawl=not no_crawl)
+    except (UpdateError, MissingKey) as exc:
+        _fail(str(exc))
+    except FetchError as exc:
+        _fail(f"{exc} (OUT/raw is as before this source; run the same command to resume)")
+
+
+@app.command()
 def run(
     pipeline: Annotated[Path, typer.Argument(help="A pipeline TOML file.")],
     out: Annotated[Path | None, typer.Option(help="Override the pipeline's build dir.")] = None,
+    update: Annotated[
+        bool, typer.Option("--update", help="Update OUT's crawl (`update`) instead of fetching.")
+    ] = False,
 ) -> None:
     """Run a pipeline file's stages in order; a \\[sample] section serves the sample world."""
     from biovita_data.app.pipeline import load_pipeline, run_pipeline
@@ -474,7 +511,7 @@ def run(
         p = load_pipeline(pipeline)
     except (OSError, ValueError) as exc:
         _fail(str(exc))
-    _stage(run_pipeline, p, out or p.out, console)
+    _stage(lambda: run_pipeline(p, out or p.out, console, update=update))
 
 
 @app.command()
@@ -497,6 +534,26 @@ def demo(
         run_demo(workdir, size=size, seed=seed, train=train, console=console)
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
+
+
+@release_app.command("diff")
+def release_diff_cmd(
+    old: Annotated[Path, typer.Argument(help="The earlier build folder (or OUT/releases/TAG).")],
+    new: Annotated[Path, typer.Argument(help="The later build folder.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the diff as JSON.")] = False,
+) -> None:
+    """Records added / removed (by reason) / changed, items that moved split, trait values
+    changed: per species and in total."""
+    from biovita_data.build.release import ReleaseError, diff, print_diff
+
+    try:
+        result = diff(old, new)
+    except (ReleaseError, OSError) as exc:
+        _fail(str(exc))
+    if as_json:
+        typer.echo(json.dumps(result, indent=2, default=str))
+    else:
+        print_diff(result, cli_console())
 
 
 @app.command("hub")
@@ -538,6 +595,9 @@ def sample_serve(
     gbif_max_offset: Annotated[
         int, typer.Option(help="GBIF's offset + limit cap (lower it to see queries split).")
     ] = 100_000,
+    epoch: Annotated[
+        int, typer.Option(min=0, help="The world N epochs (30 days each) later: 0 is today's.")
+    ] = 0,
     output_format: Annotated[
         str,
         typer.Option("--format", help="env: `export VAR=...` lines to paste; json: one JSON line."),
@@ -555,7 +615,11 @@ def sample_serve(
         _fail(f"--format {output_format!r}: use env or json")
     try:
         server = SampleServer(
-            World(size, seed), host=host, port=port, faults=faults, gbif_max_offset=gbif_max_offset
+            World(size, seed, epoch),
+            host=host,
+            port=port,
+            faults=faults,
+            gbif_max_offset=gbif_max_offset,
         )
     except ValueError as exc:
         _fail(str(exc))

@@ -83,13 +83,17 @@ def load_pipeline(path: Path) -> Pipeline:
     )
 
 
-def sample_environment(stack: ExitStack, size: str, seed: int, faults: str) -> dict[str, str]:
+def sample_environment(
+    stack: ExitStack, size: str, seed: int, faults: str, epoch: int = 0
+) -> dict[str, str]:
     """Start the sample world's server for the duration of `stack`; returns its env vars."""
+    from biovita_data.crawl.http import ALLOW_LOOPBACK_ENV
     from biovita_data.sample.server import DEFAULT_XC_KEY, SampleServer
     from biovita_data.sample.world import World
 
-    server = stack.enter_context(SampleServer(World(size, seed), faults=faults))
-    env = {**server.urls, "XENO_CANTO_API_KEY": DEFAULT_XC_KEY}
+    server = stack.enter_context(SampleServer(World(size, seed, epoch), faults=faults))
+    # its media live on 127.0.0.1: the explicit allowance materialize needs to download them
+    env = {**server.urls, "XENO_CANTO_API_KEY": DEFAULT_XC_KEY, ALLOW_LOOPBACK_ENV: "1"}
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
 
@@ -143,7 +147,9 @@ def sample_tol_view(size: str, seed: int, root: str, out: Path) -> dict[str, str
     return {"catalog": str(catalog), "provenance": str(provenance)}
 
 
-def run_pipeline(p: Pipeline, out: Path, console: Console, *, fetch: bool = True) -> dict:
+def run_pipeline(
+    p: Pipeline, out: Path, console: Console, *, fetch: bool = True, update: bool = False
+) -> dict:
     """fetch, tol (when the file has [tol]), align, traits, split, bench, stats, then materialize
     and publish when the file has those sections; each stage takes its [section]'s settings."""
     from biovita_data.app.stages import BUILD_STAGES, RELEASE_STAGES, run_build, run_tol
@@ -154,7 +160,8 @@ def run_pipeline(p: Pipeline, out: Path, console: Console, *, fetch: bool = True
         sections.setdefault("align", {}).setdefault("throttle", p.fetch.get("throttle", True))
         if p.sample is not None:
             size, seed = p.sample.get("size", "default"), p.sample.get("seed", 0)
-            env = sample_environment(stack, size, seed, p.sample.get("faults", "none"))
+            faults, epoch = p.sample.get("faults", "none"), int(p.sample.get("epoch", 0))
+            env = sample_environment(stack, size, seed, faults, epoch)
             traits = sections.setdefault("traits", {})
             if traits.get("tables") == "sample":
                 traits["tables"] = sample_release_tables(size, seed, out)
@@ -163,7 +170,13 @@ def run_pipeline(p: Pipeline, out: Path, console: Console, *, fetch: bool = True
                 root = env["XENO_CANTO_API_URL"].rsplit("/xeno", 1)[0]
                 tol.update(sample_tol_view(size, seed, root, out))
         seconds = {}
-        if fetch:
+        if update:  # only what changed since OUT's last crawl (crawl.update)
+            from biovita_data.crawl.update import update as run_update
+
+            t = time.monotonic()
+            run_update(out, console=console, settings=p.fetch_settings())
+            seconds["update"] = {"seconds": round(time.monotonic() - t, 2)}
+        elif fetch:
             t = time.monotonic()
             run_fetch(p.fetch_settings(), out, console=console)
             seconds["fetch"] = {"seconds": round(time.monotonic() - t, 2)}

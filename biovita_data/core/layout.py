@@ -41,6 +41,12 @@ def backbone_dir(out: Path) -> Path:
     return raw_root(out) / "backbone"
 
 
+def gbif_citations_path(out: Path) -> Path:
+    """OUT/raw/gbif/citation.json: each imported GBIF download's DOI and citation (import-dwca),
+    credited in the dataset card."""
+    return raw_dir(out, "gbif") / "citation.json"
+
+
 def traits_cache_dir(out: Path) -> Path:
     """OUT/raw/traits: the public trait tables as downloaded, with their sizes and sha256."""
     return raw_root(out) / "traits"
@@ -90,6 +96,22 @@ def split_report_path(out: Path) -> Path:
 def duplicates_path(out: Path) -> Path:
     """OUT/manifests/duplicates.parquet: duplicate groups (`dedup`), one unit each for `split`."""
     return manifests_dir(out) / "duplicates.parquet"
+
+
+def crawl_record_path(out: Path) -> Path:
+    """OUT/raw/crawl.json: the last crawl's settings and, per source and query, where it stands
+    (result count, highest id, latest modification): what `update` continues from."""
+    return raw_root(out) / "crawl.json"
+
+
+def takedown_path(out: Path) -> Path:
+    """OUT/raw/takedown.txt: record ids removed for good (`update --exclude`), with reasons."""
+    return raw_root(out) / "takedown.txt"
+
+
+def update_state_path(out: Path) -> Path:
+    """OUT/raw/update.json: the running or last `update` (status, counts, requests)."""
+    return raw_root(out) / "update.json"
 
 
 def removed_path(out: Path) -> Path:

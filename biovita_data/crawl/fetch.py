@@ -127,6 +127,7 @@ def crawl_source(
             write_table(to_table(page.failures, FAILURE), state.part_path(q, prog["seq"], "fail"))
             kept += len(page.rows)
             prog.update(cursor=page.cursor, seq=prog["seq"] + 1, done=page.done)
+            note_listing(prog, page)
             prog["kept"] += len(page.rows)
             state.save()
             progress.update(task, completed=kept)
@@ -143,6 +144,44 @@ def crawl_source(
         pa.concat_tables([FAILURE.empty_table(), *fails]),
         pages,
     )
+
+
+def note_listing(prog: dict, page: Page) -> None:
+    """Keep what `update` continues from: the query's count (first page's), its highest id and
+    latest modification time."""
+    if page.total is not None and "total" not in prog:
+        prog["total"] = page.total
+    if page.max_id is not None:
+        prog["max_id"] = max(prog.get("max_id") or page.max_id, page.max_id)
+    if page.watermark is not None:
+        prog["watermark"] = max(prog.get("watermark") or page.watermark, page.watermark)
+
+
+def listing_record(state: CrawlState) -> dict:
+    """Per query of a finished crawl: its count, highest id, latest modification (crawl.json)."""
+    keep = ("total", "max_id", "watermark", "split")
+    return {
+        q: {k: p[k] for k in keep if k in p}
+        for q, p in state.state["progress"].items()
+        if q in state.state["queries"]
+    }
+
+
+def write_crawl_record(out: Path, settings: FetchSettings, sources: dict[str, dict]) -> None:
+    """OUT/raw/crawl.json: the settings and, per source, each query's listing record; sources
+    crawled before keep their entries."""
+    path = layout.crawl_record_path(out)
+    old = json.loads(path.read_text()) if path.exists() else {}
+    keep = ("taxa", "sources", "since", "licenses", "max_per_species", "max_records",
+            "gbif_datasets", "media", "gbif_max_offset")  # fmt: skip
+    record = {
+        "settings": {k: getattr(settings, k) for k in keep},
+        "sources": {**old.get("sources", {}), **sources},
+    }
+    record["settings"]["sources"] = sorted(
+        set(old.get("settings", {}).get("sources", [])) | set(settings.sources)
+    )
+    write_json_atomic(record, path)
 
 
 def _natural(df: pl.DataFrame) -> pl.DataFrame:
@@ -266,6 +305,7 @@ def fetch(
     results = []
     t0 = time.monotonic()
     sources = build_sources(settings, http, out)
+    listings: dict[str, dict] = {}
     columns = (
         SpinnerColumn(),
         TextColumn("{task.description}"),
@@ -281,12 +321,14 @@ def fetch(
             )
             rows, fails, pages = crawl_source(src, state, progress, settings.max_records)
             res = finalize(out, src.name, rows, fails, settings)
+            listings[src.name] = {"queries": listing_record(state)}
             res.pages, res.seconds = pages, time.monotonic() - start
             res.splits = [
                 f"{q}: {p['split']}"
                 for q, p in state.state["progress"].items()
                 if isinstance(p.get("split"), str)
             ]
+            write_crawl_record(out, settings, listings)
             state.clear()
             results.append(res)
     write_json_atomic(

@@ -324,7 +324,7 @@ def inat_taxon(
         "iconic_taxon_id": iconic.id if iconic else None,
         "iconic_taxon_name": iconic.name if iconic else None,
         "id": taxon.id,
-        "is_active": True,
+        "is_active": taxon.active,
         "name": taxon.name,
         "observations_count": count,
         "parent_id": taxon.parent_id,
@@ -489,7 +489,7 @@ def open_data_table(world: World, name: str, as_of: dt.date) -> bytes:
     if name == "taxa":
         for t in sorted(world.taxonomy.taxa.values(), key=lambda t: t.id):
             anc = "/".join(str(i) for i in t.ancestor_ids)
-            rows.append((t.id, anc, RANK_LEVEL[t.rank], t.rank, t.name, "true"))
+            rows.append((t.id, anc, RANK_LEVEL[t.rank], t.rank, t.name, str(t.active).lower()))
     elif name == "observations":
         for o in obs:
             sp = world.species[o.species_index]

@@ -16,7 +16,7 @@ from urllib.parse import parse_qs, urlsplit
 from biovita_data.sample import responses as R
 from biovita_data.sample.faults import FaultPlan
 from biovita_data.sample.taxonomy import RANK_LEVEL
-from biovita_data.sample.world import SNAPSHOT, World
+from biovita_data.sample.world import World
 
 DEFAULT_XC_KEY = "sample-world-key"
 
@@ -36,7 +36,7 @@ class SampleServer:
         port: int = 0,
         faults: FaultPlan | str = "none",
         xc_key: str = DEFAULT_XC_KEY,
-        as_of: dt.date = SNAPSHOT,
+        as_of: dt.date | None = None,
         xc_max_results: int = 5000,
         inat_window: int = 10_000,
         gbif_max_offset: int = 100_000,
@@ -44,7 +44,8 @@ class SampleServer:
         self.world = world
         self.faults = FaultPlan.named(faults, world.seed) if isinstance(faults, str) else faults
         self.xc_key = xc_key
-        self.as_of = as_of
+        self.as_of = as_of or world.as_of  # default: the world's present (its epoch's)
+        self.log: list[str] = []  # every request's path and query, in order (tests count them)
         self.xc_max_results = xc_max_results
         self.inat_window = inat_window
         self.gbif_max_offset = gbif_max_offset  # GBIF refuses offset + limit past this
@@ -89,9 +90,10 @@ class SampleServer:
     def __exit__(self, *exc: object) -> None:
         self.stop()
 
-    def count(self, route: str) -> None:
+    def count(self, route: str, path: str = "") -> None:
         with self._hits_lock:
             self.hits[route] = self.hits.get(route, 0) + 1
+            self.log.append(path)
 
 
 class _Reply(Exception):
@@ -181,7 +183,7 @@ class _Handler(BaseHTTPRequestHandler):
         for pattern, handler in _ROUTES:
             m = re.fullmatch(pattern, path)
             if m:
-                svc.count(handler.__name__)
+                svc.count(handler.__name__, self.path)
                 return handler(svc, qs, *m.groups())
         return _json(404, {"error": "not found", "status": 404})
 
@@ -241,7 +243,8 @@ def xc_download(svc: SampleServer, qs: dict, rid: str) -> _Reply:
 # ---------------------------------------------------------------------- iNaturalist
 def inat_observations(svc: SampleServer, qs: dict) -> _Reply:
     world = svc.world
-    per_page = min(_int(qs, "per_page", 30), 200)
+    only_id = _one(qs, "only_id") == "true"  # ids only: up to 10,000 a page
+    per_page = min(_int(qs, "per_page", 30), 10_000 if only_id else 200)
     page = _int(qs, "page", 1)
     if page * per_page > svc.inat_window:
         msg = "You can only view the first 10,000 results. Use id_above to page further."
@@ -281,8 +284,32 @@ def inat_observations(svc: SampleServer, qs: dict) -> _Reply:
             "total_results": len(obs),
             "page": page,
             "per_page": per_page,
-            "results": [R.inat_observation(world, o, svc.root) for o in chunk],
+            "results": [
+                {"id": o.id} if only_id else R.inat_observation(world, o, svc.root)
+                for o in chunk
+            ],
         },
+    )
+
+
+def inat_deleted(svc: SampleServer, qs: dict) -> _Reply:
+    """`/observations/deleted?since=`: ids of observations deleted since a time (the real API
+    lists only the signed-in user's own; the sample world lists all)."""
+    since = _one(qs, "since")
+    if not since:
+        return _json(422, {"error": "since is required", "status": 422})
+    try:
+        t = dt.datetime.fromisoformat(since.replace("Z", "+00:00"))
+    except ValueError:
+        return _json(422, {"error": f"since: not a date {since!r}", "status": 422})
+    t = t if t.tzinfo else t.replace(tzinfo=dt.UTC)
+    limit = dt.datetime.combine(svc.as_of, dt.time.max, dt.UTC)
+    ids = sorted(i for i, when in svc.world.deleted_observations if t <= when <= limit)
+    per_page = min(_int(qs, "per_page", 500), 500)
+    page = _int(qs, "page", 1)
+    chunk = ids[(page - 1) * per_page : page * per_page]
+    return _json(
+        200, {"total_results": len(ids), "page": page, "per_page": per_page, "results": chunk}
     )
 
 
@@ -448,6 +475,7 @@ _ROUTES = (
     (r"/xeno-canto/api/3/recordings", xc_recordings),
     (r"/xeno-canto/(\d+)/download", xc_download),
     (r"/inaturalist/v1/observations", inat_observations),
+    (r"/inaturalist/v1/observations/deleted", inat_deleted),
     (r"/inaturalist/v1/taxa", inat_taxa),
     (r"/inaturalist/v1/taxa/([0-9,]+|[^/]+)", inat_taxa_ids),
     (r"/inaturalist-static/photos/(\d+)/(\w+)\.(jpg|jpeg|png)", inat_photo),

@@ -80,6 +80,7 @@ class Taxon:
     parent_id: int | None
     ancestor_ids: tuple[int, ...]  # root first, excluding self
     common_name: str | None = None
+    active: bool = True  # False: lumped into another taxon in a later epoch (sample.evolve)
 
 
 @dataclass(frozen=True)

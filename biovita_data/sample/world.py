@@ -15,6 +15,7 @@ from biovita_data.sample.taxonomy import Species, Taxonomy, generate_taxonomy
 
 SNAPSHOT = dt.date(2026, 10, 1)
 EPOCH = dt.date(2012, 1, 1)
+EPOCH_DAYS = 30  # world epoch N is the world SNAPSHOT + N * 30 days later (see evolve.py)
 
 XC_LICENSES = {  # Xeno-canto licence URL -> weight
     "//creativecommons.org/licenses/by-nc-sa/4.0/": 0.50,
@@ -98,6 +99,7 @@ class Recording:
     restricted: bool = False
     flaw: str | None = None  # "corrupt" | "silent" | "duplicate" (media-level breakage)
     duplicate_of: int | None = None
+    modified: dt.date | None = None  # last metadata change after upload (a later epoch's)
 
 
 @dataclass(frozen=True)
@@ -169,11 +171,27 @@ def is_allowed(raw: str | None) -> bool:
 class World:
     """A deterministic biodiversity world: same (size, seed) -> same records, same bytes."""
 
-    def __init__(self, size: str = "default", seed: int = 0) -> None:
+    def __init__(self, size: str = "default", seed: int = 0, epoch: int = 0) -> None:
+        if not isinstance(epoch, int) or epoch < 0:
+            raise ValueError(f"epoch must be an integer >= 0, not {epoch!r}")
         self.size = size
         self.seed = seed
+        self.epoch = epoch
         self.taxonomy: Taxonomy = generate_taxonomy(size, seed)
         self._generate()
+        # iNaturalist observations deleted in a later epoch: (id, deleted at)
+        self.deleted_observations: list[tuple[int, dt.datetime]] = []
+        self.evolution: list[dict] = []  # what each epoch after 0 did (evolve.py)
+        if epoch:
+            from biovita_data.sample.evolve import evolve
+
+            for e in range(1, epoch + 1):
+                self.evolution.append(evolve(self, e))
+
+    @property
+    def as_of(self) -> dt.date:
+        """The world's present: SNAPSHOT at epoch 0, 30 days later per epoch."""
+        return SNAPSHOT + dt.timedelta(days=EPOCH_DAYS * self.epoch)
 
     @property
     def species(self) -> list[Species]:
@@ -416,10 +434,12 @@ class World:
     def observation_by_id(self) -> dict[int, Observation]:
         return {o.id: o for o in self.observations}
 
-    def xc_recordings(self, as_of: dt.date = SNAPSHOT) -> list[Recording]:
+    def xc_recordings(self, as_of: dt.date | None = None) -> list[Recording]:
+        as_of = as_of or self.as_of
         return [r for r in self.recordings if r.source == "xeno-canto" and r.uploaded <= as_of]
 
-    def inat_observations(self, as_of: dt.date = SNAPSHOT) -> list[Observation]:
+    def inat_observations(self, as_of: dt.date | None = None) -> list[Observation]:
+        as_of = as_of or self.as_of
         return [o for o in self.observations if o.created_at.date() <= as_of]
 
     # ----------------------------------------------------------------- media
@@ -447,6 +467,37 @@ class World:
         return data if size == "original" else images.resize_for_size_word(data, size)
 
     # ----------------------------------------------------------------- ground truth
+    def kept_records(self, classes: tuple[str, ...] | None = None) -> dict[tuple, tuple]:
+        """(source, modality, record_id) -> (licence code, species name, lat, lon) of every
+        record a correct crawl of Xeno-canto and iNaturalist keeps at this epoch."""
+        obs = self.observation_by_id
+        out = {}
+        for e in self.expected(classes):
+            if e.fetch != "keep":
+                continue
+            if e.modality == "image":
+                ph = self.photo_by_id[e.record_id]
+                o, lic = obs[ph.observation_id], ph.license
+                lat, lon = o.lat, o.lon
+            else:
+                r = self.recording_by_id[(e.source, e.record_id)]
+                lic, lat, lon = r.license, r.lat, r.lon
+                if r.source == "inaturalist":
+                    o = obs[r.observation_id]
+                    lat, lon = o.lat, o.lon
+            out[(e.source, e.modality, str(e.record_id))] = (
+                license_code(lic), e.raw_name, lat, lon
+            )
+        return out
+
+    def changes(
+        self, from_epoch: int, to_epoch: int, classes: tuple[str, ...] | None = None
+    ) -> dict:
+        """Ground truth of an update from `from_epoch` to `to_epoch` (evolve.changes)."""
+        from biovita_data.sample.evolve import changes
+
+        return changes(self, from_epoch, to_epoch, classes)
+
     def expected(self, classes: tuple[str, ...] | None = None) -> list[Expected]:
         """What a correct crawl + materialize must produce, per media record (research grade)."""
         research = {o.id for o in self.observations if o.quality_grade == "research"}

@@ -26,6 +26,9 @@ class Page:
     failures: list[dict] = field(default_factory=list)
     cursor: Any = None
     done: bool = False
+    total: int | None = None  # the query's result count, as the service states it
+    max_id: int | None = None  # the highest record id listed (ids grow with upload time)
+    watermark: str | None = None  # the latest modification time listed (ISO-8601)
 
 
 @dataclass

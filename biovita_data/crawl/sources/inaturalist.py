@@ -184,9 +184,15 @@ class INaturalistSource(TargetSource):
         if not isinstance(results, list):
             raise FetchError(f"malformed iNaturalist page after id {id_above}: no results list")
         page = Page(cursor=id_above)
+        total = data.get("total_results")
+        page.total = total if isinstance(total, int) else None
         for obs in results:
             if isinstance(obs, dict) and isinstance(obs.get("id"), int):
                 page.cursor = max(page.cursor, obs["id"])
+                when = to_datetime(obs.get("updated_at"))
+                if when is not None:
+                    stamp = when.isoformat()
+                    page.watermark = max(page.watermark or stamp, stamp)
             try:
                 rows, fails = parse_observation(obs, query, self.allowed)
             except BadRecord as exc:

@@ -186,6 +186,11 @@ class XenoCantoSource(TargetSource):
         if not isinstance(data, dict) or not isinstance(data.get("recordings"), list):
             raise FetchError(f"malformed Xeno-canto page {page_no} for {query!r}: no recordings")
         page = Page(cursor=page_no + 1)
+        total = data.get("numRecordings")
+        page.total = int(total) if isinstance(total, (int, str)) and str(total).isdigit() else None
+        ids = [to_int(r.get("id"), "id") for r in data["recordings"] if isinstance(r, dict)
+               and str(r.get("id", "")).isdigit()]  # fmt: skip
+        page.max_id = max(ids, default=None)
         filters = self._filters(query)  # lower ranks: keep only the target's species
         for rec in data["recordings"]:
             if filters is not None and isinstance(rec, dict):
