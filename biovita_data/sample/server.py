@@ -285,8 +285,7 @@ def inat_observations(svc: SampleServer, qs: dict) -> _Reply:
             "page": page,
             "per_page": per_page,
             "results": [
-                {"id": o.id} if only_id else R.inat_observation(world, o, svc.root)
-                for o in chunk
+                {"id": o.id} if only_id else R.inat_observation(world, o, svc.root) for o in chunk
             ],
         },
     )

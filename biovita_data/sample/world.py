@@ -486,7 +486,10 @@ class World:
                     o = obs[r.observation_id]
                     lat, lon = o.lat, o.lon
             out[(e.source, e.modality, str(e.record_id))] = (
-                license_code(lic), e.raw_name, lat, lon
+                license_code(lic),
+                e.raw_name,
+                lat,
+                lon,
             )
         return out
 
