@@ -50,7 +50,7 @@ def info() -> None:
 # ---- training -------------------------------------------------------------------------------
 
 Opt = typer.Option
-_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
+_REPO_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+(@[\w.-]+)?")  # @REVISION: a release tag
 TrainDatasetOpt = Annotated[
     str | None,
     Opt("--dataset", help="published folder (OUT/hf or OUT) or Hub repo NS/NAME "
@@ -107,6 +107,25 @@ ThreadsOpt = Annotated[
 def _options(**given: Any) -> dict[str, Any]:
     """The options given on the command line (None: not given)."""
     return {k: v for k, v in given.items() if v is not None}
+
+
+RevisionOpt = Annotated[
+    str | None,
+    Opt("--revision", help="with a Hub repo --dataset: load exactly this release (a tag such as "
+        "v2026.12, a branch or a commit); kept in the run's config as NS/NAME@REVISION"),
+]  # fmt: skip
+
+
+def _pinned(dataset: str | None, revision: str | None) -> str | None:
+    """`--dataset NS/NAME --revision REV` -> `NS/NAME@REV` (a folder takes no revision)."""
+    if revision is None:
+        return dataset
+    if dataset is None or Path(dataset).exists() or "@" in dataset:
+        raise typer.BadParameter(
+            "--revision needs --dataset as a Hub repo id NS/NAME (not a folder, no @REVISION)",
+            param_hint="--revision",
+        )
+    return f"{dataset}@{revision}"
 
 
 def _check_dataset(dataset: str | None) -> None:
@@ -255,12 +274,14 @@ def train(
     resume: ResumeOpt = False,
     progress: ProgressOpt = True,
     verbose: VerboseOpt = False,
+    revision: RevisionOpt = None,
 ) -> None:
     """Train Stage 1 or 2 (one process, or each rank of `torchrun --nproc_per_node N`)."""
     if stage is not None and stage not in ("1", "2"):
         raise typer.BadParameter(
             "use 1 or 2 (pretrain-towers trains the towers)", param_hint="--stage"
         )
+    dataset = _pinned(dataset, revision)
     _check_train(out, dataset, stage, resume)
     from biovita_model.training import train as run_train
     from biovita_model.training.report import set_verbose

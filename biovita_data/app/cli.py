@@ -441,6 +441,20 @@ def publish_cmd(
             "large from 2 GB. Re-run the same command to resume an interrupted upload.",
         ),
     ] = None,
+    tag: Annotated[
+        str | None,
+        typer.Option(
+            help="Publish a release: tag the pushed commit (e.g. v2026.12), write the "
+            "card's changelog against the previous release, keep it in OUT/releases."
+        ),
+    ] = None,
+    previous_release: Annotated[
+        Path | None,
+        typer.Option(
+            help="The release the changelog is diffed against (an older build folder or "
+            "OUT/releases/TAG; default: the last tag published from OUT)."
+        ),
+    ] = None,
 ) -> None:
     """Write the Hugging Face dataset folder OUT/hf (card, plots, Parquet) and upload it."""
     from biovita_data.publish import PublishError, publish
@@ -458,6 +472,8 @@ def publish_cmd(
             max_shard_bytes=max_shard_mb * 2**20,
             pretty_name=pretty_name,
             large_upload=large_upload,
+            tag=tag,
+            previous_release=previous_release,
             console=console,
         )
     except (PublishError, OSError, ValueError) as exc:

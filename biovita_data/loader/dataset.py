@@ -131,7 +131,8 @@ class BioVITADataset(Dataset):
         revision: str | None = None,
         **kwargs: Any,
     ) -> BioVITADataset:
-        """Open a published folder (OUT/hf, or OUT) or a Hub dataset repo id (downloaded once)."""
+        """Open a published folder (OUT/hf, or OUT) or a Hub dataset repo id (downloaded once) at
+        `revision` (a release tag such as v2026.12, a branch or a commit; or `NS/NAME@REVISION`)."""
         splits = {split, kwargs.get("image_split") or split}
         folder = resolve_folder(path_or_repo, splits=sorted(splits), revision=revision)
         return cls(folder, split, **kwargs)

@@ -32,13 +32,15 @@ def resolve_folder(
     splits: Sequence[str] = MEDIA_SPLITS,
     revision: str | None = None,
 ) -> Path:
-    """A local dataset folder: the path itself (or its hf/), or a Hub snapshot of a repo id."""
+    """A local dataset folder: the path itself (or its hf/), or a Hub snapshot of a repo id
+    (`NS/NAME`, or `NS/NAME@REVISION`: a release tag, branch or commit; `revision` wins)."""
     path = Path(path_or_repo).expanduser()
     if path.is_dir():
         if not (path / "audio").is_dir() and (path / "hf" / "audio").is_dir():
             return path / "hf"  # a build folder OUT
         return path
-    repo_id = str(path_or_repo)
+    repo_id, _, pinned = str(path_or_repo).partition("@")
+    revision = revision or pinned or None
     if repo_id.count("/") != 1 or repo_id.startswith((".", "/", "~")):
         raise FileNotFoundError(
             f"{repo_id!r} is neither a folder nor a Hub repo id (namespace/name)"

@@ -72,6 +72,7 @@ class CardInputs:
     bench_settings: dict[str, dict] = field(default_factory=dict)  # bench split -> bench.json
     build: dict = field(default_factory=dict)
     stats: dict | None = None
+    changelog: str | None = None  # markdown from `release diff` against the previous release
 
 
 def size_category(n: int) -> str:
@@ -359,6 +360,8 @@ _PROVENANCE = (
     ("taxa", "taxa"),
     ("queries", "queries"),
     ("world", "sample world"),
+    ("release", "release (tag, and the previous release it follows)"),
+    ("citations", "source citations"),
 )
 
 
@@ -533,6 +536,8 @@ def write_card(folder: Path, inp: CardInputs, pretty_name: str = "BioVITA") -> s
         _provenance_section(inp),
         _citation_section(inp, pretty_name),
     ]
+    if inp.changelog:
+        sections.insert(-2, inp.changelog)
     (folder / "README.md").write_text(f"---\n{meta}---\n\n" + "\n\n".join(sections) + "\n")
     if license_code == "other":
         (folder / "LICENSE.md").write_text(license_md(inp, license_code))

@@ -22,9 +22,11 @@ from biovita_data.publish.configs import (
     write_media_urls,
     write_species,
 )
+from biovita_data.publish.croissant import croissant_inputs, write_croissant
 from biovita_data.publish.features import BENCH_SPLIT_OF_SUBSET, CONFIGS
 from biovita_data.publish.upload import (
     check_repo_id,
+    check_tag,
     hub_token,
     push_to_git,
     redact,
@@ -49,6 +51,8 @@ class PublishResult:
     skipped: dict[str, dict[str, int]] = field(default_factory=dict)  # modality -> reason -> n
     target: str | None = None  # the commit URL, or the git remote (credentials redacted)
     commit: str | None = None  # the git commit pushed
+    tag: str | None = None  # the release tag created on the repo (--tag)
+    previous_release: str | None = None  # the release its changelog is diffed against
 
 
 def _read_json(path: Path) -> dict | None:
@@ -63,8 +67,10 @@ def build_folder(
     media: str = "embed",
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     pretty_name: str | None = None,
+    changelog: str | None = None,
 ) -> tuple[dict[str, ConfigResult], str]:
-    """Write every config, the card and its figures into `folder` (which must be empty)."""
+    """Write every config, the card (with `changelog`), its figures and croissant.json into
+    `folder` (which must be empty)."""
     species = load_species(out)
     names = species["scientific_name"].to_list()
     results: dict[str, ConfigResult] = {}
@@ -90,9 +96,11 @@ def build_folder(
             shutil.copyfile(out / name, folder / name)
     records = {m: r.records for m, r in results.items() if isinstance(r, MediaResult)}
     inputs = CardInputs(
-        repo_id, media, species, records, results, bench_tasks, bench_settings, build, stats
-    )
+        repo_id, media, species, records, results, bench_tasks, bench_settings, build, stats,
+        changelog,
+    )  # fmt: skip
     license_code = write_card(folder, inputs, pretty_name or repo_id.split("/", 1)[1])
+    write_croissant(folder, out, croissant_inputs(repo_id, license_code, pretty_name, build))
     write_gitattributes(folder)
     return results, license_code
 
@@ -125,12 +133,21 @@ def publish(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     pretty_name: str | None = None,
     large_upload: bool | None = None,
+    tag: str | None = None,
+    previous_release: Path | None = None,
     console: Console | None = None,
 ) -> PublishResult:
     """Write OUT/hf (configs audio, image, species, bench + card), then upload it unless
-    `folder_only`: to `git_remote` when given, else to the Hub (HF_TOKEN, HF_ENDPOINT)."""
+    `folder_only`: to `git_remote` when given, else to the Hub (HF_TOKEN, HF_ENDPOINT). With
+    `tag`, a release: the card's changelog is the diff against the previous release
+    (`previous_release`, else the last tag kept in OUT/releases), build.json names both, the
+    pushed commit is tagged, and OUT/releases/<tag>/ keeps this release's manifests."""
+    from biovita_data.build.release import prepare_release, snapshot_release
+
     console = console or Console(stderr=True, quiet=True)
     check_repo_id(repo_id)
+    if tag is not None:
+        check_tag(tag)
     if media not in MEDIA_MODES:
         raise ValueError(f"media must be one of {MEDIA_MODES}, not {media!r}")
     if not folder_only and git_remote is None:
@@ -141,6 +158,7 @@ def publish(
     if tmp.exists():
         shutil.rmtree(tmp)
     tmp.mkdir(parents=True)
+    release = prepare_release(out, tag, previous_release) if tag is not None else None
     try:
         results, license_code = build_folder(
             out,
@@ -149,6 +167,7 @@ def publish(
             media=media,
             max_shard_bytes=max_shard_bytes,
             pretty_name=pretty_name,
+            changelog=release.changelog if release else None,
         )
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -163,14 +182,19 @@ def publish(
     if not folder_only:
         if git_remote is not None:
             snapshot = (_read_json(out / "build.json") or {}).get("snapshot")
-            commit = push_to_git(hf, git_remote, message=message, date=snapshot)
+            commit = push_to_git(hf, git_remote, message=message, date=snapshot, tag=tag)
             target = redact(git_remote)
             console.print(f"pushed {commit[:12]} to {target}")
         else:
             target = upload_to_hub(
-                hf, repo_id, private=private, message=message, large=large_upload
+                hf, repo_id, private=private, message=message, large=large_upload, tag=tag
             )
             console.print(f"uploaded to {target}")
+        if tag is not None:
+            console.print(f"tagged {tag}: load_dataset({repo_id!r}, revision={tag!r})")
+    if tag is not None:
+        kept = snapshot_release(out, tag)
+        console.print(f"release {tag} kept in {kept} (the next release's changelog base)")
     return PublishResult(
         folder=hf,
         repo_id=repo_id,
@@ -181,4 +205,6 @@ def publish(
         skipped={m: r.skipped for m, r in results.items() if isinstance(r, MediaResult)},
         target=target,
         commit=commit,
+        tag=tag,
+        previous_release=release.previous if release else None,
     )

@@ -13,6 +13,7 @@ import tempfile
 from pathlib import Path
 
 REPO_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 _CREDENTIALS = re.compile(r"(?<=://)[^/@\s]+@")
 
 
@@ -25,6 +26,15 @@ def check_repo_id(repo_id: str) -> str:
     if not REPO_ID.match(repo_id) or ".." in repo_id:
         raise ValueError(f"repo id must be NAMESPACE/NAME, not {repo_id!r}")
     return repo_id
+
+
+def check_tag(tag: str) -> str:
+    """A release tag: letters, digits, `.`, `_`, `-` (e.g. v2026.12), as git and the Hub take it."""
+    if not TAG.match(tag) or ".." in tag or tag.endswith((".", ".lock")):
+        raise ValueError(
+            f"--tag must be letters, digits, '.', '_' or '-' (e.g. v2026.12), not {tag!r}"
+        )
+    return tag
 
 
 def hub_token() -> str:
@@ -68,13 +78,20 @@ def is_large(folder: Path) -> bool:
 
 
 def upload_to_hub(
-    folder: Path, repo_id: str, *, private: bool, message: str, large: bool | None = None
+    folder: Path,
+    repo_id: str,
+    *,
+    private: bool,
+    message: str,
+    large: bool | None = None,
+    tag: str | None = None,
 ) -> str:
     """create_repo (exist_ok), then the folder: upload_large_folder when `large` (None: when it
     holds LARGE_FOLDER_BYTES or more) and the installed huggingface_hub has it, else
     upload_folder. Remote files the folder lacks are deleted (stale shards would otherwise match
-    a config's `split-*` pattern). An interrupted upload resumes by running it again. Returns the
-    commit (or repo) URL."""
+    a config's `split-*` pattern). An interrupted upload resumes by running it again. With `tag`,
+    the commit uploaded is tagged (a tag already on that commit is fine; on another, an error).
+    Returns the commit (or repo) URL."""
     from huggingface_hub import HfApi
 
     token = hub_token()
@@ -86,7 +103,10 @@ def upload_to_hub(
             api.upload_large_folder(
                 repo_id=repo_id, folder_path=str(folder), repo_type="dataset", private=private
             )
-            return _delete_stale(api, folder, repo_id, message)
+            url = _delete_stale(api, folder, repo_id, message)
+            if tag:
+                _tag_hub(api, repo_id, tag, None)
+            return url
         info = api.upload_folder(
             folder_path=str(folder),
             repo_id=repo_id,
@@ -94,9 +114,32 @@ def upload_to_hub(
             commit_message=message,
             delete_patterns=["*"],
         )
+        if tag:
+            _tag_hub(api, repo_id, tag, getattr(info, "oid", None))
+    except PublishError:
+        raise
     except Exception as exc:  # the hub's errors can quote request headers: scrub the token
         raise PublishError(_scrub(f"upload to {repo_id} failed: {exc}", token)) from None
     return str(getattr(info, "commit_url", info))
+
+
+def _tag_hub(api: object, repo_id: str, tag: str, commit: str | None) -> None:
+    """Tag `commit` (None: the head of main) of a Hub dataset repo; a tag already there must name
+    the same commit (a release never moves)."""
+    refs = api.list_repo_refs(repo_id, repo_type="dataset")  # type: ignore[attr-defined]
+    existing = {t.name: t.target_commit for t in getattr(refs, "tags", [])}
+    if commit is None:
+        commit = next(b.target_commit for b in refs.branches if b.name == "main")
+    if tag in existing:
+        if existing[tag] != commit:
+            raise PublishError(
+                f"tag {tag} of {repo_id} already names commit {existing[tag][:12]}: a release "
+                "never moves; publish under a new --tag"
+            )
+        return
+    api.create_tag(  # type: ignore[attr-defined]
+        repo_id, tag=tag, revision=commit, repo_type="dataset", tag_message=f"Release {tag}"
+    )
 
 
 def _delete_stale(api: object, folder: Path, repo_id: str, message: str) -> str:
@@ -146,7 +189,13 @@ def _uses_lfs(folder: Path) -> bool:
 
 
 def push_to_git(
-    folder: Path, remote: str, *, message: str, branch: str = "main", date: str | None = None
+    folder: Path,
+    remote: str,
+    *,
+    message: str,
+    branch: str = "main",
+    date: str | None = None,
+    tag: str | None = None,
 ) -> str:
     """Commit the folder's exact content on top of the remote branch (if any) and push it.
 
@@ -154,7 +203,8 @@ def push_to_git(
     tree is unchanged. Files the folder's .gitattributes sends through git-LFS are committed as
     LFS pointers and their objects pushed to the remote's LFS store first (`git lfs push`).
     `date` (ISO 8601) fixes the commit dates, so the same folder pushed onto the same parent
-    gives the same commit. Returns the commit id.
+    gives the same commit. With `tag`, the commit is also pushed as `refs/tags/TAG` (a tag that
+    names another commit on the remote is an error: a release never moves). Returns the commit.
     """
     if "://" not in remote and Path(remote).exists():
         remote = str(Path(remote).resolve())  # git runs inside the folder
@@ -184,14 +234,36 @@ def push_to_git(
             parent = _git(["rev-parse", "FETCH_HEAD"], env, remote).stdout.strip()
         _git(["add", "-A", "."], env, remote)
         tree = _git(["write-tree"], env, remote).stdout.strip()
+        if tag:
+            listed = _git(["ls-remote", remote, f"refs/tags/{tag}"], env, remote).stdout.split()
+            tagged = listed[0] if listed else None
         if parent:
             old_tree = _git(["rev-parse", f"{parent}^{{tree}}"], env, remote).stdout.strip()
             if old_tree == tree:
+                if tag:
+                    _push_tag(env, remote, parent, tag, tagged)
                 return parent
         args = ["commit-tree", tree, "-m", message] + (["-p", parent] if parent else [])
         commit = _git(args, env, remote).stdout.strip()
+        if tag and tagged is not None:  # refuse before moving the branch
+            _push_tag(env, remote, commit, tag, tagged)
         if lfs:
             _git(["update-ref", "refs/heads/publish", commit], env, remote)
             _git(["lfs", "push", remote, "publish"], env, remote)
         _git(["push", "-q", "--no-verify", remote, f"{commit}:refs/heads/{branch}"], env, remote)
+        if tag:
+            _push_tag(env, remote, commit, tag, tagged)
         return commit
+
+
+def _push_tag(env: dict[str, str], remote: str, commit: str, tag: str, tagged: str | None) -> None:
+    """Push `commit` as refs/tags/TAG unless the remote has it already; another commit there is
+    an error."""
+    if tagged == commit:
+        return
+    if tagged is not None:
+        raise PublishError(
+            f"tag {tag} on {redact(remote)} already names commit {tagged[:12]}: a release never "
+            "moves; publish under a new --tag"
+        )
+    _git(["push", "-q", "--no-verify", remote, f"{commit}:refs/tags/{tag}"], env, remote)
