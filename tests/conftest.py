@@ -13,6 +13,9 @@ from biovita_data.sample.world import World
 
 # the model's on-disk caches (prompt embeddings) go to a fresh folder, never the user's
 os.environ.setdefault("BIOVITA_CACHE", tempfile.mkdtemp(prefix="biovita-test-cache-"))
+# every test talks to the sample world on 127.0.0.1: media downloads may reach loopback (the one
+# explicit allowance; never the default, see crawl/http.py); test_blocked_address unsets it
+os.environ["BIOVITA_ALLOW_LOOPBACK"] = "1"
 
 
 @pytest.fixture(scope="session")

@@ -1,16 +1,31 @@
 """The one HTTP client of every source: per-host rate limits, retries, timeouts, size cap.
 
 Redirects are followed by the client itself, so every hop gets the checks of the first URL
-(http/https only, no https -> http downgrade) and the rate limit of the host it lands on.
+(http/https only, no https -> http downgrade, the address guard of a `guard=True` call) and the
+rate limit of the host it lands on.
+
+Circuit breaker: after HOST_FAILURES connection failures in a row to one host (connection
+refused, DNS failure, TLS failure, connect timeout; no answer of any status in between), the
+client gives that host up: every later request to it fails at once with HostUnreachable, never
+retried. The count is per client, so shared by the threads of a materialize worker. Answers with
+a retryable status (429, 5xx, Retry-After) keep the usual backoff and reset the count.
+
+Address guard (`guard=True`, media URLs taken from catalogs and API answers): the host is
+resolved before every hop and a loopback, link-local (169.254.169.254), private, shared,
+multicast, reserved or unspecified address is refused with BlockedAddress. Loopback is allowed
+only by an explicit setting: `HttpClient(allow_loopback=True)`, or BIOVITA_ALLOW_LOOPBACK=1 in
+the environment (which the sample world's `sample serve`, pipelines and demo set, and the tests).
 """
 
 from __future__ import annotations
 
 import contextlib
+import ipaddress
 import json
 import os
 import random
 import re
+import socket
 import threading
 import time
 from collections import Counter
@@ -24,6 +39,7 @@ import requests
 from pyrate_limiter import Limiter, Rate
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from urllib3.exceptions import HTTPError as Urllib3Error
+from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from biovita_data import __version__
 
@@ -33,6 +49,8 @@ USER_AGENT = (
 RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 REDIRECT_STATUS = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 10
+HOST_FAILURES = 5  # connection failures in a row after which a host is given up (per client)
+ALLOW_LOOPBACK_ENV = "BIOVITA_ALLOW_LOOPBACK"  # "1": guarded calls may reach 127.0.0.1 / ::1
 
 
 @dataclass(frozen=True)
@@ -62,6 +80,86 @@ class FetchError(RuntimeError):
     def __init__(self, message: str, status: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+
+
+class HostUnreachable(FetchError):
+    """A request to a host the circuit breaker gave up: every connection to it failed."""
+
+    def __init__(self, message: str, host: str) -> None:
+        super().__init__(message)
+        self.host = host
+
+
+class BlockedAddress(FetchError):
+    """A guarded URL whose host resolves to an address the client may not reach."""
+
+
+def host_key(url: str) -> str:
+    """`host:port` of a URL (the port the scheme implies when none is given)."""
+    parts = urlsplit(url)
+    port = parts.port or (443 if parts.scheme == "https" else 80)
+    host = parts.hostname or ""
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def allow_loopback_from_env() -> bool:
+    """BIOVITA_ALLOW_LOOPBACK=1 (or true/yes): the explicit loopback allowance."""
+    return os.environ.get(ALLOW_LOOPBACK_ENV, "").strip().lower() in ("1", "true", "yes")
+
+
+def address_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
+    """Why an address is not a public one (loopback, link-local, ...), or None."""
+    mapped = getattr(ip, "ipv4_mapped", None)
+    if mapped is not None:
+        ip = mapped
+    checks = (
+        ("loopback", ip.is_loopback),
+        ("link-local", ip.is_link_local),
+        ("multicast", ip.is_multicast),
+        ("unspecified", ip.is_unspecified),
+        ("private", ip.is_private),
+        ("reserved", ip.is_reserved),
+        ("non-global", not ip.is_global),
+    )
+    return next((kind for kind, hit in checks if hit), None)
+
+
+def check_address(url: str, allow_loopback: bool = False) -> None:
+    """BlockedAddress unless every address the URL's host resolves to is a public one.
+
+    A name that does not resolve passes: the request itself then fails (a DNS failure)."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    try:
+        infos = socket.getaddrinfo(host, parts.port or 80, type=socket.SOCK_STREAM)
+    except (socket.gaierror, UnicodeError, OSError):
+        return
+    for *_, sockaddr in infos:
+        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
+        kind = address_kind(ip)
+        if kind is None or (kind == "loopback" and allow_loopback):
+            continue
+        hint = f" (set {ALLOW_LOOPBACK_ENV}=1 to allow it)" if kind == "loopback" else ""
+        raise BlockedAddress(
+            f"{host} resolves to {ip}, a {kind} address: refused{hint} "
+            f"({url.split('?', 1)[0][:120]})"
+        )
+
+
+def _connect_failure(exc: requests.RequestException) -> str | None:
+    """The kind of a failure to reach a host at all (the breaker counts these), else None."""
+    if isinstance(exc, requests.exceptions.SSLError):
+        return "TLS failure"
+    if isinstance(exc, requests.exceptions.ConnectTimeout):
+        return "connect timeout"
+    if isinstance(exc, requests.exceptions.ProxyError):
+        return None
+    reason = getattr(exc.args[0], "reason", None) if exc.args else None
+    if isinstance(reason, NameResolutionError):
+        return "DNS failure"
+    if isinstance(reason, NewConnectionError):
+        return "connection refused" if "refused" in str(reason).lower() else "connection failed"
+    return None
 
 
 class _Retryable(Exception):
@@ -130,6 +228,8 @@ class HttpClient:
         throttle: bool = True,
         deadline_s: float = 900.0,
         download_deadline_s: float = 6 * 3600.0,
+        host_failures: int = HOST_FAILURES,
+        allow_loopback: bool | None = None,
     ) -> None:
         self.policies = dict(DEFAULT_POLICIES if policies is None else policies)
         self.retries = retries
@@ -143,7 +243,14 @@ class HttpClient:
         # that trickles a byte every few seconds hold a request for ever
         self.deadline_s = deadline_s
         self.download_deadline_s = download_deadline_s
+        self.host_failures = max(1, int(host_failures))
+        # guarded calls may reach loopback only when told so (None: BIOVITA_ALLOW_LOOPBACK)
+        self.allow_loopback = (
+            allow_loopback_from_env() if allow_loopback is None else allow_loopback
+        )
         self.stats: Counter = Counter()
+        self._failing: dict[str, int] = {}  # host:port -> connection failures in a row
+        self.unreachable: dict[str, str] = {}  # host:port given up -> the kind of failure
         self._local = threading.local()
         self._lock = threading.Lock()
         self._limiters: dict[str, Limiter] = {}
@@ -191,13 +298,23 @@ class HttpClient:
             self.stats[f"error: {self.redact(str(exc)).split(' for ', 1)[0][:60]}"] += 1
 
     # ------------------------------------------------------------------ API
-    def get(self, url: str, params: dict | None = None, *, policy: str | None = None) -> bytes:
-        """The body of a 200 response; FetchError once retries are exhausted or on a 4xx."""
-        return self._fetch(url, params, policy, None, self.deadline_s)
+    def get(
+        self,
+        url: str,
+        params: dict | None = None,
+        *,
+        policy: str | None = None,
+        guard: bool = False,
+    ) -> bytes:
+        """The body of a 200 response; FetchError once retries are exhausted or on a 4xx.
+
+        `guard`: the URL comes from data (a media URL): refuse non-public addresses at every hop.
+        """
+        return self._fetch(url, params, policy, None, self.deadline_s, guard)
 
     def download(self, url: str, dest: Path, *, policy: str | None = None) -> Path:
         """Stream a (large) 200 body to `dest` atomically, without the in-memory size cap."""
-        self._fetch(url, None, policy, dest, self.download_deadline_s)
+        self._fetch(url, None, policy, dest, self.download_deadline_s, False)
         return dest
 
     def _acquire(self, name: str) -> threading.BoundedSemaphore:
@@ -214,6 +331,7 @@ class HttpClient:
         policy: str | None,
         dest: Path | None,
         deadline_s: float,
+        guard: bool = False,
     ) -> bytes:
         check_url(url)
         name = policy or urlsplit(url).hostname or ""
@@ -222,6 +340,9 @@ class HttpClient:
         def attempt() -> bytes:
             target, query, gate = url, params, name
             for _ in range(MAX_REDIRECTS + 1):
+                self._check_host(target)
+                if guard:
+                    check_address(target, self.allow_loopback)
                 with self._acquire(gate):
                     resp = self._request(target, query, start + deadline_s)
                     if resp.status_code not in REDIRECT_STATUS or "Location" not in resp.headers:
@@ -252,7 +373,37 @@ class HttpClient:
                 self.redact(f"giving up after {self.retries} retries: {exc}")
             ) from None
         except FetchError as exc:
-            raise FetchError(self.redact(str(exc)), exc.status) from None
+            exc.args = (self.redact(str(exc)),)  # keeps its class (HostUnreachable, ...)
+            raise exc from None
+
+    def _check_host(self, url: str) -> None:
+        """HostUnreachable for a host the breaker gave up."""
+        key = host_key(url)
+        with self._lock:
+            kind = self.unreachable.get(key)
+            if kind is not None:
+                self.stats["host_unreachable"] += 1
+        if kind is not None:
+            raise HostUnreachable(
+                f"host {key} unreachable: {self.host_failures} connections in a row failed "
+                f"({kind}); not requested",
+                key,
+            )
+
+    def _connection_failed(self, url: str, kind: str) -> None:
+        """Count a failure to reach the host; give it up (HostUnreachable) at the threshold."""
+        key = host_key(url)
+        with self._lock:
+            n = self._failing[key] = self._failing.get(key, 0) + 1
+            opened = n >= self.host_failures and key not in self.unreachable
+            if opened:
+                self.unreachable[key] = kind
+                self.stats[f"unreachable host: {key}"] += 1
+        if opened:
+            raise HostUnreachable(
+                f"host {key} unreachable: {n} connections in a row failed ({kind}); given up",
+                key,
+            )
 
     def _request(self, url: str, params: dict | None, deadline: float) -> requests.Response:
         """One GET, redirects not followed, headers read; the body is left to `_body`."""
@@ -264,7 +415,7 @@ class HttpClient:
         with self._lock:
             self.stats["requests"] += 1
         try:
-            return self._session().get(
+            resp = self._session().get(
                 url,
                 params=params,
                 timeout=(min(connect, left), min(read, left)),
@@ -272,9 +423,15 @@ class HttpClient:
                 allow_redirects=False,
             )
         except (requests.ConnectionError, requests.Timeout) as exc:
+            kind = _connect_failure(exc)
+            if kind is not None:
+                self._connection_failed(url, kind)
             raise _Retryable(f"{type(exc).__name__} for {where}") from None
         except requests.RequestException as exc:
             raise FetchError(f"{type(exc).__name__} for {where}: {exc}") from None
+        with self._lock:
+            self._failing.pop(host_key(url), None)  # the host answered
+        return resp
 
     def _chunks(self, resp: requests.Response, where: str, deadline: float):
         """The body as it arrives (not a fixed chunk size), checking the deadline in between."""

@@ -7,7 +7,14 @@ from dataclasses import dataclass, replace
 
 import requests
 
-from biovita_data.crawl.http import FetchError, HostPolicy, HttpClient
+from biovita_data.crawl.http import (
+    HOST_FAILURES,
+    BlockedAddress,
+    FetchError,
+    HostPolicy,
+    HostUnreachable,
+    HttpClient,
+)
 from biovita_data.crawl.sources import MEDIA_POLICIES
 from biovita_data.media.records import ItemFailure
 from biovita_data.media.settings import WorkItem
@@ -16,11 +23,18 @@ _STATUS = re.compile(r"HTTP (\d{3}) for")  # the last status retried, in a give-
 
 
 def fetch_item(http: HttpClient, item: WorkItem) -> bytes:
-    """The record's bytes (retried and rate-limited by `http`), or ItemFailure."""
+    """The record's bytes (retried and rate-limited by `http`), or ItemFailure.
+
+    A media URL comes from data: its host must resolve to public addresses at every hop
+    (`blocked_address` otherwise); a host the client gave up fails as `host_unreachable`."""
     if not item.media_url:
         raise ItemFailure("no_media_url", "the manifest row has no media_url")
     try:
-        data = http.get(item.media_url, policy=MEDIA_POLICIES.get(item.source))
+        data = http.get(item.media_url, policy=MEDIA_POLICIES.get(item.source), guard=True)
+    except HostUnreachable as exc:
+        raise ItemFailure("host_unreachable", str(exc)) from None
+    except BlockedAddress as exc:
+        raise ItemFailure("blocked_address", str(exc)) from None
     except FetchError as exc:
         if exc.status is None and "size cap" in str(exc):
             raise ItemFailure("too_large", str(exc)) from None
@@ -47,9 +61,12 @@ class HttpSpec:
     throttle: bool
     deadline_s: float = 900.0
     download_deadline_s: float = 6 * 3600.0
+    host_failures: int = HOST_FAILURES
+    allow_loopback: bool = False  # taken from the driver's client, not the worker's environment
+    run: str = ""  # a materialize run: workers that outlive a run start the next one afresh
 
     @classmethod
-    def of(cls, http: HttpClient) -> HttpSpec:
+    def of(cls, http: HttpClient, run: str = "") -> HttpSpec:
         return cls(
             policies=tuple(sorted(http.policies.items())),
             retries=http.retries,
@@ -60,6 +77,9 @@ class HttpSpec:
             throttle=http.throttle,
             deadline_s=http.deadline_s,
             download_deadline_s=http.download_deadline_s,
+            host_failures=http.host_failures,
+            allow_loopback=http.allow_loopback,
+            run=run,
         )
 
     def shared_by(self, n: int) -> HttpSpec:
@@ -90,4 +110,6 @@ class HttpSpec:
             throttle=self.throttle,
             deadline_s=self.deadline_s,
             download_deadline_s=self.download_deadline_s,
+            host_failures=self.host_failures,
+            allow_loopback=self.allow_loopback,
         )

@@ -16,6 +16,7 @@ import multiprocessing
 import pickle
 import socket
 import sys
+import uuid
 import zlib
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -98,7 +99,8 @@ def run_items(
     (rate limits, keep-alive sessions) and the threads live as long as the worker process.
     """
     client = _CLIENTS.get(http)
-    if client is None:
+    if client is None:  # a new run: its own client (rate limits, circuit breaker) from scratch
+        _CLIENTS.clear()
         client = _CLIENTS[http] = http.client()
     pool = _POOLS.get(threads)
     if pool is None:
@@ -157,7 +159,7 @@ def _worker_share(settings: MaterializeSettings, http: HttpClient) -> tuple[Http
     """Each worker's HTTP recipe (its share of every host's limits) and its thread count."""
     workers = settings.n_workers
     threads = max(1, math.ceil(settings.download_threads / workers))
-    return HttpSpec.of(http).shared_by(workers), threads
+    return HttpSpec.of(http, uuid.uuid4().hex).shared_by(workers), threads
 
 
 def run_local(

@@ -5,6 +5,8 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
+from biovita_data.core.budget import check_max_failed
+
 ENGINES = ("local", "ray")
 MODALITIES = ("audio", "image")
 # Bump when the bytes materialize writes for the same input change: finished shards are redone.
@@ -30,6 +32,9 @@ class MaterializeSettings:
     throttle: bool = True  # per-host rate limits (off only against the sample world)
     retries: int = 6
     backoff_s: float = 0.5
+    # the run fails (BudgetExceeded, after writing everything) when a modality's share of failed
+    # records (duplicates excluded) exceeds this; 1.0: never
+    max_failed: float = 0.5
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
@@ -48,6 +53,7 @@ class MaterializeSettings:
             raise ValueError("segment_seconds must be positive")
         if not 1 <= self.jpeg_quality <= 100:
             raise ValueError("jpeg_quality must be within 1..100")
+        self.max_failed = check_max_failed(self.max_failed)
 
     @property
     def n_workers(self) -> int:

@@ -1,4 +1,11 @@
-"""Shards: the manifest cut into fixed, fingerprinted groups; each written once, atomically."""
+"""Shards: the manifest cut into fixed, fingerprinted groups; each written once, atomically.
+
+The assignment of records to shards is kept (OUT/media/<modality>/plan.parquet) and only grows:
+after an update, a record whose media is unchanged stays in its finished shard (its bytes are
+never downloaded again), a record that left the manifest stays in its shard's file but is no
+longer live (the index and failures leave it out, so it is never published), and new or changed
+records go to new shards after the last.
+"""
 
 from __future__ import annotations
 
@@ -15,7 +22,7 @@ import pyarrow.parquet as pq
 
 from biovita_data.core import layout
 from biovita_data.core.schemas import FAILURE, MEDIA_FILE
-from biovita_data.core.tables import to_table
+from biovita_data.core.tables import to_table, write_table
 from biovita_data.media.records import ItemOutcome
 from biovita_data.media.settings import FORMAT_VERSION, ProcessSettings, WorkItem
 from biovita_data.media.store import MediaStore
@@ -23,16 +30,27 @@ from biovita_data.media.store import MediaStore
 FINGERPRINT_KEY = b"biovita.materialize.fingerprint"
 SIZES_KEY = b"biovita.materialize.sizes"  # JSON list: each row's len(bytes), read without the bytes
 ROW_GROUP = 64  # rows per Parquet row group of a shard
+# Failures that say nothing about the record (its host did not answer): a shard holding any is
+# marked so and done again by the next run, which therefore resumes what a dead host left out.
+TRANSIENT = frozenset({"host_unreachable"})
+TRANSIENT_KEY = b"biovita.materialize.transient"
 
 
 @dataclass(frozen=True)
 class ShardSpec:
-    """Shard `index` of a modality: its records in order, and what its output depends on."""
+    """Shard `index` of a modality: its records in order, and what its output depends on;
+    `live`: which of its records are in the current manifest (None: all)."""
 
     modality: str
     index: int
     items: tuple[WorkItem, ...]
     fingerprint: str
+    live: tuple[bool, ...] | None = None
+
+    def live_keys(self) -> set[tuple[str, str]]:
+        """(source, record_id) of the shard's records that are in the current manifest."""
+        live = self.live or (True,) * len(self.items)
+        return {(i.source, i.record_id) for i, ok in zip(self.items, live, strict=True) if ok}
 
 
 def natural_order(df: pl.DataFrame) -> pl.DataFrame:
@@ -40,8 +58,30 @@ def natural_order(df: pl.DataFrame) -> pl.DataFrame:
     return df.sort([pl.col("source"), pl.col("record_id").str.len_chars(), pl.col("record_id")])
 
 
-def plan(out: Path, modality: str, shard_size: int, settings: ProcessSettings) -> list[ShardSpec]:
-    """The manifest's records in natural order, cut into shards of `shard_size`."""
+PLAN = pa.schema(
+    [
+        pa.field("shard", pa.int32(), nullable=False),
+        pa.field("source", pa.string(), nullable=False),
+        pa.field("record_id", pa.string(), nullable=False),
+        pa.field("media_url", pa.string()),
+        pa.field("file_format", pa.string()),
+        pa.field("name", pa.string()),
+    ]
+)
+SETTINGS_KEY = b"biovita.materialize.settings"
+
+
+def plan(
+    out: Path,
+    modality: str,
+    shard_size: int,
+    settings: ProcessSettings,
+    store: MediaStore | None = None,
+) -> list[ShardSpec]:
+    """The manifest's records cut into shards of `shard_size`: the first time in natural order;
+    after that the previous assignment (plan.parquet) kept, new or changed records appended in
+    new shards. A kept shard the store lacks (`store` given) is planned with its live records
+    only, so nothing that left the manifest is downloaded again."""
     path = layout.media_manifest_path(out, modality)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run align (and split) first")
@@ -53,12 +93,79 @@ def plan(out: Path, modality: str, shard_size: int, settings: ProcessSettings) -
                  r["raw_scientific_name"] or r["scientific_name"])
         for r in df.iter_rows(named=True)
     ]  # fmt: skip
-    return [
-        ShardSpec(modality, k, chunk, fingerprint(modality, chunk, settings))
-        for k, chunk in enumerate(
-            tuple(items[i : i + shard_size]) for i in range(0, len(items), shard_size)
-        )
-    ]
+    key = json.dumps([FORMAT_VERSION, asdict(settings), shard_size]).encode()
+    old = _previous(out, modality, key)
+    specs: list[ShardSpec] = []
+    covered: set[tuple] = set()
+    if old:
+        current = {_identity(i) for i in items}
+        for k in range(max(old) + 1):
+            chunk = old.get(k, ())
+            live = tuple(_identity(i) in current for i in chunk)
+            covered |= {_identity(i) for i, ok in zip(chunk, live, strict=True) if ok}
+            spec = ShardSpec(modality, k, chunk, fingerprint(modality, chunk, settings), live)
+            if store is not None and not all(live) and not is_done(store, spec):
+                chunk = tuple(i for i, ok in zip(chunk, live, strict=True) if ok)
+                spec = ShardSpec(modality, k, chunk, fingerprint(modality, chunk, settings))
+            specs.append(spec)
+    rest = [i for i in items if _identity(i) not in covered]
+    for i in range(0, len(rest), shard_size):
+        chunk = tuple(rest[i : i + shard_size])
+        specs.append(ShardSpec(modality, len(specs), chunk, fingerprint(modality, chunk, settings)))
+    _write_plan(out, modality, specs, key)
+    return specs
+
+
+def plan_path(out: Path, modality: str) -> Path:
+    return layout.media_dir(out, modality) / "plan.parquet"
+
+
+def _identity(item: WorkItem) -> tuple:
+    """What makes a stored file reusable: the record, its format and its URL's path and query
+    (the same file served from another host, as the sample world's servers are, is the same)."""
+    url = item.media_url or ""
+    path = (
+        url.split("://", 1)[1].split("/", 1)[1]
+        if "://" in url and "/" in url.split("://", 1)[1]
+        else url
+    )
+    return (item.source, item.record_id, item.file_format, path)
+
+
+def _previous(out: Path, modality: str, key: bytes) -> dict[int, tuple[WorkItem, ...]]:
+    """The previous plan's shards (index -> items), or {} when there is none or it was made
+    with other settings (then every shard is redone anyway)."""
+    path = plan_path(out, modality)
+    if not path.exists():
+        return {}
+    table = pq.read_table(path)
+    if (table.schema.metadata or {}).get(SETTINGS_KEY) != key:
+        return {}
+    shards: dict[int, list[WorkItem]] = {}
+    for r in table.to_pylist():
+        shards.setdefault(r["shard"], []).append(
+            WorkItem(modality, r["source"], r["record_id"], r["media_url"], r["file_format"],
+                     r["name"])
+        )  # fmt: skip
+    return {k: tuple(v) for k, v in shards.items()}
+
+
+def _write_plan(out: Path, modality: str, specs: list[ShardSpec], key: bytes) -> None:
+    rows = [
+        {"shard": s.index, "source": i.source, "record_id": i.record_id,
+         "media_url": i.media_url, "file_format": i.file_format, "name": i.name}
+        for s in specs for i in s.items
+    ]  # fmt: skip
+    table = pa.Table.from_pylist(rows, schema=PLAN).replace_schema_metadata({SETTINGS_KEY: key})
+    path = plan_path(out, modality)
+    if path.exists():
+        try:
+            if pq.read_table(path).equals(table):
+                return
+        except (OSError, pa.ArrowInvalid):
+            pass
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_table(table, path)
 
 
 def fingerprint(modality: str, items: Iterable[WorkItem], settings: ProcessSettings) -> str:
@@ -82,7 +189,7 @@ def is_done(store: MediaStore, spec: ShardSpec) -> bool:
             meta = pq.read_schema(f).metadata or {}
     except (OSError, pa.ArrowInvalid):
         return False
-    return meta.get(FINGERPRINT_KEY) == spec.fingerprint.encode()
+    return meta.get(FINGERPRINT_KEY) == spec.fingerprint.encode() and TRANSIENT_KEY not in meta
 
 
 def assemble(spec: ShardSpec, outcomes: dict[int, ItemOutcome]) -> tuple[pa.Table, pa.Table]:
@@ -92,7 +199,9 @@ def assemble(spec: ShardSpec, outcomes: dict[int, ItemOutcome]) -> tuple[pa.Tabl
     fails = to_table((o.failure for o in ordered if o.failure), FAILURE)
     meta = {FINGERPRINT_KEY: spec.fingerprint.encode()}
     sizes = json.dumps([len(row["bytes"]) for o in ordered for row in o.rows]).encode()
-    files = files.replace_schema_metadata({**meta, SIZES_KEY: sizes})
+    transient = sum(1 for o in ordered if o.failure and o.failure["reason"] in TRANSIENT)
+    again = {TRANSIENT_KEY: str(transient).encode()} if transient else {}
+    files = files.replace_schema_metadata({**meta, SIZES_KEY: sizes, **again})
     return files, fails.replace_schema_metadata(meta)
 
 
@@ -142,9 +251,13 @@ def remove_stale(store: MediaStore, modality: str, n_shards: int) -> list[str]:
 
 
 def read_failures(store: MediaStore, specs: list[ShardSpec]) -> pa.Table:
-    """The shards' failure rows, read from the store."""
+    """The shards' failure rows of live records, read from the store."""
     tables = []
     for s in specs:
         with store.open(store.failures(s.modality, s.index)) as f:
-            tables.append(pq.read_table(f))
-    return pa.concat_tables([FAILURE.empty_table(), *(t.cast(FAILURE) for t in tables)])
+            t = pl.from_arrow(pq.read_table(f).cast(FAILURE))
+        if s.live is not None and not all(s.live):
+            live = pl.DataFrame(list(s.live_keys()), schema=["source", "record_id"], orient="row")
+            t = t.join(live, on=["source", "record_id"], how="semi")
+        tables.append(t.to_arrow().cast(FAILURE))
+    return pa.concat_tables([FAILURE.empty_table(), *tables])

@@ -24,6 +24,7 @@ from rich.table import Table
 from rich.text import Text
 
 from biovita_data.core import layout
+from biovita_data.core.budget import BudgetExceeded, over_budget
 from biovita_data.core.tables import write_json_atomic
 from biovita_data.crawl.http import HttpClient
 from biovita_data.media import engines, shards
@@ -41,6 +42,7 @@ class ModalityResult:
     kept: int = 0  # records stored, duplicates excluded
     files: int = 0  # stored files of kept records (a segmented recording has several)
     failed: dict[str, int] = field(default_factory=dict)  # by reason (duplicate included)
+    failed_hosts: dict[str, int] = field(default_factory=dict)  # host:port -> failed (not dups)
     bytes: int = 0  # stored bytes of kept files
     downloaded: int = 0  # bytes downloaded by this run
     shards: int = 0
@@ -82,7 +84,11 @@ def materialize(
     console: Console | None = None,
     http: HttpClient | None = None,
 ) -> MaterializeResult:
-    """Download, verify, convert, hash and store every manifest record; resumable; idempotent."""
+    """Download, verify, convert, hash and store every manifest record; resumable; idempotent.
+
+    Everything is written first (shards, index, failures, summary); then BudgetExceeded if a
+    modality's failed share exceeds `settings.max_failed`. A shard with `host_unreachable`
+    failures is done again by the next run."""
     console = console or Console(stderr=True)
     http = http or HttpClient(
         retries=settings.retries, backoff_s=settings.backoff_s, throttle=settings.throttle
@@ -90,7 +96,7 @@ def materialize(
     t0 = time.monotonic()
     ps = settings.process()
     store = use_store(out, settings.media_root)
-    plans = {m: shards.plan(out, m, settings.shard_size, ps) for m in settings.modalities}
+    plans = {m: shards.plan(out, m, settings.shard_size, ps, store) for m in settings.modalities}
     results = {m: ModalityResult(m, records=sum(len(s.items) for s in plans[m])) for m in plans}
     pending = []
     for m, specs in plans.items():
@@ -147,6 +153,7 @@ def materialize(
     for m in plans:
         mine = failures.filter(pl.col("modality") == m)
         results[m].failed = dict(sorted(Counter(mine["reason"].to_list()).items()))
+        results[m].failed_hosts = failed_hosts(out, m, mine)
     seconds = time.monotonic() - t0
     result = MaterializeResult(
         settings.engine,
@@ -158,7 +165,63 @@ def materialize(
     )
     write_json_atomic(_summary(settings, result), out / "media" / "materialize.json")
     console.print(summary_table(result, http))
+    for line in unreachable_lines(result, http):
+        console.print(line, markup=False, highlight=False)
+    over = [
+        line
+        for m in result.modalities
+        if (line := over_budget(m.modality, m.records, m.failed, settings.max_failed,
+                                m.failed_hosts))
+    ]  # fmt: skip
+    if over:
+        raise BudgetExceeded(
+            f"materialize: {'; '.join(over)}. What was stored and the failures are kept "
+            f"(shards in {result.media_root}, {out}/manifests/failures.parquet) and the bench "
+            "was not drawn again: rerun materialize once the hosts answer (it resumes), or pass "
+            "--max-failed 1.0 to accept the losses"
+        )
     return result
+
+
+def failed_hosts(out: Path, modality: str, failures: pl.DataFrame) -> dict[str, int]:
+    """host:port of the media URL -> failed records of `modality` (duplicates not counted)."""
+    path = layout.media_manifest_path(out, modality)
+    bad = failures.filter(pl.col("reason") != "duplicate").select("source", "record_id")
+    if not len(bad) or not path.exists():
+        return {}
+    urls = pl.read_parquet(path, columns=["source", "record_id", "media_url"])
+    parts = pl.col("media_url").str.extract_groups(r"^(?i)(https?)://(?:[^@/?#]*@)?([^/?#]+)")
+    scheme, netloc = pl.col("_p").struct.field("1"), pl.col("_p").struct.field("2")
+    default_port = pl.when(scheme.str.to_lowercase() == "https").then(pl.lit(":443"))
+    host = (  # host:port, as the HTTP client's circuit breaker names hosts
+        pl.when(netloc.str.contains(r":\d+$"))
+        .then(netloc)
+        .otherwise(netloc + default_port.otherwise(pl.lit(":80")))
+        .str.to_lowercase()
+        .fill_null("(no URL)")
+    )
+    hosts = (
+        bad.join(urls.unique(["source", "record_id"]), on=["source", "record_id"], how="left")
+        .with_columns(parts.alias("_p"))
+        .select(host.alias("host"))
+        .group_by("host")
+        .len()
+        .sort(["len", "host"], descending=[True, False])
+    )
+    return dict(hosts.iter_rows())
+
+
+def unreachable_lines(result: MaterializeResult, http: HttpClient) -> list[str]:
+    """One line per host the workers gave up (the circuit breaker), with its failed records."""
+    hosts = sorted(k.split(": ", 1)[1] for k in http.stats if k.startswith("unreachable host: "))
+    lines = []
+    for host in hosts:
+        n = sum(m.failed_hosts.get(host, 0) for m in result.modalities)
+        lines.append(
+            f"host {host} unreachable (every connection failed; given up after "
+            f"{http.host_failures} in a row): {n} records failed as host_unreachable or http_error"
+        )
+    return lines
 
 
 def use_store(out: Path, media_root: str | None) -> MediaStore:
@@ -173,7 +236,7 @@ def use_store(out: Path, media_root: str | None) -> MediaStore:
 
 def _summary(settings: MaterializeSettings, result: MaterializeResult) -> dict:
     """OUT/media/materialize.json: settings and counts (no timings: a re-run writes the same)."""
-    keep = ("records", "kept", "files", "failed", "bytes", "shards")
+    keep = ("records", "kept", "files", "failed", "failed_hosts", "bytes", "shards")
     return {
         "settings": asdict(settings.process()) | {"shard_size": settings.shard_size},
         "modalities": {m.modality: {k: getattr(m, k) for k in keep} for m in result.modalities},
