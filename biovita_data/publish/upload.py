@@ -229,8 +229,11 @@ def push_to_git(
                 raise PublishError("git-lfs is not installed (apt install git-lfs)")
             _git(["lfs", "install", "--local", "--skip-smudge"], env, remote)
         parent = None
+        # a named remote: the fetch leaves refs/remotes/target/<branch>, which tells `git lfs
+        # push` the objects the remote already has (else it asks for the parent's too: missing)
+        _git(["remote", "add", "target", remote], env, remote)
         if _git(["ls-remote", remote, f"refs/heads/{branch}"], env, remote).stdout.strip():
-            _git(["fetch", "-q", "--depth", "1", remote, branch], env, remote)
+            _git(["fetch", "-q", "--depth", "1", "target", branch], env, remote)
             parent = _git(["rev-parse", "FETCH_HEAD"], env, remote).stdout.strip()
         _git(["add", "-A", "."], env, remote)
         tree = _git(["write-tree"], env, remote).stdout.strip()
@@ -249,7 +252,7 @@ def push_to_git(
             _push_tag(env, remote, commit, tag, tagged)
         if lfs:
             _git(["update-ref", "refs/heads/publish", commit], env, remote)
-            _git(["lfs", "push", remote, "publish"], env, remote)
+            _git(["lfs", "push", "target", "publish"], env, remote)
         _git(["push", "-q", "--no-verify", remote, f"{commit}:refs/heads/{branch}"], env, remote)
         if tag:
             _push_tag(env, remote, commit, tag, tagged)
