@@ -360,11 +360,15 @@ def test_croissant_validates_and_reads(tmp_path: Path) -> None:
     path = result.folder / "croissant.json"
     meta = json.loads(path.read_text())
     assert meta["conformsTo"] == "http://mlcommons.org/croissant/1.0"
-    assert meta["version"] == "v2026.12"
+    assert meta["version"] == "2026.12.0" and meta["url"].endswith("/tree/v2026.12")
     assert any("10.15468/dl.sample" in c for c in meta["citation"])
     assert [r["@id"] for r in meta["recordSet"]] == ["audio", "image", "species", "bench"]
     dataset = mlc.Dataset(jsonld=str(path))  # raises on any validation error
     species = list(dataset.records("species"))
     assert len(species) == result.rows["species"]["train"]
+    assert not dataset.metadata.ctx.issues.warnings
+    images = list(dataset.records("image"))
+    assert len(images) == sum(result.rows["image"].values())
+    assert {img["image/image"].size for img in images} == {(24, 16)}
     assert {bytes(r["species/split"]).decode() if isinstance(r["species/split"], bytes)
             else r["species/split"] for r in species} == {"train"}  # fmt: skip

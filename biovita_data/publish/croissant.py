@@ -11,6 +11,7 @@ download's DOI kept by `import-dwca`, the trait releases' DOIs) are listed under
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +33,7 @@ CONTEXT: dict[str, Any] = {
     "data": {"@id": "cr:data", "@type": "@json"},
     "dataType": {"@id": "cr:dataType", "@type": "@vocab"},
     "dct": "http://purl.org/dc/terms/",
+    "equivalentProperty": "cr:equivalentProperty",
     "examples": {"@id": "cr:examples", "@type": "@json"},
     "extract": "cr:extract",
     "field": "cr:field",
@@ -51,6 +53,7 @@ CONTEXT: dict[str, Any] = {
     "regex": "cr:regex",
     "repeated": "cr:repeated",
     "replace": "cr:replace",
+    "samplingRate": "cr:samplingRate",
     "sc": "https://schema.org/",
     "separator": "cr:separator",
     "source": "cr:source",
@@ -103,6 +106,14 @@ def citations(out: Path) -> list[str]:
             if isinstance(rec, dict) and rec.get("doi"):
                 found.append(f"{name}: https://doi.org/{rec['doi']}")
     return list(dict.fromkeys(found))
+
+
+def semantic_version(tag: str) -> str | None:
+    """`v2026.12` -> `2026.12.0`, `2026.05.01` -> `2026.5.1`; None when the tag has no numbers."""
+    found = re.fullmatch(r"[vV]?(\d+)(?:\.(\d+))?(?:\.(\d+))?", tag or "")
+    if not found:
+        return None
+    return ".".join(str(int(part or 0)) for part in found.groups())
 
 
 def croissant(
@@ -178,9 +189,10 @@ def croissant(
         "distribution": distribution,
         "recordSet": record_sets,
     }
-    if version:
-        meta["version"] = version
     snapshot = str(build.get("snapshot", ""))
+    semver = semantic_version(version or snapshot[:10].replace("-", "."))
+    if semver:  # Croissant wants MAJOR.MINOR.PATCH; the tag itself is in `url`
+        meta["version"] = semver
     if snapshot[:10]:
         meta["datePublished"] = snapshot[:10]
     if sources:
