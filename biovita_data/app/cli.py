@@ -37,6 +37,36 @@ def _fail(message: str) -> None:
     raise typer.Exit(2)
 
 
+MaxFailedOption = Annotated[
+    float,
+    typer.Option(
+        "--max-failed",
+        help="Exit 3 when more than this share of the items failed (0..1; 1.0: never). "
+        "Duplicates and licence/cap exclusions do not count; what was done is kept.",
+    ),
+]
+
+
+def _check_budget(what: str, kept: int, dropped: dict[str, int], max_failed: float) -> None:
+    """Exit 3 with one line when the failed share of kept + dropped exceeds `max_failed`."""
+    from biovita_data.core.budget import EXIT_OVER_BUDGET, over_budget
+
+    line = over_budget(what, kept + sum(dropped.values()), dropped, max_failed)
+    if line:
+        error_line(f"{line}. What was kept stays in OUT (--max-failed 1.0 accepts the losses)")
+        raise typer.Exit(EXIT_OVER_BUDGET)
+
+
+def _licenses(text: str) -> tuple[str, ...]:
+    from biovita_data.crawl.licenses import parse_allowed
+
+    try:
+        return parse_allowed(text)
+    except ValueError as exc:
+        _fail(str(exc))
+        raise
+
+
 NoThrottleOption = Annotated[
     bool, typer.Option("--no-throttle", help="Disable per-host rate limits (loopback only!).")
 ]
@@ -83,6 +113,7 @@ def fetch(
     media: Annotated[
         str, typer.Option(help="What GBIF is asked for: sound, image or both.")
     ] = "sound",
+    max_failed: MaxFailedOption = 0.5,
 ) -> None:
     """Crawl Xeno-canto v3, iNaturalist v1 (and its Open Data bucket) and GBIF v1 into OUT/raw/."""
     from biovita_data.crawl.fetch import SOURCES, settings_from_env
@@ -102,7 +133,7 @@ def fetch(
         taxa=taxa,
         sources=sources,
         since=since,
-        licenses=tuple(x.strip().lower() for x in licenses.split(",") if x.strip()),
+        licenses=_licenses(licenses),
         max_per_species=max_per_species,
         max_records=max_records,
         throttle=not no_throttle,
@@ -111,14 +142,26 @@ def fetch(
     )
     if media not in ("sound", "image", "both"):
         _fail(f"--media must be sound, image or both, not {media!r}")
+    _budget_option(max_failed)
     try:
-        run_fetch(settings, out, console=console, restart=restart)
+        results = run_fetch(settings, out, console=console, restart=restart)
     except (TaxonNotFound, MissingKey) as exc:
         _fail(str(exc))  # nothing was crawled: no resume advice
     except FetchError as exc:
         kept = (out / "raw").is_dir()
         advice = f" (crawl state kept under {out}/raw: run the same command to resume)"
         _fail(f"{exc}{advice if kept else ''}")
+    for r in results:
+        _check_budget(f"fetch {r.source}", r.kept, r.dropped, max_failed)
+
+
+def _budget_option(value: float) -> None:
+    from biovita_data.core.budget import check_max_failed
+
+    try:
+        check_max_failed(value)
+    except ValueError as exc:
+        _fail(str(exc))
 
 
 def _check_date(option: str, value: str | None) -> None:
@@ -136,16 +179,19 @@ def _check_date(option: str, value: str | None) -> None:
 def import_official_cmd(
     metadata: Annotated[Path, typer.Argument(help="The original release's audio metadata CSV.")],
     out: Annotated[Path, typer.Option("--out", help="Build directory.")],
+    max_failed: MaxFailedOption = 0.5,
 ) -> None:
     """Import the original BioVITA release's metadata table as raw records (source `official`)."""
     from biovita_data.crawl.sources.release_table import import_official
 
+    _budget_option(max_failed)
     try:
         res = import_official(metadata, out)
     except (OSError, ValueError) as exc:
         _fail(str(exc))
     dropped = ", ".join(f"{k}: {v}" for k, v in sorted(res.dropped.items())) or "none"
     console.print(f"imported {res.kept} recordings into {out}/raw/official; dropped {dropped}")
+    _check_budget("import-official", res.kept, res.dropped, max_failed)
 
 
 @app.command("import-tol")
@@ -166,11 +212,13 @@ def import_tol_cmd(
         bool,
         typer.Option(help="The only image source: other sources' photos move to failures."),
     ] = False,
+    max_failed: MaxFailedOption = 0.5,
 ) -> None:
     """Draw up to N TreeOfLife-200M images per species (seeded) into OUT/raw/treeoflife_200m."""
     from biovita_data.crawl.sources.treeoflife import import_tol
 
-    allowed = tuple(x.strip().lower() for x in licenses.split(",") if x.strip())
+    allowed = _licenses(licenses)
+    _budget_option(max_failed)
     try:
         res = import_tol(
             catalog, provenance, out, per_species=per_species, seed=seed, taxa=taxa or (),
@@ -183,6 +231,7 @@ def import_tol_cmd(
         f"imported {res.kept} images into {out}/raw/treeoflife_200m; dropped {dropped} "
         "(manifests/failures.parquet)"
     )
+    _check_budget("import-tol", res.kept, res.dropped, max_failed)
 
 
 @app.command("import-dwca")
@@ -193,19 +242,22 @@ def import_dwca_cmd(
     licenses: Annotated[
         str, typer.Option(help="Comma-separated allowed licence families.")
     ] = "cc0,cc-by,cc-by-sa,cc-by-nc,cc-by-nc-sa",
+    max_failed: MaxFailedOption = 0.5,
 ) -> None:
     """Import a GBIF download (occurrence.txt + multimedia.txt) as raw records (source `gbif`)."""
     from biovita_data.crawl.dwca import import_dwca
 
     if media not in ("sound", "image", "both"):
         _fail(f"--media must be sound, image or both, not {media!r}")
-    allowed = tuple(x.strip().lower() for x in licenses.split(",") if x.strip())
+    allowed = _licenses(licenses)
+    _budget_option(max_failed)
     try:
         res = import_dwca(download, out, allowed=allowed, media=media)
     except (OSError, ValueError) as exc:
         _fail(str(exc))
     dropped = ", ".join(f"{k}: {v}" for k, v in sorted(res.dropped.items())) or "none"
     console.print(f"imported {res.kept} media records into {out}/raw/gbif; dropped {dropped}")
+    _check_budget("import-dwca", res.kept, res.dropped, max_failed)
 
 
 OutOption = Annotated[Path, typer.Option("--out", help="Build directory.")]
@@ -213,10 +265,15 @@ OutOption = Annotated[Path, typer.Option("--out", help="Build directory.")]
 
 def _stage(fn, *args) -> object:
     """Run a stage; turn the errors a user can fix into a one-line message."""
+    from biovita_data.core.budget import EXIT_OVER_BUDGET, BudgetExceeded
+
     try:
         return fn(*args)
     except (OSError, ValueError) as exc:
         _fail(str(exc))
+    except BudgetExceeded as exc:
+        error_line(str(exc))
+        raise typer.Exit(EXIT_OVER_BUDGET) from None
     except Exception as exc:
         from biovita_data.crawl.http import FetchError
 
@@ -393,6 +450,7 @@ def materialize_cmd(
     download_threads: Annotated[int, typer.Option(help="Download threads per worker.")] = 16,
     jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of stored photos.")] = 90,
     no_throttle: NoThrottleOption = False,
+    max_failed: MaxFailedOption = 0.5,
 ) -> None:
     """Download, verify, hash and store every selected recording and photo in OUT/media/."""
     from biovita_data.app.stages import run_materialize
@@ -409,6 +467,7 @@ def materialize_cmd(
         "download_threads": download_threads,
         "jpeg_quality": jpeg_quality,
         "throttle": not no_throttle,
+        "max_failed": max_failed,
     }
     _stage(run_materialize, out, cfg, console)
 
@@ -455,6 +514,12 @@ def publish_cmd(
             "OUT/releases/TAG; default: the last tag published from OUT)."
         ),
     ] = None,
+    allow_empty: Annotated[
+        bool,
+        typer.Option(
+            "--allow-empty", help="Publish even when a config (audio, image, ...) has 0 rows."
+        ),
+    ] = False,
 ) -> None:
     """Write the Hugging Face dataset folder OUT/hf (card, plots, Parquet) and upload it."""
     from biovita_data.publish import PublishError, publish
@@ -475,6 +540,7 @@ def publish_cmd(
             tag=tag,
             previous_release=previous_release,
             console=console,
+            allow_empty=allow_empty,
         )
     except (PublishError, OSError, ValueError) as exc:
         _fail(str(exc))

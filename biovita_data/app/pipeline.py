@@ -13,7 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from biovita_data.crawl.fetch import FetchSettings, settings_from_env
-from biovita_data.crawl.licenses import DEFAULT_ALLOWED
+from biovita_data.crawl.licenses import DEFAULT_ALLOWED, parse_allowed
 
 STAGES = ("fetch", "tol", "align", "traits", "split", "bench", "stats", "materialize", "publish")
 
@@ -38,7 +38,7 @@ class Pipeline:
             taxa=list(f["taxa"]),
             sources=sources,
             since=f.get("since"),
-            licenses=tuple(f.get("licenses", DEFAULT_ALLOWED)),
+            licenses=parse_allowed(f.get("licenses", DEFAULT_ALLOWED)),
             max_per_species=f.get("max_per_species"),
             max_records=f.get("max_records"),
             throttle=bool(f.get("throttle", True)),

@@ -93,7 +93,7 @@ TOL_SETTINGS = ("catalog", "provenance", "per_species", "seed", "taxa", "license
 
 def run_tol(out: Path, cfg: dict, console: Console):
     """`import-tol` with a pipeline's [tol] settings: TreeOfLife-200M images per species."""
-    from biovita_data.crawl.licenses import DEFAULT_ALLOWED
+    from biovita_data.crawl.licenses import DEFAULT_ALLOWED, parse_allowed
     from biovita_data.crawl.sources.treeoflife import import_tol
 
     unknown = set(cfg) - set(TOL_SETTINGS)
@@ -106,7 +106,7 @@ def run_tol(out: Path, cfg: dict, console: Console):
         per_species=int(cfg.get("per_species", 200)),
         seed=int(cfg.get("seed", 0)),
         taxa=list(cfg.get("taxa", [])),
-        allowed=tuple(cfg.get("licenses", DEFAULT_ALLOWED)),
+        allowed=parse_allowed(cfg.get("licenses", DEFAULT_ALLOWED)),
         exclusive=bool(cfg.get("exclusive", False)),
     )
     console.print(f"tol: {describe('tol', result)}")
@@ -150,7 +150,15 @@ def run_materialize(out: Path, cfg: dict, console: Console):
     unknown = set(cfg) - set(fields)
     if unknown:
         raise ValueError(f"[materialize]: unknown settings {sorted(unknown)}")
+    # over its --max-failed budget, materialize raises BudgetExceeded: the bench stays as it was
     result = materialize(out, MaterializeSettings(**cfg), console=console)
+    empty = [m.modality for m in result.modalities if m.records and not m.kept]
+    if empty:  # accepted with --max-failed 1.0, but nothing to draw a bench from
+        console.print(
+            f"[yellow]bench: not drawn again: materialize kept no {' or '.join(empty)}; "
+            "rerun materialize once the media hosts answer (the bench is drawn then)[/yellow]"
+        )
+        return result
     redraw_bench(out, console)
     return result
 
@@ -180,6 +188,7 @@ def run_publish(out: Path, cfg: dict, console: Console):
         git_remote=cfg.get("git_remote"),
         private=bool(cfg.get("private", False)),
         max_shard_bytes=int(cfg.get("max_shard_mb", 500)) * 2**20,
+        allow_empty=bool(cfg.get("allow_empty", False)),
         console=console,
     )
 

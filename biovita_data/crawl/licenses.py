@@ -86,3 +86,22 @@ def license_family(code: str) -> str:
 
 def is_allowed(code: str, allowed: tuple[str, ...] = DEFAULT_ALLOWED) -> bool:
     return license_family(code) in allowed or code in allowed
+
+
+# What `--licenses` accepts: a family, or a versioned code (cc-by-4.0, cc0-1.0, pdm-1.0).
+KNOWN_FAMILIES = (*DEFAULT_ALLOWED, "cc-by-nd", "cc-by-nc-nd", "pdm", ALL_RIGHTS_RESERVED)
+_VERSIONED = re.compile(r"(cc-by(?:-nc)?(?:-sa|-nd)?)-(1\.0|2\.0|2\.5|3\.0|4\.0)|cc0-1\.0|pdm-1\.0")
+
+
+def parse_allowed(spec: str | tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    """`--licenses` (comma-separated, or a list) -> codes; ValueError naming the valid codes."""
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    codes = tuple(dict.fromkeys(str(p).strip().lower() for p in parts if str(p).strip()))
+    bad = [c for c in codes if c not in KNOWN_FAMILIES and not _VERSIONED.fullmatch(c)]
+    if bad or not codes:
+        what = f"unknown licence code(s) {', '.join(bad)}" if bad else "no licence code given"
+        raise ValueError(
+            f"--licenses: {what}; valid codes: {', '.join(KNOWN_FAMILIES)} "
+            "(or a versioned one such as cc-by-4.0, cc-by-nc-3.0, cc0-1.0)"
+        )
+    return codes

@@ -25,6 +25,7 @@ from biovita_data.publish.configs import (
 from biovita_data.publish.croissant import croissant_inputs, write_croissant
 from biovita_data.publish.features import BENCH_SPLIT_OF_SUBSET, CONFIGS
 from biovita_data.publish.upload import (
+    PublishError,
     check_repo_id,
     check_tag,
     hub_token,
@@ -105,6 +106,28 @@ def build_folder(
     return results, license_code
 
 
+# The stage to rerun when a config came out empty.
+_RERUN = {
+    "audio": "materialize (OUT/manifests/failures.parquet says why no recording was kept)",
+    "image": "materialize (OUT/manifests/failures.parquet says why no photo was kept)",
+    "species": "align",
+    "bench": "split, then bench",
+}
+
+
+def refuse_empty(results: dict, media: str) -> None:
+    """PublishError naming the first config with no rows and the step to rerun."""
+    for config in CONFIGS:
+        if config in results and not sum(results[config].rows.values()):
+            step = _RERUN.get(config, "the build stages")
+            if media == "urls" and config in ("audio", "image"):
+                step = "align (the manifest has no records)"
+            raise PublishError(
+                f"publish: config {config!r} has 0 rows: rerun {step}; "
+                "--allow-empty publishes it anyway"
+            )
+
+
 def _swap_in(tmp: Path, target: Path) -> None:
     """Replace `target` with `tmp` (old content moved aside first, then removed); an upload's
     resume state (`.cache/huggingface`) moves over, so an interrupted upload resumes."""
@@ -136,6 +159,7 @@ def publish(
     tag: str | None = None,
     previous_release: Path | None = None,
     console: Console | None = None,
+    allow_empty: bool = False,
 ) -> PublishResult:
     """Write OUT/hf (configs audio, image, species, bench + card), then upload it unless
     `folder_only`: to `git_remote` when given, else to the Hub (HF_TOKEN, HF_ENDPOINT). With
@@ -169,6 +193,8 @@ def publish(
             pretty_name=pretty_name,
             changelog=release.changelog if release else None,
         )
+        if not allow_empty:  # a config with 0 rows: refused, OUT/hf left as it was
+            refuse_empty(results, media)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -521,6 +521,11 @@ def build_bench(
             raise ValueError(f"{name} must be {'>= 0' if name == 'seed' else '>= 1'}, not {value}")
     out = Path(out)
     species = _read_species(out)
+    if species["split_group"].is_null().all():  # align wrote it empty: no seen/unseen yet
+        raise ValueError(
+            f"{layout.species_path(out)}: no split yet (split_group is empty): "
+            f"run `biovita-data split --out {out}` before bench"
+        )
     media = {m: _read_media(out, m) for m in MEDIA_MODALITIES}
     result = BenchResult(out=out, settings=settings)
     for subset in SUBSETS:
