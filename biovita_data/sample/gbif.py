@@ -190,7 +190,7 @@ def occurrences(world: World, root: str, as_of: dt.date = SNAPSHOT) -> tuple[dic
         out.append(
             _occurrence(
                 world, XENO_CANTO, rec.id, rec.species_index, verbatim, rec.date,
-                _at(rec.uploaded), rec.lat, rec.lon, rec.country, rec.recordist,
+                _at(rec.modified or rec.uploaded), rec.lat, rec.lon, rec.country, rec.recordist,
                 [{k: v for k, v in item.items() if v is not None}],
             )
         )  # fmt: skip
@@ -405,6 +405,12 @@ MULTIMEDIA_COLUMNS = _MULTIMEDIA_TERMS.split()
 _DC_TERMS = {"accessRights", "bibliographicCitation", "language", "license", "modified",
              "publisher", "references", "rightsHolder", "type"}  # fmt: skip
 _GBIF_START = OCCURRENCE_COLUMNS.index("datasetKey")
+# verbatim.txt: the Darwin Core terms as the publisher sent them (no GBIF interpretation)
+VERBATIM_COLUMNS = OCCURRENCE_COLUMNS[:_GBIF_START]
+_VERBATIM_KEPT = ("gbifID", "occurrenceID", "basisOfRecord", "scientificName", "recordedBy",
+                  "countryCode", "decimalLatitude", "decimalLongitude", "datasetName",
+                  "license")  # fmt: skip
+DOWNLOAD_DOI = "10.15468/dl.sample"  # the sample world's stand-in for a download's DOI
 
 
 def _term(name: str, index: int, multimedia: bool = False) -> str:
@@ -434,6 +440,8 @@ def meta_xml() -> str:
         [
             '<archive xmlns="http://rs.tdwg.org/dwc/text/" metadata="metadata.xml">',
             _block("core", DWC + "Occurrence", "occurrence.txt", OCCURRENCE_COLUMNS, False),
+            # as GBIF does: the publisher's own values, an extension with the core's rowType
+            _block("extension", DWC + "Occurrence", "verbatim.txt", VERBATIM_COLUMNS, False),
             _block("extension", GBIF + "Multimedia", "multimedia.txt", MULTIMEDIA_COLUMNS, True),
             "</archive>",
         ]
@@ -451,15 +459,25 @@ def occurrence_line(occ: dict) -> str:
     return "\t".join(_cell(values.get(c)) for c in OCCURRENCE_COLUMNS)
 
 
+def verbatim_line(occ: dict) -> str:
+    """The publisher's values: its verbatim name and date, no keys or classification."""
+    values = {k: occ.get(k) for k in _VERBATIM_KEPT}
+    values["eventDate"] = occ.get("eventDate", "").replace("-", "/")
+    return "\t".join(_cell(values.get(c)) for c in VERBATIM_COLUMNS)
+
+
 def export_dwca(world: World, root: str, dest: Path, as_of: dt.date = SNAPSHOT) -> dict[str, int]:
-    """The world's GBIF occurrences as a download zip: meta.xml, occurrence.txt, multimedia.txt."""
+    """The world's GBIF occurrences as a download zip: meta.xml, metadata.xml (DOI, citation),
+    occurrence.txt (interpreted), verbatim.txt (as published), multimedia.txt."""
     occs = occurrences(world, root, as_of)
-    occ_txt, media_txt = io.StringIO(), io.StringIO()
+    occ_txt, media_txt, verbatim_txt = io.StringIO(), io.StringIO(), io.StringIO()
     occ_txt.write("\t".join(OCCURRENCE_COLUMNS) + "\n")
+    verbatim_txt.write("\t".join(VERBATIM_COLUMNS) + "\n")
     media_txt.write("\t".join(MULTIMEDIA_COLUMNS) + "\n")
     n_media = 0
     for occ in occs:
         occ_txt.write(occurrence_line(occ) + "\n")
+        verbatim_txt.write(verbatim_line(occ) + "\n")
         for m in occ["media"]:
             media_txt.write("\t".join(_cell({**m, "gbifID": occ["gbifID"]}.get(c))
                                       for c in MULTIMEDIA_COLUMNS) + "\n")  # fmt: skip
@@ -468,17 +486,26 @@ def export_dwca(world: World, root: str, dest: Path, as_of: dt.date = SNAPSHOT) 
     tmp = dest.with_name(f".{dest.name}.part")
     with zipfile.ZipFile(tmp, "w", zipfile.ZIP_DEFLATED) as zf:
         zf.writestr("meta.xml", meta_xml())
-        zf.writestr("metadata.xml", _eml(len(occs)))
+        zf.writestr("metadata.xml", _eml(len(occs), as_of))
         zf.writestr("occurrence.txt", occ_txt.getvalue())
+        zf.writestr("verbatim.txt", verbatim_txt.getvalue())
         zf.writestr("multimedia.txt", media_txt.getvalue())
     tmp.replace(dest)
     return {"occurrences": len(occs), "media": n_media}
 
 
-def _eml(n: int) -> str:
+def _eml(n: int, as_of: dt.date) -> str:
+    """GBIF's download EML: the DOI as packageId and alternateIdentifier, the citation."""
+    day = as_of.strftime("%d %B %Y")
     return (
         '<?xml version="1.0" encoding="utf-8"?>\n'
-        '<eml:eml xmlns:eml="eml://ecoinformatics.org/eml-2.1.1" packageId="sample-download">\n'
-        f"  <dataset><title>GBIF Occurrence Download (sample world, {n} records)</title>"
-        "</dataset>\n</eml:eml>\n"
+        '<eml:eml xmlns:eml="eml://ecoinformatics.org/eml-2.1.1" '
+        f'packageId="{DOWNLOAD_DOI}" system="http://gbif.org" scope="system">\n'
+        f"  <dataset>\n    <alternateIdentifier>{DOWNLOAD_DOI}</alternateIdentifier>\n"
+        f"    <title>GBIF Occurrence Download (sample world, {n} records)</title>\n"
+        f"    <pubDate>{as_of.isoformat()}</pubDate>\n  </dataset>\n"
+        "  <additionalMetadata><metadata><gbif>\n"
+        f'    <citation identifier="{DOWNLOAD_DOI}">GBIF.org ({day}) GBIF Occurrence Download '
+        f"https://doi.org/{DOWNLOAD_DOI}</citation>\n"
+        "  </gbif></metadata></additionalMetadata>\n</eml:eml>\n"
     )

@@ -24,6 +24,7 @@ from biovita_data.crawl.sources.base import (
     to_float,
     to_int,
 )
+from biovita_data.crawl.taxa import gbif_species_match
 
 NAME = "gbif"
 PER_PAGE = 300
@@ -107,6 +108,29 @@ def _text(value: Any) -> str | None:
     return value.strip() if isinstance(value, str) and value.strip() else None
 
 
+# Interpretation issues that say the published coordinates are coarser than the observation.
+GENERALISED_ISSUES = ("COORDINATE_ROUNDED",)
+
+
+def where(occ: dict) -> dict:
+    """Coordinates, their uncertainty (`coordinateUncertaintyInMeters` -> positional_accuracy,
+    as iNaturalist's) and whether they are generalised: the publisher says so
+    (`dataGeneralizations`) or GBIF's interpretation flags it (an issue such as
+    COORDINATE_ROUNDED; the API lists `issues`, a download's `issue` column joins them by `;`)."""
+    lat, lon = to_float(occ.get("decimalLatitude")), to_float(occ.get("decimalLongitude"))
+    issues = occ.get("issues") if occ.get("issues") is not None else occ.get("issue")
+    if isinstance(issues, str):
+        issues = issues.split(";")
+    flagged = {str(i).strip().upper() for i in issues or ()} & set(GENERALISED_ISSUES)
+    generalised = bool(_text(occ.get("dataGeneralizations")) or flagged)
+    return {
+        "latitude": lat,
+        "longitude": lon,
+        "positional_accuracy": to_float(occ.get("coordinateUncertaintyInMeters")),
+        "coordinates_obscured": generalised if lat is not None or generalised else None,
+    }
+
+
 def parse_occurrence(
     occ: Any,
     query: str,
@@ -135,8 +159,7 @@ def parse_occurrence(
         "sex": _text(occ.get("sex")),
         "stage": _text(occ.get("lifeStage")),
         "country": _text(occ.get("countryCode")),
-        "latitude": to_float(occ.get("decimalLatitude")),
-        "longitude": to_float(occ.get("decimalLongitude")),
+        **where(occ),
         "date": to_date(occ.get("eventDate")),
         "time": _text(occ.get("eventTime")),
         "updated_at": to_datetime(occ.get("lastInterpreted")),
@@ -266,11 +289,7 @@ class GbifSource:
         data = self.http.get_json(
             f"{self.base_url}/species/match", {"name": name, "strict": "true"}, policy=NAME
         )
-        if not isinstance(data, dict) or data.get("matchType") in (None, "NONE", "HIGHERRANK"):
-            raise FetchError(f"taxon {name!r} not found in the GBIF backbone (/species/match)")
-        key = data.get("acceptedUsageKey") if data.get("synonym") else data.get("usageKey")
-        rank = str(data.get("rank") or "").upper()
-        return to_int(key, f"GBIF usageKey of {name!r}"), rank
+        return gbif_species_match(data, name)  # v1 or v2 answers
 
     def plan(self) -> list[str]:
         queries = []
@@ -368,7 +387,7 @@ class GbifSource:
         results = data.get("results")
         if not isinstance(results, list):
             raise FetchError(f"malformed GBIF page at offset {offset} for {query!r}: no results")
-        page = Page(cursor=offset + len(results))
+        page = Page(cursor=offset + len(results), total=count)
         for occ in results:
             try:
                 rows, fails = parse_occurrence(occ, query, self.allowed, self.media)

@@ -1,0 +1,228 @@
+"""Issue 25: real GBIF download shapes and crafted or broken inputs (one clear error, or a
+failures row, never a silent wrong import or a memory blow-up)."""
+
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+from pathlib import Path
+
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from biovita_data.app.cli import app
+from biovita_data.core import layout
+from biovita_data.crawl.dwca import import_dwca, read_archive
+from biovita_data.crawl.http import FetchError
+from biovita_data.crawl.limits import LimitExceeded, Limits
+from biovita_data.crawl.sources.gbif import parse_occurrence
+from biovita_data.crawl.taxa import gbif_species_match
+from biovita_data.sample import gbif as G
+
+REFERENCE = Path("/work/shared/reference")
+ROOT = "http://127.0.0.1:9"
+
+
+def _members(path: Path) -> dict[str, bytes]:
+    with zipfile.ZipFile(path) as zf:
+        return {n: zf.read(n) for n in zf.namelist()}
+
+
+def _rezip(dest: Path, members: dict[str, bytes]) -> Path:
+    with zipfile.ZipFile(dest, "w", zipfile.ZIP_DEFLATED) as zf:
+        for name, data in members.items():
+            zf.writestr(name, data)
+    return dest
+
+
+@pytest.fixture
+def download(tmp_path: Path, tiny_world) -> Path:
+    path = tmp_path / "download.zip"
+    G.export_dwca(tiny_world, ROOT, path)
+    return path
+
+
+def _raw(out: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    rows = pl.read_parquet(layout.raw_records_path(out, "gbif"))
+    return rows, pl.read_parquet(layout.failures_path(out))
+
+
+# ------------------------------------------------------------------ 1. core vs verbatim.txt
+def test_dwca_reads_the_interpreted_core_not_verbatim(download: Path, tmp_path: Path) -> None:
+    members = _members(download)
+    meta = members["meta.xml"].decode()
+    # GBIF's layout: verbatim.txt an <extension> with the core's rowType, before multimedia
+    assert "verbatim.txt" in meta and "verbatim.txt" in members
+    assert meta.index("<core") < meta.index("verbatim.txt") < meta.index("multimedia.txt")
+    res = import_dwca(download, tmp_path / "out")
+    rows, _ = _raw(tmp_path / "out")
+    assert res.kept == rows.height > 0
+    assert rows["taxon_key"].null_count() == 0 and rows["dataset_key"].null_count() == 0
+    assert rows["date"].null_count() == 0
+    # synonyms resolve to the accepted name as in occurrence.txt
+    syn = rows.filter(pl.col("taxon_key") != pl.col("accepted_taxon_key"))
+    assert syn.height > 0
+    assert (syn["raw_scientific_name"] != syn["verbatim_name"].str.replace(r" Auct.*", "")).all()
+
+
+# ------------------------------------------------------------------ 2. DOI and citation
+def test_dwca_doi_and_citation_are_kept(download: Path, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    import_dwca(download, out)
+    kept = json.loads(layout.gbif_citations_path(out).read_text())["downloads"]
+    assert len(kept) == 1 and kept[0]["doi"] == G.DOWNLOAD_DOI
+    assert kept[0]["citation"].startswith("GBIF.org (") and G.DOWNLOAD_DOI in kept[0]["citation"]
+    import_dwca(download, out)  # again: one entry, not two
+    assert len(json.loads(layout.gbif_citations_path(out).read_text())["downloads"]) == 1
+
+
+# ------------------------------------------------------------------ 4. caps
+def test_dwca_huge_line_is_one_clear_error(download: Path, tmp_path: Path, monkeypatch) -> None:
+    members = _members(download)
+    occ = members["occurrence.txt"].split(b"\n")
+    occ[3] = occ[3] + b"x" * (256 * 1024)  # one 256 KiB line under a 64 KiB cap
+    bad = _rezip(tmp_path / "bad.zip", {**members, "occurrence.txt": b"\n".join(occ)})
+    monkeypatch.setenv("BIOVITA_MAX_LINE_BYTES", str(64 * 1024))
+    r = CliRunner().invoke(app, ["import-dwca", str(bad), "--out", str(tmp_path / "o")])
+    text = " ".join(r.output.split())
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "bad.zip: occurrence.txt line 4 is longer than the 65536-byte line cap" in text
+    assert "BIOVITA_MAX_LINE_BYTES" in text
+    assert not layout.raw_records_path(tmp_path / "o", "gbif").exists()
+
+
+def test_zip_bomb_member_is_refused_before_reading(download: Path, tmp_path: Path) -> None:
+    members = _members(download)
+    occ = members["occurrence.txt"]
+    bomb = occ + b"\t" * (8 * 2**20)  # 8 MiB of tabs deflate ~1000-fold
+    bad = _rezip(tmp_path / "bomb.zip", {**members, "occurrence.txt": bomb})
+    with pytest.raises(LimitExceeded, match=r"bomb.zip: occurrence.txt expands \d+-fold"):
+        list(read_archive(bad))
+    with pytest.raises(LimitExceeded, match="over the 1000-byte cap"):
+        list(read_archive(download, limits=Limits(member_bytes=1000)))
+    monkeypatch_env = {"BIOVITA_MAX_COMPRESSION_RATIO": "abc"}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv(*next(iter(monkeypatch_env.items())))
+        with pytest.raises(LimitExceeded, match="is not a number"):
+            Limits.from_env()
+
+
+# ------------------------------------------------------------------ 5. encodings
+def test_dwca_declared_encoding_and_undecodable_rows(download: Path, tmp_path: Path) -> None:
+    members = _members(download)
+    lines = members["occurrence.txt"].decode().split("\n")
+    header = lines[0].split("\t")
+    col = header.index("vernacularName")
+    cells = lines[2].split("\t")
+    cells[col] = "Jos\u00e9 Pe\u00f1a"
+    lines[2] = "\t".join(cells)
+    gid = cells[0]
+    text = "\n".join(lines)
+    # Latin-1 declared: decoded as declared
+    latin = (
+        members["meta.xml"]
+        .decode()
+        .replace(
+            'encoding="UTF-8" fieldsTerminatedBy="\\t" linesTerminatedBy="\\n" fieldsEnclosedBy="" '
+            'ignoreHeaderLines="1" rowType="http://rs.tdwg.org/dwc/terms/Occurrence">\n    <files>\n'
+            "      <location>occurrence.txt",
+            'encoding="ISO-8859-1" fieldsTerminatedBy="\\t" linesTerminatedBy="\\n" '
+            'fieldsEnclosedBy="" ignoreHeaderLines="1" '
+            'rowType="http://rs.tdwg.org/dwc/terms/Occurrence">\n    <files>\n'
+            "      <location>occurrence.txt",
+        )
+    )
+    assert "ISO-8859-1" in latin
+    latin_members = {"meta.xml": latin.encode(), "occurrence.txt": text.encode("latin-1")}
+    a = _rezip(tmp_path / "latin.zip", {**members, **latin_members})
+    rows, _ = _raw_after(a, tmp_path / "a")
+    assert set(rows.filter(pl.col("gbif_id") == int(gid))["common_name"]) == {"Jos\u00e9 Pe\u00f1a"}
+    # UTF-8 declared but one Latin-1 line: that row is a failure, the rest imported
+    mixed = [line.encode("latin-1" if n == 2 else "utf-8") for n, line in enumerate(lines)]
+    b = _rezip(tmp_path / "mixed.zip", {**members, "occurrence.txt": b"\n".join(mixed)})
+    rows_b, fails_b = _raw_after(b, tmp_path / "b")
+    full, _ = _raw_after(download, tmp_path / "c")
+    assert int(gid) not in rows_b["gbif_id"].to_list()
+    lost = full.filter(pl.col("gbif_id") != int(gid))
+    assert rows_b.height == lost.height
+    bad = fails_b.filter(pl.col("reason") == "undecodable")
+    assert bad.height == 1
+    assert bad["detail"][0].startswith("mixed.zip: occurrence.txt line 3 is not UTF-8 (byte 0xe9")
+
+
+def _raw_after(path: Path, out: Path) -> tuple[pl.DataFrame, pl.DataFrame]:
+    import_dwca(path, out)
+    return _raw(out)
+
+
+# ------------------------------------------------------------------ 8. uncertainty, generalised
+def test_gbif_uncertainty_and_generalised_coordinates() -> None:
+    page = json.loads((REFERENCE / "gbif_v1_occurrence_search_pygbif.json").read_text())
+    occ = {**page["results"][0], "issues": []}
+    assert "COORDINATE_ROUNDED" in page["results"][0]["issues"]  # a real record has it
+    occ["coordinateUncertaintyInMeters"] = 31.0
+    rows, _ = parse_occurrence(occ, "q", media="both")
+    assert rows and {r["positional_accuracy"] for r in rows} == {31.0}
+    assert {r["coordinates_obscured"] for r in rows} == {False}
+    rows, _ = parse_occurrence({**occ, "issues": ["COORDINATE_ROUNDED"]}, "q", media="both")
+    assert {r["coordinates_obscured"] for r in rows} == {True}
+    rows, _ = parse_occurrence(
+        {**occ, "dataGeneralizations": "Coordinates rounded to 0.1 degree"}, "q", media="both"
+    )
+    assert {r["coordinates_obscured"] for r in rows} == {True}
+
+
+def test_dwca_uncertainty_and_generalised(download: Path, tmp_path: Path) -> None:
+    members = _members(download)
+    lines = members["occurrence.txt"].decode().split("\n")
+    header = lines[0].split("\t")
+    unc, gen, iss = (header.index(c) for c in
+                     ("coordinateUncertaintyInMeters", "dataGeneralizations", "issue"))  # fmt: skip
+    cells = lines[1].split("\t")
+    cells[unc], cells[gen] = "250", ""
+    cells[iss] = "COORDINATE_ROUNDED;GEODETIC_DATUM_ASSUMED_WGS84"
+    lines[1] = "\t".join(cells)
+    path = _rezip(tmp_path / "u.zip", {**members, "occurrence.txt": "\n".join(lines).encode()})
+    rows, _ = _raw_after(path, tmp_path / "o")
+    mine = rows.filter(pl.col("gbif_id") == int(cells[0]))
+    assert mine.height > 0 and set(mine["positional_accuracy"]) == {250.0}
+    assert set(mine["coordinates_obscured"]) == {True}
+    others = rows.filter(pl.col("gbif_id") != int(cells[0]))
+    assert others["positional_accuracy"].null_count() == others.height
+
+
+# ------------------------------------------------------------------ 9. species match v1 + v2
+def test_species_match_v1_and_v2() -> None:
+    v1 = json.loads((REFERENCE / "gbif_v1_species_match_pygbif.json").read_text())
+    assert gbif_species_match(v1, "Helianthus annuus") == (9206251, "SPECIES")
+    v2 = {
+        "synonym": False,
+        "usage": {"key": "9206251", "name": "Helianthus annuus L.", "rank": "SPECIES",
+                  "canonicalName": "Helianthus annuus"},
+        "classification": [{"key": "6", "name": "Plantae", "rank": "KINGDOM"}],
+        "diagnostics": {"matchType": "EXACT", "confidence": 99},
+    }  # fmt: skip
+    assert gbif_species_match(v2, "Helianthus annuus") == (9206251, "SPECIES")
+    synonym = {
+        "synonym": True,
+        "usage": {"key": 2492462, "name": "Parus minor", "rank": "SPECIES"},
+        "acceptedUsage": {"key": 8070752, "name": "Parus minor", "rank": "SPECIES"},
+        "diagnostics": {"matchType": "EXACT"},
+    }
+    assert gbif_species_match(synonym, "Parus major minor") == (8070752, "SPECIES")
+    for none in ({"diagnostics": {"matchType": "NONE"}}, {"matchType": "NONE"}):
+        with pytest.raises(FetchError, match="not found in the GBIF backbone"):
+            gbif_species_match(none, "Nonexistus")
+    with pytest.raises(FetchError, match="no usable key"):
+        gbif_species_match({"usage": {"key": "x"}, "diagnostics": {"matchType": "EXACT"}}, "X")
+
+
+def test_zip_member_limits_unit() -> None:
+    info = zipfile.ZipInfo("m.txt")
+    info.file_size, info.compress_size = 10 * 2**20, 10 * 2**20 // 500
+    with pytest.raises(LimitExceeded, match="500-fold"):
+        Limits().check_member(info, "a.zip")
+    Limits(compression_ratio=1000).check_member(info, "a.zip")
+    assert io  # (io kept for crafted archives)
