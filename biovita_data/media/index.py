@@ -40,7 +40,10 @@ def build_index(
     `known`: shard index -> its rows as the worker that wrote it reported them (shard_rows);
     other shards (finished by an earlier run) are read back from the store, bytes excluded."""
     known = known or {}
-    parts = [known[s.index] if s.index in known else _read_shard_index(store, s) for s in specs]
+    parts = [
+        _live(known[s.index] if s.index in known else _read_shard_index(store, s), s)
+        for s in specs
+    ]
     empty = pl.from_arrow(MEDIA_INDEX.empty_table()).select(*_META_COLUMNS, "size", "shard")
     df = pl.concat([empty, *parts], how="vertical_relaxed")
     first = (
@@ -74,6 +77,15 @@ def build_index(
         for r in dups.iter_rows(named=True)
     ]
     return index, pa.Table.from_pylist(rows, schema=FAILURE)
+
+
+def _live(rows: pl.DataFrame, spec: ShardSpec) -> pl.DataFrame:
+    """The shard's rows of records still in the manifest (a kept shard keeps the others' bytes,
+    which the index leaves out: they are never published)."""
+    if spec.live is None or all(spec.live):
+        return rows
+    keys = pl.DataFrame(list(spec.live_keys()), schema=["source", "record_id"], orient="row")
+    return rows.join(keys, on=["source", "record_id"], how="semi", maintain_order="left")
 
 
 def _read_shard_index(store: MediaStore, spec: ShardSpec) -> pl.DataFrame:

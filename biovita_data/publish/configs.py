@@ -141,8 +141,11 @@ def _kept_keys(out: Path, modality: str) -> pl.DataFrame | None:
     path = layout.media_dir(out, modality) / "index.parquet"
     if not path.exists():
         return None
-    index = pl.read_parquet(path, columns=[*KEY, "kept"])
-    return index.filter(pl.col("kept")).select(KEY).unique()
+    index = pl.read_parquet(path, columns=[*KEY, "kept", "shard"])
+    # with the shard: a record whose file was stored again (after an update) has its old row,
+    # left out of the index, in an earlier shard
+    shard = pl.col("shard").cast(pl.Int64).alias("_shard")
+    return index.filter(pl.col("kept")).select(*KEY, shard).unique()
 
 
 def _writers(folder: Path, modality: str, media: str, names: list[str], max_bytes: int):
@@ -183,7 +186,7 @@ def _plan(
     files = pl.concat(frames)
     total = files.height
     if kept is not None:
-        files = files.join(kept, on=KEY, how="semi").sort("_shard", "_row")
+        files = files.join(kept, on=[*KEY, "_shard"], how="semi").sort("_shard", "_row")
     unique = files.unique(KEY, keep="first", maintain_order=True)
     index = manifest.select("source", "record_id", "split").with_row_index("_m")
     joined = unique.join(index, on=["source", "record_id"], how="inner")
