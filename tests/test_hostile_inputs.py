@@ -226,3 +226,20 @@ def test_zip_member_limits_unit() -> None:
         Limits().check_member(info, "a.zip")
     Limits(compression_ratio=1000).check_member(info, "a.zip")
     assert io  # (io kept for crafted archives)
+
+
+def test_card_credits_the_imported_downloads() -> None:
+    from biovita_data.publish.card import CardInputs, _citation_section
+
+    empty = pl.DataFrame()
+    inp = CardInputs("ns/name", "embed", empty, {}, {}, {})
+    assert "GBIF downloads" not in _citation_section(inp, "X")
+    inp.gbif_downloads = [
+        {"file": "d.zip", "doi": "10.15468/dl.abc123",
+         "citation": "GBIF.org (05 February 2025) GBIF Occurrence Download "
+                     "https://doi.org/10.15468/dl.abc123"}
+    ]  # fmt: skip
+    text = _citation_section(inp, "X")
+    assert "GBIF downloads this corpus imported" in text
+    assert "GBIF.org (05 February 2025) GBIF Occurrence Download" in text
+    assert "(DOI [10.15468/dl.abc123](https://doi.org/10.15468/dl.abc123))" in text

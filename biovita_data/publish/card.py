@@ -73,6 +73,7 @@ class CardInputs:
     build: dict = field(default_factory=dict)
     stats: dict | None = None
     changelog: str | None = None  # markdown from `release diff` against the previous release
+    gbif_downloads: list[dict] = field(default_factory=list)  # OUT/raw/gbif/citation.json
 
 
 def size_category(n: int) -> str:
@@ -450,6 +451,12 @@ def _citation_section(inp: CardInputs, pretty_name: str) -> str:
             "}",
         ]
     )
+    credits = [
+        f"- {d.get('citation') or d['file']}"
+        + (f" (DOI [{d['doi']}](https://doi.org/{d['doi']}))" if d.get("doi") else "")
+        for d in inp.gbif_downloads
+    ]
+    gbif = ["GBIF downloads this corpus imported (`import-dwca`):", "\n".join(credits)]
     return "\n\n".join(
         [
             "## Citation",
@@ -457,6 +464,7 @@ def _citation_section(inp: CardInputs, pretty_name: str) -> str:
             f"```bibtex\n{BIOVITA_BIBTEX}\n```",
             "This dataset:",
             f"```bibtex\n{dataset}\n```",
+            *(gbif if credits else []),
         ]
     )
 

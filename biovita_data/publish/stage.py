@@ -100,6 +100,8 @@ def build_folder(
         repo_id, media, species, records, results, bench_tasks, bench_settings, build, stats,
         changelog,
     )  # fmt: skip
+    cited = _read_json(layout.gbif_citations_path(out)) or {}
+    inputs.gbif_downloads = list(cited.get("downloads", []))  # DOIs of imported downloads
     license_code = write_card(folder, inputs, pretty_name or repo_id.split("/", 1)[1])
     write_croissant(folder, out, croissant_inputs(repo_id, license_code, pretty_name, build))
     write_gitattributes(folder)
