@@ -6,6 +6,7 @@ from __future__ import annotations
 import os
 import shutil
 import socket
+from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -211,3 +212,63 @@ def test_max_failed_is_checked() -> None:
         MaterializeSettings(max_failed=1.5)
     bad = runner.invoke(app, ["materialize", "--out", "x", "--max-failed", "2"])
     assert bad.exit_code == 2 and "--max-failed must be a share" in bad.output
+
+
+# ----------------------------------------------------------------------------- Ray + S3
+@pytest.fixture
+def s3_media() -> Iterator[str]:
+    """An S3 endpoint on 127.0.0.1 (moto server mode) with bucket `media`; AWS_* env set."""
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")
+    s3fs = pytest.importorskip("s3fs")
+    port = _free_port()
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        s3fs.S3FileSystem().mkdir("media")
+        yield "s3://media/dead"
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()
+
+
+def test_ray_engine_with_an_object_store_fails_on_a_dead_host_and_resumes(
+    built: tuple[Path, int], tiny_world: World, s3_media: str, tmp_path: Path
+) -> None:
+    ray = pytest.importorskip("ray", reason="ray[data] is not installed (the distributed extra)")
+    import s3fs
+
+    src, port = built
+    out = _copy(src, tmp_path / "out")
+    settings = MaterializeSettings(
+        **{**SETTINGS, "shard_size": 50}, engine="ray", media_root=s3_media, modalities=("audio",)
+    )
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False, logging_level="ERROR")
+    try:
+        http = HttpClient(throttle=False, backoff_s=0.01)
+        with pytest.raises(BudgetExceeded, match=f"audio: .*host_unreachable.*127.0.0.1:{port}"):
+            materialize(out, settings, console=QUIET, http=http)
+        assert set(_failures(out)["reason"]) == {"host_unreachable"}
+        fs = s3fs.S3FileSystem()
+        fs.invalidate_cache()
+        written = fs.find("media/dead/audio")  # the dead run's shards and failures stay
+        assert any("/shard-" in p for p in written) and any("/failures-" in p for p in written)
+        with SampleServer(tiny_world, port=port):
+            result = materialize(out, settings, console=QUIET, http=HttpClient(throttle=False))
+    finally:
+        ray.shutdown()
+    assert result.by_modality("audio").shards_reused == 0  # every shard was done again
+    assert result.by_modality("audio").kept > 0
+    assert "host_unreachable" not in set(_failures(out)["reason"])
+    assert not list((out / "media").rglob("shard-*.parquet"))  # all of it in the bucket
