@@ -1,9 +1,10 @@
 """Embeddings of media items (a MediaIndex of a published dataset) and of a dataset's splits.
 
-Audio is cropped onset-aligned (10 s from 0.2 s before the first sample above 1 % of the peak)
-and images get the tower's eval transform (JPEGs decoded at a reduced DCT scale that stays
->= 2 x the tower's input), as DESIGN.md's "Bench" evaluation asks. Text items of a dataset are
-its species' prompts.
+Audio is cropped onset-aligned (10 s from 0.2 s before the first sample above 1 % of the peak;
+a shorter clip filled by the model's `short_clip` setting: silence or repeats), and images get
+the tower's eval transform (JPEGs decoded at a reduced DCT scale that stays >= 2 x the tower's
+input), as docs/design.md's "Loader" and "Bench format" ask. Text items of a dataset are its
+species' prompts.
 """
 
 from __future__ import annotations
@@ -63,13 +64,16 @@ class MediaItems(Dataset):
         cfg = self.frontend_cfg
         assert cfg is not None
         clip = decode_clip(
-            data, mode="onset", seconds=float(cfg.max_length_s), target_rate=cfg.sample_rate
+            data,
+            mode="onset",
+            seconds=float(cfg.max_length_s),
+            target_rate=cfg.sample_rate,
+            short_clip=cfg.short_clip,  # type: ignore[arg-type]
         )
         if self._frontend is None:
             self._frontend = AudioFrontend(cfg)
-        wave = torch.from_numpy(clip.samples)[None]
-        with torch.no_grad():
-            return self._frontend(wave, torch.tensor([max(1, clip.valid)]))[0]
+        with torch.no_grad():  # the clip is cropped and filled: its log-mel as it is
+            return self._frontend.log_mel(torch.from_numpy(clip.samples)[None])[0]
 
 
 @torch.no_grad()

@@ -1,4 +1,4 @@
-"""The build folder's layout (DESIGN.md, "Stages and their contracts"): every path, named once."""
+"""The build folder's layout (docs/design.md, "File contracts of OUT"): every path, named once."""
 
 from __future__ import annotations
 

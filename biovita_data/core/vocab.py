@@ -1,4 +1,4 @@
-"""The 34 ecological trait labels of BioVITA, in their fixed order (DESIGN.md, "Traits")."""
+"""The 34 ecological trait labels of BioVITA in their fixed order (docs/design.md, traits)."""
 
 TRAIT_CATEGORIES: dict[str, tuple[str, ...]] = {
     "diet": (

@@ -1,4 +1,4 @@
-"""Training loader over a published BioVITA dataset (DESIGN.md, "Loader"); needs torch.
+"""Training loader over a published BioVITA dataset (docs/design.md, "Loader"); needs torch.
 
     from torch.utils.data import DataLoader
     from biovita_data.loader import BioVITADataset, collate, species_sampler

@@ -1,8 +1,14 @@
 """Audio front end of the loader: decode a 10 s window with soundfile, mix to mono, resample (soxr).
 
+The crop and short-clip rules live here, once: the window's start (`window_start`: random,
+onset-aligned or at 0) and how a clip shorter than the window is filled (`fill_short`, the
+`short_clip` setting: `pad` with silence, as the official BioVITA extractor does; `repeat` the
+clip until the window is full; `repeatpad`, CLAP's: whole repeats, then silence). The loader, the
+model's front end (`biovita_model.audio_frontend.fit_length`) and its embeddings all call them.
+
 Only the frames of the window are read when the format can seek (WAV, FLAC, Ogg, MP3 all can in
 libsndfile), so a random crop of a 5-minute recording costs about as much as a 10 s one. The
-evaluation crop (DESIGN.md, "What it is for") needs the clip's peak, so it decodes the whole clip.
+evaluation crop (docs/design.md, "Loader") needs the clip's peak, so it decodes the whole clip.
 """
 
 from __future__ import annotations
@@ -31,6 +37,8 @@ MP3_PREROLL_S = 0.5
 MP3_PREROLL_MIN = 9216
 
 CropMode = Literal["random", "onset", "start"]
+ShortClip = Literal["pad", "repeat", "repeatpad"]
+SHORT_CLIPS: tuple[str, ...] = ("pad", "repeat", "repeatpad")
 
 
 def preroll_frames(file_format: str, rate: int) -> int:
@@ -94,6 +102,72 @@ def onset_index(x: np.ndarray, threshold: float = ONSET_THRESHOLD) -> int:
     return int(above[0]) if above.size else 0
 
 
+def onset_start(
+    x: np.ndarray,
+    rate: int,
+    *,
+    threshold: float = ONSET_THRESHOLD,
+    lead_s: float = ONSET_LEAD_S,
+) -> int:
+    """The evaluation crop's start: lead_s before the first sample above threshold x the peak
+    (at least 0). The window is not pulled back to fit a late onset: what is left is short."""
+    return max(0, onset_index(x, threshold) - round(lead_s * rate))
+
+
+def window_start(
+    frames: int,
+    window: int,
+    mode: CropMode,
+    *,
+    u: float = 0.0,
+    x: np.ndarray | None = None,
+    rate: int = TARGET_RATE,
+) -> int:
+    """Where a `window`-long crop of `frames` starts: "random" at fraction u in [0, 1) of the
+    admissible starts, "onset" (needs the signal x at `rate`) by `onset_start`, "start" at 0."""
+    if mode == "random":
+        span = max(0, frames - window)
+        return min(span, int(u * (span + 1)))
+    if mode == "onset":
+        if x is None:
+            raise ValueError("the onset crop needs the signal")
+        return onset_start(x, rate)
+    if mode == "start":
+        return 0
+    raise ValueError(f"mode must be random, onset or start, not {mode!r}")
+
+
+def fill_short(x: np.ndarray, n: int, short_clip: str = "pad") -> np.ndarray:
+    """A clip of at most n samples filled to exactly n: "pad" with zeros at the end, "repeat"
+    (the clip again and again, cut at n) or "repeatpad" (whole repeats, then zeros)."""
+    k = x.shape[0]
+    if short_clip not in SHORT_CLIPS:
+        raise ValueError(f"short_clip must be one of {SHORT_CLIPS}, not {short_clip!r}")
+    if k >= n:
+        return np.ascontiguousarray(x[:n], dtype=np.float32)
+    if k == 0 or short_clip == "pad":
+        return fit_length(x, n)
+    if short_clip == "repeat":
+        return np.tile(x, n // k + 1)[:n].astype(np.float32, copy=False)
+    return fit_length(np.tile(x, n // k), n)
+
+
+def fit_clip(
+    x: np.ndarray,
+    n: int,
+    *,
+    mode: CropMode = "start",
+    u: float = 0.0,
+    rate: int = TARGET_RATE,
+    short_clip: str = "pad",
+) -> tuple[np.ndarray, int, int]:
+    """A mono signal cropped (`window_start`) and filled (`fill_short`) to exactly n samples:
+    (samples, start, samples taken from the signal)."""
+    start = window_start(x.shape[0], n, mode, u=u, x=x, rate=rate)
+    kept = x[start : start + n]
+    return fill_short(kept, n, short_clip), start, int(kept.shape[0])
+
+
 def source_window(rate: int, seconds: float) -> int:
     """Frames of the source that cover seconds (rounded up, so resampling never falls short)."""
     return math.ceil(seconds * rate)
@@ -130,12 +204,14 @@ def decode_clip(
     seconds: float = CLIP_SECONDS,
     target_rate: int = TARGET_RATE,
     quality: str = "HQ",
+    short_clip: ShortClip = "pad",
 ) -> Clip:
     """Decode a seconds-long mono window of encoded audio at target_rate.
 
     mode "random": the window starts at fraction u in [0, 1) of the admissible starts (training);
     "onset": it starts ONSET_LEAD_S before the first sample above 1 % of the peak, clamped at 0
-    (evaluation); "start": at 0. Shorter clips are zero padded at the end.
+    (evaluation); "start": at 0 (`window_start`). A clip shorter than the window is filled by
+    `short_clip` (`fill_short`; default: zeros at the end); `valid` counts its own samples.
     """
     if mode not in ("random", "onset", "start"):
         raise ValueError(f"mode must be random, onset or start, not {mode!r}")
@@ -146,12 +222,11 @@ def decode_clip(
         if mode == "onset":
             mono = to_mono(f.read(dtype="float32", always_2d=True))
             frames = mono.shape[0]
-            start = max(0, onset_index(mono) - round(ONSET_LEAD_S * rate))
+            start = window_start(frames, window, mode, x=mono, rate=rate)
             mono = mono[start : start + window]
         else:
-            span = max(0, frames - window)
-            start = min(span, int(u * (span + 1))) if mode == "random" else 0
+            start = window_start(frames, window, mode, u=u)
             mono = read_window(f, start, window)
     out = resample(mono, rate, target_rate, quality)
     valid = min(n_out, out.shape[0])
-    return Clip(fit_length(out, n_out), valid, start / rate, rate, channels, frames)
+    return Clip(fill_short(out, n_out, short_clip), valid, start / rate, rate, channels, frames)

@@ -1,4 +1,4 @@
-"""The five text prompt templates of BioVITA (DESIGN.md, "What it is for") and their rendering."""
+"""The five text prompt templates of BioVITA (docs/design.md, "Loader") and their rendering."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """Publish the corpus as a plain-Parquet Hugging Face dataset: audio, image, species, bench.
 
 `publish(out, "ns/name")` writes OUT/hf and uploads it (HfApi, or `git_remote`); see
-DESIGN.md, "Publish".
+docs/design.md, "The published dataset".
 """
 
 from biovita_data.publish.features import CONFIGS, SPLITS

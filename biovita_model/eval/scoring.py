@@ -1,9 +1,9 @@
 """BioVITA-Bench scoring: Top-k per subset, level and direction, per class, ties; the JSON report.
 
-Scoring (DESIGN.md "Bench"): a query's candidate taxon scores the maximum cosine similarity
-between the query and the items of the candidate's target group. Ties are scored by a random
-order among the tied candidates, in expectation (never in the correct taxon's favour): with g
-candidates scoring strictly higher than the correct one and t others scoring the same, the
+Scoring (docs/design.md, "Bench format"): a query's candidate taxon scores the maximum cosine
+similarity between the query and the items of the candidate's target group. Ties are scored by
+a random order among the tied candidates, in expectation (never in the correct taxon's favour):
+with g candidates scoring strictly higher than the correct one and t others scoring the same, the
 query's rank is uniform on g+1 .. g+t+1, so it counts P(rank <= k) = clip(k - g, 0, t+1) / (t+1)
 towards Top-k (1 or 0 without ties, as the official code; 1/C for a collapsed model). `n_tied`
 per task counts the queries with a tie, and a warning names tasks where more than

@@ -7,9 +7,11 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from biovita_data.loader.audio import SHORT_CLIPS
+
 STAGES = ("pretrain", "1", "2")
 PRECISIONS = ("fp32", "bf16", "fp16")
-TINY_LR = 1e-3  # from-scratch tiny towers (DESIGN.md "Tiny towers")
+TINY_LR = 1e-3  # from-scratch tiny towers (docs/design.md, "Tiny towers")
 PAPER_LR = 1e-4  # fine-tuning pretrained towers (the paper)
 CONFIG_FILE = "train_config.json"
 MODEL_CONFIG_FILE = "config.json"  # a run's model config (biovita_model.model.CONFIG_FILE)
@@ -31,6 +33,9 @@ class TrainConfig:
     towers: str | None = None  # without init: tiny (default), local-dir:PATH, hf-hub:ORG/NAME[@REV]
     audio_tower: str | None = None  # without init: a CLAP model, ORG/NAME[@REV] or local-dir:PATH
     audio_config: str | None = None  # configs/ HTS-AT config of the front end (htsat-unfused)
+    # how the front end fills clips under 10 s: pad (silence, the official extractor), repeat or
+    # repeatpad; None: the towers' config (tiny: repeat; htsat-unfused: repeatpad) or the init run's
+    short_clip: str | None = None
     epochs: int = 10
     batch_size: int = 64
     lr: float | None = None  # None: 1e-3 for tiny towers, 1e-4 otherwise (the towers of init)
@@ -93,6 +98,8 @@ class TrainConfig:
                     raise ValueError(
                         f"{name} and init exclude each other: the towers come from the init run"
                     )
+        if self.short_clip is not None and self.short_clip not in SHORT_CLIPS:
+            raise ValueError(f"short_clip must be one of {SHORT_CLIPS}, not {self.short_clip!r}")
         if self.lambda_ramp_fraction is not None and self.lambda_ramp_steps is not None:
             raise ValueError("give the lambda ramp as a fraction or in steps, not both")
         if self.lambda_ramp_fraction is not None and not 0 <= self.lambda_ramp_fraction <= 1:

@@ -1,7 +1,7 @@
 """The training loop of every stage: tower pre-training (image-text), Stage 1 (ATC), Stage 2.
 
 `train(TrainConfig(...))` runs as is on one CPU/GPU and under `torchrun --nproc_per_node N`
-(DDP; only rank 0 writes). See TrainConfig for the options and DESIGN.md ("Model") for the
+(DDP; only rank 0 writes). See TrainConfig for the options and docs/design.md ("Model") for the
 stages: Stage 1 trains the audio tower + adapter against frozen image and text towers (ATC);
 Stage 2 adds lambda (AIC + ITC) with lambda ramped 0 -> lambda_max, the image tower frozen and
 the text tower at a small learning rate; `pretrain` trains the image and text towers alone
@@ -90,16 +90,19 @@ def initial_model(cfg: TrainConfig) -> BioVITAModel:
     skip_image = cfg.stage == "1"
     if cfg.init is None:
         spec = cfg.start_towers
-        return create_model(
+        model = create_model(
             spec,
             audio_tower=cfg.audio_tower,
             audio=cfg.audio_config,
             skip_image=skip_image and spec != "tiny",
         )
-    run, ckpt = resolve_init(cfg.init)
-    model = load_model(run, skip_image=skip_image)
-    if ckpt is not None:
-        load_trained_state(model, ck.load_checkpoint(ckpt)["model"], ckpt)
+    else:
+        run, ckpt = resolve_init(cfg.init)
+        model = load_model(run, skip_image=skip_image)
+        if ckpt is not None:
+            load_trained_state(model, ck.load_checkpoint(ckpt)["model"], ckpt)
+    if cfg.short_clip is not None:
+        model.set_short_clip(cfg.short_clip)
     return model
 
 

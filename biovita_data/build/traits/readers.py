@@ -1,7 +1,8 @@
 """Readers of the public trait tables: one row per named row, the 34 labels as Int8 (1/0/null).
 
-Formats and the field -> label mapping are those of DESIGN.md ("Traits") and manifests/README.md
-("Trait tables -> the 34 labels"). A missing value never sets a label: unknown stays null.
+Formats and the field -> label mapping are those of docs/design.md ("Trait vocabulary") and
+manifests/README.md ("Trait tables -> the 34 labels"). A missing value never sets a label:
+unknown stays null.
 """
 
 from __future__ import annotations
