@@ -232,3 +232,108 @@ def test_card_credits_the_imported_downloads() -> None:
     assert "GBIF downloads this corpus imported" in text
     assert "GBIF.org (05 February 2025) GBIF Occurrence Download" in text
     assert "(DOI [10.15468/dl.abc123](https://doi.org/10.15468/dl.abc123))" in text
+
+
+# ------------------------------------------------------------------ 3, 4. trait mirrors
+class _Mirror:
+    """A loopback mirror answering whatever `files` holds (status 200), counting requests."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        mirror = self
+        self.files: dict[str, bytes] = {}
+        self.hits = 0
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                mirror.hits += 1
+                body = mirror.files.get(self.path.rsplit("/", 1)[-1])
+                self.send_response(200 if body is not None else 404)
+                self.send_header("Content-Type", "text/html" if body is None else "text/plain")
+                self.end_headers()
+                self.wfile.write(body if body is not None else b"<html>not found</html>")
+
+            def log_message(self, *args) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_port}/traits"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+
+@pytest.fixture
+def mirror(monkeypatch):
+    from biovita_data.build.traits.releases import ENV_URL
+
+    m = _Mirror()
+    monkeypatch.setenv(ENV_URL, m.url)
+    yield m
+    m.server.shutdown()
+
+
+ERROR_PAGE = b"<!DOCTYPE html><html><body>503 Service Unavailable (cached by the CDN)</body></html>"
+
+
+def test_trait_error_page_is_never_pinned(mirror, tmp_path: Path, tiny_world) -> None:
+    from biovita_data.build.traits.releases import ReleaseContentError, fetch_release
+    from biovita_data.sample.trait_tables import table_bytes
+
+    cache = tmp_path / "cache"
+    mirror.files["AVONET1_BirdLife.csv"] = ERROR_PAGE
+    with pytest.raises(ReleaseContentError) as err:
+        fetch_release("avonet", cache)
+    text = str(err.value)
+    assert f"{mirror.url}/AVONET1_BirdLife.csv (HTTP 200) is an HTML/XML page" in text
+    assert "nothing was cached" in text
+    assert not (cache / "releases.json").exists() and not (cache / "avonet" / "download").exists()
+    # a file of the wrong kind: its missing columns named
+    mirror.files["AVONET1_BirdLife.csv"] = b"a,b\n1,2\n"
+    with pytest.raises(ReleaseContentError, match="lacks required columns: Species1"):
+        fetch_release("avonet", cache)
+    # the mirror recovers: the real table is downloaded and recorded
+    good = table_bytes(tiny_world.taxonomy, "avonet")
+    mirror.files["AVONET1_BirdLife.csv"] = good
+    assert fetch_release("avonet", cache).read_bytes() == good
+    assert json.loads((cache / "releases.json").read_text())["avonet"]["bytes"] == len(good)
+
+
+def test_cached_bad_release_says_refresh(mirror, tmp_path: Path, tiny_world) -> None:
+    import hashlib
+
+    from biovita_data.build.traits.releases import ReleaseContentError, fetch_release
+    from biovita_data.sample.trait_tables import table_bytes
+
+    cache = tmp_path / "cache"
+    (cache / "avonet").mkdir(parents=True)
+    (cache / "avonet" / "download").write_bytes(ERROR_PAGE)  # pinned by an older version
+    sha = hashlib.sha256(ERROR_PAGE).hexdigest()
+    record = {"avonet": {"bytes": len(ERROR_PAGE), "sha256": sha, "downloaded": "then"}}
+    (cache / "releases.json").write_text(json.dumps(record))
+    with pytest.raises(ReleaseContentError, match=r"download it again with .*--refresh"):
+        fetch_release("avonet", cache)
+    good = table_bytes(tiny_world.taxonomy, "avonet")
+    mirror.files["AVONET1_BirdLife.csv"] = good
+    assert fetch_release("avonet", cache, refresh=True).read_bytes() == good
+    kept = json.loads((cache / "releases.json").read_text())["avonet"]
+    assert kept["sha256"] == hashlib.sha256(good).hexdigest()
+
+
+def test_trait_download_over_the_cap(mirror, tmp_path: Path, monkeypatch) -> None:
+    from biovita_data.build.traits.releases import fetch_release
+
+    mirror.files["AmphiBIO_v1.csv"] = b"id,Order\n" + b"1,Anura\n" * 20_000  # 160 KB
+    monkeypatch.setenv("BIOVITA_MAX_DOWNLOAD_BYTES", "65536")
+    with pytest.raises(FetchError, match=r"size cap.*BIOVITA_MAX_DOWNLOAD_BYTES"):
+        fetch_release("amphibio", tmp_path / "cache")
+    assert not (tmp_path / "cache" / "amphibio" / "download").exists()
+
+
+def test_traits_checks_its_manifests_before_downloading(mirror, tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    layout.species_path(out).parent.mkdir(parents=True)
+    layout.species_path(out).write_bytes(b"")  # species but no align report
+    r = CliRunner().invoke(app, ["traits", "--out", str(out), "--table", "avonet", "--refresh"])
+    assert r.exit_code != 0 and "align_report.json does not exist" in " ".join(r.output.split())
+    assert mirror.hits == 0

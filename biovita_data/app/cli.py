@@ -332,11 +332,16 @@ def traits_cmd(
         Path | None,
         typer.Option(help="Download cache of the public releases (default OUT/raw/traits)."),
     ] = None,
+    refresh: Annotated[
+        bool,
+        typer.Option(help="Download the named releases again (cached copy and sha256 dropped)."),
+    ] = False,
 ) -> None:
     """Attach the 34 trait labels (with provenance) to species.parquet; print coverage."""
     from biovita_data.app.stages import run_traits_stage
 
-    _stage(run_traits_stage, out, {"tables": table, "cache": cache}, console)
+    cfg = {"tables": table, "cache": cache, "refresh": refresh}
+    _stage(run_traits_stage, out, cfg, console)
 
 
 @app.command("split")
@@ -421,6 +426,18 @@ def stats_cmd(out: OutOption) -> None:
     from biovita_data.app.stages import run_stats
 
     _stage(run_stats, out, {}, cli_console())
+
+
+@app.command("dedup")
+def dedup_cmd(out: OutOption) -> None:
+    """Find copies of one recording or photo by content: OUT/manifests/duplicates.parquet."""
+    from biovita_data.build.dedup import dedup, summary_line
+
+    try:
+        result = dedup(out)
+    except (OSError, ValueError) as exc:
+        _fail(str(exc))
+    cli_console().print(summary_line(result))
 
 
 @app.command("materialize")
@@ -613,7 +630,7 @@ def demo(
     from biovita_data.app.demo import run_demo
 
     try:
-        run_demo(workdir, size=size, seed=seed, train=train, console=console)
+        run_demo(workdir, size=size, seed=seed, train=train, console=console, results=cli_console())
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
 

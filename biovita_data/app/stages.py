@@ -21,7 +21,10 @@ TRAIT_KINDS = ("avonet", "eltontraits", "amphibio", "csv")
 
 
 def parse_tables(
-    specs: list[str], cache: Path | None = None, http: HttpClient | None = None
+    specs: list[str],
+    cache: Path | None = None,
+    http: HttpClient | None = None,
+    refresh: bool = False,
 ) -> list[tuple[str, Path]]:
     """`--table` specs -> (reader kind, path), in precedence order. A spec is a public release's
     name (`avonet`, `eltontraits-birds`, ...: downloaded once into `cache`, verified) or
@@ -40,7 +43,8 @@ def parse_tables(
                 )
             if cache is None:
                 raise ValueError(f"--table {spec!r}: no download cache given")
-            tables.append((RELEASES[name].kind, fetch_release(name, cache, http)))
+            path = fetch_release(name, cache, http, refresh=refresh)  # refresh: download again
+            tables.append((RELEASES[name].kind, path))
             continue
         kind = RELEASES[name].kind if name in RELEASES else name
         if kind not in TRAIT_KINDS:
@@ -79,10 +83,13 @@ def run_traits_stage(out: Path, cfg: dict, console: Console, http: HttpClient | 
         raise FileNotFoundError(f"{layout.species_path(out)}: missing (run align first)")
     cache = Path(cfg["cache"]) if cfg.get("cache") else layout.traits_cache_dir(out)
     throttle = bool(cfg.get("throttle", True))
-    tables = parse_tables(list(cfg.get("tables", [])), cache, http or HttpClient(throttle=throttle))
+    settings = saved_settings(out)  # align's report too, before any download
+    client = http or HttpClient(throttle=throttle)
+    specs = list(cfg.get("tables", []))
+    tables = parse_tables(specs, cache, client, refresh=bool(cfg.get("refresh", False)))
     if not tables:
         raise ValueError("traits needs at least one --table (a release name or KIND=FILE)")
-    resolve = name_resolver(out, saved_settings(out), http)
+    resolve = name_resolver(out, settings, http)
     result = run_traits(out, tables, resolve)
     print_coverage(result, console)
     return result
@@ -140,7 +147,8 @@ def run_bench(out: Path, cfg: dict, console: Console):
 def run_stats(out: Path, cfg: dict, console: Console):
     from biovita_data.build.stats import stats
 
-    return stats(out, console)
+    # the per-class coverage table once: not again when traits printed it in this run
+    return stats(out, console, class_coverage=cfg.get("class_coverage", True))
 
 
 def run_materialize(out: Path, cfg: dict, console: Console):
@@ -250,6 +258,8 @@ def run_build(
         if stage == "traits" and not cfg.get("tables"):
             console.print("[yellow]traits: no trait tables configured; skipped[/yellow]")
             continue
+        if stage == "stats" and "traits" in done:
+            cfg = {**cfg, "class_coverage": False}
         t = time.monotonic()
         result = RUNNERS[stage](out, cfg, console)
         done[stage] = {"seconds": round(time.monotonic() - t, 2), "result": describe(stage, result)}

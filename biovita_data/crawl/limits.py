@@ -6,7 +6,7 @@ for the real sources and an environment variable that overrides it (bytes, or a 
 
 | cap | default | environment variable |
 | --- | --- | --- |
-| one trait-release download | 1 GiB | `BIOVITA_MAX_DOWNLOAD_BYTES` |
+| a trait-release download (in memory until checked) | 256 MiB | `BIOVITA_MAX_DOWNLOAD_BYTES` |
 | one archive member, uncompressed | 64 GiB | `BIOVITA_MAX_MEMBER_BYTES` |
 | one member's compression ratio | 200 | `BIOVITA_MAX_COMPRESSION_RATIO` |
 | one line (so one field) of a text member | 4 MiB | `BIOVITA_MAX_LINE_BYTES` |
@@ -30,7 +30,7 @@ class LimitExceeded(ValueError):
 class Limits:
     """The caps; `Limits.from_env()` applies the environment's overrides."""
 
-    download_bytes: int = GiB
+    download_bytes: int = 256 * MiB
     member_bytes: int = 64 * GiB
     compression_ratio: float = 200.0
     line_bytes: int = 4 * MiB

@@ -7,20 +7,29 @@ the sample world). The first download records the bytes' size and sha256 in
 download made again (the cache emptied) must match it too, so a release that changed upstream is
 an error, never a silent swap. A zip download (AVONET's ELEData.zip, AmphiBIO_v1.zip) is kept as
 downloaded (`download`) and the table extracted next to it; a plain file is copied.
+
+Nothing is recorded before the content is checked: the body is read with a size cap
+(`crawl.limits`, BIOVITA_MAX_DOWNLOAD_BYTES), a zip's members pass the size and ratio caps, and
+the table must read as its kind with its required columns and at least one row. A mirror that
+answers an HTML error page with status 200 leaves nothing in the cache and is named in the
+error; a cached file that no longer passes says to download it again with `traits --refresh`.
 """
 
 from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import io
 import json
 import os
+import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from biovita_data.core.tables import write_bytes_atomic, write_json_atomic
 from biovita_data.crawl.http import FetchError, HttpClient
+from biovita_data.crawl.limits import Limits
 
 ENV_URL = "BIOVITA_TRAITS_URL"
 
@@ -100,34 +109,94 @@ def _records(cache: Path) -> dict:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def _extract(download: Path, release: Release) -> Path:
-    """DIR/<release.file>: the download itself, or its zip member of that name."""
+class ReleaseContentError(ValueError):
+    """Bytes that are not the release's table (an error page, a truncated or foreign file)."""
+
+
+def _table_bytes(data: bytes, release: Release, where: str, limits: Limits) -> bytes:
+    """The table's bytes: `data` itself, or its zip member named release.file (caps checked)."""
+    if data[:4] != b"PK\x03\x04":
+        return data
+    with zipfile.ZipFile(io.BytesIO(data)) as zf:
+        members = [i for i in zf.infolist() if i.filename.rsplit("/", 1)[-1] == release.file]
+        if not members:
+            raise ReleaseContentError(
+                f"{where} holds no {release.file} (it has {', '.join(zf.namelist()[:8])})"
+            )
+        info = sorted(members, key=lambda i: len(i.filename))[0]
+        limits.check_member(info, where)
+        if info.file_size > limits.download_bytes:
+            raise ReleaseContentError(
+                f"{where}: {info.filename} is {info.file_size} bytes, over the "
+                f"{limits.download_bytes}-byte cap (BIOVITA_MAX_DOWNLOAD_BYTES raises it)"
+            )
+        return zf.read(info)
+
+
+def check_content(data: bytes, release: Release, where: str, limits: Limits) -> bytes:
+    """The table's bytes once they read as `release.kind` with its required columns and rows;
+    ReleaseContentError (naming `where` and what it holds) otherwise."""
+    from biovita_data.build.traits.readers import read_trait_rows
+
+    head = data[:200].lstrip().lower()
+    if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")):
+        raise ReleaseContentError(
+            f"{where} is an HTML/XML page ({len(data)} bytes starting "
+            f"{data[:60].decode(errors='replace')!r}), not the {release.file} table"
+        )
+    try:
+        table = _table_bytes(data, release, where, limits)
+    except zipfile.BadZipFile as exc:
+        raise ReleaseContentError(f"{where} is a broken zip: {exc}") from None
+    with tempfile.TemporaryDirectory(prefix="trait-check-") as tmp:
+        probe = Path(tmp) / release.file
+        probe.write_bytes(table)
+        try:
+            rows, _ = read_trait_rows(release.kind, probe)
+        except ValueError as exc:
+            why = str(exc).replace(str(probe), release.file)
+            raise ReleaseContentError(f"{where} is not the {release.file} table: {why}") from None
+    if rows.height == 0:
+        raise ReleaseContentError(f"{where}: {release.file} has no named rows ({len(table)} bytes)")
+    return table
+
+
+def _extract(download: Path, release: Release, limits: Limits) -> Path:
+    """DIR/<release.file>: the download itself, or its zip member of that name, checked."""
     table = download.parent / release.file
-    if zipfile.is_zipfile(download):
-        with zipfile.ZipFile(download) as zf:
-            members = [n for n in zf.namelist() if n.rsplit("/", 1)[-1] == release.file]
-            if not members:
-                raise ReleaseMismatch(
-                    f"{release.name}: {download.name} holds no {release.file} "
-                    f"(it has {', '.join(zf.namelist()[:8])})"
-                )
-            data = zf.read(sorted(members, key=len)[0])
-    else:
-        data = download.read_bytes()
+    try:
+        data = check_content(download.read_bytes(), release, f"the cached {download}", limits)
+    except ReleaseContentError as exc:
+        raise ReleaseContentError(
+            f"{release.name}: {exc}; download it again with `biovita-data traits ... --refresh`"
+        ) from None
     if not table.exists() or table.read_bytes() != data:
         write_bytes_atomic(data, table)
     return table
 
 
-def fetch_release(name: str, cache: Path, http: HttpClient | None = None) -> Path:
-    """The path of release `name`'s table in `cache`, downloaded on first use and verified."""
+def fetch_release(
+    name: str,
+    cache: Path,
+    http: HttpClient | None = None,
+    *,
+    refresh: bool = False,
+    limits: Limits | None = None,
+) -> Path:
+    """The path of release `name`'s table in `cache`, downloaded on first use and verified;
+    `refresh`: the cached copy and its record are dropped and the release downloaded again."""
     if name not in RELEASES:
         raise ValueError(f"unknown trait table {name!r}; public releases: {', '.join(RELEASES)}")
     release = RELEASES[name]
+    limits = limits or Limits.from_env()
     cache = Path(cache)
     directory = cache / name
     download = directory / "download"
     records = _records(cache)
+    if refresh:
+        download.unlink(missing_ok=True)
+        if records.pop(name, None) is not None:
+            write_json_atomic(records, _record_path(cache))
     known = records.get(name)
     if download.exists() and known:
         size, sha = download.stat().st_size, _sha256(download)
@@ -135,26 +204,38 @@ def fetch_release(name: str, cache: Path, http: HttpClient | None = None) -> Pat
             raise ReleaseMismatch(
                 f"{release.name}: the cached {download} ({size} bytes, sha256 {sha[:12]}) is not "
                 f"the release recorded on {known['downloaded']} ({known['bytes']} bytes, sha256 "
-                f"{known['sha256'][:12]}); delete it to download it again"
+                f"{known['sha256'][:12]}); delete it to download it again, or run traits with "
+                "--refresh to accept what the mirror serves now"
             )
-        return _extract(download, release)
+        return _extract(download, release, limits)
     url = release_url(release)
-    directory.mkdir(parents=True, exist_ok=True)
-    http = http or HttpClient()
+    base = http or HttpClient()
+    # the body in memory, capped: checked before anything reaches the cache
+    capped = HttpClient(
+        retries=base.retries, backoff_s=base.backoff_s, throttle=base.throttle,
+        max_bytes=limits.download_bytes,
+    )  # fmt: skip
     try:
-        http.download(url, download)
+        data = capped.get(url)
     except FetchError as exc:
-        raise FetchError(f"{release.name}: download from {url} failed: {exc}") from None
-    size, sha = download.stat().st_size, _sha256(download)
+        hint = " (BIOVITA_MAX_DOWNLOAD_BYTES raises the cap)" if "size cap" in str(exc) else ""
+        raise FetchError(f"{release.name}: download from {url} failed: {exc}{hint}") from None
+    try:
+        check_content(data, release, f"{url} (HTTP 200)", limits)
+    except ReleaseContentError as exc:
+        raise ReleaseContentError(f"{release.name}: {exc}; nothing was cached") from None
+    size, sha = len(data), hashlib.sha256(data).hexdigest()
+    directory.mkdir(parents=True, exist_ok=True)
     if known and (size, sha) != (known["bytes"], known["sha256"]):
         bad = download.with_name(download.name + ".mismatch")
-        download.replace(bad)
+        write_bytes_atomic(data, bad)
         raise ReleaseMismatch(
             f"{release.name}: {url} now serves {size} bytes (sha256 {sha[:12]}), not the "
             f"{known['bytes']} bytes (sha256 {known['sha256'][:12]}) first downloaded on "
-            f"{known['downloaded']}; kept as {bad}. Remove its entry from "
-            f"{_record_path(cache)} to accept the new release"
+            f"{known['downloaded']}; kept as {bad}. Run traits with --refresh to accept the "
+            "new release"
         )
+    write_bytes_atomic(data, download)
     if not known:
         records[name] = {
             "url": url,
@@ -165,4 +246,4 @@ def fetch_release(name: str, cache: Path, http: HttpClient | None = None) -> Pat
             "downloaded": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
         }
         write_json_atomic(records, _record_path(cache))
-    return _extract(download, release)
+    return _extract(download, release, limits)
