@@ -4,10 +4,12 @@ Synthetic but shaped like `biovita-data bench` output at the paper's scale: 14,1
 ~5,000 genera and ~1,000 families; test pools of 125,000 clips and 226,000 photos; candidate
 groups fixed per taxon and target modality (caps 28 clips / 95 photos / 1 text); 1,024 queries
 per task (the bench's default cap) with 100 candidate taxa each (all taxa at a level with fewer).
-Embeddings are random unit vectors of width 768. Only `evaluate_bench` is timed (not the bench
+Embeddings are random unit vectors of width --dim (default 768, BioCLIP 2's; 1024 for
+BioCLIP 2.5 Huge). Only `evaluate_bench` is timed (not the bench
 generation). Prints one JSON line.
 
     python benchmarks/eval_speed.py [--method auto|grouped|dense] [--device cpu|cuda]
+        [--threads N] [--dim D]
 """
 
 from __future__ import annotations
@@ -30,7 +32,7 @@ from biovita_model.eval import scoring as ev
 SPECIES, GENERA, FAMILIES = 14_133, 5_000, 1_000
 POOL = {"audio": 125_000, "image": 226_000, "text": SPECIES}
 CAP = {"audio": 28, "image": 95, "text": 1}
-QUERIES, CANDIDATES, DIM = 1024, 100, 768
+QUERIES, CANDIDATES, DIM = 1024, 100, 768  # DIM: --dim's default
 CLASSES = np.array(["Aves", "Mammalia", "Amphibia", "Insecta"])
 
 
@@ -106,14 +108,18 @@ def main() -> None:
     parser.add_argument("--method", default="auto", choices=["auto", "grouped", "dense"])
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, help="torch threads (default: torch's)")
+    parser.add_argument("--dim", type=int, default=DIM, help="embedding width")
     args = parser.parse_args()
+    if args.threads is not None:
+        torch.set_num_threads(args.threads)
     t0 = time.perf_counter()
     bench = synthetic_bench(args.seed)
     t_build = time.perf_counter() - t0
     g = torch.Generator().manual_seed(args.seed)
 
     def unit(n: int) -> torch.Tensor:
-        return torch.nn.functional.normalize(torch.randn(n, DIM, generator=g), dim=-1)
+        return torch.nn.functional.normalize(torch.randn(n, args.dim, generator=g), dim=-1)
 
     emb = ev.BenchEmbeddings(
         audio=unit(POOL["audio"]),
@@ -121,7 +127,9 @@ def main() -> None:
         text={c: unit(SPECIES) for c in ev.TEXT_COLUMNS},
     )
     wall, cpu = time.perf_counter(), time.process_time()
-    report = ev.evaluate_bench(bench, emb, subset="seen", method=args.method, device=args.device)
+    report = ev.evaluate_bench(
+        bench, emb, subset="seen", method=args.method, device=args.device, threads=args.threads
+    )
     wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
     queries = sum(e["n_queries"] for e in report["results"].values())
     common = sum(e["n_queries"] for e in report[ev.COMMON]["results"].values())
@@ -135,10 +143,11 @@ def main() -> None:
                 "queries": queries + common,
                 "candidates": CANDIDATES,
                 "pools": POOL,
-                "dim": DIM,
+                "dim": args.dim,
                 "method": args.method,
                 "device": args.device,
-                "threads": torch.get_num_threads(),
+                "threads": args.threads or torch.get_num_threads(),
+                "load_avg_1m": round(os.getloadavg()[0], 2),
                 "cpus": os.cpu_count(),
                 "build_s": round(t_build, 2),
                 "eval_s": round(wall, 2),

@@ -3,9 +3,11 @@
 The real parameters reproduce `transformers.ClapFeatureExtractor` with `truncation="rand_trunc"`
 (the unfused CLAP path): Hann window (periodic), centred reflect-padded STFT, power spectrum,
 Slaney-scale mel filters with Slaney area normalisation, 10 * log10(max(mel, 1e-10)), and
-`max_samples // hop_length + 1` frames. A clip shorter than `max_length_s` is padded as the
-extractor does (`repeatpad`: whole repeats, then zeros); a longer one is cropped (at its start, at
-random, or onset-aligned) before the STFT. Everything is batched: one `torch.stft` per batch.
+`max_samples // hop_length + 1` frames. A clip longer than `max_length_s` is cropped (at its
+start, at random, or onset-aligned) and a shorter one filled by the `short_clip` setting (`pad`:
+silence, as the official BioVITA extractor; `repeat`; `repeatpad`: CLAP's whole repeats, then
+silence) before the STFT, by the loader's rules (`biovita_data.loader.audio.fit_clip`: the one
+place they are written). The STFT is batched: one `torch.stft` per batch.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
+import numpy as np
 import torch
 from torch import nn
 
+from biovita_data.loader.audio import SHORT_CLIPS, fit_clip
+
 Crop = Literal["start", "random", "onset"]
-PADDINGS = ("repeatpad", "repeat", "pad")
 MEL_FLOOR = 1e-10  # the extractor's mel floor before the dB conversion
 
 
@@ -32,13 +36,13 @@ class FrontendConfig:
     n_mels: int = 64
     f_min: float = 50.0
     f_max: float = 14_000.0
-    padding: str = "repeatpad"
+    short_clip: str = "repeatpad"  # pad | repeat | repeatpad: how a clip under 10 s is filled
 
     def __post_init__(self) -> None:
         if not isinstance(self.max_length_s, int) or isinstance(self.max_length_s, bool):
             raise ValueError(f"max_length_s must be an integer, not {self.max_length_s!r}")
-        if self.padding not in PADDINGS:
-            raise ValueError(f"padding must be one of {PADDINGS}, not {self.padding!r}")
+        if self.short_clip not in SHORT_CLIPS:
+            raise ValueError(f"short_clip must be one of {SHORT_CLIPS}, not {self.short_clip!r}")
         if not 0 <= self.f_min < self.f_max <= self.sample_rate / 2:
             raise ValueError(f"need 0 <= f_min < f_max <= sample_rate / 2: {self}")
         if self.hop_length <= 0 or self.n_fft <= 0 or self.n_mels <= 0:
@@ -56,7 +60,10 @@ class FrontendConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> FrontendConfig:
-        """Build from a JSON dict, rejecting unknown keys."""
+        """Build from a JSON dict, rejecting unknown keys (`padding`: short_clip's older name)."""
+        d = dict(d)
+        if "padding" in d:
+            d.setdefault("short_clip", d.pop("padding"))
         unknown = set(d) - set(cls.__dataclass_fields__)
         if unknown:
             raise ValueError(f"unknown front end keys: {sorted(unknown)}")
@@ -77,7 +84,7 @@ class FrontendConfig:
             "frequency_min": self.f_min,
             "frequency_max": self.f_max,
             "truncation": "rand_trunc",
-            "padding": self.padding,
+            "padding": self.short_clip,
         }
 
 
@@ -111,63 +118,36 @@ def _lengths(wave: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
     return lengths
 
 
-def onset_starts(
-    wave: torch.Tensor,
-    lengths: torch.Tensor | None = None,
-    *,
-    sample_rate: int = 48_000,
-    threshold: float = 0.01,
-    pre_roll_s: float = 0.2,
-) -> torch.Tensor:
-    """Per clip: pre_roll_s before the first sample whose |x| exceeds threshold * peak (>= 0)."""
-    n = _lengths(wave, lengths)
-    pos = torch.arange(wave.shape[1], device=wave.device)
-    mag = wave.abs().masked_fill(pos[None, :] >= n[:, None], 0)
-    above = mag > threshold * mag.amax(dim=1, keepdim=True)
-    first = torch.where(above.any(dim=1), above.to(torch.int8).argmax(dim=1), 0)
-    return (first - round(pre_roll_s * sample_rate)).clamp(min=0)
-
-
 def fit_length(
     wave: torch.Tensor,
     n: int,
     *,
     lengths: torch.Tensor | None = None,
     crop: Crop = "start",
-    padding: str = "repeatpad",
+    short_clip: str = "repeatpad",
     sample_rate: int = 48_000,
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
-    """Crop clips longer than n samples and pad shorter ones as the extractor does: (B, n)."""
+    """Crop clips longer than n samples and fill shorter ones by `short_clip`: (B, n), each row
+    by the loader's rule (`fit_clip`); `random` crops draw u from `generator`."""
     lens = _lengths(wave, lengths)
-    if lengths is None and wave.shape[1] == n:
-        return wave
-    excess = (lens - n).clamp(min=0)
-    if crop == "start":
-        start = torch.zeros_like(lens)
-    elif crop == "random":
-        u = torch.rand(lens.shape, generator=generator, device="cpu").to(wave.device)
-        start = torch.minimum((u * (excess + 1).to(u.dtype)).long(), excess)
-    elif crop == "onset":
-        start = torch.minimum(onset_starts(wave, lens, sample_rate=sample_rate), excess)
-    else:
+    if short_clip not in SHORT_CLIPS:
+        raise ValueError(f"short_clip must be one of {SHORT_CLIPS}, not {short_clip!r}")
+    if crop not in ("start", "random", "onset"):
         raise ValueError(f"crop must be 'start', 'random' or 'onset', not {crop!r}")
-    kept = lens.clamp(max=n)
-    if bool((kept == n).all()) and not bool(start.any()):
-        return wave[:, :n]
-    out = wave.new_zeros((wave.shape[0], n))
-    for b, (s, k) in enumerate(zip(start.tolist(), kept.tolist(), strict=True)):
-        clip = wave[b, s : s + k]
-        if k == n or padding == "pad":
-            out[b, :k] = clip
-        elif padding == "repeat":
-            out[b] = clip.repeat(n // k + 1)[:n]
-        elif padding == "repeatpad":
-            reps = n // k
-            out[b, : reps * k] = clip.repeat(reps)
-        else:
-            raise ValueError(f"padding must be one of {PADDINGS}, not {padding!r}")
-    return out
+    if lengths is None and wave.shape[1] == n and crop != "onset":
+        return wave
+    u = [0.0] * len(lens)
+    if crop == "random":  # no draw otherwise: the global stream stays as it was
+        u = torch.rand(lens.shape, generator=generator, device="cpu").tolist()
+    rows = wave.detach().to("cpu", torch.float32).numpy()
+    out = np.stack(
+        [
+            fit_clip(rows[b, :k], n, mode=crop, u=u[b], rate=sample_rate, short_clip=short_clip)[0]
+            for b, k in enumerate(lens.tolist())
+        ]
+    )
+    return torch.from_numpy(out).to(wave.device, wave.dtype)
 
 
 class AudioFrontend(nn.Module):
@@ -196,7 +176,7 @@ class AudioFrontend(nn.Module):
             cfg.max_samples,
             lengths=lengths,
             crop=crop,
-            padding=cfg.padding,
+            short_clip=cfg.short_clip,
             sample_rate=cfg.sample_rate,
             generator=generator,
         )

@@ -102,6 +102,11 @@ CacheInputsOpt = Annotated[
 ThreadsOpt = Annotated[
     int | None, Opt("--threads", help="torch CPU threads per rank (default: cores / processes)")
 ]
+ShortClipOpt = Annotated[
+    str | None,
+    Opt("--short-clip", help="how clips under 10 s are filled: pad (silence, as the official "
+        "extractor and import-official runs), repeat or repeatpad (default: the run's / towers')"),
+]  # fmt: skip
 
 
 def _options(**given: Any) -> dict[str, Any]:
@@ -214,6 +219,7 @@ def train(
     towers: TowersOpt = None,
     audio_tower: AudioTowerOpt = None,
     audio_config: AudioConfigOpt = None,
+    short_clip: ShortClipOpt = None,
     epochs: EpochsOpt = None,
     max_steps: Annotated[
         int | None, Opt("--max-steps", help="stop after N optimizer steps (schedules end there)")
@@ -289,7 +295,8 @@ def train(
     set_verbose(verbose)
     given = _options(
         dataset=dataset, stage=stage, init=init, towers=towers, audio_tower=audio_tower,
-        audio_config=audio_config, epochs=epochs, max_steps=max_steps, batch_size=batch_size,
+        audio_config=audio_config, short_clip=short_clip, epochs=epochs, max_steps=max_steps,
+        batch_size=batch_size,
         lr=lr, text_lr=text_lr, train_text=train_text, lambda_max=lambda_max,
         lambda_ramp_fraction=lambda_ramp_fraction, lambda_ramp_steps=lambda_ramp_steps,
         grad_checkpointing=grad_checkpointing, warmup=warmup,
@@ -416,8 +423,11 @@ def eval_cmd(
     workers: Annotated[int, Opt("--workers", help="data worker processes")] = 0,
     device: Annotated[str, Opt("--device", help="cpu or cuda")] = "cpu",
     threads: ThreadsOpt = None,
+    short_clip: ShortClipOpt = None,
 ) -> None:
     """Score a run on BioVITA-Bench: table, RUN/eval.json, eval_per_class.csv and eval.png."""
+    if short_clip is not None and short_clip not in ("pad", "repeat", "repeatpad"):
+        raise typer.BadParameter("use pad, repeat or repeatpad", param_hint="--short-clip")
     _check_run(run)
     _check_exists(bench, "--bench")
     _check_dataset(dataset)
@@ -432,6 +442,7 @@ def eval_cmd(
     result = evaluate_run(
         run, bench, subset=subset, ks=ks, dataset=dataset, layout=layout,  # type: ignore[arg-type]
         batch_size=batch_size, workers=workers, device=device, threads=threads,
+        short_clip=short_clip,
     )  # fmt: skip
     for table in eval_table(result.report, ks):
         console.print(table)

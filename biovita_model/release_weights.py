@@ -2,7 +2,9 @@
 
 `clap_weights.pth` holds `clap_audio`, a transformers `ClapModel` state dict (its audio_model.* and
 audio_projection.* keys go into `ClapAudioModelWithProjection`; the CLAP text tower is dropped),
-and `audio_adapter`, the bias-free 512 -> 768 linear (a state dict with `weight`, or the tensor).
+and `audio_adapter`, the bias-free linear from the audio projection (512) to the open_clip
+towers' embedding width (a state dict with `weight`, or the tensor). Short clips are padded with
+silence (`short_clip = pad`), as the release's feature extractor does.
 The image and text towers come from an open_clip `ViT-L-14` folder (`open_clip_config.json` +
 weights). Either may be named by Hub repo id instead (`hf-hub:ORG/NAME[@REVISION]`, a bare
 `ORG/NAME` when no such path exists): downloaded with huggingface_hub, the resolved commit kept.
@@ -21,6 +23,7 @@ from biovita_model.model import BioVITAModel, load_model, save_model
 from biovita_model.towers import HF_HUB, LOCAL_DIR, create_towers, load_clap_audio, parse_hub_id
 
 CLAP_WEIGHTS_FILE = "clap_weights.pth"
+OFFICIAL_SHORT_CLIP = "pad"  # the release's extractor pads clips under 10 s with silence
 
 __all__ = ["adapter_weight", "import_official", "load_model", "save_model"]
 
@@ -99,4 +102,5 @@ def import_official(
         )
     with torch.no_grad():
         model.audio_adapter.weight.copy_(weight)
+    model.set_short_clip(OFFICIAL_SHORT_CLIP)
     return model

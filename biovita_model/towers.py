@@ -432,6 +432,7 @@ def _finish(
     sources: dict[str, dict[str, Any]],
 ) -> Towers:
     frontend = FrontendConfig.from_dict(cfg.frontend)
+    cfg.frontend = frontend.to_dict()  # every field named (an older `padding` as short_clip)
     check_frontend(frontend, int(audio.config.spec_size), int(audio.config.num_mel_bins))
     return Towers(spec, cfg, clip, tokenizer, audio, frontend, sources)
 

@@ -18,7 +18,7 @@ from biovita_model.training.mel_cache import MelCache  # noqa: E402
 
 # a coarse front end like the tiny towers' (2 s clips, so a 5 s recording is "long")
 FE = FrontendConfig(sample_rate=16_000, max_length_s=2, n_fft=512, hop_length=400, n_mels=16,
-                    f_min=50.0, f_max=7_000.0, padding="repeat")  # fmt: skip
+                    f_min=50.0, f_max=7_000.0, short_clip="repeat")  # fmt: skip
 
 
 @pytest.fixture(scope="module")

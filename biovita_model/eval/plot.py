@@ -54,11 +54,15 @@ def plot_results(results: Mapping[str, Any], path: Path) -> Path:
             ax.set_ylim(0, 100)
             ax.set_title(f"{subset} / {level}")
             ax.set_ylabel("%")
-            if i == 0 and j == 0 and tops:
-                ax.legend(fontsize="small")
     if not panels:
         axes[0][0].set_title("no results")
-    fig.tight_layout()
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    if handles:  # one legend for every panel, in a band above them (never over a bar)
+        fig.legend(handles, labels, loc="upper center", ncol=len(labels), fontsize="small",
+                   frameon=False, bbox_to_anchor=(0.5, 1.0))  # fmt: skip
+        fig.tight_layout(rect=(0, 0, 1, 1 - 0.35 / fig.get_figheight()))
+    else:
+        fig.tight_layout()
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=100)

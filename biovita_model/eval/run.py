@@ -107,12 +107,19 @@ def evaluate_run(
     workers: int = 0,
     device: str = "cpu",
     threads: int | None = None,
+    short_clip: str | None = None,
     write: bool = True,
 ) -> EvalResult:
-    """Embed a bench's items with a run's model, score it, write RUN/eval.json (+ csv, png)."""
+    """Embed a bench's items with a run's model, score it, write RUN/eval.json (+ csv, png).
+
+    `short_clip` overrides how the run's front end fills clips under 10 s (default: the run's,
+    in its config.json); eval.json's `meta.short_clip` says which rule produced the numbers.
+    """
     torch.set_num_threads(cpu_threads(1, workers, threads))
     t0 = time.monotonic()
     model = load_model(Path(run), map_location=device).eval()
+    if short_clip is not None:
+        model.set_short_clip(short_clip)
     subsets = find_benches(bench, subset)
     media = PublishedMedia(dataset if dataset is not None else default_dataset(bench))
     reports, dropped = [], {}
@@ -132,6 +139,7 @@ def evaluate_run(
         "bench": str(bench),
         "dataset": str(media.folder),
         "subsets": list(subsets),
+        "short_clip": model.short_clip,
         "seconds": round(time.monotonic() - t0, 2),
         "missing_media": dropped,
         "chance_top1": chance(report),

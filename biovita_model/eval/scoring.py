@@ -29,10 +29,11 @@ common-name variant (species level only: genus and family have no common name) u
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import warnings
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -62,6 +63,7 @@ TIES = (
 )
 TIE_WARN_SHARE = 0.01  # warn when more than this share of a task's queries tie
 Method = Literal["auto", "grouped", "dense"]
+GROUPED_CPU_THREADS = 1  # measured (benchmarks/README.md, eval_speed)
 _CHUNK_ELEMENTS = 1 << 25  # similarity / gather elements per query chunk (128 MB of float32)
 
 
@@ -356,6 +358,28 @@ def summarize(results: Mapping[str, Mapping[str, Any]]) -> dict[str, dict[str, A
     return out
 
 
+def scorer_threads(method: Method, device: torch.device | None, threads: int | None) -> int:
+    """Torch threads for scoring: `threads`, else 1 for the grouped scorer on CPU (its batched
+    small products lose to thread start-up: benchmarks/README.md, eval_speed), else torch's."""
+    if threads is not None:
+        return max(1, int(threads))
+    on_cpu = device is None or device.type == "cpu"
+    if on_cpu and method in ("auto", "grouped"):
+        return GROUPED_CPU_THREADS
+    return torch.get_num_threads()
+
+
+@contextlib.contextmanager
+def torch_threads(n: int) -> Iterator[None]:
+    """torch.set_num_threads(n) inside the block, the previous count after it."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(n)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 def evaluate_bench(
     bench: Path | OfficialBench,
     embeddings: BenchEmbeddings,
@@ -365,8 +389,12 @@ def evaluate_bench(
     ks: Sequence[int] = KS,
     device: str | torch.device | None = None,
     method: Method = "auto",
+    threads: int | None = None,
 ) -> dict[str, Any]:
     """Score one bench folder (one subset) from embeddings per index id.
+
+    `threads`: torch CPU threads while scoring; None: `scorer_threads` (measured: the grouped
+    scorer's many small products run fastest on one thread).
 
     Returns `{"results": {"<subset>/<level>/<DIR>": {"top1", "top5", "top10", "n_queries",
     "n_candidates", "n_tied"}}, "per_class": {key: {class: {...}}}, "summary": {...},
@@ -400,7 +428,8 @@ def evaluate_bench(
             if common and level == "species" and "text" in (task.query, task.target):
                 variants.append((COMMON, COMMON))
             for section, column in variants:
-                ranks, tied = _score(task, index, media, text[column], method)
+                with torch_threads(scorer_threads(method, dev, threads)):
+                    ranks, tied = _score(task, index, media, text[column], method)
                 entry, per_class = _task_entry(ranks, tied, index, ks)
                 key = f"{subset}/{level}/{task.code}"
                 sections[section]["results"][key] = entry

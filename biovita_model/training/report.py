@@ -13,12 +13,13 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     TaskID,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+
+from biovita_data.core.progress import LogProgress
 
 _OF = re.compile(r"(\d+)/(\d+)")
 _settings = {"verbose": False}
@@ -29,8 +30,9 @@ def set_verbose(verbose: bool) -> None:
     _settings["verbose"] = verbose
 
 
-class StageProgress(Progress):
-    """One bar for a whole stage: an epoch's `add_task` ("epoch E/N") continues the same bar."""
+class StageProgress(LogProgress):
+    """One bar for a whole stage: an epoch's `add_task` ("epoch E/N") continues the same bar;
+    in a log, a plain line every 5 % or 30 s (core.progress)."""
 
     def __init__(self, enabled: bool, console: Console) -> None:
         super().__init__(
@@ -43,6 +45,7 @@ class StageProgress(Progress):
             console=console,
             disable=not enabled,
             transient=False,
+            unit="steps",
         )
         self._stage_task: TaskID | None = None
 
