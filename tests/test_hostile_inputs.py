@@ -337,3 +337,60 @@ def test_traits_checks_its_manifests_before_downloading(mirror, tmp_path: Path) 
     r = CliRunner().invoke(app, ["traits", "--out", str(out), "--table", "avonet", "--refresh"])
     assert r.exit_code != 0 and "align_report.json does not exist" in " ".join(r.output.split())
     assert mirror.hits == 0
+
+
+# ------------------------------------------------------------------ 7, 10. TreeOfLife catalogs
+def _tol(tmp_path: Path, cat: pl.DataFrame, prov: pl.DataFrame) -> tuple[pl.DataFrame, ...]:
+    cat.write_parquet(tmp_path / "c.parquet")
+    prov.write_parquet(tmp_path / "p.parquet")
+    out = tmp_path / "out"
+    r = CliRunner().invoke(app, ["import-tol", str(tmp_path / "c.parquet"),
+                                 str(tmp_path / "p.parquet"), "--out", str(out), "--taxa",
+                                 "Turdus"])  # fmt: skip
+    assert r.exit_code == 0, r.output
+    recs = pl.read_parquet(layout.raw_records_path(out, "treeoflife-200m"))
+    return recs, pl.read_parquet(layout.failures_path(out)), r.output
+
+
+def test_tol_repeated_uuid_and_conflicting_licences(tmp_path: Path) -> None:
+    cat = pl.DataFrame(
+        {
+            "uuid": ["a", "a", "b", "c"],
+            "source_url": [f"https://img.example.org/{u}.jpg" for u in "aabc"],
+            "scientific_name": ["Turdus merula"] * 4,
+            "genus": ["Turdus"] * 4,
+        }
+    )
+    prov = pl.DataFrame(
+        {
+            "uuid": ["a", "a", "b", "b", "c"],
+            "license_name": ["cc-by", "cc-by", "cc0", "cc-by-nc-nd", "cc-by"],
+            "copyright_owner": ["Ann", "Ann", "Bo", "Bo", "Cy"],
+        }
+    )
+    recs, fails, _ = _tol(tmp_path, cat, prov)
+    assert sorted(recs["record_id"]) == ["a", "c"]  # `a` once, not twice
+    conflict = fails.filter(pl.col("reason") == "license_conflict")
+    assert conflict["record_id"].to_list() == ["b"]
+    detail = "uuid b: provenance rows disagree on the licence: cc-by-nc-nd | cc0"
+    assert conflict["detail"].to_list() == [detail]
+
+
+def test_tol_10m_and_eda_column_names(tmp_path: Path) -> None:
+    cat = pl.DataFrame(
+        {
+            "treeoflife_id": ["t1", "t2"],
+            "eol_full_size_copy_url": ["https://content.eol.org/1.jpg", None],
+            "medium_source_url": [None, "https://example.org/2.jpg"],
+            "genus": ["Turdus", "Turdus"],
+            "species": ["merula", "merula"],
+        }
+    )
+    prov = pl.DataFrame(
+        {"treeoflife_id": ["t1", "t2"], "license_name": ["cc-by", "cc0"], "owner": ["A", "B"]}
+    )
+    recs, _, _ = _tol(tmp_path, cat, prov)
+    # the first URL column the file has is the image's (here EOL's full-size copy)
+    assert dict(zip(recs["record_id"], recs["media_url"], strict=True)) == {
+        "t1": "https://content.eol.org/1.jpg"
+    }

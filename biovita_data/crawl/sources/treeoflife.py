@@ -36,8 +36,17 @@ MODALITY = "image"
 RANKS = ("kingdom", "phylum", "class", "order", "family", "genus")
 # field -> the column names releases use for it (first present wins; case-insensitive)
 CATALOG_FIELDS: dict[str, tuple[str, ...]] = {
-    "uuid": ("uuid",),
-    "source_url": ("source_url", "identifier", "url", "image_url"),
+    # TreeOfLife-10M / ToL-EDA spellings too: treeoflife_id, eol_full_size_copy_url, ...
+    "uuid": ("uuid", "treeoflife_id", "tol_id"),
+    "source_url": (
+        "source_url",
+        "identifier",
+        "url",
+        "image_url",
+        "eol_full_size_copy_url",
+        "medium_source_url",
+        "eol_content_url",
+    ),
     "scientific_name": ("scientific_name", "scientificName", "taxon_name"),
     "genus": ("genus",),
     "species": ("species", "specificEpithet", "epithet"),
@@ -48,11 +57,11 @@ CATALOG_FIELDS: dict[str, tuple[str, ...]] = {
     "publisher": ("publisher",),
 }
 PROVENANCE_FIELDS: dict[str, tuple[str, ...]] = {
-    "uuid": ("uuid",),
+    "uuid": ("uuid", "treeoflife_id", "tol_id"),
     "license_name": ("license_name", "license", "licence"),
     "license_link": ("license_link", "license_url", "licence_link"),
     "copyright_owner": ("copyright_owner", "owner", "rightsHolder", "rights_holder", "creator"),
-    "source_url": ("source_url", "identifier"),
+    "source_url": ("source_url", "identifier", "eol_full_size_copy_url", "medium_source_url"),
 }
 # the catalog fields a raw record takes (the lineage is the backbone's business, not ToL's)
 DETAIL_FIELDS = ("uuid", "source_url", "scientific_name", "genus", "species", "common",
@@ -156,9 +165,9 @@ def _candidates(catalog: Path, cols: dict[str, str], names, taxa, seed: int):
     # species as small integers, the name strings dropped
     species = rows.select(pl.col("_name").unique().sort()).with_row_index("_sp")
     rows = rows.join(species, on="_name").drop("_name")
-    rows = rows.sort("_sp", "_key", "_uuid").with_columns(
-        _rank=pl.int_range(pl.len(), dtype=pl.UInt32).over("_sp")
-    )
+    # a uuid listed twice is one image: kept once (its first species in name order)
+    rows = rows.sort("_sp", "_key", "_uuid").unique("_uuid", keep="first", maintain_order=True)
+    rows = rows.with_columns(_rank=pl.int_range(pl.len(), dtype=pl.UInt32).over("_sp"))
     return rows.select("_sp", "_rank", "_uuid"), species
 
 
@@ -189,7 +198,18 @@ def _details(catalog: Path, provenance: Path, cols, pcols, rows: pl.DataFrame) -
           if f in pcols],
         *[pl.lit(None, pl.String).alias(f"p_{f}") for f in PROVENANCE_FIELDS if f not in pcols],
         pl.lit(True).alias("p_found"),
-    ).unique("p_uuid", keep="first")  # fmt: skip
+    )  # fmt: skip
+    # one provenance row per uuid; rows that disagree on the licence are a conflict (a failure)
+    lic = pl.coalesce(pl.col("p_license_link"), pl.col("p_license_name")).fill_null("(none)")
+    prov = (
+        prov.with_columns(_lic=lic)
+        .group_by("p_uuid", maintain_order=True)
+        .agg(
+            pl.all().exclude("_lic").first(),
+            pl.col("_lic").unique(maintain_order=True).sort().str.join(" | ").alias("p_licences"),
+            (pl.col("_lic").n_unique() > 1).alias("p_conflict"),
+        )
+    )
     return rows.join(cat, left_on="_uuid", right_on="uuid", how="left", coalesce=False).join(
         prov, left_on="_uuid", right_on="p_uuid", how="left"
     )
@@ -230,6 +250,7 @@ def _evaluate(details: pl.DataFrame, allowed: tuple[str, ...], query: str) -> pl
     reason = (
         pl.when(pl.col("uuid").is_null()).then(pl.lit("malformed"))
         .when(pl.col("p_found").is_null()).then(pl.lit("no_provenance"))
+        .when(pl.col("p_conflict")).then(pl.lit("license_conflict"))
         .when(pl.col("_lr").is_not_null()).then(pl.col("_lr"))
         .when(u.is_null() | (u == "")).then(pl.lit("missing_media"))
         .when(bad_url).then(pl.lit("bad_media_url"))
@@ -238,6 +259,9 @@ def _evaluate(details: pl.DataFrame, allowed: tuple[str, ...], query: str) -> pl
         pl.when(pl.col("uuid").is_null()).then(pl.lit("catalog row without uuid"))
         .when(pl.col("p_found").is_null())
         .then(pl.format("uuid {} has no provenance row", pl.col("uuid")))
+        .when(pl.col("p_conflict"))
+        .then(pl.format("uuid {}: provenance rows disagree on the licence: {}", pl.col("uuid"),
+                        pl.col("p_licences")))
         .when(pl.col("_lr").is_not_null()).then(pl.col("_ld"))
         .when(u.is_null() | (u == "")).then(pl.lit("no media URL"))
         .otherwise(pl.format("unsafe or not an http(s) URL: {}", u.str.slice(0, 120)))
