@@ -361,7 +361,11 @@ SPECIES_HEADER = ["species", "added", "removed", "changed", "moved split", "trai
 
 def print_diff(d: dict[str, Any], console: Console, max_species: int = 50) -> None:
     """The totals and the per-species changes as rich tables."""
-    table = Table(title=f"release diff {_label(d['old'])} -> {_label(d['new'])}")
+
+    def named(side: dict[str, Any]) -> str:
+        return f"{side['release']} ({side['path']})" if side["release"] else side["path"]
+
+    table = Table(title=f"release diff {named(d['old'])} -> {named(d['new'])}")
     table.add_column("")
     table.add_column("count")
     for row in totals_rows(d):
