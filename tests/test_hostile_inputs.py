@@ -394,3 +394,23 @@ def test_tol_10m_and_eda_column_names(tmp_path: Path) -> None:
     assert dict(zip(recs["record_id"], recs["media_url"], strict=True)) == {
         "t1": "https://content.eol.org/1.jpg"
     }
+
+
+# ------------------------------------------------------------------ 12. FFmpeg before the demo
+def test_demo_checks_ffmpeg_libraries_first(tmp_path: Path, monkeypatch) -> None:
+    import ctypes.util
+
+    from biovita_data.app import demo
+    from biovita_data.publish import localhub
+
+    real = ctypes.util.find_library
+    monkeypatch.setattr(ctypes.util, "find_library", lambda n: None if n == "avcodec" else real(n))
+    monkeypatch.setattr(localhub, "available", lambda: True)
+    r = CliRunner().invoke(app, ["demo", "--workdir", str(tmp_path / "d"), "--size", "tiny",
+                                 "--train", "none"])  # fmt: skip
+    text = " ".join(r.output.split())
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "FFmpeg's shared libraries are missing (libavcodec)" in text
+    assert "sudo apt-get install ffmpeg" in text
+    assert not (tmp_path / "d" / "raw").exists()  # nothing was built
+    assert "avcodec" in demo.FFMPEG_LIBRARIES

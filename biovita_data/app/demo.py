@@ -38,6 +38,28 @@ BUILD_OUTPUTS = {
 }
 DEMO_REPO_ID = "biovita/sample"
 TRAIN_PRESETS = ("demo", "acceptance", "none")
+# failure reasons as the closing table words them
+_REASON_WORDS = {"license_not_allowed": "licence", "license_unknown": "licence unknown"}
+
+
+# FFmpeg's shared libraries torchcodec loads (the `datasets` Audio decoder of `load_dataset`).
+FFMPEG_LIBRARIES = ("avutil", "avcodec", "avformat", "avfilter", "avdevice", "swresample",
+                    "swscale")  # fmt: skip
+
+
+def check_ffmpeg_libraries() -> None:
+    """Fail before the build when FFmpeg's shared libraries are missing, saying what to install."""
+    import ctypes.util
+
+    missing = [f"lib{n}" for n in FFMPEG_LIBRARIES if ctypes.util.find_library(n) is None]
+    if missing:
+        raise RuntimeError(
+            f"FFmpeg's shared libraries are missing ({', '.join(missing)}): torchcodec needs them "
+            "to decode audio when the dataset is loaded back. Install FFmpeg 4-7 with its "
+            "libraries (Debian/Ubuntu: sudo apt-get install ffmpeg; Fedora: sudo dnf install "
+            "ffmpeg-free; macOS: brew install ffmpeg; conda: conda install -c conda-forge "
+            "'ffmpeg<8'), then run the demo again"
+        )
 
 
 def run_demo(
@@ -47,12 +69,14 @@ def run_demo(
     seed: int = 0,
     train: str = "demo",
     console: Console,
+    results: Console | None = None,
 ) -> dict:
     """Serve the sample world, crawl every source (the audio of Xeno-canto, iNaturalist and GBIF
     where this build has it), draw the images from its TreeOfLife-200M view as the paper did,
     build manifests, traits (the public tables downloaded from the sample server), splits, bench
     and stats, materialize and publish into a local hub, load it back by repo id, then train a
-    tiny model (`train`: a `biovita-model train-tiny` preset, or "none") and evaluate it."""
+    tiny model (`train`: a `biovita-model train-tiny` preset, or "none") and evaluate it.
+    Progress goes to `console`; the closing table and next steps to `results` (default: it)."""
     if train not in TRAIN_PRESETS:
         raise ValueError(f"--train must be one of {TRAIN_PRESETS}, not {train!r}")
     t0 = time.monotonic()
@@ -60,6 +84,8 @@ def run_demo(
     workdir.mkdir(parents=True, exist_ok=True)
     hub = workdir / "hub"
     use_hub = localhub.available()
+    if use_hub:  # loading back decodes audio through torchcodec: FFmpeg checked before the build
+        check_ffmpeg_libraries()
     if not use_hub:
         console.print("[yellow]olah is not installed: the dataset is published as a folder only "
                       "and not loaded back by repo id (./biovita setup demo, or pip install -e "
@@ -108,11 +134,11 @@ def run_demo(
         kept = pl.read_parquet(path, columns=["modality"])["modality"].value_counts(sort=True)
         now = ", ".join(f"{n} {m}" for m, n in kept.iter_rows()) or "nothing"
         table.add_row("fetch", str(path.relative_to(workdir)), f"kept {now}; {dropped} dropped")
-    tol_dropped = sum(stages["tol"]["dropped"].values())
+    tol_dropped = dropped_words(stages["tol"]["dropped"])
     table.add_row(
         "import-tol",
         "raw/treeoflife_200m/records.parquet",
-        f"{stages['tol']['records']} images drawn (up to 200 per species), {tol_dropped} failed; "
+        f"{stages['tol']['records']} images drawn (up to 200 per species){tol_dropped}; "
         "the only image source",
     )
     table.add_row("fetch", "manifests/failures.parquet", "every dropped record with its reason")
@@ -124,8 +150,9 @@ def run_demo(
     if "train" in stages:
         table.add_row("train", "runs/{towers,stage1,stage2}", stages["train"]["result"])
     table.add_row("build", "build.json", f"{build['seconds']} s in all")
-    console.print(table)
-    print_next_steps(workdir, hub, use_hub, console)
+    results = results or console
+    results.print(table)
+    print_next_steps(workdir, hub, use_hub, results)
     return build
 
 
@@ -173,6 +200,15 @@ def published_rows(hf: Path) -> dict[str, dict[str, int]]:
             if shards:
                 rows[config][split] = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
     return rows
+
+
+def dropped_words(dropped: dict[str, int]) -> str:
+    """`, 396 dropped: licence` per reason: the licence filter drops by design, nothing failed."""
+    return "".join(
+        f", {n} dropped: {_REASON_WORDS.get(reason, reason)}"
+        for reason, n in sorted(dropped.items())
+        if n
+    )
 
 
 def load_back(workdir: Path, hub: Path, console: Console) -> dict:
