@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Sequence
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 import typer
-from rich.console import Console, ConsoleDimensions
+from rich.cells import cell_len
+from rich.console import Console, ConsoleDimensions, Group
 from rich.rule import Rule
+from rich.table import Table
+from rich.text import Text
 from typer import rich_utils
 from typer.core import TyperGroup
 
@@ -35,12 +38,67 @@ class CliConsole(Console):
     def size(self, new_size: tuple[int, int]) -> None:
         self._width, self._height = new_size
 
+    def print(self, *objects: Any, **kwargs: Any) -> None:
+        """Print; in a log a table is at least as wide as its title, which then never wraps."""
+        if not self.is_terminal:
+            for obj in objects:
+                if isinstance(obj, Table) and isinstance(obj.title, str) and obj.title:
+                    obj.min_width = max(obj.min_width or 0, cell_len(obj.title))
+        super().print(*objects, **kwargs)
+
     def rule(self, title: Any = "", **kwargs: Any) -> None:
         """A rule across the terminal, or LOG_RULE_WIDTH wide in a log."""
         if self.is_terminal or self._width is not None:
             super().rule(title, **kwargs)
         else:
             self.print(Rule(title, **kwargs), width=LOG_RULE_WIDTH)
+
+
+def _log_panel(renderable: Any, *, title: Any = None, **_: Any) -> Group:
+    """A help panel in a log: its title on a line, then its content; no box to pad out."""
+    head = [Text(f"{title}:" if isinstance(title, str) else title or "")] if title else []
+    return Group(*head, renderable)
+
+
+class _StripLines:
+    """A text stream that writes every line without its trailing spaces."""
+
+    def __init__(self, stream: IO[str]) -> None:
+        self.stream, self._pending = stream, ""
+
+    def write(self, text: str) -> int:
+        *lines, self._pending = (self._pending + text).split("\n")
+        for line in lines:
+            self.stream.write(line.rstrip() + "\n")
+        return len(text)
+
+    def flush(self) -> None:
+        if self._pending:
+            self.stream.write(self._pending.rstrip())
+            self._pending = ""
+        self.stream.flush()
+
+    def isatty(self) -> bool:
+        return False
+
+
+_typer_console = rich_utils._get_rich_console
+_typer_panel = rich_utils.Panel
+_typer_width = rich_utils.MAX_WIDTH  # TERMINAL_WIDTH, when set
+
+
+def _log_help_console(stderr: bool = False) -> Console:
+    """typer's help Console, writing lines without trailing spaces (help in a log)."""
+    console = _typer_console(stderr=stderr)
+    console.file = _StripLines(sys.stderr if stderr else sys.stdout)
+    return console
+
+
+def _help_for_logs(log: bool) -> None:
+    """In a log, help sections without boxes and no line ending in spaces; typer's otherwise."""
+    rich_utils.MAX_WIDTH = LOG_HELP_WIDTH if log else _typer_width  # help text whole in a log
+    rich_utils.Panel = _log_panel if log else _typer_panel
+    rich_utils._get_rich_console = _log_help_console if log else _typer_console
 
 
 def cli_console(stderr: bool = False) -> CliConsole:
@@ -109,8 +167,7 @@ class CliGroup(TyperGroup):
         **extra: Any,
     ) -> Any:
         _state["debug"] = False
-        if not _isatty(sys.stdout):
-            rich_utils.MAX_WIDTH = LOG_HELP_WIDTH  # help panels whole in a log (TERMINAL_WIDTH)
+        _help_for_logs(not _isatty(sys.stdout))
         try:
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except Exception as exc:

@@ -121,7 +121,7 @@ def _removal_reasons(new: Path, removed: pl.DataFrame) -> pl.DataFrame:
     listed = pl.from_arrow(read_table(layout.removed_path(new), REMOVED)).select(
         *KEY, _r1="reason", _d1="detail"
     )
-    failures = pl.from_arrow(read_table(layout.manifests_dir(new) / "failures.parquet", FAILURE))
+    failures = pl.from_arrow(read_table(layout.failures_path(new), FAILURE))
     failed = (
         failures.filter(
             pl.col("record_id").is_not_null() & pl.col("stage").is_in(["align", "fetch"])

@@ -106,7 +106,7 @@ def compute_stats(out: Path) -> dict:
     }
 
 
-def print_stats(stats: dict, console: Console) -> None:
+def print_stats(stats: dict, console: Console, class_coverage: bool = True) -> None:
     t = Table(title=f"corpus: {stats['species']} species, {stats['audio']} recordings "
               f"({stats['audio_hours']} h), {stats['image']} photos")  # fmt: skip
     for col in ("class", "species", "recordings", "photos"):
@@ -143,12 +143,13 @@ def print_stats(stats: dict, console: Console) -> None:
         + ", ".join(f"{k} {v:.0%}" for k, v in cov["per_category"].items()),
     )
     console.print(t)
-    if cov.get("per_class") is not None:
+    if class_coverage and cov.get("per_class") is not None:
         print_class_coverage(cov, console)
 
 
-def stats(out: Path, console: Console | None = None) -> dict:
+def stats(out: Path, console: Console | None = None, class_coverage: bool = True) -> dict:
+    """Compute, write OUT/stats.json and print the tables (`class_coverage`: the per-class one)."""
     result = compute_stats(out)
     write_json_atomic(result, out / "stats.json")
-    print_stats(result, console or Console())
+    print_stats(result, console or Console(), class_coverage)
     return result

@@ -12,7 +12,6 @@ from rich.console import Console
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
-    Progress,
     ProgressColumn,
     SpinnerColumn,
     Task,
@@ -25,6 +24,7 @@ from rich.text import Text
 
 from biovita_data.core import layout
 from biovita_data.core.budget import BudgetExceeded, over_budget
+from biovita_data.core.progress import LogProgress
 from biovita_data.core.tables import write_json_atomic
 from biovita_data.crawl.http import HttpClient
 from biovita_data.media import engines, shards
@@ -117,7 +117,8 @@ def materialize(
     left = Counter()
     for s in pending:
         left[s.modality] += len(s.items)
-    with Progress(*columns, console=console, transient=False) as progress:
+    # in a log: a plain line every 5 % or 30 s (core.progress)
+    with LogProgress(*columns, console=console, transient=False, unit="records") as progress:
         tasks = {
             m: progress.add_task(
                 f"{m} ({settings.engine})",
