@@ -171,7 +171,9 @@ def is_allowed(raw: str | None) -> bool:
 class World:
     """A deterministic biodiversity world: same (size, seed) -> same records, same bytes."""
 
-    def __init__(self, size: str = "default", seed: int = 0, epoch: int = 0) -> None:
+    def __init__(
+        self, size: str = "default", seed: int = 0, epoch: int = 0, duplicates: bool = False
+    ) -> None:
         if not isinstance(epoch, int) or epoch < 0:
             raise ValueError(f"epoch must be an integer >= 0, not {epoch!r}")
         self.size = size
@@ -179,6 +181,13 @@ class World:
         self.epoch = epoch
         self.taxonomy: Taxonomy = generate_taxonomy(size, seed)
         self._generate()
+        # planted copies and near-miss negatives with their ground truth (sample/duplicates.py)
+        self.duplicates = duplicates
+        self.planted: list = []
+        if duplicates:
+            from biovita_data.sample.duplicates import plant
+
+            self.planted = plant(self)
         # iNaturalist observations deleted in a later epoch: (id, deleted at)
         self.deleted_observations: list[tuple[int, dt.datetime]] = []
         self.evolution: list[dict] = []  # what each epoch after 0 did (evolve.py)
@@ -447,6 +456,10 @@ class World:
         rec = self.recording_by_id[(source, rid)]
         if rec.flaw == "duplicate":
             return self.audio_bytes(source, rec.duplicate_of)
+        if rec.flaw == "copy":  # planted (duplicates=True): an edited copy of another recording
+            from biovita_data.sample.duplicates import copy_audio
+
+            return copy_audio(self, source, rid)
         data = _render_audio(self, source, rid)
         if rec.flaw == "corrupt":
             # Keep only the magic (16 bytes): with the whole header kept, a WAV's garbage data

@@ -1,0 +1,314 @@
+"""The dedup stage: materialized media -> duplicate groups (OUT/manifests/duplicates.parquet).
+
+Reads every kept file of OUT/media/<modality> (the shards, a record's segments in order),
+fingerprints its decoded content (media/fingerprint.py) and groups records by
+- exact: the same exact hash (decoded, resampled PCM / decoded pixels), whatever the container;
+- near: audio landmarks agreeing at one time offset (NEAR_MATCHES, NEAR_SCORE); photos whose PDQ
+  hashes differ in at most PDQ_THRESHOLD of 256 bits;
+- metadata: same species, recordist/observer, date and coordinates rounded to 0.01 degree in
+  two sources (a candidate only: it does not bind the split).
+Candidates come from an inverted index (audio: landmark hash -> records, hashes in more than
+MAX_POSTINGS records dropped; photos: the pairs within one species), never all pairs. A record
+without a usable fingerprint gets a `no_fingerprint` row in failures.parquet (stage dedup) and
+is matched by its exact hash only.
+"""
+
+from __future__ import annotations
+
+import io
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from biovita_data.core import layout
+from biovita_data.core.schemas import DUPLICATES, FAILURE, MEDIA
+from biovita_data.core.tables import read_table, replace_failures, write_table
+from biovita_data.media import fingerprint as fp
+from biovita_data.media.store import MediaStore
+
+STAGE = "dedup"
+NEAR_MATCHES = 20  # audio: landmarks agreeing at the best offset, at least ...
+NEAR_SCORE = 0.06  # ... and this share of the smaller recording's landmarks (or 2x NEAR_MATCHES)
+MAX_POSTINGS = 50  # a landmark hash in more recordings than this says nothing (dropped)
+# photos: at most this many of PDQ's 256 bits differ (measured: copies resized, recompressed or
+# cropped 5 % <= 42, photos of one species >= 88; benchmarks/dedup.py)
+PDQ_THRESHOLD = 64
+
+
+@dataclass
+class DedupResult:
+    records: dict[str, int] = field(default_factory=dict)  # modality -> fingerprinted records
+    groups: dict[str, int] = field(default_factory=dict)  # kind -> groups
+    members: int = 0
+    no_fingerprint: int = 0
+    pairs: dict[str, int] = field(default_factory=dict)  # "a|b" sources -> groups spanning them
+
+
+def read_media(out: Path, modality: str) -> list[tuple[str, str, list[tuple[float, bytes]]]]:
+    """(source, record_id, [(offset_s, bytes) per segment]) of every kept record, in order."""
+    index_path = layout.media_index_path(out, modality)
+    if not index_path.exists():
+        return []
+    index = pl.read_parquet(index_path).filter(pl.col("kept"))
+    store = MediaStore.of(out, None)
+    records: dict[tuple[str, str], list[tuple[float, bytes]]] = {}
+    for shard in sorted(index["shard"].unique().to_list()):
+        with store.open(store.shard(modality, shard)) as f:
+            t = pq.read_table(f, columns=["source", "record_id", "segment", "offset_s", "bytes"])
+        rows = pl.from_arrow(t).join(
+            index.filter(pl.col("shard") == shard).select("source", "record_id", "segment"),
+            on=["source", "record_id", "segment"],
+        )
+        for r in rows.sort("source", "record_id", "segment").iter_rows(named=True):
+            key = (r["source"], r["record_id"])
+            records.setdefault(key, []).append((r["offset_s"] or 0.0, r["bytes"]))
+    return [(s, rid, segs) for (s, rid), segs in records.items()]
+
+
+def fingerprint_record(modality: str, segments: list[tuple[float, bytes]]) -> fp.Fingerprint:
+    """One record's fingerprint (a segmented recording's segments joined in time)."""
+    if modality == "image":
+        from PIL import Image
+
+        return fp.image_fingerprint(Image.open(io.BytesIO(segments[0][1])))
+    parts = [fp.decode_audio(data) for _, data in segments]
+    if len(parts) == 1:
+        return fp.audio_fingerprint(*parts[0])
+    rate = parts[0][1]
+    joined = np.concatenate([fp.to_mono(s, r)[:, None] for s, r in parts])
+    del rate
+    return fp.audio_fingerprint(joined, fp.RATE)
+
+
+def audio_pairs(prints: pl.DataFrame) -> pl.DataFrame:
+    """Near audio pairs (a < b record numbers) with score and matched landmarks."""
+    rows = prints.filter(pl.col("hashes").is_not_null())
+    if rows.is_empty():
+        return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "score": pl.Float64,
+                                    "matched": pl.Int64})  # fmt: skip
+    marks = rows.select("i", "n", "hashes", "times").explode(["hashes", "times"])
+    marks = marks.rename({"hashes": "h", "times": "t"}).unique(["i", "h", "t"])
+    common = marks.group_by("h").agg(pl.col("i").n_unique().alias("k"))
+    marks = marks.join(common.filter(pl.col("k") <= MAX_POSTINGS).select("h"), on="h")
+    left = marks.rename({"i": "a", "t": "ta", "n": "na"})
+    right = marks.rename({"i": "b", "t": "tb", "n": "nb"})
+    joined = left.join(right, on="h").filter(pl.col("a") < pl.col("b"))
+    offsets = joined.group_by("a", "b", (pl.col("tb") - pl.col("ta")).alias("dt")).agg(
+        pl.len().alias("c"), pl.col("na").first(), pl.col("nb").first()
+    )
+    near = pl.concat(  # each offset's count plus its neighbours' (+-1 frame)
+        [offsets, *(offsets.with_columns(pl.col("dt") + d) for d in (-1, 1))]
+    )
+    best = near.group_by("a", "b", "dt").agg(
+        pl.col("c").sum(), pl.col("na").first(), pl.col("nb").first()
+    )
+    best = best.group_by("a", "b").agg(
+        pl.col("c").max().alias("matched"), pl.min_horizontal("na", "nb").first().alias("n")
+    )
+    best = best.with_columns(score=pl.col("matched") / pl.col("n"))
+    keep = (pl.col("matched") >= 2 * NEAR_MATCHES) | (
+        (pl.col("matched") >= NEAR_MATCHES) & (pl.col("score") >= NEAR_SCORE)
+    )
+    return best.filter(keep).select("a", "b", "score", pl.col("matched").cast(pl.Int64))
+
+
+def image_pairs(prints: pl.DataFrame) -> pl.DataFrame:
+    """Near photo pairs (a < b) of one species, score 1 - distance / 256, and the distance.
+
+    Candidates are the photos of one species (copies carry one name; at the paper's scale
+    ~160 photos a species, 2 x 10^8 comparisons, a few minutes of numpy): every pair of a
+    species block is compared (whole vs whole, either centre vs the other whole)."""
+    rows = prints.filter(pl.col("pdq").is_not_null())
+    out: dict[str, list] = {"a": [], "b": [], "score": [], "matched": []}
+    for block in rows.partition_by("species_id"):
+        if block.height < 2:
+            continue
+        bits = np.unpackbits(
+            np.frombuffer(b"".join(block["pdq"].to_list()), np.uint8).reshape(block.height, 64),
+            axis=1,
+        ).astype(np.int32)
+        whole, centre = bits[:, :256], bits[:, 256:]
+
+        def dist(x: np.ndarray, y: np.ndarray) -> np.ndarray:
+            return x @ (1 - y).T + (1 - x) @ y.T
+
+        d = np.minimum(dist(whole, whole), np.minimum(dist(centre, whole), dist(whole, centre)))
+        ia, ib = np.nonzero(np.triu(d <= PDQ_THRESHOLD, k=1))
+        ids = block["i"].to_numpy()
+        for x, y in zip(ia.tolist(), ib.tolist(), strict=True):
+            out["a"].append(int(ids[x])), out["b"].append(int(ids[y]))
+            out["score"].append(1 - int(d[x, y]) / 256), out["matched"].append(int(d[x, y]))
+    return pl.DataFrame(out, schema={"a": pl.Int64, "b": pl.Int64, "score": pl.Float64,
+                                     "matched": pl.Int64})  # fmt: skip
+
+
+def _components(n: int, edges: list[tuple[int, int]]) -> list[int]:
+    """Union-find roots (the smallest member) of n nodes joined by edges."""
+    parent = list(range(n))
+
+    def root(x: int) -> int:
+        while parent[x] != x:
+            parent[x] = parent[parent[x]]
+            x = parent[x]
+        return x
+
+    for a, b in edges:
+        ra, rb = root(a), root(b)
+        if ra != rb:
+            parent[max(ra, rb)] = min(ra, rb)
+    return [root(x) for x in range(n)]
+
+
+def content_groups(modality: str, prints: pl.DataFrame) -> list[dict]:
+    """DUPLICATES rows of one modality's exact and near groups."""
+    exact = prints.group_by("exact").agg(pl.col("i").sort()).filter(pl.col("i").list.len() > 1)
+    edges = [(ids[0], j, 1.0, "exact") for ids in exact["i"].to_list() for j in ids[1:]]
+    near = audio_pairs(prints) if modality == "audio" else image_pairs(prints)
+    for a, b, score, matched in near.iter_rows():
+        what = f"{matched} landmarks at one offset" if modality == "audio" else f"PDQ {matched}"
+        edges.append((a, b, score, what))
+    roots = _components(prints.height, [(a, b) for a, b, *_ in edges])
+    by_group: dict[int, list] = {}
+    for a, b, score, what in edges:
+        by_group.setdefault(roots[a], []).append((a, b, score, what))
+    rows = []
+    keys = prints.select("source", "record_id").rows()
+    for root, group in by_group.items():
+        members = sorted({m for a, b, *_ in group for m in (a, b)})
+        gid = f"{modality}:{keys[root][0]}:{keys[root][1]}"
+        for m in members:
+            mine = [(s, w, b if a == m else a) for a, b, s, w in group if m in (a, b)]
+            score, what, other = max(mine)
+            # exact: joined to the group by its exact hash; near: by its landmarks / PDQ only
+            kind = "exact" if any(w == "exact" for _, w, _ in mine) else "near"
+            rows.append({
+                "group_id": gid, "modality": modality, "source": keys[m][0],
+                "record_id": keys[m][1], "kind": kind, "score": float(score),
+                "evidence": f"{what} with {keys[other][0]} {keys[other][1]}",
+            })  # fmt: skip
+    return rows
+
+
+def metadata_groups(out: Path, modality: str, taken: set[tuple[str, str]]) -> list[dict]:
+    """Candidates: same species + recordist/observer + date + rounded place in 2+ sources."""
+    media = pl.from_arrow(read_table(layout.media_manifest_path(out, modality), MEDIA))
+    key = ["species_id", "who", "date", "lat", "lon"]
+    df = media.with_columns(
+        who=pl.col("attribution")
+        .str.to_lowercase()
+        .str.replace_all(r"[^a-z ]", "")
+        .str.strip_chars(),
+        lat=pl.col("latitude").round(2),
+        lon=pl.col("longitude").round(2),
+    ).drop_nulls(key)
+    df = (
+        df.filter(
+            ~pl.struct("source", "record_id").is_in(
+                [{"source": s, "record_id": r} for s, r in taken]
+            )
+        )
+        if taken
+        else df
+    )
+    groups = (
+        df.group_by(key).agg("source", "record_id").filter(pl.col("source").list.n_unique() > 1)
+    )
+    rows = []
+    for g in groups.sort(key).iter_rows(named=True):
+        pairs = sorted(zip(g["source"], g["record_id"], strict=True))
+        gid = f"{modality}:meta:{pairs[0][0]}:{pairs[0][1]}"
+        for s, r in pairs:
+            evidence = f"same species, recordist, date {g['date']}, place"
+            rows.append({"group_id": gid, "modality": modality, "source": s, "record_id": r,
+                         "kind": "metadata", "score": None, "evidence": evidence})  # fmt: skip
+    return rows
+
+
+def dedup(out: Path, *, modalities: tuple[str, ...] = ("audio", "image")) -> DedupResult:
+    """Fingerprint the materialized media; write duplicates.parquet and the no-fingerprint notes."""
+    if not any(layout.media_index_path(out, m).exists() for m in modalities):
+        raise FileNotFoundError(f"{out / 'media'}: no materialized media (run materialize first)")
+    result = DedupResult()
+    rows: list[dict] = []
+    notes: list[dict] = []
+    for m in modalities:
+        prints = []
+        for k, (source, rid, segments) in enumerate(read_media(out, m)):
+            try:
+                f = fingerprint_record(m, segments)
+            except Exception as exc:  # an unreadable stored file: noted, never merged
+                f = fp.Fingerprint(m, bytes(32), none=f"undecodable: {type(exc).__name__}")
+                f.exact = f"unreadable:{source}:{rid}".encode()
+            if f.none:
+                notes.append({"stage": STAGE, "source": source, "modality": m,
+                              "record_id": rid, "name": None, "reason": "no_fingerprint",
+                              "detail": f.none})  # fmt: skip
+            prints.append({
+                "i": k, "source": source, "record_id": rid, "exact": f.exact,
+                "hashes": None if f.hashes is None else f.hashes.astype(np.int64).tolist(),
+                "times": None if f.times is None else f.times.astype(np.int64).tolist(),
+                "n": 0 if f.hashes is None else len(f.hashes), "pdq": f.pdq,
+            })  # fmt: skip
+        result.records[m] = len(prints)
+        if not prints:
+            continue
+        df = pl.DataFrame(prints, schema_overrides={"hashes": pl.List(pl.Int64),
+                                                    "times": pl.List(pl.Int64),
+                                                    "pdq": pl.Binary})  # fmt: skip
+        df = df.join(
+            _species(out, m), on=["source", "record_id"], how="left", maintain_order="left"
+        )
+        found = content_groups(m, df)
+        taken = {(r["source"], r["record_id"]) for r in found}
+        rows += found + metadata_groups(out, m, taken)
+    table = pa.Table.from_pylist(rows, schema=DUPLICATES)
+    write_table(table, layout.duplicates_path(out))
+    sources = sorted({n["source"] for n in notes} | set(_sources(out)))
+    replace_failures(out, STAGE, sources, pa.Table.from_pylist(notes, schema=FAILURE))
+    dups = pl.from_arrow(table)
+    result.members, result.no_fingerprint = dups.height, len(notes)
+    if dups.height:
+        per = dups.group_by("group_id", "kind").agg(pl.col("source").unique().sort())
+        result.groups = dict(sorted(per.group_by("kind").len().iter_rows()))
+        pairs = per.filter(pl.col("kind") != "metadata").with_columns(
+            pl.col("source").list.join("|")
+        )
+        result.pairs = dict(sorted(pairs.group_by("source").len().iter_rows()))
+    return result
+
+
+def _species(out: Path, modality: str) -> pl.DataFrame:
+    path = layout.media_manifest_path(out, modality)
+    cols = ["source", "record_id", "species_id"]
+    if not path.exists():
+        return pl.DataFrame(schema={"source": pl.String, "record_id": pl.String,
+                                    "species_id": pl.Int64})  # fmt: skip
+    return pl.read_parquet(path, columns=cols).unique(["source", "record_id"])
+
+
+def _sources(out: Path) -> list[str]:
+    return sorted({s for m in ("audio", "image") for s in _manifest_sources(out, m)})
+
+
+def _manifest_sources(out: Path, modality: str) -> list[str]:
+    path = layout.media_manifest_path(out, modality)
+    return (
+        pl.read_parquet(path, columns=["source"])["source"].unique().to_list()
+        if path.exists()
+        else []
+    )
+
+
+def summary_line(result: DedupResult) -> str:
+    """One line: groups by kind, and content groups per source pair."""
+    kinds = ", ".join(f"{k} {v}" for k, v in result.groups.items()) or "none"
+    pairs = ", ".join(f"{k.replace('|', ' + ')}: {v}" for k, v in result.pairs.items()) or "-"
+    return (
+        f"dedup: {sum(result.records.values())} records fingerprinted, duplicate groups: {kinds} "
+        f"({result.members} members); per source pair: {pairs}; "
+        f"no fingerprint: {result.no_fingerprint}"
+    )

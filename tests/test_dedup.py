@@ -1,0 +1,175 @@
+"""dedup: fingerprints, planted copies of the sample world found, near misses not merged."""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+import pytest
+from PIL import Image
+from rich.console import Console
+from typer.testing import CliRunner
+
+from biovita_data.app.cli import app
+from biovita_data.app.stages import run_build
+from biovita_data.core import layout
+from biovita_data.crawl.fetch import fetch, settings_from_env
+from biovita_data.crawl.http import HttpClient
+from biovita_data.media import MaterializeSettings, materialize
+from biovita_data.media import fingerprint as fp
+from biovita_data.sample import duplicates as plants
+from biovita_data.sample.server import SampleServer
+from biovita_data.sample.world import World
+
+QUIET = Console(quiet=True)
+
+
+@pytest.fixture(scope="module")
+def dup_world() -> World:
+    return World("tiny", duplicates=True)
+
+
+def test_default_world_is_unchanged_by_the_option(tiny_world: World) -> None:
+    plain = World("tiny")
+    assert plain.planted == [] and len(plain.recordings) == len(tiny_world.recordings)
+    assert not any(r.flaw == "copy" for r in plain.recordings)
+
+
+def test_planted_copies_have_ground_truth(dup_world: World, tiny_world: World) -> None:
+    kinds = pl.Series([p.kind for p in dup_world.planted]).value_counts()
+    counts = dict(kinds.iter_rows())
+    assert counts.get("near", 0) >= 5 and counts.get("exact", 0) >= 1
+    assert counts.get("negative", 0) == 2 * plants.NEGATIVES["tiny"]
+    assert len(dup_world.recordings) == len(tiny_world.recordings) + len(dup_world.planted)
+    first = next(p for p in dup_world.planted if p.kind == "exact")
+    copy = dup_world.audio_bytes(first.source, first.record_id)
+    orig = dup_world.audio_bytes(first.original_source, first.original_id)
+    assert copy != orig  # another container ...
+    a, b = fp.decode_audio(copy), fp.decode_audio(orig)
+    assert fp.audio_fingerprint(*a).exact == fp.audio_fingerprint(*b).exact  # ... same PCM
+
+
+def _fingerprint(data: bytes) -> fp.Fingerprint:
+    return fp.audio_fingerprint(*fp.decode_audio(data))
+
+
+def test_near_copies_match_and_other_recordings_do_not(dup_world: World) -> None:
+    near = [p for p in dup_world.planted if p.kind == "near"][:4]
+    prints = {}
+    for p in near:
+        prints[p] = (
+            _fingerprint(dup_world.audio_bytes(p.original_source, p.original_id)),
+            _fingerprint(dup_world.audio_bytes(p.source, p.record_id)),
+        )
+    for a, b in prints.values():
+        _, matched, _ = fp.match_landmarks(a.hashes, a.times, b.hashes, b.times)
+        assert matched >= 20
+    originals = [a for a, _ in prints.values()]
+    copies = [b for _, b in prints.values()]
+    for i, a in enumerate(originals):
+        for j, b in enumerate(copies):
+            if i != j:
+                assert fp.match_landmarks(a.hashes, a.times, b.hashes, b.times)[1] < 20
+
+
+def test_bad_inputs_get_a_reason_not_a_crash() -> None:
+    rate = 22050
+    short = np.sin(np.arange(rate // 4) / 5).astype(np.float32)[:, None]
+    assert "too short" in fp.audio_fingerprint(short, rate).none
+    clipped = np.sign(np.sin(np.arange(rate * 3) / 7)).astype(np.float32)[:, None]
+    assert "clipped" in fp.audio_fingerprint(clipped, rate).none
+    silent = np.zeros((rate * 3, 2), np.float32)
+    got = fp.audio_fingerprint(silent, rate)
+    assert got.none and "structure" in got.none and len(got.exact) == 32
+    tiny = fp.image_fingerprint(Image.new("RGB", (1, 1)))
+    assert "too small" in tiny.none
+    flat = fp.image_fingerprint(Image.new("RGB", (200, 200), (40, 90, 30)))
+    assert flat.none and flat.pdq is None
+    again = fp.unpack(flat.pack())
+    assert again.none == flat.none and again.exact == flat.exact
+
+
+def test_photo_copies_are_close_in_pdq_and_other_photos_are_not(tiny_world: World) -> None:
+    photos = [p for p in tiny_world.photos if p.flaw is None][:16]
+    prints = [fp.image_fingerprint(Image.open(io.BytesIO(tiny_world.photo_bytes(p.id))))
+              for p in photos]  # fmt: skip
+    rng = np.random.default_rng(3)
+    from biovita_data.build.dedup import PDQ_THRESHOLD
+
+    kept = [(p, f) for p, f in zip(photos, prints, strict=True) if f.pdq]
+    assert len(kept) >= 10
+    photos, prints = [p for p, _ in kept], [f for _, f in kept]
+    for p, f in kept:
+        edit = plants.draw_photo_edit(rng, exact=False)
+        copy = plants.edit_photo(tiny_world.photo_bytes(p.id), edit)
+        g = fp.image_fingerprint(Image.open(io.BytesIO(copy)))
+        assert fp.pdq_distance(f.pdq, g.pdq) <= PDQ_THRESHOLD, edit
+    for i, a in enumerate(prints):
+        for b in prints[i + 1 :]:
+            assert fp.pdq_distance(a.pdq, b.pdq) > PDQ_THRESHOLD
+
+
+@pytest.fixture(scope="module")
+def deduped(dup_world: World, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """The tiny world with duplicates: Xeno-canto crawled, aligned, materialized, `dedup` run."""
+    server = SampleServer(dup_world, port=0).start()
+    out = tmp_path_factory.mktemp("dedup")
+    try:
+        os.environ["XENO_CANTO_API_KEY"] = "sample-world-key"
+        settings = settings_from_env(
+            taxa=["Aves", "Amphibia"],
+            sources=["xeno-canto"],
+            throttle=False,
+            xeno_canto_url=server.urls["XENO_CANTO_API_URL"],
+            inaturalist_url=server.urls["INATURALIST_API_URL"],
+        )
+        fetch(settings, out, console=QUIET)
+        os.environ["INATURALIST_API_URL"] = server.urls["INATURALIST_API_URL"]
+        run_build(out, {"align": {"throttle": False, "min_images": 0}}, QUIET, stages=("align",))
+        ms = MaterializeSettings(workers=2, shard_size=50, throttle=False, modalities=("audio",))
+        materialize(out, ms, console=QUIET, http=HttpClient(throttle=False, retries=2))
+        result = CliRunner().invoke(app, ["dedup", "--out", str(out)])
+        assert result.exit_code == 0, result.output
+        assert "duplicate groups" in result.output
+        yield out
+    finally:
+        server.stop()
+
+
+def test_cli_finds_the_planted_copies_and_merges_no_near_miss(
+    deduped: Path, dup_world: World
+) -> None:
+    dups = pl.read_parquet(layout.duplicates_path(deduped))
+    content = dups.filter(pl.col("kind") != "metadata")
+    group_of = {(s, r): g for s, r, g in content.select("source", "record_id", "group_id").rows()}
+    kept = set(pl.read_parquet(layout.media_index_path(deduped, "audio"))
+               .filter(pl.col("kept")).select("source", "record_id").rows())  # fmt: skip
+    copies = [p for p in dup_world.planted if p.kind != "negative"
+              and p.original_source == "xeno-canto"
+              and ("xeno-canto", str(p.original_id)) in kept
+              and ("xeno-canto", str(p.record_id)) in kept]  # fmt: skip
+    assert len(copies) >= 5
+    found = [p for p in copies
+             if group_of.get(("xeno-canto", str(p.record_id))) is not None
+             and group_of.get(("xeno-canto", str(p.record_id)))
+             == group_of.get(("xeno-canto", str(p.original_id)))]  # fmt: skip
+    assert len(found) >= 0.9 * len(copies)
+    kinds = dict(content.select("record_id", "kind").rows())
+    for p in found:
+        assert kinds[str(p.record_id)] == ("exact" if p.kind == "exact" else "near")
+    truth = {("xeno-canto", str(p.record_id)): p for p in copies}
+    truth |= {("xeno-canto", str(p.original_id)): p for p in copies}
+    for g, members in content.group_by("group_id").agg(pl.col("record_id")).iter_rows():
+        origins = {truth[("xeno-canto", r)].original_id for r in members
+                   if ("xeno-canto", r) in truth}  # fmt: skip
+        assert len(origins) <= 1, (g, members)  # no group joins two different recordings
+    for p in dup_world.planted:
+        if p.kind == "negative":
+            a = group_of.get(("xeno-canto", str(p.record_id)))
+            assert a is None or a != group_of.get((p.original_source, str(p.original_id)))
+    meta = dups.filter(pl.col("kind") == "metadata")
+    assert set(meta["kind"]) <= {"metadata"}
