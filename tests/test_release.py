@@ -17,8 +17,8 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 from publish_helpers import REPO_ID, make_build
+from release_helpers import KEY, base_corpus, quiet, write_manifests
 from rich.console import Console
-from test_split_stable import KEY, base_corpus, quiet, write_manifests
 from typer.testing import CliRunner
 
 from biovita_data.app.cli import app
