@@ -573,6 +573,12 @@ def update(
     no_crawl: Annotated[
         bool, typer.Option("--no-crawl", help="Only apply the takedown list; ask no service.")
     ] = False,
+    relist: Annotated[
+        bool,
+        typer.Option(
+            "--relist", help="List every query again in full (finds any licence change)."
+        ),
+    ] = False,
     no_throttle: NoThrottleOption = False,
 ) -> None:
     """Fetch only what changed since OUT's last crawl and merge it into OUT/raw: new, changed and
@@ -588,7 +594,14 @@ def update(
         settings = settings_from_env(
             **{k: v for k, v in stored.items() if k != "max_records"}, throttle=not no_throttle
         )
-        run_update(out, exclude=exclude, console=console, settings=settings, crawl=not no_crawl)
+        run_update(
+            out,
+            exclude=exclude,
+            console=console,
+            settings=settings,
+            crawl=not no_crawl,
+            relist=relist,
+        )
     except (UpdateError, MissingKey) as exc:
         _fail(str(exc))
     except FetchError as exc:
@@ -697,6 +710,10 @@ def sample_serve(
     epoch: Annotated[
         int, typer.Option(min=0, help="The world N epochs (30 days each) later: 0 is today's.")
     ] = 0,
+    duplicates: Annotated[
+        bool,
+        typer.Option(help="Plant copies (re-encoded, trimmed, resampled) and near misses."),
+    ] = False,
     output_format: Annotated[
         str,
         typer.Option("--format", help="env: `export VAR=...` lines to paste; json: one JSON line."),
@@ -714,7 +731,7 @@ def sample_serve(
         _fail(f"--format {output_format!r}: use env or json")
     try:
         server = SampleServer(
-            World(size, seed, epoch),
+            World(size, seed, epoch, duplicates=duplicates),
             host=host,
             port=port,
             faults=faults,
