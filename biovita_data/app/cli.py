@@ -638,11 +638,22 @@ def demo(
             "of training), acceptance (longer stages, ~9.5 min) or none."
         ),
     ] = "demo",
+    update: Annotated[
+        bool,
+        typer.Option(
+            "--update",
+            help="After a demo in WORKDIR: its world one epoch later, `update`, rebuild, and "
+            "the `release diff` against the build before.",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline that exists, end to end, on the sample world (served in-process)."""
-    from biovita_data.app.demo import run_demo
+    from biovita_data.app.demo import run_demo, run_update_demo
 
     try:
+        if update:
+            run_update_demo(workdir, console=console, results=cli_console())
+            return
         run_demo(workdir, size=size, seed=seed, train=train, console=console, results=cli_console())
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))

@@ -156,6 +156,54 @@ def run_demo(
     return build
 
 
+def run_update_demo(workdir: Path, *, console: Console, results: Console | None = None) -> dict:
+    """`demo --update`: the world of the demo in `workdir` one epoch (30 days) later: fetch only
+    what changed (`update`), rebuild align .. publish (folder), print `release diff` against the
+    build before. The build before keeps its manifests in WORKDIR/previous/."""
+    import shutil
+
+    from biovita_data.build.release import diff, print_diff
+    from biovita_data.crawl.update import update
+
+    workdir = workdir.resolve()
+    record = workdir / "build.json"
+    if not record.is_file() or not layout.crawl_record_path(workdir).is_file():
+        raise ValueError(f"{workdir} holds no demo build: run `biovita-data demo` first")
+    build = json.loads(record.read_text())
+    world = build.get("world") or {}
+    size, seed = world.get("size", "default"), int(world.get("seed", 0))
+    epoch = int(world.get("epoch", 0)) + 1
+    previous = workdir / "previous"
+    shutil.rmtree(previous, ignore_errors=True)
+    shutil.copytree(layout.manifests_dir(workdir), layout.manifests_dir(previous))
+    shutil.copy2(record, previous / "build.json")
+    t0 = time.monotonic()
+    stages: dict[str, dict] = {}
+    with ExitStack() as stack:
+        sample_environment(stack, size, seed, "none", epoch)
+        console.print(f"[bold]sample world[/bold] ({size}, seed {seed}) at epoch {epoch}")
+        t = time.monotonic()
+        summary = update(workdir, console=console)
+        stages["update"] = {
+            "seconds": round(time.monotonic() - t, 2),
+            "requests": summary["requests"],
+        }
+        publish = {"repo_id": DEMO_REPO_ID, "folder_only": True}
+        sections = world_sections(workdir, size, seed, publish)
+        stages.update(run_build(workdir, sections, console, stages=BUILD_STAGES + RELEASE_STAGES))
+    build["world"] = {**world, "epoch": epoch}
+    build["stages"] = {**build.get("stages", {}), **stages}
+    write_json_atomic(build, record)
+    result = diff(previous, workdir)
+    results = results or console
+    print_diff(result, results)
+    results.print(
+        f"update to epoch {epoch}: {summary['requests']} requests, rebuilt in "
+        f"{time.monotonic() - t0:.0f} s; the build before: {previous}"
+    )
+    return result
+
+
 def tol_settings(out: Path, size: str, seed: int, root: str) -> dict:
     """[tol] of the sample world: its TreeOfLife-200M view, 200 images per species of the demo's
     taxa, the only image source (the crawled photos become failures), as in the paper."""
