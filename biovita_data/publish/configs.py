@@ -20,6 +20,7 @@ from biovita_data.build.bench.csv_layout import (
     tasks_parquet_path,
 )
 from biovita_data.core import layout
+from biovita_data.core.progress import LogProgress
 from biovita_data.core.schemas import BENCH_TASK, MEDIA, SPECIES
 from biovita_data.core.tables import read_table
 from biovita_data.media.store import MediaStore
@@ -217,10 +218,16 @@ def _row_groups(
 
 
 def write_media_embed(
-    out: Path, folder: Path, modality: str, species: pl.DataFrame, names: list[str], max_bytes: int
+    out: Path,
+    folder: Path,
+    modality: str,
+    species: pl.DataFrame,
+    names: list[str],
+    max_bytes: int,
+    progress: LogProgress | None = None,
 ) -> MediaResult:
     """An `audio`/`image` config with the bytes: the media shards' kept files, joined to the
-    manifest, in shard order, each row to the writer of its manifest split."""
+    manifest, in shard order, each row to the writer of its manifest split (rows on `progress`)."""
     store = MediaStore.of(out)
     shards = media_shards(store, modality)
     if not shards:
@@ -232,6 +239,7 @@ def write_media_embed(
     meta = manifest.select(*META_COLUMNS)
     cols, writers = _writers(folder, modality, "embed", names, max_bytes)
     names_out = [c for c, _ in cols]
+    task = progress.add_task(f"publish {modality}", total=plan.height) if progress else None
     for part in plan.partition_by("_shard", maintain_order=True):
         shard = shards[int(part["_shard"][0])]
         done = 0  # rows of `part` already written
@@ -252,6 +260,8 @@ def write_media_embed(
                             names_out,
                         )
                         writer.write(table)
+                if progress is not None and task is not None:
+                    progress.advance(task, take.size)
     result = MediaResult(skipped=skipped)
     _finish(writers, result)
     result.records = _records(plan, manifest)

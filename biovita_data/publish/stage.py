@@ -9,9 +9,11 @@ from pathlib import Path
 
 import polars as pl
 from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
 from biovita_data.build.bench.csv_layout import bench_json_path, tasks_parquet_path
 from biovita_data.core import layout
+from biovita_data.core.progress import LogProgress
 from biovita_data.publish.card import CardInputs, write_card
 from biovita_data.publish.configs import (
     ConfigResult,
@@ -69,6 +71,7 @@ def build_folder(
     max_shard_bytes: int = DEFAULT_MAX_SHARD_BYTES,
     pretty_name: str | None = None,
     changelog: str | None = None,
+    progress: LogProgress | None = None,
 ) -> tuple[dict[str, ConfigResult], str]:
     """Write every config, the card (with `changelog`), its figures and croissant.json into
     `folder` (which must be empty)."""
@@ -77,7 +80,12 @@ def build_folder(
     results: dict[str, ConfigResult] = {}
     writer = write_media_embed if media == "embed" else write_media_urls
     for modality in ("audio", "image"):
-        results[modality] = writer(out, folder, modality, species, names, max_shard_bytes)
+        if media == "embed":
+            results[modality] = writer(
+                out, folder, modality, species, names, max_shard_bytes, progress
+            )
+        else:
+            results[modality] = writer(out, folder, modality, species, names, max_shard_bytes)
     results["species"] = write_species(folder, species, names, max_shard_bytes)
     results["bench"] = write_bench(out, folder, max_shard_bytes)
     bench_tasks = {
@@ -186,15 +194,21 @@ def publish(
     tmp.mkdir(parents=True)
     release = prepare_release(out, tag, previous_release) if tag is not None else None
     try:
-        results, license_code = build_folder(
-            out,
-            tmp,
-            repo_id,
-            media=media,
-            max_shard_bytes=max_shard_bytes,
-            pretty_name=pretty_name,
-            changelog=release.changelog if release else None,
-        )
+        # the media rows: a bar on a terminal, a plain line every 5 % or 30 s in a log
+        with LogProgress(
+            TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
+            TimeRemainingColumn(), console=console, transient=True, unit="rows",
+        ) as progress:  # fmt: skip
+            results, license_code = build_folder(
+                out,
+                tmp,
+                repo_id,
+                media=media,
+                max_shard_bytes=max_shard_bytes,
+                pretty_name=pretty_name,
+                changelog=release.changelog if release else None,
+                progress=progress,
+            )
         if not allow_empty:  # a config with 0 rows: refused, OUT/hf left as it was
             refuse_empty(results, media)
     except BaseException:
