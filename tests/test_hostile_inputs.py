@@ -414,3 +414,56 @@ def test_demo_checks_ffmpeg_libraries_first(tmp_path: Path, monkeypatch) -> None
     assert "sudo apt-get install ffmpeg" in text
     assert not (tmp_path / "d" / "raw").exists()  # nothing was built
     assert "avcodec" in demo.FFMPEG_LIBRARIES
+
+
+# ------------------------------------------------------------------ 11. smaller ones
+def test_fetch_summary_keeps_a_history(tmp_path: Path) -> None:
+    from rich.console import Console
+
+    from biovita_data.crawl.fetch import FetchSettings, fetch
+
+    quiet = Console(quiet=True)
+    for _ in range(2):
+        fetch(FetchSettings(taxa=["Aves"], sources=[]), tmp_path, console=quiet)
+    summary = json.loads(layout.fetch_summary_path(tmp_path).read_text())
+    assert len(summary["history"]) == 2
+    assert summary["history"][-1]["finished"] == summary["finished"]
+    assert "http" in summary and "sources" in summary  # the last run stays at the top level
+
+
+def test_open_data_html_page_names_table_and_url(mirror, tmp_path: Path) -> None:
+    from biovita_data.crawl.http import HttpClient
+    from biovita_data.crawl.sources.inat_open_data import OpenDataSource
+
+    mirror.files["taxa.csv.gz"] = ERROR_PAGE
+    base = mirror.url.rsplit("/", 1)[0]
+    src = OpenDataSource(HttpClient(retries=0), base, [], tmp_path / "cache")
+    with pytest.raises(FetchError) as err:
+        src._table("taxa")
+    text = str(err.value)
+    assert f"Open Data table taxa: {base}/taxa.csv.gz did not answer a gzipped table" in text
+    assert "<!DOCTYPE html>" in text
+    assert not list((tmp_path / "cache").iterdir())  # nothing half-kept
+
+
+def test_gbif_count_smaller_than_the_pages(tmp_path: Path) -> None:
+    from biovita_data.crawl.sources.gbif import GbifSource
+
+    page = json.loads((REFERENCE / "gbif_v1_occurrence_search_pygbif.json").read_text())
+    first, second = page["results"]
+
+    class Stale:
+        """GBIF answering a stale `count` of 1 while the pages hold 2 records."""
+
+        def get_json(self, url: str, params: dict, policy: str | None = None) -> dict:
+            offset = int(params.get("offset", 0))
+            results = [first, second][offset : offset + 1]
+            return {"count": 1, "endOfRecords": offset >= 1, "results": results}
+
+    src = GbifSource(Stale(), "http://127.0.0.1:9", ["X"], media="both")
+    p1 = src.fetch_page("taxonKey=1", None)
+    assert not p1.done and p1.cursor == 1
+    p2 = src.fetch_page("taxonKey=1", p1.cursor)
+    assert p2.done and p2.rows  # the second record was crawled
+    notes = [f for f in p1.failures + p2.failures if f["reason"] == "count_mismatch"]
+    assert len(notes) == 1 and "stated count 1" in notes[0]["detail"]

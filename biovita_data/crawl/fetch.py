@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 import shutil
@@ -331,14 +332,17 @@ def fetch(
             write_crawl_record(out, settings, listings)
             state.clear()
             results.append(res)
-    write_json_atomic(
-        {
-            "sources": [r.__dict__ for r in results],
-            "http": dict(http.stats),
-            "seconds": round(time.monotonic() - t0, 2),
-        },
-        layout.fetch_summary_path(out),
-    )
+    run = {
+        "sources": [r.__dict__ for r in results],
+        "http": dict(http.stats),
+        "seconds": round(time.monotonic() - t0, 2),
+        "finished": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),
+    }
+    summary_path = layout.fetch_summary_path(out)
+    old = json.loads(summary_path.read_text()) if summary_path.exists() else {}
+    # the last run at the top level; every run (this one last) in `history`
+    history = [*old.get("history", [{k: v for k, v in old.items() if k != "history"}]), run]
+    write_json_atomic({**run, "history": [h for h in history if h]}, summary_path)
     console.print(summary_table(results, http))
     for r in results:
         for note in r.splits:

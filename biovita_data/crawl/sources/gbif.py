@@ -397,7 +397,24 @@ class GbifSource:
                 continue
             page.rows += rows
             page.failures += fails
-        page.done = bool(data.get("endOfRecords")) or not results or page.cursor >= count
+        end = data.get("endOfRecords")
+        # endOfRecords decides; `count` only when the service omits it (a stale count can be
+        # smaller than what the pages hold: crawled to the end, the mismatch noted once)
+        page.done = bool(end) or not results or (end is None and page.cursor >= count)
+        if not page.done and offset < max(count, 1) <= page.cursor:
+            page.failures.append(
+                {
+                    "stage": "fetch",
+                    "source": NAME,
+                    "modality": "occurrence",
+                    "record_id": query,
+                    "name": None,
+                    "reason": "count_mismatch",
+                    "detail": f"GBIF stated count {count}, but the pages hold more (offset "
+                    f"{offset} + {len(results)} records, endOfRecords false): crawled on to "
+                    "endOfRecords",
+                }
+            )
         if not page.done and page.cursor >= self.max_offset:
             page.done = True
             page.failures.append(

@@ -10,7 +10,7 @@ from typing import Any
 import polars as pl
 
 from biovita_data.core.tables import atomic_path
-from biovita_data.crawl.http import HttpClient
+from biovita_data.crawl.http import FetchError, HttpClient
 from biovita_data.crawl.licenses import DEFAULT_ALLOWED
 from biovita_data.crawl.sources.base import (
     BadRecord,
@@ -50,11 +50,19 @@ class OpenDataSource(TargetSource):
         tsv = self.cache_dir / f"{name}.tsv"
         if not tsv.exists():
             self.cache_dir.mkdir(parents=True, exist_ok=True)
-            gz = self.http.download(
-                f"{self.base_url}/{name}.csv.gz", self.cache_dir / f"{name}.csv.gz", policy=NAME
-            )
-            with atomic_path(tsv) as part, gzip.open(gz, "rb") as src, open(part, "wb") as dst:
-                shutil.copyfileobj(src, dst, 1 << 20)
+            url = f"{self.base_url}/{name}.csv.gz"
+            gz = self.http.download(url, self.cache_dir / f"{name}.csv.gz", policy=NAME)
+            try:
+                with atomic_path(tsv) as part, gzip.open(gz, "rb") as src, open(part, "wb") as dst:
+                    shutil.copyfileobj(src, dst, 1 << 20)
+            except (OSError, EOFError) as exc:  # an HTML error page, a truncated file
+                with open(gz, "rb") as f:
+                    head = f.read(60).decode(errors="replace")
+                gz.unlink()
+                raise FetchError(
+                    f"Open Data table {name}: {url} did not answer a gzipped table ({exc}; it "
+                    f"starts {head!r}); nothing was kept, run the fetch again"
+                ) from None
             gz.unlink()
         # The bucket's TSVs use no quoting at all; quotes inside fields are literal. A row with
         # too many fields is cut (its ids are then checked like any other row's).
