@@ -34,6 +34,7 @@ BUILD_OUTPUTS = {
     "bench": "bench/{seen,unseen}/ (Parquet + official CSV)",
     "stats": "stats.json",
     "materialize": "media/{audio,image}/shard-*.parquet + index.parquet",
+    "dedup": "manifests/duplicates.parquet (copies by content; split again when found)",
     "publish": "hf/ (dataset card, configs audio/image/species/bench)",
 }
 DEMO_REPO_ID = "biovita/sample"

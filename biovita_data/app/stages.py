@@ -16,7 +16,7 @@ from biovita_data.core import layout
 from biovita_data.crawl.http import HttpClient
 
 BUILD_STAGES = ("align", "traits", "split", "bench", "stats")
-RELEASE_STAGES = ("materialize", "publish")
+RELEASE_STAGES = ("materialize", "dedup", "publish")
 TRAIT_KINDS = ("avonet", "eltontraits", "amphibio", "csv")
 
 
@@ -171,6 +171,27 @@ def run_materialize(out: Path, cfg: dict, console: Console):
     return result
 
 
+def run_dedup(out: Path, cfg: dict, console: Console):
+    """`dedup` after materialize; content groups found: split again (a group is one unit) and
+    the bench drawn again, so no copy straddles train and test and no query has one in train."""
+    from biovita_data.build.dedup import dedup, summary_line
+
+    if cfg:
+        raise ValueError(f"[dedup]: unknown settings {sorted(cfg)}")
+    result = dedup(out)
+    console.print(summary_line(result))
+    if any(k != "metadata" for k in result.groups):
+        split_json = layout.manifests_dir(out) / "split.json"
+        saved = json.loads(split_json.read_text()) if split_json.exists() else {}
+        split_cfg = saved.get("settings", {})
+        run_split(out, {k: v for k, v in split_cfg.items() if k in SPLIT_KEYS}, console)
+        redraw_bench(out, console)
+    return result
+
+
+SPLIT_KEYS = ("seed", "test_fraction", "unseen_max_audio")
+
+
 def redraw_bench(out: Path, console: Console):
     """Draw an existing bench again with its recorded settings, now from the stored media only
     (a record materialize could not keep can be neither query nor candidate); None if no bench."""
@@ -208,6 +229,7 @@ RUNNERS: dict[str, Callable] = {
     "bench": run_bench,
     "stats": run_stats,
     "materialize": run_materialize,
+    "dedup": run_dedup,
     "publish": run_publish,
 }
 
@@ -239,6 +261,9 @@ def describe(stage: str, result: Any) -> str:
             failed = sum(m.failed.values())
             parts.append(f"{m.modality}: {m.kept} kept, {failed} failed")
         return "; ".join(parts)
+    if stage == "dedup":
+        kinds = ", ".join(f"{k} {v}" for k, v in result.groups.items()) or "none"
+        return f"duplicate groups: {kinds}; pairs {result.pairs or '-'}"
     if stage == "publish":
         rows = {c: sum(v.values()) for c, v in result.rows.items()}
         where = result.target or str(result.folder)
