@@ -512,6 +512,36 @@ def probe_traits_cmd(
     err.print(f"wrote {Path(run) / 'probe.json'}")
 
 
+@app.command()
+def mteb(
+    run: RunOpt,
+    tasks: Annotated[
+        str, Opt("--tasks", help="MTEB task names, comma-separated (e.g. BioVITAA2TReranking)")
+    ],
+    out: Annotated[Path, Opt("--out", help="where mteb writes its results")] = Path("mteb"),
+    device: Annotated[str, Opt("--device", help="cpu or cuda")] = "cpu",
+) -> None:
+    """Run MTEB tasks with the run as encoder (needs `pip install mteb` and its Hub datasets)."""
+    _check_run(run)
+    names = [t.strip() for t in tasks.split(",") if t.strip()]
+    if not names:
+        raise typer.BadParameter("name at least one task", param_hint="--tasks")
+    try:
+        import mteb as mteb_lib
+    except ImportError:
+        fail('mteb is not installed: pip install -e ".[mteb]"')
+    from biovita_model.mteb_encoder import BioVITAEncoder
+
+    try:
+        selected = mteb_lib.get_tasks(tasks=names)
+    except (KeyError, ValueError) as exc:
+        fail(f"--tasks: {exc}")
+    encoder = BioVITAEncoder(run, device=device)
+    results = mteb_lib.evaluate(encoder, selected, cache=mteb_lib.ResultCache(out))
+    for result in results.task_results:
+        typer.echo(json.dumps({"task": result.task_name, "scores": result.get_score()}))
+
+
 @app.command("import-official")
 def import_official_cmd(
     clap_weights: Annotated[
