@@ -278,3 +278,25 @@ def test_unfinished_states_refused_or_resumed(
         return pl.read_parquet(layout.removed_path(o)).drop("removed_at")
 
     assert removed(out).equals(removed(epochs["new"]))
+
+
+def test_release_diff_equals_ground_truth(epochs: dict, world1: World) -> None:
+    """`release diff` of the two builds: its withdrawn / licence removals are the world's, of
+    the items the old build held; no surviving item moved split save for species changes."""
+    from biovita_data.build.release import diff
+
+    truth = world1.changes(0, 1)
+    old = set()
+    for m in ("audio", "image"):
+        df = pl.read_parquet(layout.media_manifest_path(epochs["old"], m))
+        old |= set(zip(df["source"], df["record_id"], strict=True))
+    expected: dict[str, int] = {}
+    for (source, _, rid), reason in truth["removed"].items():
+        if (source, rid) in old:
+            expected[reason] = expected.get(reason, 0) + 1
+    result = diff(epochs["old"], epochs["new"])
+    by_reason = result["removed"]["by_reason"]
+    assert {r: by_reason.get(r, 0) for r in expected} == expected
+    assert "takedown" not in by_reason
+    assert result["moved_split"]["other"] == 0
+    assert result["added"]["total"] > 0 and result["changed"]["total"] > 0
