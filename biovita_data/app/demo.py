@@ -181,7 +181,8 @@ def run_update_demo(workdir: Path, *, console: Console, results: Console | None 
     t0 = time.monotonic()
     stages: dict[str, dict] = {}
     with ExitStack() as stack:
-        sample_environment(stack, size, seed, "none", epoch)
+        env = sample_environment(stack, size, seed, "none", epoch)
+        root = env["XENO_CANTO_API_URL"].rsplit("/xeno", 1)[0]
         console.print(f"[bold]sample world[/bold] ({size}, seed {seed}) at epoch {epoch}")
         t = time.monotonic()
         summary = update(workdir, console=console)
@@ -189,6 +190,8 @@ def run_update_demo(workdir: Path, *, console: Console, results: Console | None 
             "seconds": round(time.monotonic() - t, 2),
             "requests": summary["requests"],
         }
+        # the TreeOfLife-200M view again (a fixed release): still the only image source
+        run_tol(workdir, tol_settings(workdir, size, seed, root), console)
         publish = {"repo_id": DEMO_REPO_ID, "folder_only": True}
         sections = world_sections(workdir, size, seed, publish)
         stages.update(run_build(workdir, sections, console, stages=BUILD_STAGES + RELEASE_STAGES))
