@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 from biovita_data.app import stages
 from biovita_data.app.cli import app
 from biovita_data.app.clikit import CliConsole
-from biovita_data.app.demo import dropped_words
+from biovita_data.app.stages import dropped_words
 from biovita_data.core.progress import LogProgress
 
 ROOT = Path(__file__).resolve().parents[1]

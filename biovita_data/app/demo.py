@@ -19,7 +19,13 @@ from rich.table import Table
 
 from biovita_data import __version__
 from biovita_data.app.pipeline import sample_environment, sample_release_tables, sample_tol_view
-from biovita_data.app.stages import BUILD_STAGES, RELEASE_STAGES, run_build, run_tol
+from biovita_data.app.stages import (
+    BUILD_STAGES,
+    RELEASE_STAGES,
+    dropped_words,
+    run_build,
+    run_tol,
+)
 from biovita_data.core import layout
 from biovita_data.core.tables import write_json_atomic
 from biovita_data.crawl.fetch import SOURCES, FetchSettings, fetch, settings_from_env
@@ -39,8 +45,6 @@ BUILD_OUTPUTS = {
 }
 DEMO_REPO_ID = "biovita/sample"
 TRAIN_PRESETS = ("demo", "acceptance", "none")
-# failure reasons as the closing table words them
-_REASON_WORDS = {"license_not_allowed": "licence", "license_unknown": "licence unknown"}
 
 
 # FFmpeg's shared libraries torchcodec loads (the `datasets` Audio decoder of `load_dataset`).
@@ -99,11 +103,11 @@ def run_demo(
         # `--source all`: every source this build knows, GBIF included where it exists
         settings = settings_from_env(taxa=TAXA, sources=list(SOURCES), throttle=False)
         t = time.monotonic()
-        results = fetch(settings, workdir, console=console)
+        fetched = fetch(settings, workdir, console=console)
         stages["fetch"] = {
             "seconds": round(time.monotonic() - t, 2),
-            "records": {r.source: r.kept for r in results},
-            "dropped": {r.source: r.dropped for r in results},
+            "records": {r.source: r.kept for r in fetched},
+            "dropped": {r.source: r.dropped for r in fetched},
         }
         t = time.monotonic()
         tol = run_tol(workdir, tol_settings(workdir, size, seed, root), console)
@@ -252,15 +256,6 @@ def published_rows(hf: Path) -> dict[str, dict[str, int]]:
             if shards:
                 rows[config][split] = sum(pq.ParquetFile(p).metadata.num_rows for p in shards)
     return rows
-
-
-def dropped_words(dropped: dict[str, int]) -> str:
-    """`, 396 dropped: licence` per reason: the licence filter drops by design, nothing failed."""
-    return "".join(
-        f", {n} dropped: {_REASON_WORDS.get(reason, reason)}"
-        for reason, n in sorted(dropped.items())
-        if n
-    )
 
 
 def load_back(workdir: Path, hub: Path, console: Console) -> dict:

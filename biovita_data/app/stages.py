@@ -242,8 +242,7 @@ def describe(stage: str, result: Any) -> str:
             f"{result.unmatched_names} names unmatched"
         )
     if stage == "tol":
-        dropped = sum(result.dropped.values())
-        return f"{result.kept} TreeOfLife-200M images drawn, {dropped} failed"
+        return f"{result.kept} TreeOfLife-200M images drawn{dropped_words(result.dropped)}"
     if stage == "traits":
         cov = result.coverage
         return f"{cov['species_with_any_label']} of {cov['species']} species with known traits"
@@ -271,6 +270,19 @@ def describe(stage: str, result: Any) -> str:
     if stage == "stats":
         return f"{result['species']} species, {result['audio']} + {result['image']} records"
     return ""
+
+
+# failure reasons as the summaries word them
+_REASON_WORDS = {"license_not_allowed": "licence", "license_unknown": "licence unknown"}
+
+
+def dropped_words(dropped: dict[str, int]) -> str:
+    """`, 396 dropped: licence` per reason: the licence filter drops by design, nothing failed."""
+    return "".join(
+        f", {n} dropped: {_REASON_WORDS.get(reason, reason)}"
+        for reason, n in sorted(dropped.items())
+        if n
+    )
 
 
 def run_build(
