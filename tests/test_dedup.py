@@ -173,3 +173,15 @@ def test_cli_finds_the_planted_copies_and_merges_no_near_miss(
             assert a is None or a != group_of.get((p.original_source, str(p.original_id)))
     meta = dups.filter(pl.col("kind") == "metadata")
     assert set(meta["kind"]) <= {"metadata"}
+
+
+def test_stats_count_groups_per_source_pair(deduped: Path) -> None:
+    from biovita_data.build.stats import duplicates_per_source_pair
+
+    rows = duplicates_per_source_pair(deduped)
+    dups = pl.read_parquet(layout.duplicates_path(deduped))
+    assert sum(r["groups"] for r in rows) == dups["group_id"].n_unique()
+    content = [r for r in rows if r["kind"] != "metadata"]
+    assert content and all(r["sources"] == "xeno-canto" for r in content)
+    notes = pl.read_parquet(layout.failures_path(deduped)).filter(pl.col("stage") == "dedup")
+    assert set(notes["reason"]) <= {"no_fingerprint"}

@@ -150,6 +150,40 @@ def print_stats(stats: dict, console: Console, class_coverage: bool = True) -> N
 def stats(out: Path, console: Console | None = None, class_coverage: bool = True) -> dict:
     """Compute, write OUT/stats.json and print the tables (`class_coverage`: the per-class one)."""
     result = compute_stats(out)
+    dups = duplicates_per_source_pair(out)
+    if dups is not None:
+        result["duplicates"] = dups
     write_json_atomic(result, out / "stats.json")
     print_stats(result, console or Console(), class_coverage)
+    if dups:
+        pairs = ", ".join(
+            f"{r['sources']} {r['modality']} {r['kind']}: {r['groups']}" for r in dups
+        )
+        (console or Console()).print(f"duplicate groups per source pair: {pairs}")
     return result
+
+
+def duplicates_per_source_pair(out: Path) -> list[dict] | None:
+    """Duplicate groups (dedup) by modality, kind and the sources they span; None: not run."""
+    from biovita_data.core.layout import duplicates_path
+
+    path = duplicates_path(out)
+    if not path.exists():
+        return None
+    groups = (
+        pl.read_parquet(path)
+        .group_by("group_id", "modality")
+        .agg(
+            pl.when((pl.col("kind") == "exact").all())
+            .then(pl.lit("exact"))
+            .when((pl.col("kind") == "metadata").all())
+            .then(pl.lit("metadata"))
+            .otherwise(pl.lit("near"))
+            .alias("kind"),
+            pl.col("source").unique().sort().str.join(" + ").alias("sources"),
+        )
+        .group_by("modality", "kind", "sources")
+        .agg(pl.len().alias("groups"))
+        .sort("modality", "kind", "sources")
+    )
+    return groups.to_dicts()
