@@ -142,11 +142,11 @@ def _kept_keys(out: Path, modality: str) -> pl.DataFrame | None:
     path = layout.media_dir(out, modality) / "index.parquet"
     if not path.exists():
         return None
-    index = pl.read_parquet(path, columns=[*KEY, "kept", "shard"])
+    index = pl.read_parquet(path)
     # with the shard: a record whose file was stored again (after an update) has its old row,
     # left out of the index, in an earlier shard
-    shard = pl.col("shard").cast(pl.Int64).alias("_shard")
-    return index.filter(pl.col("kept")).select(*KEY, shard).unique()
+    shard = pl.col("shard").cast(pl.Int64) if "shard" in index.columns else pl.lit(None, pl.Int64)
+    return index.filter(pl.col("kept")).select(*KEY, shard.alias("_shard")).unique()
 
 
 def _writers(folder: Path, modality: str, media: str, names: list[str], max_bytes: int):
@@ -187,7 +187,8 @@ def _plan(
     files = pl.concat(frames)
     total = files.height
     if kept is not None:
-        files = files.join(kept, on=[*KEY, "_shard"], how="semi").sort("_shard", "_row")
+        on = [*KEY, "_shard"] if kept["_shard"].null_count() == 0 else KEY
+        files = files.join(kept.select(on), on=on, how="semi").sort("_shard", "_row")
     unique = files.unique(KEY, keep="first", maintain_order=True)
     index = manifest.select("source", "record_id", "split").with_row_index("_m")
     joined = unique.join(index, on=["source", "record_id"], how="inner")
