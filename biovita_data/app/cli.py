@@ -575,9 +575,7 @@ def update(
     ] = False,
     relist: Annotated[
         bool,
-        typer.Option(
-            "--relist", help="List every query again in full (finds any licence change)."
-        ),
+        typer.Option("--relist", help="List every query again in full (finds any licence change)."),
     ] = False,
     no_throttle: NoThrottleOption = False,
 ) -> None:

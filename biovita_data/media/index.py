@@ -41,8 +41,7 @@ def build_index(
     other shards (finished by an earlier run) are read back from the store, bytes excluded."""
     known = known or {}
     parts = [
-        _live(known[s.index] if s.index in known else _read_shard_index(store, s), s)
-        for s in specs
+        _live(known[s.index] if s.index in known else _read_shard_index(store, s), s) for s in specs
     ]
     empty = pl.from_arrow(MEDIA_INDEX.empty_table()).select(*_META_COLUMNS, "size", "shard")
     df = pl.concat([empty, *parts], how="vertical_relaxed")
