@@ -4,7 +4,7 @@ Audio: for `--recordings` of the world's recordings, `--copies` edited copies ea
 padded 0.5-3 s, +-6 dB, resampled, MP3 at another bitrate / FLAC / WAV: sample/duplicates.py).
 A method finds a pair (two files of one original) or merges a wrong one (different recordings:
 other recordings of the same species are the near misses). Methods: the landmark hash with
-dedup's thresholds (biovita_data.build.dedup.audio_pairs) and a mel-statistics embedding
+dedup's thresholds (biovita_data.media.dedup.audio_pairs) and a mel-statistics embedding
 (mean + std of 64 log-mel bands) at a cosine threshold; Chromaprint where `fpcalc` is installed.
 Photos: `--photos` photos, one copy each (resized, recompressed, 3 in 10 cropped 5 %): PDQ
 (whole + centre, dedup's threshold) against imagehash's pHash (64 bits) where installed.
@@ -28,7 +28,7 @@ import numpy as np
 import polars as pl
 from PIL import Image
 
-from biovita_data.build import dedup
+from biovita_data.media import dedup
 from biovita_data.media import fingerprint as fp
 from biovita_data.sample import duplicates as plants
 from biovita_data.sample.world import World

@@ -38,3 +38,41 @@ def sample_server(tiny_world: World) -> Iterator[SampleServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture(scope="module")
+def moto_s3() -> Iterator[str]:
+    """An S3 endpoint on 127.0.0.1 (moto server mode) with bucket `media`; AWS_* env set.
+    fsspec caches filesystems by their arguments, not by the environment they read: the cache is
+    cleared on both sides, or an S3FileSystem() of an earlier module would still talk to its
+    stopped server."""
+    import socket
+
+    server_mod = pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")
+    s3fs = pytest.importorskip("s3fs")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    env = {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_ENDPOINT_URL": endpoint,
+    }
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    s3fs.S3FileSystem.clear_instance_cache()
+    try:
+        s3fs.S3FileSystem().mkdir("media")
+        yield endpoint
+    finally:
+        s3fs.S3FileSystem.clear_instance_cache()
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+        server.stop()

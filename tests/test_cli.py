@@ -79,6 +79,7 @@ def test_demo_tiny_builds_the_layout(tmp_path: Path) -> None:
         "bench",
         "stats",
         "materialize",
+        "dedup",
         "publish",
         "load",
         "train",

@@ -98,7 +98,7 @@ def test_photo_copies_are_close_in_pdq_and_other_photos_are_not(tiny_world: Worl
     prints = [fp.image_fingerprint(Image.open(io.BytesIO(tiny_world.photo_bytes(p.id))))
               for p in photos]  # fmt: skip
     rng = np.random.default_rng(3)
-    from biovita_data.build.dedup import PDQ_THRESHOLD
+    from biovita_data.media.dedup import PDQ_THRESHOLD
 
     kept = [(p, f) for p, f in zip(photos, prints, strict=True) if f.pdq]
     assert len(kept) >= 10

@@ -6,7 +6,6 @@ from __future__ import annotations
 import os
 import shutil
 import socket
-from collections.abc import Iterator
 from pathlib import Path
 
 import polars as pl
@@ -216,31 +215,9 @@ def test_max_failed_is_checked() -> None:
 
 # ----------------------------------------------------------------------------- Ray + S3
 @pytest.fixture
-def s3_media() -> Iterator[str]:
-    """An S3 endpoint on 127.0.0.1 (moto server mode) with bucket `media`; AWS_* env set."""
-    server_mod = pytest.importorskip("moto.server", reason="moto[server] is a dev dependency")
-    s3fs = pytest.importorskip("s3fs")
-    port = _free_port()
-    server = server_mod.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {
-        "AWS_ACCESS_KEY_ID": "testing",
-        "AWS_SECRET_ACCESS_KEY": "testing",
-        "AWS_DEFAULT_REGION": "us-east-1",
-        "AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}",
-    }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
-        s3fs.S3FileSystem().mkdir("media")
-        yield "s3://media/dead"
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-        server.stop()
+def s3_media(moto_s3: str) -> str:
+    """A media root on the loopback S3 endpoint (tests/conftest.py)."""
+    return "s3://media/dead"
 
 
 def test_ray_engine_with_an_object_store_fails_on_a_dead_host_and_resumes(

@@ -26,6 +26,7 @@ from transformers import (  # noqa: E402
 )
 
 from biovita_data.build.bench import LEVELS, TASK_BY_CODE, TASKS, build_bench, tasks_parquet_path  # noqa: E402
+from biovita_data.build.bench.csv_layout import TASK_DTYPES  # noqa: E402
 from biovita_data.core import layout  # noqa: E402
 from biovita_data.core.schemas import MEDIA, SPECIES  # noqa: E402
 from biovita_data.core.tables import write_table  # noqa: E402
@@ -720,7 +721,7 @@ def test_rank_queries_handmade() -> None:
             "correct_taxon": ["x", "x", "y"],
             "taxon_class": ["A", None, "A"],
         },
-        schema=ev.TASK_DTYPES,
+        schema=TASK_DTYPES,
     )
     index = ev.task_index(df)
     assert index.targets.shape == (3, 4, 2)

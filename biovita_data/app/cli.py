@@ -431,7 +431,7 @@ def stats_cmd(out: OutOption) -> None:
 @app.command("dedup")
 def dedup_cmd(out: OutOption) -> None:
     """Find copies of one recording or photo by content: OUT/manifests/duplicates.parquet."""
-    from biovita_data.build.dedup import dedup, summary_line
+    from biovita_data.media.dedup import dedup, summary_line
 
     try:
         result = dedup(out)

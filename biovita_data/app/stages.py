@@ -174,7 +174,7 @@ def run_materialize(out: Path, cfg: dict, console: Console):
 def run_dedup(out: Path, cfg: dict, console: Console):
     """`dedup` after materialize; content groups found: split again (a group is one unit) and
     the bench drawn again, so no copy straddles train and test and no query has one in train."""
-    from biovita_data.build.dedup import dedup, summary_line
+    from biovita_data.media.dedup import dedup, summary_line
 
     if cfg:
         raise ValueError(f"[dedup]: unknown settings {sorted(cfg)}")

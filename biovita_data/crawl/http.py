@@ -14,7 +14,7 @@ Address guard (`guard=True`, media URLs taken from catalogs and API answers): th
 resolved before every hop and a loopback, link-local (169.254.169.254), private, shared,
 multicast, reserved or unspecified address is refused with BlockedAddress. Loopback is allowed
 only by an explicit setting: `HttpClient(allow_loopback=True)`, or BIOVITA_ALLOW_LOOPBACK=1 in
-the environment (which the sample world's `sample serve`, pipelines and demo set, and the tests).
+the environment (which the loopback test world's servers, pipelines and demo set, and the tests).
 """
 
 from __future__ import annotations
