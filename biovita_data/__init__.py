@@ -19,7 +19,8 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "FetchSettings": "biovita_data.crawl.fetch",
     "fetch": "biovita_data.crawl.fetch",
-    "AlignSettings": "biovita_data.build.align",
+    "AlignSettings": "biovita_data.build.settings",
+    "SplitSettings": "biovita_data.build.settings",
     "align": "biovita_data.build.align",
     "run_traits": "biovita_data.build.traits",
     "split": "biovita_data.build.split",

@@ -11,6 +11,10 @@ from typing import Annotated
 import typer
 
 from biovita_data.app.clikit import cli_app, cli_console, debug_option, error_line, version_option
+from biovita_data.app.settings import PublishSection, TolSection
+from biovita_data.build.settings import AlignSettings, BenchSettings, SplitSettings
+from biovita_data.core.budget import DEFAULT_MAX_FAILED
+from biovita_data.media.settings import MaterializeSettings
 
 app = cli_app("Build the BioVITA corpus: crawl sources, build manifests, materialize, publish.")
 sample_app = cli_app("The embedded sample world: serve it, export its tables.")
@@ -22,6 +26,14 @@ app.add_typer(bench_app, name="bench")
 release_app = cli_app("Releases: what changed between two builds (`release diff OLD NEW`).")
 app.add_typer(release_app, name="release")
 console = cli_console(stderr=True)
+# option defaults: each stage's settings class holds them once (biovita_data.app.settings)
+ALIGN, SPLIT, BENCH, MATERIALIZE = (
+    AlignSettings(),
+    SplitSettings(),
+    BenchSettings(),
+    MaterializeSettings(),
+)
+PUBLISH, TOL = PublishSection(repo_id=""), TolSection(catalog="")
 
 
 @app.callback()
@@ -113,7 +125,7 @@ def fetch(
     media: Annotated[
         str, typer.Option(help="What GBIF is asked for: sound, image or both.")
     ] = "sound",
-    max_failed: MaxFailedOption = 0.5,
+    max_failed: MaxFailedOption = DEFAULT_MAX_FAILED,
 ) -> None:
     """Crawl Xeno-canto v3, iNaturalist v1 (and its Open Data bucket) and GBIF v1 into OUT/raw/."""
     from biovita_data.crawl.fetch import SOURCES, settings_from_env
@@ -179,7 +191,7 @@ def _check_date(option: str, value: str | None) -> None:
 def import_official_cmd(
     metadata: Annotated[Path, typer.Argument(help="The original release's audio metadata CSV.")],
     out: Annotated[Path, typer.Option("--out", help="Build directory.")],
-    max_failed: MaxFailedOption = 0.5,
+    max_failed: MaxFailedOption = DEFAULT_MAX_FAILED,
 ) -> None:
     """Import the original BioVITA release's metadata table as raw records (source `official`)."""
     from biovita_data.crawl.sources.release_table import import_official
@@ -199,8 +211,10 @@ def import_tol_cmd(
     catalog: Annotated[Path, typer.Argument(help="TreeOfLife-200M catalog.parquet.")],
     provenance: Annotated[Path, typer.Argument(help="TreeOfLife-200M provenance.parquet.")],
     out: Annotated[Path, typer.Option("--out", help="Build directory.")],
-    per_species: Annotated[int, typer.Option(help="Images drawn per species, at most.")] = 200,
-    seed: Annotated[int, typer.Option(help="Seed of the random draw.")] = 0,
+    per_species: Annotated[
+        int, typer.Option(help="Images drawn per species, at most.")
+    ] = TOL.per_species,
+    seed: Annotated[int, typer.Option(help="Seed of the random draw.")] = TOL.seed,
     taxa: Annotated[
         list[str] | None,
         typer.Option("--taxa", help="Draw for these taxa (any rank) instead of the corpus."),
@@ -212,7 +226,7 @@ def import_tol_cmd(
         bool,
         typer.Option(help="The only image source: other sources' photos move to failures."),
     ] = False,
-    max_failed: MaxFailedOption = 0.5,
+    max_failed: MaxFailedOption = DEFAULT_MAX_FAILED,
 ) -> None:
     """Draw up to N TreeOfLife-200M images per species (seeded) into OUT/raw/treeoflife_200m."""
     from biovita_data.crawl.sources.treeoflife import import_tol
@@ -242,7 +256,7 @@ def import_dwca_cmd(
     licenses: Annotated[
         str, typer.Option(help="Comma-separated allowed licence families.")
     ] = "cc0,cc-by,cc-by-sa,cc-by-nc,cc-by-nc-sa",
-    max_failed: MaxFailedOption = 0.5,
+    max_failed: MaxFailedOption = DEFAULT_MAX_FAILED,
 ) -> None:
     """Import a GBIF download (occurrence.txt + multimedia.txt) as raw records (source `gbif`)."""
     from biovita_data.crawl.dwca import import_dwca
@@ -287,17 +301,17 @@ def align_cmd(
     out: OutOption,
     backbone: Annotated[
         str, typer.Option(help="inat (iNaturalist taxa) or a backbone CSV/TSV (GBIF columns).")
-    ] = "inat",
+    ] = ALIGN.backbone,
     synonyms: Annotated[
         list[Path] | None,
         typer.Option("--synonyms", help="CSV with name, accepted_name; repeatable."),
     ] = None,
-    min_audio: Annotated[int, typer.Option(help="Recordings a species needs.")] = 1,
-    min_images: Annotated[int, typer.Option(help="Photos a species needs.")] = 1,
+    min_audio: Annotated[int, typer.Option(help="Recordings a species needs.")] = ALIGN.min_audio,
+    min_images: Annotated[int, typer.Option(help="Photos a species needs.")] = ALIGN.min_images,
     max_images: Annotated[
         int | None, typer.Option("--max-images", help="Cap photos per species (seeded).")
     ] = None,
-    seed: Annotated[int, typer.Option(help="Seed of the photo cap.")] = 0,
+    seed: Annotated[int, typer.Option(help="Seed of the photo cap.")] = ALIGN.seed,
     no_throttle: NoThrottleOption = False,
 ) -> None:
     """Align raw names to one backbone -> OUT/manifests/{species,audio,image,unmatched}.parquet."""
@@ -347,11 +361,13 @@ def traits_cmd(
 @app.command("split")
 def split_cmd(
     out: OutOption,
-    seed: Annotated[int, typer.Option(help="Seed of the split draw.")] = 0,
-    test_fraction: Annotated[float, typer.Option(help="Share of a seen species -> test.")] = 0.1,
+    seed: Annotated[int, typer.Option(help="Seed of the split draw.")] = SPLIT.seed,
+    test_fraction: Annotated[
+        float, typer.Option(help="Share of a seen species -> test.")
+    ] = SPLIT.test_fraction,
     unseen_max_audio: Annotated[
         int, typer.Option(help="Species with at most N recordings are held out as unseen.")
-    ] = 2,
+    ] = SPLIT.unseen_max_audio,
     previous: Annotated[
         Path | None,
         typer.Option(help="Keep the assignment of this earlier build folder (default: OUT's)."),
@@ -373,10 +389,14 @@ def split_cmd(
 def bench_cmd(
     ctx: typer.Context,
     out: Annotated[Path | None, typer.Option("--out", help="Build directory.")] = None,
-    candidates: Annotated[int, typer.Option(help="Candidate taxa per query.")] = 100,
-    seed: Annotated[int, typer.Option(help="Seed of the query and candidate draw.")] = 0,
-    max_queries_per_taxon: Annotated[int, typer.Option(help="Query cap per taxon and task.")] = 25,
-    max_queries_per_task: Annotated[int, typer.Option(help="Query cap per task (seeded).")] = 1024,
+    candidates: Annotated[int, typer.Option(help="Candidate taxa per query.")] = BENCH.candidates,
+    seed: Annotated[int, typer.Option(help="Seed of the query and candidate draw.")] = BENCH.seed,
+    max_queries_per_taxon: Annotated[
+        int, typer.Option(help="Query cap per taxon and task.")
+    ] = BENCH.max_queries_per_taxon,
+    max_queries_per_task: Annotated[
+        int, typer.Option(help="Query cap per task (seeded).")
+    ] = BENCH.max_queries_per_task,
 ) -> None:
     """Build BioVITA-Bench (seen, unseen; 6 directions x 3 levels) under OUT/bench/."""
     from biovita_data.app.stages import run_bench
@@ -443,7 +463,9 @@ def dedup_cmd(out: OutOption) -> None:
 @app.command("materialize")
 def materialize_cmd(
     out: OutOption,
-    engine: Annotated[str, typer.Option(help="local (this machine) or ray (Ray Data).")] = "local",
+    engine: Annotated[
+        str, typer.Option(help="local (this machine) or ray (Ray Data).")
+    ] = MATERIALIZE.engine,
     ray_address: Annotated[
         str | None, typer.Option(help="A Ray cluster address (default: a local Ray).")
     ] = None,
@@ -456,18 +478,26 @@ def materialize_cmd(
         ),
     ] = None,
     workers: Annotated[int | None, typer.Option(help="Worker processes (default: cores).")] = None,
-    image_size: Annotated[int, typer.Option(help="Short side of stored photos, at most.")] = 512,
+    image_size: Annotated[
+        int, typer.Option(help="Short side of stored photos, at most.")
+    ] = MATERIALIZE.image_size,
     segment_seconds: Annotated[
         float, typer.Option(help="Longer recordings are cut into segments of this length.")
-    ] = 60.0,
-    shard_size: Annotated[int, typer.Option(help="Records per media shard.")] = 500,
+    ] = MATERIALIZE.segment_seconds,
+    shard_size: Annotated[
+        int, typer.Option(help="Records per media shard.")
+    ] = MATERIALIZE.shard_size,
     modality: Annotated[
         list[str] | None, typer.Option("--modality", help="audio and/or image (default both).")
     ] = None,
-    download_threads: Annotated[int, typer.Option(help="Download threads per worker.")] = 16,
-    jpeg_quality: Annotated[int, typer.Option(help="JPEG quality of stored photos.")] = 90,
+    download_threads: Annotated[
+        int, typer.Option(help="Download threads per worker.")
+    ] = MATERIALIZE.download_threads,
+    jpeg_quality: Annotated[
+        int, typer.Option(help="JPEG quality of stored photos.")
+    ] = MATERIALIZE.jpeg_quality,
     no_throttle: NoThrottleOption = False,
-    max_failed: MaxFailedOption = 0.5,
+    max_failed: MaxFailedOption = DEFAULT_MAX_FAILED,
 ) -> None:
     """Download, verify, hash and store every selected recording and photo in OUT/media/."""
     from biovita_data.app.stages import run_materialize
@@ -495,7 +525,7 @@ def publish_cmd(
     repo_id: Annotated[str, typer.Option("--repo-id", help="NAMESPACE/NAME on the Hub.")],
     media: Annotated[
         str, typer.Option(help="embed (bytes in the Parquet) or urls (metadata + media URLs).")
-    ] = "embed",
+    ] = PUBLISH.media,
     folder_only: Annotated[
         bool, typer.Option("--folder-only", help="Write OUT/hf only; upload nothing.")
     ] = False,
@@ -507,7 +537,7 @@ def publish_cmd(
     ] = False,
     max_shard_mb: Annotated[
         int, typer.Option(help="Target Parquet shard size in MB (row groups of a few MB).")
-    ] = 500,
+    ] = PUBLISH.max_shard_mb,
     pretty_name: Annotated[str | None, typer.Option(help="The card's title.")] = None,
     large_upload: Annotated[
         bool | None,

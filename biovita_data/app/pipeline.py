@@ -12,6 +12,7 @@ from typing import Any
 
 from rich.console import Console
 
+from biovita_data.app.settings import check_pipeline, section
 from biovita_data.crawl.fetch import FetchSettings, settings_from_env
 from biovita_data.crawl.licenses import DEFAULT_ALLOWED, parse_allowed
 
@@ -27,29 +28,27 @@ class Pipeline:
     extra: dict[str, Any] = field(default_factory=dict)
 
     def fetch_settings(self, **overrides: Any) -> FetchSettings:
-        f = self.fetch
-        urls = f.get("urls", {})
-        sources = list(f.get("sources", ["xeno-canto", "inaturalist"]))
+        f = section("fetch", self.fetch)
+        urls = f.urls
+        sources = list(f.sources)
         if "all" in sources:  # every source this build knows (gbif too, where it exists)
             from biovita_data.crawl.fetch import SOURCES
 
             sources = list(SOURCES)
         settings = settings_from_env(
-            taxa=list(f["taxa"]),
+            taxa=f.taxa,
             sources=sources,
-            since=f.get("since"),
-            licenses=parse_allowed(f.get("licenses", DEFAULT_ALLOWED)),
-            max_per_species=f.get("max_per_species"),
-            max_records=f.get("max_records"),
-            throttle=bool(f.get("throttle", True)),
+            since=f.since,
+            licenses=parse_allowed(f.licenses if f.licenses is not None else DEFAULT_ALLOWED),
+            max_per_species=f.max_per_species,
+            max_records=f.max_records,
+            throttle=f.throttle,
         )
         # GBIF: [fetch] gbif_datasets = ["KEY", ...], media = "sound|image|both"
-        if "gbif_datasets" in f:
-            settings.gbif_datasets = [str(k) for k in f["gbif_datasets"]]
-        if "media" in f:
-            if f["media"] not in ("sound", "image", "both"):
-                raise ValueError(f"[fetch] media = {f['media']!r}: use sound, image or both")
-            settings.media = f["media"]
+        if f.gbif_datasets is not None:
+            settings.gbif_datasets = f.gbif_datasets
+        if f.media is not None:
+            settings.media = f.media
         # the pipeline file may pin URLs; the environment still wins
         for key, env in (
             ("xeno_canto", "XENO_CANTO_API_URL"),
@@ -73,10 +72,11 @@ def load_pipeline(path: Path) -> Pipeline:
         raise ValueError(f"{path}: not valid TOML: {exc}") from None
     if "fetch" not in data or "taxa" not in data["fetch"]:
         raise ValueError(f"{path}: a pipeline needs [fetch] with taxa = [...]")
-    meta = data.get("pipeline", {})
+    check_pipeline(data, str(path))
+    meta = section("pipeline", data.get("pipeline", {}))
     return Pipeline(
-        name=meta.get("name", path.stem),
-        out=Path(meta.get("out", f"build/{path.stem}")),
+        name=meta.name or path.stem,
+        out=Path(meta.out or f"build/{path.stem}"),
         fetch=data["fetch"],
         sample=data.get("sample"),
         extra={k: v for k, v in data.items() if k not in ("pipeline", "fetch", "sample")},
@@ -159,9 +159,9 @@ def run_pipeline(
         sections = {k: dict(v) for k, v in p.extra.items() if isinstance(v, dict)}
         sections.setdefault("align", {}).setdefault("throttle", p.fetch.get("throttle", True))
         if p.sample is not None:
-            size, seed = p.sample.get("size", "default"), p.sample.get("seed", 0)
-            faults, epoch = p.sample.get("faults", "none"), int(p.sample.get("epoch", 0))
-            env = sample_environment(stack, size, seed, faults, epoch)
+            world = section("sample", p.sample)
+            size, seed = world.size, world.seed
+            env = sample_environment(stack, size, seed, world.faults, world.epoch)
             traits = sections.setdefault("traits", {})
             if traits.get("tables") == "sample":
                 traits["tables"] = sample_release_tables(size, seed, out)

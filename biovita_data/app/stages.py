@@ -6,11 +6,13 @@ import json
 import os
 import time
 from collections.abc import Callable
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from rich.console import Console
 
+from biovita_data.app.settings import section
 from biovita_data.build.align import AlignSettings, align, name_resolver, saved_settings
 from biovita_data.core import layout
 from biovita_data.crawl.http import HttpClient
@@ -59,17 +61,15 @@ def parse_tables(
     return tables
 
 
-def align_settings(cfg: dict[str, Any], *, throttle: bool = True) -> AlignSettings:
-    return AlignSettings(
-        backbone=str(cfg.get("backbone", "inat")),
-        synonyms=[Path(p) for p in cfg.get("synonyms", [])],
-        min_audio=int(cfg.get("min_audio", 1)),
-        min_images=int(cfg.get("min_images", 1)),
-        max_images_per_species=cfg.get("max_images_per_species"),
-        seed=int(cfg.get("seed", 0)),
-        inaturalist_url=os.environ.get("INATURALIST_API_URL", "https://api.inaturalist.org/v1"),
-        throttle=bool(cfg.get("throttle", throttle)),
-    )
+def align_settings(cfg: dict[str, Any] | AlignSettings) -> AlignSettings:
+    """[align] as AlignSettings; the iNaturalist URL from the environment unless given."""
+    settings = section("align", cfg)
+    if isinstance(cfg, dict) and "inaturalist_url" not in cfg and os.environ.get(ENV_INAT):
+        settings.inaturalist_url = os.environ[ENV_INAT]
+    return settings
+
+
+ENV_INAT = "INATURALIST_API_URL"
 
 
 def run_align(out: Path, cfg: dict, console: Console, http: HttpClient | None = None):
@@ -79,14 +79,15 @@ def run_align(out: Path, cfg: dict, console: Console, http: HttpClient | None = 
 def run_traits_stage(out: Path, cfg: dict, console: Console, http: HttpClient | None = None):
     from biovita_data.build.traits import print_coverage, run_traits
 
+    s = section("traits", cfg)
     if not layout.species_path(out).is_file():  # before any download
         raise FileNotFoundError(f"{layout.species_path(out)}: missing (run align first)")
-    cache = Path(cfg["cache"]) if cfg.get("cache") else layout.traits_cache_dir(out)
-    throttle = bool(cfg.get("throttle", True))
+    cache = s.cache or layout.traits_cache_dir(out)
     settings = saved_settings(out)  # align's report too, before any download
-    client = http or HttpClient(throttle=throttle)
-    specs = list(cfg.get("tables", []))
-    tables = parse_tables(specs, cache, client, refresh=bool(cfg.get("refresh", False)))
+    client = http or HttpClient(throttle=s.throttle)
+    if s.tables == "sample":
+        raise ValueError('[traits] tables = "sample" needs a [sample] section (the sample world)')
+    tables = parse_tables(list(s.tables), cache, client, refresh=s.refresh)
     if not tables:
         raise ValueError("traits needs at least one --table (a release name or KIND=FILE)")
     resolve = name_resolver(out, settings, http)
@@ -95,26 +96,23 @@ def run_traits_stage(out: Path, cfg: dict, console: Console, http: HttpClient | 
     return result
 
 
-TOL_SETTINGS = ("catalog", "provenance", "per_species", "seed", "taxa", "licenses", "exclusive")
-
-
 def run_tol(out: Path, cfg: dict, console: Console):
     """`import-tol` with a pipeline's [tol] settings: TreeOfLife-200M images per species."""
     from biovita_data.crawl.licenses import DEFAULT_ALLOWED, parse_allowed
     from biovita_data.crawl.sources.treeoflife import import_tol
 
-    unknown = set(cfg) - set(TOL_SETTINGS)
-    if unknown or not {"catalog", "provenance"} <= set(cfg):
-        raise ValueError(f"[tol] needs catalog and provenance; it knows only {TOL_SETTINGS}")
+    s = section("tol", cfg)
+    if s.provenance is None or s.catalog == "sample":
+        raise ValueError('[tol] needs catalog and provenance (or catalog = "sample" with [sample])')
     result = import_tol(
-        Path(cfg["catalog"]),
-        Path(cfg["provenance"]),
+        Path(s.catalog),
+        Path(s.provenance),
         out,
-        per_species=int(cfg.get("per_species", 200)),
-        seed=int(cfg.get("seed", 0)),
-        taxa=list(cfg.get("taxa", [])),
-        allowed=parse_allowed(cfg.get("licenses", DEFAULT_ALLOWED)),
-        exclusive=bool(cfg.get("exclusive", False)),
+        per_species=s.per_species,
+        seed=s.seed,
+        taxa=s.taxa,
+        allowed=parse_allowed(s.licenses if s.licenses is not None else DEFAULT_ALLOWED),
+        exclusive=s.exclusive,
     )
     console.print(f"tol: {describe('tol', result)}")
     return result
@@ -123,23 +121,13 @@ def run_tol(out: Path, cfg: dict, console: Console):
 def run_split(out: Path, cfg: dict, console: Console):
     from biovita_data.build.split import split
 
-    return split(
-        out,
-        seed=int(cfg.get("seed", 0)),
-        test_fraction=float(cfg.get("test_fraction", 0.1)),
-        unseen_max_audio=int(cfg.get("unseen_max_audio", 2)),
-        previous=Path(cfg["previous"]) if cfg.get("previous") else None,
-        redraw=bool(cfg.get("redraw", False)),
-        console=console,
-    )
+    return split(out, **asdict(section("split", cfg)), console=console)
 
 
 def run_bench(out: Path, cfg: dict, console: Console):
     from biovita_data.build.bench import build_bench, print_summary
 
-    keys = ("candidates", "seed", "max_images", "max_clips", "max_texts",
-            "max_queries_per_taxon", "max_queries_per_task")  # fmt: skip
-    result = build_bench(out, **{k: int(cfg[k]) for k in keys if k in cfg})
+    result = build_bench(out, **asdict(section("bench", cfg)))
     print_summary(result, console)
     return result
 
@@ -148,18 +136,14 @@ def run_stats(out: Path, cfg: dict, console: Console):
     from biovita_data.build.stats import stats
 
     # the per-class coverage table once: not again when traits printed it in this run
-    return stats(out, console, class_coverage=cfg.get("class_coverage", True))
+    return stats(out, console, class_coverage=section("stats", cfg).class_coverage)
 
 
 def run_materialize(out: Path, cfg: dict, console: Console):
-    from biovita_data.media import MaterializeSettings, materialize
+    from biovita_data.media import materialize
 
-    fields = MaterializeSettings.__dataclass_fields__
-    unknown = set(cfg) - set(fields)
-    if unknown:
-        raise ValueError(f"[materialize]: unknown settings {sorted(unknown)}")
     # over its --max-failed budget, materialize raises BudgetExceeded: the bench stays as it was
-    result = materialize(out, MaterializeSettings(**cfg), console=console)
+    result = materialize(out, section("materialize", cfg), console=console)
     empty = [m.modality for m in result.modalities if m.records and not m.kept]
     if empty:  # accepted with --max-failed 1.0, but nothing to draw a bench from
         console.print(
@@ -176,8 +160,7 @@ def run_dedup(out: Path, cfg: dict, console: Console):
     the bench drawn again, so no copy straddles train and test and no query has one in train."""
     from biovita_data.media.dedup import dedup, summary_line
 
-    if cfg:
-        raise ValueError(f"[dedup]: unknown settings {sorted(cfg)}")
+    section("dedup", cfg)
     result = dedup(out)
     console.print(summary_line(result))
     if any(k != "metadata" for k in result.groups):
@@ -207,17 +190,20 @@ def redraw_bench(out: Path, console: Console):
 def run_publish(out: Path, cfg: dict, console: Console):
     from biovita_data.publish import publish
 
-    if "repo_id" not in cfg:
-        raise ValueError('[publish] needs repo_id = "NAMESPACE/NAME"')
+    s = section("publish", cfg)
     return publish(
         out,
-        cfg["repo_id"],
-        media=cfg.get("media", "embed"),
-        folder_only=bool(cfg.get("folder_only", False)),
-        git_remote=cfg.get("git_remote"),
-        private=bool(cfg.get("private", False)),
-        max_shard_bytes=int(cfg.get("max_shard_mb", 500)) * 2**20,
-        allow_empty=bool(cfg.get("allow_empty", False)),
+        s.repo_id,
+        media=s.media,
+        folder_only=s.folder_only,
+        git_remote=None if s.folder_only else s.git_remote,
+        private=s.private,
+        max_shard_bytes=s.max_shard_mb * 2**20,
+        pretty_name=s.pretty_name,
+        large_upload=s.large_upload,
+        tag=s.tag,
+        previous_release=s.previous_release,
+        allow_empty=s.allow_empty,
         console=console,
     )
 

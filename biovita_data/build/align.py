@@ -8,7 +8,7 @@ crawled by two routes each become a `failures` row with stage `align` — nothin
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +17,7 @@ from rich.console import Console
 from rich.table import Table
 
 from biovita_data.build.backbone import Backbone, InatBackbone, add_user_synonyms, csv_backbone
+from biovita_data.build.settings import AlignSettings
 from biovita_data.core import layout
 from biovita_data.core.schemas import FAILURE, MEDIA, RAW_RECORD, SPECIES, UNMATCHED
 from biovita_data.core.tables import read_table, replace_failures, write_json_atomic, write_table
@@ -40,18 +41,6 @@ RAW_COLUMNS = [
     "raw_ancestry",
     "common_name",
 ]
-
-
-@dataclass
-class AlignSettings:
-    backbone: str = "inat"  # inat | path to a CSV/TSV
-    synonyms: list[Path] = field(default_factory=list)
-    min_audio: int = 1
-    min_images: int = 1
-    max_images_per_species: int | None = None
-    seed: int = 0
-    inaturalist_url: str = "https://api.inaturalist.org/v1"
-    throttle: bool = True
 
 
 @dataclass

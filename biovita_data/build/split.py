@@ -22,6 +22,7 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
+from biovita_data.build.settings import SplitSettings
 from biovita_data.core import layout
 from biovita_data.core.schemas import ASSIGNMENT, DUPLICATES, MEDIA, SPECIES
 from biovita_data.core.tables import read_table, write_json_atomic, write_table
@@ -243,9 +244,9 @@ def _moved_reason(redraw: bool) -> pl.Expr:
 def split(
     out: Path,
     *,
-    seed: int = 0,
-    test_fraction: float = 0.1,
-    unseen_max_audio: int = 2,
+    seed: int = SplitSettings.seed,
+    test_fraction: float = SplitSettings.test_fraction,
+    unseen_max_audio: int = SplitSettings.unseen_max_audio,
     previous: Path | None = None,
     redraw: bool = False,
     console: Console | None = None,

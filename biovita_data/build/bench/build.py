@@ -35,6 +35,7 @@ from biovita_data.build.bench.csv_layout import (
     task_csv_path,
     tasks_parquet_path,
 )
+from biovita_data.build.settings import BenchSettings
 from biovita_data.core import layout
 from biovita_data.core.schemas import BENCH_MEDIA_INDEX, BENCH_TASK, BENCH_TEXT_INDEX
 from biovita_data.core.tables import atomic_path, write_json_atomic, write_table
@@ -43,21 +44,6 @@ MEDIA_MODALITIES = ("audio", "image")
 _SPECIES_COLUMNS = ("species_id", "scientific_name", "common_name", "class", "family", "genus")
 _MEDIA_COLUMNS = ("source", "record_id", "species_id", "file_format", "split")
 _CHUNK_ROWS = 1024  # task rows rendered and written at a time (bounds memory)
-
-
-@dataclass(frozen=True)
-class BenchSettings:
-    candidates: int = 100
-    seed: int = 0
-    max_images: int = 95
-    max_clips: int = 28
-    max_texts: int = 1
-    max_queries_per_taxon: int = 25
-    max_queries_per_task: int = 1024
-
-    def group_cap(self, modality: str) -> int:
-        """The most items of `modality` in one candidate taxon's group."""
-        return {"audio": self.max_clips, "image": self.max_images, "text": self.max_texts}[modality]
 
 
 @dataclass(frozen=True)
@@ -498,13 +484,13 @@ def _write_bench_json(
 def build_bench(
     out: Path,
     *,
-    candidates: int = 100,
-    seed: int = 0,
-    max_images: int = 95,
-    max_clips: int = 28,
-    max_texts: int = 1,
-    max_queries_per_taxon: int = 25,
-    max_queries_per_task: int = 1024,
+    candidates: int = BenchSettings.candidates,
+    seed: int = BenchSettings.seed,
+    max_images: int = BenchSettings.max_images,
+    max_clips: int = BenchSettings.max_clips,
+    max_texts: int = BenchSettings.max_texts,
+    max_queries_per_taxon: int = BenchSettings.max_queries_per_taxon,
+    max_queries_per_task: int = BenchSettings.max_queries_per_task,
 ) -> BenchResult:
     """Write OUT/bench/{seen,unseen}: tasks.parquet, ids/*, the official CSVs and bench.json."""
     settings = BenchSettings(
