@@ -129,6 +129,21 @@ def test_diff_counts_every_kind_of_change(builds: tuple[Path, Path, dict]) -> No
     assert md.startswith("## Changelog") and "| species | added |" in md
 
 
+def test_diff_ignores_a_media_host_move(builds: tuple[Path, Path, dict], tmp_path: Path) -> None:
+    """Every media URL on another host and port (a mirror, a restarted server): no change; a
+    different path on the new host still is one."""
+    old, new, _ = builds
+    moved = tmp_path / "mirror"
+    shutil.copytree(new, moved)
+    for modality in ("audio", "image"):
+        path = layout.media_manifest_path(moved, modality)
+        df = pl.read_parquet(path)
+        host = pl.col("media_url").str.replace(r"^[a-z]+://[^/]+", "http://mirror.example:8080")
+        df.with_columns(media_url=host).write_parquet(path)
+    assert diff(new, moved)["changed"]["total"] == 0
+    assert diff(old, moved)["changed"] == diff(old, new)["changed"]
+
+
 def test_diff_names_moves_that_are_not_species_changes(
     builds: tuple[Path, Path, dict], tmp_path: Path
 ) -> None:

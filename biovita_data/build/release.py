@@ -5,8 +5,10 @@ A diff compares the manifests of OLD and NEW by item key (source, modality, reco
 - added: in NEW only; removed: in OLD only, with the reason from NEW's OUT/raw/removed.parquet
   (withdrawn, licence, takedown), else NEW's failures (align: dropped_by_align; fetch: licence or
   dropped_by_fetch), else still in NEW's raw records (dropped_by_align), else absent_from_sources;
-- changed (in both): licence, identification (species_id), coordinates, media_url; per species a
-  re-identified item counts as removed (re_identified) from its old species, added to its new one;
+- changed (in both): licence, identification (species_id), coordinates, media_url (by path and
+  query: the same file under another host or port, a mirror's or a moved server's, is unchanged);
+  per species a re-identified item counts as removed (re_identified) from its old species, added
+  to its new one;
 - moved_split: items in both whose split differs: species_changed (its species, or the species'
   seen/unseen group, changed) or other (which a stable split never produces);
 - traits_changed: trait values of species in both that differ (null-aware).
@@ -165,6 +167,11 @@ def _counts(df: pl.DataFrame, column: str) -> dict[str, int]:
     return {str(k): int(v) for k, v in sorted(df.group_by(column).len().iter_rows())}
 
 
+def _url_path(column: str) -> pl.Expr:
+    """A URL without its scheme and host[:port]: what names the file on any mirror."""
+    return pl.col(column).str.replace(r"^[A-Za-z][A-Za-z0-9+.-]*://[^/?#]*", "")
+
+
 def diff(old: Path, new: Path) -> dict[str, Any]:
     """What changed from build OLD to build NEW (see the module docstring); JSON-ready."""
     old, new = Path(old), Path(new)
@@ -186,7 +193,7 @@ def diff(old: Path, new: Path) -> dict[str, Any]:
         identification=pl.col("species_id") != pl.col("species_id_new"),
         coordinates=ne(pl.col("latitude"), pl.col("latitude_new"))
         | ne(pl.col("longitude"), pl.col("longitude_new")),
-        media_url=ne(pl.col("media_url"), pl.col("media_url_new")),
+        media_url=ne(_url_path("media_url"), _url_path("media_url_new")),
         moved=pl.col("split").is_not_null()
         & pl.col("split_new").is_not_null()
         & (pl.col("split") != pl.col("split_new")),
