@@ -7,6 +7,7 @@ import tempfile
 from collections.abc import Iterator
 
 import pytest
+import requests
 
 from biovita_data.sample.server import SampleServer
 from biovita_data.sample.world import World
@@ -66,6 +67,8 @@ def moto_s3() -> Iterator[str]:
     os.environ.update(env)
     s3fs.S3FileSystem.clear_instance_cache()
     try:
+        # moto keeps its state per process, not per server: start from an empty S3
+        requests.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
         s3fs.S3FileSystem().mkdir("media")
         yield endpoint
     finally:

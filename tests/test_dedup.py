@@ -185,3 +185,53 @@ def test_stats_count_groups_per_source_pair(deduped: Path) -> None:
     assert content and all(r["sources"] == "xeno-canto" for r in content)
     notes = pl.read_parquet(layout.failures_path(deduped)).filter(pl.col("stage") == "dedup")
     assert set(notes["reason"]) <= {"no_fingerprint"}
+
+
+def test_exact_copies_are_published_once_and_never_drawn(deduped: Path, tmp_path: Path) -> None:
+    """Each exact class keeps its first member; the others (`copy_of`) are neither bench items
+    nor published rows, and the card credits their sources; no bench query has a copy in train."""
+    import shutil
+
+    from biovita_data.publish import publish
+
+    out = tmp_path / "out"
+    shutil.copytree(deduped, out)
+    dups = pl.read_parquet(layout.duplicates_path(out))
+    exact = dups.filter(pl.col("kind") == "exact")
+    copies = exact.filter(pl.col("copy_of").is_not_null())
+    assert copies.height >= 1
+    members = set(zip(exact["source"], exact["record_id"], strict=True))
+    for group, copy_of in copies.select("group_id", "copy_of").rows():
+        source, record = copy_of.split(":", 1)
+        assert (source, record) in members  # the published member is one of the class ...
+        mine = exact.filter(pl.col("group_id") == group)
+        keeper = mine.filter((pl.col("source") == source) & (pl.col("record_id") == record))
+        assert keeper["copy_of"].to_list() == [None]  # ... and is no copy itself
+    withheld = set(zip(copies["source"], copies["record_id"], strict=True))
+
+    run_build(out, {"split": {}, "bench": {"candidates": 5}}, QUIET, stages=("split", "bench"))
+    audio = pl.read_parquet(layout.media_manifest_path(out, "audio"))
+    side = dict(zip(audio["record_id"], audio["split"], strict=True))
+    content = dups.filter(pl.col("kind") != "metadata")
+    drawn = set()
+    for subset in ("seen", "unseen"):
+        index = pl.read_csv(layout.bench_dir(out, subset) / "ids" / "audio_index.csv")
+        for path in index["file_path"]:
+            _, source, name = path.split("/")
+            drawn.add((source, name.rsplit(".", 1)[0]))
+    assert drawn and not drawn & withheld
+    for _, records in content.group_by("group_id").agg("record_id").iter_rows():
+        assert len({side[r] for r in records}) == 1  # a group sits on one side
+        if any(("xeno-canto", r) in drawn and side[r] != "train" for r in records):
+            assert all(side[r] != "train" for r in records)  # no query's copy in train
+
+    result = publish(out, "biovita/dups", folder_only=True, allow_empty=True, console=QUIET)
+    assert result.skipped["audio"]["exact_copy"] == len(withheld)
+    rows = pl.read_parquet(list((out / "hf" / "audio").glob("*.parquet")), columns=["record_id"])
+    published = set(rows["record_id"])
+    assert not {r for _, r in withheld} & published
+    assert {c.split(":", 1)[1] for c in copies["copy_of"]} <= published
+    card = (out / "hf" / "README.md").read_text()
+    assert "## Duplicates" in card and "exact copies are published once" in card
+    for source, record in withheld:
+        assert f"{source} {record} = " in card

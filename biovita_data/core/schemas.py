@@ -115,6 +115,9 @@ DUPLICATES = pa.schema(
         pa.field("kind", pa.string(), nullable=False),  # exact | near | metadata
         pa.field("score", pa.float64()),
         pa.field("evidence", pa.string()),
+        # an exact copy: `source:record_id` of the member published in its place (the first of
+        # its exact class); null for that member, near copies and metadata candidates
+        pa.field("copy_of", pa.string()),
     ]
 )
 

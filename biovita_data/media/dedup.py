@@ -167,6 +167,7 @@ def content_groups(modality: str, prints: pl.DataFrame) -> list[dict]:
     """DUPLICATES rows of one modality's exact and near groups."""
     exact = prints.group_by("exact").agg(pl.col("i").sort()).filter(pl.col("i").list.len() > 1)
     edges = [(ids[0], j, 1.0, "exact") for ids in exact["i"].to_list() for j in ids[1:]]
+    copy_of = {j: ids[0] for ids in exact["i"].to_list() for j in ids[1:]}
     near = audio_pairs(prints) if modality == "audio" else image_pairs(prints)
     for a, b, score, matched in near.iter_rows():
         what = f"{matched} landmarks at one offset" if modality == "audio" else f"PDQ {matched}"
@@ -189,6 +190,7 @@ def content_groups(modality: str, prints: pl.DataFrame) -> list[dict]:
                 "group_id": gid, "modality": modality, "source": keys[m][0],
                 "record_id": keys[m][1], "kind": kind, "score": float(score),
                 "evidence": f"{what} with {keys[other][0]} {keys[other][1]}",
+                "copy_of": ":".join(keys[copy_of[m]]) if m in copy_of else None,
             })  # fmt: skip
     return rows
 

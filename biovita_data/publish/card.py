@@ -74,6 +74,8 @@ class CardInputs:
     stats: dict | None = None
     changelog: str | None = None  # markdown from `release diff` against the previous release
     gbif_downloads: list[dict] = field(default_factory=list)  # OUT/raw/gbif/citation.json
+    # dedup's exact copies, published once: modality, source, record_id, copy_of
+    copies: pl.DataFrame | None = None
 
 
 def size_category(n: int) -> str:
@@ -403,6 +405,45 @@ def _origin(records: dict[str, pl.DataFrame]) -> str:
     return ", ".join(parts) or "No media"
 
 
+def _duplicates_section(inp: CardInputs) -> str | None:
+    """What dedup found per source pair, and the exact copies published once (credited here)."""
+    found = (inp.stats or {}).get("duplicates")
+    copies = inp.copies
+    if not found and (copies is None or not copies.height):
+        return None
+    parts = [
+        "## Duplicates",
+        "The same recording or photo can reach the corpus through two sources (Xeno-canto and "
+        "iNaturalist are themselves GBIF datasets; recordists post to both). `biovita-data dedup` "
+        "finds copies by content (exact: the same decoded audio or pixels; near: re-encoded, "
+        "trimmed, resampled or resized) and keeps each group on one side of the split, so no "
+        "test item has a copy in train.",
+    ]
+    if found:
+        rows = [[r["modality"], r["kind"], r["sources"], r["groups"]] for r in found]
+        parts.append(_table(["modality", "kind", "sources", "groups"], rows))
+    if copies is not None and copies.height:
+        kept = copies.with_columns(kept_source=pl.col("copy_of").str.split(":").list.first())
+        per = kept.group_by("modality", "source", "kept_source").len().sort(pl.all())
+        parts.append(
+            f"{copies.height} exact copies are published once, as the member they copy; their "
+            "own sources are credited here (copy -> published as):"
+        )
+        rows = [[m, s, k, n] for m, s, k, n in per.iter_rows()]
+        parts.append(_table(["modality", "copy from", "published from", "copies"], rows))
+        lines = [
+            f"- {m}: {s} {r} = {c.replace(':', ' ', 1)}"
+            for m, s, r, c in copies.select("modality", "source", "record_id", "copy_of")
+            .sort(pl.all())
+            .head(200)
+            .iter_rows()
+        ]
+        parts.append(
+            "<details><summary>the copies</summary>\n\n" + "\n".join(lines) + "\n\n</details>"
+        )
+    return "\n\n".join(parts)
+
+
 def _provenance_section(inp: CardInputs) -> str:
     build = inp.build
     bullets = []
@@ -541,9 +582,11 @@ def write_card(folder: Path, inp: CardInputs, pretty_name: str = "BioVITA") -> s
         _figures_section(inp, folder),
         _traits_section(inp),
         _bench_section(inp),
+        _duplicates_section(inp),
         _provenance_section(inp),
         _citation_section(inp, pretty_name),
     ]
+    sections = [s for s in sections if s]
     if inp.changelog:
         sections.insert(-2, inp.changelog)
     (folder / "README.md").write_text(f"---\n{meta}---\n\n" + "\n\n".join(sections) + "\n")

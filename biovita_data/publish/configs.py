@@ -19,9 +19,10 @@ from biovita_data.build.bench.csv_layout import (
     index_parquet_path,
     tasks_parquet_path,
 )
+from biovita_data.build.duplicates import withheld_copies
 from biovita_data.core import layout
 from biovita_data.core.progress import LogProgress
-from biovita_data.core.schemas import BENCH_TASK, MEDIA, SPECIES
+from biovita_data.core.schemas import BENCH_TASK, MEDIA, MEDIA_FILE, SPECIES
 from biovita_data.core.tables import read_table
 from biovita_data.media.store import MediaStore
 from biovita_data.publish.features import (
@@ -170,7 +171,11 @@ def _finish(writers: dict[str, SplitWriter], result: ConfigResult) -> None:
 
 
 def _plan(
-    store: MediaStore, shards: list[str], kept: pl.DataFrame | None, manifest: pl.DataFrame
+    store: MediaStore,
+    shards: list[str],
+    kept: pl.DataFrame | None,
+    manifest: pl.DataFrame,
+    copies: pl.DataFrame,
 ) -> tuple[pl.DataFrame, dict[str, int]]:
     """Which stored files are published, in shard order: `_shard`, `_row`, the key, `_m` (the
     manifest row), `split`, `duration_s`; one pass over the shards' key columns, one join."""
@@ -184,7 +189,9 @@ def _plan(
                 _shard=pl.lit(k, pl.Int64), _row=pl.int_range(pl.len(), dtype=pl.Int64)
             )
         )
-    files = pl.concat(frames)
+    files = pl.concat(frames) if frames else pl.from_arrow(MEDIA_FILE.empty_table()).select(
+        *KEY, "duration_s", _shard=pl.lit(0, pl.Int64), _row=pl.lit(0, pl.Int64)
+    )
     total = files.height
     if kept is not None:
         on = [*KEY, "_shard"] if kept["_shard"].null_count() == 0 else KEY
@@ -192,12 +199,14 @@ def _plan(
     unique = files.unique(KEY, keep="first", maintain_order=True)
     index = manifest.select("source", "record_id", "split").with_row_index("_m")
     joined = unique.join(index, on=["source", "record_id"], how="inner")
-    plan = joined.filter(pl.col("split").is_in(list(MEDIA_SPLITS)).fill_null(False))
+    placed = joined.filter(pl.col("split").is_in(list(MEDIA_SPLITS)).fill_null(False))
+    plan = placed.join(copies, on=["source", "record_id"], how="anti", maintain_order="left")
     skipped = {
         "not_kept": total - files.height,
         "repeated_key": files.height - unique.height,
         "not_in_manifest": unique.height - joined.height,
-        "no_split": joined.height - plan.height,
+        "no_split": joined.height - placed.height,
+        "exact_copy": placed.height - plan.height,  # files of dedup's exact copies
     }
     return plan.sort("_shard", "_row"), skipped
 
@@ -231,12 +240,13 @@ def write_media_embed(
     manifest, in shard order, each row to the writer of its manifest split (rows on `progress`)."""
     store = MediaStore.of(out)
     shards = media_shards(store, modality)
-    if not shards:
+    manifest = _manifest(out, modality, species)
+    if not shards and manifest.height:  # no manifest rows, no shards: an empty config
         raise FileNotFoundError(
             f"{store.url}/{modality} holds no shard-*.parquet: run materialize first"
         )
-    manifest = _manifest(out, modality, species)
-    plan, skipped = _plan(store, shards, _kept_keys(out, modality), manifest)
+    copies = withheld_copies(out, modality)
+    plan, skipped = _plan(store, shards, _kept_keys(out, modality), manifest, copies)
     meta = manifest.select(*META_COLUMNS)
     cols, writers = _writers(folder, modality, "embed", names, max_bytes)
     names_out = [c for c, _ in cols]
@@ -306,12 +316,16 @@ def write_media_urls(
 ) -> MediaResult:
     """An `audio`/`image` config without bytes: one row per manifest record, with its URL."""
     manifest = _manifest(out, modality, species)
+    copies = withheld_copies(out, modality)
+    everything = manifest.height
+    manifest = manifest.join(copies, on=["source", "record_id"], how="anti", maintain_order="left")
     cols, writers = _writers(folder, modality, "urls", names, max_bytes)
     for split, writer in writers.items():
         part = manifest.filter(pl.col("split") == split)
         writer.write(_to_arrow(part.select([c for c, _ in cols])))
     unsplit = manifest.filter(~pl.col("split").is_in(list(MEDIA_SPLITS)).fill_null(False))
-    result = MediaResult(skipped={"no_split": unsplit.height})
+    skipped = {"no_split": unsplit.height, "exact_copy": everything - manifest.height}
+    result = MediaResult(skipped=skipped)
     _finish(writers, result)
     result.records = (
         manifest.filter(pl.col("split").is_in(list(MEDIA_SPLITS)))

@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
 from biovita_data.build.bench.csv_layout import bench_json_path, tasks_parquet_path
+from biovita_data.build.duplicates import withheld_copies
 from biovita_data.core import layout
 from biovita_data.core.progress import LogProgress
 from biovita_data.publish.card import CardInputs, write_card
@@ -108,6 +109,11 @@ def build_folder(
         repo_id, media, species, records, results, bench_tasks, bench_settings, build, stats,
         changelog,
     )  # fmt: skip
+    inputs.copies = pl.concat(
+        [withheld_copies(out, m).with_columns(modality=pl.lit(m)) for m in records]
+        or [pl.DataFrame()],
+        how="diagonal",
+    )
     cited = _read_json(layout.gbif_citations_path(out)) or {}
     inputs.gbif_downloads = list(cited.get("downloads", []))  # DOIs of imported downloads
     license_code = write_card(folder, inputs, pretty_name or repo_id.split("/", 1)[1])

@@ -35,6 +35,7 @@ from biovita_data.build.bench.csv_layout import (
     task_csv_path,
     tasks_parquet_path,
 )
+from biovita_data.build.duplicates import withheld_copies
 from biovita_data.build.settings import BenchSettings
 from biovita_data.core import layout
 from biovita_data.core.schemas import BENCH_MEDIA_INDEX, BENCH_TASK, BENCH_TEXT_INDEX
@@ -106,7 +107,8 @@ def _read_species(out: Path) -> pl.DataFrame:
 
 def _read_media(out: Path, modality: str) -> pl.DataFrame:
     """The modality's manifest; once materialize has run, only the records it stored and kept
-    (a failed download, an undecodable file or a duplicate can be neither query nor candidate)."""
+    (a failed download, an undecodable file or a duplicate can be neither query nor candidate),
+    less the exact copies dedup found (each is in the corpus once, as the member it copies)."""
     path = layout.media_manifest_path(out, modality)
     if not path.exists():
         raise FileNotFoundError(f"{path}: run the earlier stages first (align, split)")
@@ -120,7 +122,8 @@ def _read_media(out: Path, modality: str) -> pl.DataFrame:
             .collect()
         )
         df = df.join(kept, on=["source", "record_id"], how="semi", maintain_order="left")
-    return df
+    copies = withheld_copies(out, modality)
+    return df.join(copies, on=["source", "record_id"], how="anti", maintain_order="left")
 
 
 def _rng(seed: int, *parts: str) -> np.random.Generator:
