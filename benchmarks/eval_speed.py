@@ -25,7 +25,7 @@ import polars as pl
 import pyarrow as pa
 import torch
 
-from biovita_data.build.bench.csv_layout import LEVELS, TASK_DTYPES, TASKS, OfficialBench
+from biovita_data.curate.bench.csv_layout import LEVELS, TASK_DTYPES, TASKS, OfficialBench
 from biovita_data.loader import cap_per_label
 from biovita_model.eval import scoring as ev
 

@@ -6,7 +6,7 @@ stays light)::
     from biovita_data import FetchSettings, fetch, align, build_bench, materialize, publish
 
 Packages by layer (each imports only the ones above it in this list): `core` (paths, schemas,
-tables, vocabularies), `crawl` (sources, HTTP, fetch), `build` (align, traits, split, bench,
+tables, vocabularies), `crawl` (sources, HTTP, fetch), `curate` (align, traits, split, bench,
 stats), `media`, `publish`, `loader`, `sample` (the embedded sample world), `app` (CLI, pipeline
 files, demo).
 """
@@ -19,15 +19,15 @@ __version__ = "0.1.0"
 _PUBLIC = {
     "FetchSettings": "biovita_data.crawl.fetch",
     "fetch": "biovita_data.crawl.fetch",
-    "AlignSettings": "biovita_data.build.settings",
-    "SplitSettings": "biovita_data.build.settings",
-    "align": "biovita_data.build.align",
-    "run_traits": "biovita_data.build.traits",
-    "split": "biovita_data.build.split",
-    "BenchSettings": "biovita_data.build.bench",
-    "build_bench": "biovita_data.build.bench",
-    "read_official": "biovita_data.build.bench",
-    "stats": "biovita_data.build.stats",
+    "AlignSettings": "biovita_data.curate.settings",
+    "SplitSettings": "biovita_data.curate.settings",
+    "align": "biovita_data.curate.align",
+    "run_traits": "biovita_data.curate.traits",
+    "split": "biovita_data.curate.split",
+    "BenchSettings": "biovita_data.curate.bench",
+    "build_bench": "biovita_data.curate.bench",
+    "read_official": "biovita_data.curate.bench",
+    "stats": "biovita_data.curate.stats",
     "MaterializeSettings": "biovita_data.media",
     "materialize": "biovita_data.media",
 }

@@ -36,7 +36,7 @@ from rich.console import Console
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from biovita_data.build.bench.csv_layout import LEVELS, TASKS  # noqa: E402
+from biovita_data.curate.bench.csv_layout import LEVELS, TASKS  # noqa: E402
 from biovita_model.eval.run import evaluate_run  # noqa: E402
 from biovita_model.eval.tables import eval_table  # noqa: E402
 from biovita_model.probe import probe_table, probe_traits  # noqa: E402

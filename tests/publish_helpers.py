@@ -12,11 +12,11 @@ import pyarrow as pa
 import soundfile as sf
 from PIL import Image
 
-from biovita_data.build.bench import build_bench
 from biovita_data.core import layout
 from biovita_data.core.schemas import MEDIA, MEDIA_FILE, SPECIES
 from biovita_data.core.tables import write_table
 from biovita_data.core.vocab import TRAIT_COLUMNS
+from biovita_data.curate.bench import build_bench
 
 REPO_ID = "biovita-test/tiny-corpus"
 SNAPSHOT = "2026-05-01T12:00:00+00:00"

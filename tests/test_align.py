@@ -13,15 +13,15 @@ from rich.console import Console
 
 from biovita_data.app.pipeline import sample_trait_tables
 from biovita_data.app.stages import run_build
-from biovita_data.build.align import AlignSettings, align
-from biovita_data.build.backbone import csv_backbone
-from biovita_data.build.split import split
-from biovita_data.build.stats import stats
 from biovita_data.core import layout
 from biovita_data.core.names import closest_epithet, parse_name
 from biovita_data.core.vocab import TRAIT_COLUMNS
 from biovita_data.crawl.fetch import fetch, settings_from_env
 from biovita_data.crawl.http import HttpClient
+from biovita_data.curate.align import AlignSettings, align
+from biovita_data.curate.backbone import csv_backbone
+from biovita_data.curate.split import split
+from biovita_data.curate.stats import stats
 from biovita_data.sample.server import SampleServer
 from biovita_data.sample.trait_tables import TABLES, expected_labels
 from biovita_data.sample.world import Expected, World

@@ -14,7 +14,10 @@ import pyarrow as pa
 import pytest
 from rich.console import Console
 
-from biovita_data.build.bench import (
+from biovita_data.core import layout
+from biovita_data.core.schemas import MEDIA, SPECIES
+from biovita_data.core.tables import write_table
+from biovita_data.curate.bench import (
     LEVELS,
     SUBSETS,
     TASK_BY_CODE,
@@ -28,9 +31,6 @@ from biovita_data.build.bench import (
     task_csv_path,
     tasks_parquet_path,
 )
-from biovita_data.core import layout
-from biovita_data.core.schemas import MEDIA, SPECIES
-from biovita_data.core.tables import write_table
 
 # ---- a synthetic world ------------------------------------------------------------------------
 

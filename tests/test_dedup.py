@@ -176,7 +176,7 @@ def test_cli_finds_the_planted_copies_and_merges_no_near_miss(
 
 
 def test_stats_count_groups_per_source_pair(deduped: Path) -> None:
-    from biovita_data.build.stats import duplicates_per_source_pair
+    from biovita_data.curate.stats import duplicates_per_source_pair
 
     rows = duplicates_per_source_pair(deduped)
     dups = pl.read_parquet(layout.duplicates_path(deduped))

@@ -265,7 +265,7 @@ class _Mirror:
 
 @pytest.fixture
 def mirror(monkeypatch):
-    from biovita_data.build.traits.releases import ENV_URL
+    from biovita_data.curate.traits.releases import ENV_URL
 
     m = _Mirror()
     monkeypatch.setenv(ENV_URL, m.url)
@@ -277,7 +277,7 @@ ERROR_PAGE = b"<!DOCTYPE html><html><body>503 Service Unavailable (cached by the
 
 
 def test_trait_error_page_is_never_pinned(mirror, tmp_path: Path, tiny_world) -> None:
-    from biovita_data.build.traits.releases import ReleaseContentError, fetch_release
+    from biovita_data.curate.traits.releases import ReleaseContentError, fetch_release
     from biovita_data.sample.trait_tables import table_bytes
 
     cache = tmp_path / "cache"
@@ -302,7 +302,7 @@ def test_trait_error_page_is_never_pinned(mirror, tmp_path: Path, tiny_world) ->
 def test_cached_bad_release_says_refresh(mirror, tmp_path: Path, tiny_world) -> None:
     import hashlib
 
-    from biovita_data.build.traits.releases import ReleaseContentError, fetch_release
+    from biovita_data.curate.traits.releases import ReleaseContentError, fetch_release
     from biovita_data.sample.trait_tables import table_bytes
 
     cache = tmp_path / "cache"
@@ -321,7 +321,7 @@ def test_cached_bad_release_says_refresh(mirror, tmp_path: Path, tiny_world) -> 
 
 
 def test_trait_download_over_the_cap(mirror, tmp_path: Path, monkeypatch) -> None:
-    from biovita_data.build.traits.releases import fetch_release
+    from biovita_data.curate.traits.releases import fetch_release
 
     mirror.files["AmphiBIO_v1.csv"] = b"id,Order\n" + b"1,Anura\n" * 20_000  # 160 KB
     monkeypatch.setenv("BIOVITA_MAX_DOWNLOAD_BYTES", "65536")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 # biovita_data's packages, lowest first; a module may import its own package and those before it
-LAYERS = ["core", "crawl", "build", "media", "publish", "loader", "sample", "app"]
+LAYERS = ["core", "crawl", "curate", "media", "publish", "loader", "sample", "app"]
 ENTRY_POINTS = {"biovita_model.cli"}
 
 
@@ -72,7 +72,7 @@ def test_sources_and_build_stages_do_not_import_the_crawl_stage() -> None:
     wrong = [
         f"{mod} imports {dep}"
         for mod, deps in graph().items()
-        if mod.startswith(("biovita_data.crawl.sources", "biovita_data.build"))
+        if mod.startswith(("biovita_data.crawl.sources", "biovita_data.curate"))
         for dep in deps
         if dep.startswith("biovita_data.crawl.fetch")
     ]

@@ -19,8 +19,8 @@ pytest.importorskip("transformers")
 from model_helpers import open_clip_folder, synthetic_world, tiny_clap  # noqa: E402
 from typer.testing import CliRunner  # noqa: E402
 
-from biovita_data.build.bench.csv_layout import LEVELS, TASKS  # noqa: E402
 from biovita_data.core.schemas import BENCH_MEDIA_INDEX, BENCH_TASK, BENCH_TEXT_INDEX  # noqa: E402
+from biovita_data.curate.bench.csv_layout import LEVELS, TASKS  # noqa: E402
 from biovita_data.loader import decode_clip, decode_image  # noqa: E402
 from biovita_model.cli import app  # noqa: E402
 from biovita_model.model import load_model  # noqa: E402

@@ -25,11 +25,11 @@ from transformers import (  # noqa: E402
     ClapModel,
 )
 
-from biovita_data.build.bench import LEVELS, TASK_BY_CODE, TASKS, build_bench, tasks_parquet_path  # noqa: E402
-from biovita_data.build.bench.csv_layout import TASK_DTYPES  # noqa: E402
 from biovita_data.core import layout  # noqa: E402
 from biovita_data.core.schemas import MEDIA, SPECIES  # noqa: E402
 from biovita_data.core.tables import write_table  # noqa: E402
+from biovita_data.curate.bench import LEVELS, TASK_BY_CODE, TASKS, build_bench, tasks_parquet_path  # noqa: E402
+from biovita_data.curate.bench.csv_layout import TASK_DTYPES  # noqa: E402
 from biovita_model.audio_frontend import (  # noqa: E402
     AudioFrontend,
     FrontendConfig,

@@ -30,11 +30,11 @@ from publish_helpers import (
 )
 from rich.console import Console
 
-from biovita_data.build.bench import task_csv_path
-from biovita_data.build.bench.csv_layout import LEVELS, TASKS
 from biovita_data.core import layout
 from biovita_data.core.schemas import MEDIA, SPECIES
 from biovita_data.core.tables import write_table
+from biovita_data.curate.bench import task_csv_path
+from biovita_data.curate.bench.csv_layout import LEVELS, TASKS
 from biovita_data.publish import CONFIGS, SPLITS, PublishError, localhub, publish
 from biovita_data.publish.features import columns
 from biovita_data.publish.licensing import card_license

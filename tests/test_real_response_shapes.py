@@ -10,11 +10,11 @@ from typing import ClassVar
 import polars as pl
 import pytest
 
-from biovita_data.build.backbone import InatBackbone
 from biovita_data.crawl.sources.inat_open_data import OpenDataSource
 from biovita_data.crawl.sources.inaturalist import parse_observation
 from biovita_data.crawl.sources.xeno_canto import parse_recording
 from biovita_data.crawl.taxa import Target, ancestors_of
+from biovita_data.curate.backbone import InatBackbone
 
 ALLOWED = ("cc0", "cc-by", "cc-by-sa", "cc-by-nc", "cc-by-nc-sa")
 

@@ -22,11 +22,11 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from biovita_data.app.cli import app
-from biovita_data.build.release import ReleaseError, changelog_markdown, diff, print_diff
-from biovita_data.build.split import split
 from biovita_data.core import layout
 from biovita_data.core.schemas import FAILURE, MEDIA, REMOVED, SPECIES
 from biovita_data.core.tables import write_table
+from biovita_data.curate.release import ReleaseError, changelog_markdown, diff, print_diff
+from biovita_data.curate.split import split
 from biovita_data.publish import PublishError, localhub, publish
 
 # ---- release diff -----------------------------------------------------------------------------

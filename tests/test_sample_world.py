@@ -14,7 +14,7 @@ import pytest
 import soundfile as sf
 from PIL import Image, ImageFile
 
-from biovita_data.build.split import split
+from biovita_data.curate.split import split
 from biovita_data.sample.audio import decode_info
 from biovita_data.sample.gbif import archive_recordings
 from biovita_data.sample.taxonomy import RANK_LEVEL

@@ -11,7 +11,7 @@ from typer.testing import CliRunner
 from biovita_data.app.cli import app
 from biovita_data.app.pipeline import load_pipeline
 from biovita_data.app.settings import SECTIONS, SettingsError, section
-from biovita_data.build.settings import BenchSettings, SplitSettings
+from biovita_data.curate.settings import BenchSettings, SplitSettings
 
 HEAD = '[fetch]\ntaxa = ["Aves"]\n'
 
@@ -81,8 +81,8 @@ def test_every_key_of_the_shipped_pipelines_is_known_and_typed() -> None:
 def test_sections_hold_the_defaults_the_stages_use() -> None:
     import inspect
 
-    from biovita_data.build.bench.build import build_bench
-    from biovita_data.build.split import split
+    from biovita_data.curate.bench.build import build_bench
+    from biovita_data.curate.split import split
 
     for fn, cls in ((build_bench, BenchSettings), (split, SplitSettings)):
         params = inspect.signature(fn).parameters

@@ -15,10 +15,10 @@ from rich.console import Console
 from typer.testing import CliRunner
 
 from biovita_data.app.cli import app
-from biovita_data.build.split import split
 from biovita_data.core import layout
 from biovita_data.core.schemas import DUPLICATES
 from biovita_data.core.tables import write_table
+from biovita_data.curate.split import split
 
 FRACTION = 0.1
 

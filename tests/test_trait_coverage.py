@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from biovita_data.build.traits.coverage import class_coverage, coverage_summary
 from biovita_data.core.vocab import TRAIT_COLUMNS
+from biovita_data.curate.traits.coverage import class_coverage, coverage_summary
 
 
 def _species() -> pl.DataFrame:

@@ -11,14 +11,14 @@ from pathlib import Path
 import pytest
 
 from biovita_data.app.stages import parse_tables
-from biovita_data.build.traits.releases import (
+from biovita_data.crawl.http import FetchError
+from biovita_data.curate.traits.releases import (
     ENV_URL,
     RELEASES,
     ReleaseMismatch,
     fetch_release,
     release_url,
 )
-from biovita_data.crawl.http import FetchError
 from biovita_data.sample.trait_tables import TABLES, table_bytes
 
 SAMPLE_NAME = {

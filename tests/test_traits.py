@@ -12,7 +12,11 @@ import polars as pl
 import pytest
 from rich.console import Console
 
-from biovita_data.build.traits import (
+from biovita_data.core import layout
+from biovita_data.core.schemas import SPECIES, UNMATCHED
+from biovita_data.core.tables import read_table, write_table
+from biovita_data.core.vocab import TRAIT_COLUMNS
+from biovita_data.curate.traits import (
     KINDS,
     PROVENANCE_COLUMNS,
     attach_traits,
@@ -21,11 +25,7 @@ from biovita_data.build.traits import (
     read_trait_table,
     run_traits,
 )
-from biovita_data.build.traits.readers import read_trait_rows
-from biovita_data.core import layout
-from biovita_data.core.schemas import SPECIES, UNMATCHED
-from biovita_data.core.tables import read_table, write_table
-from biovita_data.core.vocab import TRAIT_COLUMNS
+from biovita_data.curate.traits.readers import read_trait_rows
 from biovita_data.sample.taxonomy import Taxonomy
 from biovita_data.sample.trait_tables import (
     EXTRA_SPECIES,

@@ -283,7 +283,7 @@ def test_unfinished_states_refused_or_resumed(
 def test_release_diff_equals_ground_truth(epochs: dict, world1: World) -> None:
     """`release diff` of the two builds: its withdrawn / licence removals are the world's, of
     the items the old build held; no surviving item moved split save for species changes."""
-    from biovita_data.build.release import diff
+    from biovita_data.curate.release import diff
 
     truth = world1.changes(0, 1)
     old = set()

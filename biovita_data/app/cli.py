@@ -12,8 +12,8 @@ import typer
 
 from biovita_data.app.clikit import cli_app, cli_console, debug_option, error_line, version_option
 from biovita_data.app.settings import PublishSection, TolSection
-from biovita_data.build.settings import AlignSettings, BenchSettings, SplitSettings
 from biovita_data.core.budget import DEFAULT_MAX_FAILED
+from biovita_data.curate.settings import AlignSettings, BenchSettings, SplitSettings
 from biovita_data.media.settings import MaterializeSettings
 
 app = cli_app("Build the BioVITA corpus: crawl sources, build manifests, materialize, publish.")
@@ -695,7 +695,7 @@ def release_diff_cmd(
 ) -> None:
     """Records added / removed (by reason) / changed, items that moved split, trait values
     changed: per species and in total."""
-    from biovita_data.build.release import ReleaseError, diff, print_diff
+    from biovita_data.curate.release import ReleaseError, diff, print_diff
 
     try:
         result = diff(old, new)

@@ -167,8 +167,8 @@ def run_update_demo(workdir: Path, *, console: Console, results: Console | None 
     build before. The build before keeps its manifests in WORKDIR/previous/."""
     import shutil
 
-    from biovita_data.build.release import diff, print_diff
     from biovita_data.crawl.update import update
+    from biovita_data.curate.release import diff, print_diff
 
     workdir = workdir.resolve()
     record = workdir / "build.json"

@@ -125,7 +125,7 @@ def sample_release_tables(size: str, seed: int, out: Path) -> list[str]:
     downloads from BIOVITA_TRAITS_URL (the sample server, which must be set) like the real ones."""
     import os
 
-    from biovita_data.build.traits.releases import ENV_URL
+    from biovita_data.curate.traits.releases import ENV_URL
     from biovita_data.sample.taxonomy import generate_taxonomy
     from biovita_data.sample.trait_tables import TABLES, table_bytes
 

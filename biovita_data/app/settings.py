@@ -1,7 +1,7 @@
 """Every stage's settings, typed once: a pipeline file's sections and the CLI's options build these.
 
 A section's defaults live in its dataclass: the stage's own settings class where one exists
-(`AlignSettings`, `SplitSettings`, `BenchSettings` in build/settings.py, `MaterializeSettings`),
+(`AlignSettings`, `SplitSettings`, `BenchSettings` in curate/settings.py, `MaterializeSettings`),
 else a section class here; the CLI takes its option defaults from these. `check_pipeline`
 refuses an unknown section, an unknown key or a value of the wrong type with one line naming
 it (pydantic checks the types).
@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
-from biovita_data.build.settings import AlignSettings, BenchSettings, SplitSettings
+from biovita_data.curate.settings import AlignSettings, BenchSettings, SplitSettings
 from biovita_data.media.settings import MaterializeSettings
 
 T = TypeVar("T")

@@ -13,9 +13,9 @@ from typing import Any
 from rich.console import Console
 
 from biovita_data.app.settings import section
-from biovita_data.build.align import AlignSettings, align, name_resolver, saved_settings
 from biovita_data.core import layout
 from biovita_data.crawl.http import HttpClient
+from biovita_data.curate.align import AlignSettings, align, name_resolver, saved_settings
 
 BUILD_STAGES = ("align", "traits", "split", "bench", "stats")
 RELEASE_STAGES = ("materialize", "dedup", "publish")
@@ -31,7 +31,7 @@ def parse_tables(
     """`--table` specs -> (reader kind, path), in precedence order. A spec is a public release's
     name (`avonet`, `eltontraits-birds`, ...: downloaded once into `cache`, verified) or
     `KIND=FILE` (a local file; KIND a reader kind or a release name)."""
-    from biovita_data.build.traits.releases import RELEASES, fetch_release
+    from biovita_data.curate.traits.releases import RELEASES, fetch_release
 
     tables = []
     for spec in specs:
@@ -77,7 +77,7 @@ def run_align(out: Path, cfg: dict, console: Console, http: HttpClient | None = 
 
 
 def run_traits_stage(out: Path, cfg: dict, console: Console, http: HttpClient | None = None):
-    from biovita_data.build.traits import print_coverage, run_traits
+    from biovita_data.curate.traits import print_coverage, run_traits
 
     s = section("traits", cfg)
     if not layout.species_path(out).is_file():  # before any download
@@ -119,13 +119,13 @@ def run_tol(out: Path, cfg: dict, console: Console):
 
 
 def run_split(out: Path, cfg: dict, console: Console):
-    from biovita_data.build.split import split
+    from biovita_data.curate.split import split
 
     return split(out, **asdict(section("split", cfg)), console=console)
 
 
 def run_bench(out: Path, cfg: dict, console: Console):
-    from biovita_data.build.bench import build_bench, print_summary
+    from biovita_data.curate.bench import build_bench, print_summary
 
     result = build_bench(out, **asdict(section("bench", cfg)))
     print_summary(result, console)
@@ -133,7 +133,7 @@ def run_bench(out: Path, cfg: dict, console: Console):
 
 
 def run_stats(out: Path, cfg: dict, console: Console):
-    from biovita_data.build.stats import stats
+    from biovita_data.curate.stats import stats
 
     # the per-class coverage table once: not again when traits printed it in this run
     return stats(out, console, class_coverage=section("stats", cfg).class_coverage)
@@ -178,7 +178,7 @@ SPLIT_KEYS = ("seed", "test_fraction", "unseen_max_audio")
 def redraw_bench(out: Path, console: Console):
     """Draw an existing bench again with its recorded settings, now from the stored media only
     (a record materialize could not keep can be neither query nor candidate); None if no bench."""
-    from biovita_data.build.bench.csv_layout import bench_json_path
+    from biovita_data.curate.bench.csv_layout import bench_json_path
 
     path = bench_json_path(layout.bench_dir(out, "seen"))
     if not path.exists():
@@ -295,7 +295,7 @@ def describe_bench_on_disk(out: Path) -> str:
     """describe("bench") of the bench as it lies in OUT/bench (what publish ships)."""
     import polars as pl
 
-    from biovita_data.build.bench.csv_layout import tasks_parquet_path
+    from biovita_data.curate.bench.csv_layout import tasks_parquet_path
 
     tasks = queries = 0
     for subset in layout.BENCH_SPLIT_OF_SUBSET:

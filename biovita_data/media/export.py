@@ -19,15 +19,15 @@ from pathlib import Path
 import polars as pl
 import pyarrow.parquet as pq
 
-from biovita_data.build.bench.csv_layout import (
+from biovita_data.core import layout
+from biovita_data.core.tables import write_bytes_atomic
+from biovita_data.curate.bench.csv_layout import (
     SUBSETS,
     index_csv_path,
     index_parquet_path,
     media_keys,
     read_index_csv,
 )
-from biovita_data.core import layout
-from biovita_data.core.tables import write_bytes_atomic
 from biovita_data.media.store import MediaStore
 
 MEDIA_MODALITIES = ("audio", "image")

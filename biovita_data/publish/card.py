@@ -11,9 +11,9 @@ from pathlib import Path
 import polars as pl
 import yaml
 
-from biovita_data.build.bench.csv_layout import LEVELS, TASKS
-from biovita_data.build.traits.coverage import coverage_summary
 from biovita_data.core.vocab import TRAIT_CATEGORIES
+from biovita_data.curate.bench.csv_layout import LEVELS, TASKS
+from biovita_data.curate.traits.coverage import coverage_summary
 from biovita_data.publish.configs import ConfigResult
 from biovita_data.publish.features import CONFIGS, SPLITS, columns
 from biovita_data.publish.licensing import card_license, license_url

@@ -14,16 +14,16 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
-from biovita_data.build.bench.csv_layout import (
-    index_csv_path,
-    index_parquet_path,
-    tasks_parquet_path,
-)
-from biovita_data.build.duplicates import withheld_copies
 from biovita_data.core import layout
 from biovita_data.core.progress import LogProgress
 from biovita_data.core.schemas import BENCH_TASK, MEDIA, MEDIA_FILE, SPECIES
 from biovita_data.core.tables import read_table
+from biovita_data.curate.bench.csv_layout import (
+    index_csv_path,
+    index_parquet_path,
+    tasks_parquet_path,
+)
+from biovita_data.curate.duplicates import withheld_copies
 from biovita_data.media.store import MediaStore
 from biovita_data.publish.features import (
     BENCH_SPLIT_OF_SUBSET,
@@ -189,8 +189,12 @@ def _plan(
                 _shard=pl.lit(k, pl.Int64), _row=pl.int_range(pl.len(), dtype=pl.Int64)
             )
         )
-    files = pl.concat(frames) if frames else pl.from_arrow(MEDIA_FILE.empty_table()).select(
-        *KEY, "duration_s", _shard=pl.lit(0, pl.Int64), _row=pl.lit(0, pl.Int64)
+    files = (
+        pl.concat(frames)
+        if frames
+        else pl.from_arrow(MEDIA_FILE.empty_table()).select(
+            *KEY, "duration_s", _shard=pl.lit(0, pl.Int64), _row=pl.lit(0, pl.Int64)
+        )
     )
     total = files.height
     if kept is not None:

@@ -11,10 +11,10 @@ import polars as pl
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, TextColumn, TimeRemainingColumn
 
-from biovita_data.build.bench.csv_layout import bench_json_path, tasks_parquet_path
-from biovita_data.build.duplicates import withheld_copies
 from biovita_data.core import layout
 from biovita_data.core.progress import LogProgress
+from biovita_data.curate.bench.csv_layout import bench_json_path, tasks_parquet_path
+from biovita_data.curate.duplicates import withheld_copies
 from biovita_data.publish.card import CardInputs, write_card
 from biovita_data.publish.configs import (
     ConfigResult,
@@ -182,7 +182,7 @@ def publish(
     `tag`, a release: the card's changelog is the diff against the previous release
     (`previous_release`, else the last tag kept in OUT/releases), build.json names both, the
     pushed commit is tagged, and OUT/releases/<tag>/ keeps this release's manifests."""
-    from biovita_data.build.release import prepare_release, snapshot_release
+    from biovita_data.curate.release import prepare_release, snapshot_release
 
     console = console or Console(stderr=True, quiet=True)
     check_repo_id(repo_id)

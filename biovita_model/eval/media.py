@@ -14,8 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 import polars as pl
 
-from biovita_data.build.bench.csv_layout import media_keys
 from biovita_data.core.layout import MEDIA_SPLITS
+from biovita_data.curate.bench.csv_layout import media_keys
 from biovita_data.loader.index import MediaIndex, index_rows, resolve_folder, split_files
 
 _KEYS = ("source", "record_id", "segment")

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from biovita_data.build.bench.csv_layout import LEVELS, TASKS
+from biovita_data.curate.bench.csv_layout import LEVELS, TASKS
 
 
 def plot_results(results: Mapping[str, Any], path: Path) -> Path:

@@ -18,8 +18,8 @@ import numpy as np
 import polars as pl
 import torch
 
-from biovita_data.build.bench.csv_layout import OfficialBench
 from biovita_data.core.layout import BENCH_SPLIT_OF_SUBSET, MEDIA_SPLITS
+from biovita_data.curate.bench.csv_layout import OfficialBench
 from biovita_model.embed import embed_items, embed_texts, media_items
 from biovita_model.eval import scoring as ev
 from biovita_model.eval.media import PublishedMedia

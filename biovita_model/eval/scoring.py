@@ -45,7 +45,7 @@ import pyarrow.compute as pc
 import torch
 import torch.nn.functional as F
 
-from biovita_data.build.bench.csv_layout import (
+from biovita_data.curate.bench.csv_layout import (
     LEVELS,
     TASKS,
     OfficialBench,

@@ -10,7 +10,8 @@ from typing import Literal
 import numpy as np
 import polars as pl
 
-from biovita_data.build.bench.csv_layout import (
+from biovita_data.core.layout import BENCH_SPLIT_OF_SUBSET
+from biovita_data.curate.bench.csv_layout import (
     MEDIA_INDEX_COLUMNS,
     SUBSETS,
     TASK_BY_CODE,
@@ -23,7 +24,6 @@ from biovita_data.build.bench.csv_layout import (
     read_official,
     tasks_parquet_path,
 )
-from biovita_data.core.layout import BENCH_SPLIT_OF_SUBSET
 from biovita_data.loader.index import split_files
 
 MODALITIES = ("audio", "image", "text")

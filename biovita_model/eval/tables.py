@@ -8,7 +8,7 @@ from typing import Any
 from rich import box
 from rich.table import Table
 
-from biovita_data.build.bench.csv_layout import LEVELS, SUBSETS, TASKS
+from biovita_data.curate.bench.csv_layout import LEVELS, SUBSETS, TASKS
 from biovita_model.eval.scoring import COMMON, KS
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 from rich.console import Console
 from rich.table import Table
 
-from biovita_data.build.bench.build import BenchResult
-from biovita_data.build.bench.csv_layout import LEVELS, SUBSETS, TASKS
+from biovita_data.curate.bench.build import BenchResult
+from biovita_data.curate.bench.csv_layout import LEVELS, SUBSETS, TASKS
 
 
 def summary_table(result: BenchResult) -> Table:

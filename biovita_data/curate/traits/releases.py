@@ -39,7 +39,7 @@ class Release:
     """One public trait table: where it is published and what the reader calls it."""
 
     name: str  # the --table name
-    kind: str  # the reader (build.traits.readers.KINDS)
+    kind: str  # the reader (curate.traits.readers.KINDS)
     file: str  # the table's file name (inside the zip, or the download itself)
     url: str  # the published download
     doi: str
@@ -136,7 +136,7 @@ def _table_bytes(data: bytes, release: Release, where: str, limits: Limits) -> b
 def check_content(data: bytes, release: Release, where: str, limits: Limits) -> bytes:
     """The table's bytes once they read as `release.kind` with its required columns and rows;
     ReleaseContentError (naming `where` and what it holds) otherwise."""
-    from biovita_data.build.traits.readers import read_trait_rows
+    from biovita_data.curate.traits.readers import read_trait_rows
 
     head = data[:200].lstrip().lower()
     if head.startswith((b"<!doctype", b"<html", b"<?xml", b"<head", b"<body")):

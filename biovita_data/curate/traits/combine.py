@@ -9,9 +9,9 @@ from typing import Any
 
 import polars as pl
 
-from biovita_data.build.traits.readers import read_trait_rows
 from biovita_data.core.schemas import FAILURE, SPECIES, UNMATCHED
 from biovita_data.core.vocab import TRAIT_CATEGORIES, TRAIT_COLUMNS
+from biovita_data.curate.traits.readers import read_trait_rows
 
 # resolve(distinct raw names, source label) -> name, species_id, match_kind, reason, closest
 Resolver = Callable[[list[str], str], pl.DataFrame]

@@ -8,12 +8,12 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from biovita_data.build.traits.coverage import coverage_summary
-from biovita_data.build.traits.stage import print_class_coverage
 from biovita_data.core import layout
 from biovita_data.core.schemas import MEDIA, SPECIES
 from biovita_data.core.tables import read_table, write_json_atomic
 from biovita_data.core.vocab import TRAIT_CATEGORIES, TRAIT_COLUMNS
+from biovita_data.curate.traits.coverage import coverage_summary
+from biovita_data.curate.traits.stage import print_class_coverage
 
 QUANTILES = (0.0, 0.25, 0.5, 0.75, 0.9, 0.99, 1.0)
 

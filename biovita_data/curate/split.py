@@ -22,10 +22,10 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from biovita_data.build.settings import SplitSettings
 from biovita_data.core import layout
 from biovita_data.core.schemas import ASSIGNMENT, DUPLICATES, MEDIA, SPECIES
 from biovita_data.core.tables import read_table, write_json_atomic, write_table
+from biovita_data.curate.settings import SplitSettings
 
 MODALITIES = ("audio", "image")
 BINDING_KINDS = ("exact", "near")  # duplicate kinds that bind a split; `metadata` does not

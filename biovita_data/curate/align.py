@@ -16,12 +16,12 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from biovita_data.build.backbone import Backbone, InatBackbone, add_user_synonyms, csv_backbone
-from biovita_data.build.settings import AlignSettings
 from biovita_data.core import layout
 from biovita_data.core.schemas import FAILURE, MEDIA, RAW_RECORD, SPECIES, UNMATCHED
 from biovita_data.core.tables import read_table, replace_failures, write_json_atomic, write_table
 from biovita_data.crawl.http import HttpClient
+from biovita_data.curate.backbone import Backbone, InatBackbone, add_user_synonyms, csv_backbone
+from biovita_data.curate.settings import AlignSettings
 
 INAT_SOURCES = ("inaturalist", "inat-open-data")
 MEDIA_COLUMNS = [f.name for f in MEDIA if f.name not in ("species_id", "scientific_name",

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import polars as pl
 
-from biovita_data.build.traits.releases import COVERED_CLASSES, UNCOVERED_SCOPE
 from biovita_data.core.vocab import TRAIT_COLUMNS
+from biovita_data.curate.traits.releases import COVERED_CLASSES, UNCOVERED_SCOPE
 
 PROVENANCE = [c.replace("trait_", "provenance_", 1) for c in TRAIT_COLUMNS]
 

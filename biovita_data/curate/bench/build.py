@@ -21,7 +21,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from biovita_data.build.bench.csv_layout import (
+from biovita_data.core import layout
+from biovita_data.core.schemas import BENCH_MEDIA_INDEX, BENCH_TASK, BENCH_TEXT_INDEX
+from biovita_data.core.tables import atomic_path, write_json_atomic, write_table
+from biovita_data.curate.bench.csv_layout import (
     LEVELS,
     MEDIA_INDEX_COLUMNS,
     SUBSETS,
@@ -35,11 +38,8 @@ from biovita_data.build.bench.csv_layout import (
     task_csv_path,
     tasks_parquet_path,
 )
-from biovita_data.build.duplicates import withheld_copies
-from biovita_data.build.settings import BenchSettings
-from biovita_data.core import layout
-from biovita_data.core.schemas import BENCH_MEDIA_INDEX, BENCH_TASK, BENCH_TEXT_INDEX
-from biovita_data.core.tables import atomic_path, write_json_atomic, write_table
+from biovita_data.curate.duplicates import withheld_copies
+from biovita_data.curate.settings import BenchSettings
 
 MEDIA_MODALITIES = ("audio", "image")
 _SPECIES_COLUMNS = ("species_id", "scientific_name", "common_name", "class", "family", "genus")

@@ -1,7 +1,7 @@
 """BioVITA-Bench: the bench stage (`build_bench`) and the official CSV layout (`read_official`)."""
 
-from biovita_data.build.bench.build import BenchResult, BenchSettings, TaskStats, build_bench
-from biovita_data.build.bench.csv_layout import (
+from biovita_data.curate.bench.build import BenchResult, BenchSettings, TaskStats, build_bench
+from biovita_data.curate.bench.csv_layout import (
     LEVELS,
     SUBSETS,
     TASK_BY_CODE,
@@ -15,7 +15,7 @@ from biovita_data.build.bench.csv_layout import (
     task_csv_path,
     tasks_parquet_path,
 )
-from biovita_data.build.bench.summary import print_summary, summary_table
+from biovita_data.curate.bench.summary import print_summary, summary_table
 
 __all__ = [
     "LEVELS",

@@ -9,12 +9,12 @@ import polars as pl
 from rich.console import Console
 from rich.table import Table
 
-from biovita_data.build.traits.combine import Resolver, TraitResult, attach_traits
-from biovita_data.build.traits.coverage import coverage_summary
-from biovita_data.build.traits.readers import KINDS
 from biovita_data.core import layout
 from biovita_data.core.schemas import FAILURE, SPECIES, UNMATCHED
 from biovita_data.core.tables import read_table, replace_failures, write_json_atomic, write_table
+from biovita_data.curate.traits.combine import Resolver, TraitResult, attach_traits
+from biovita_data.curate.traits.coverage import coverage_summary
+from biovita_data.curate.traits.readers import KINDS
 
 UNMATCHED_ORDER = ("modality", "source", "name", "normalized", "reason", "closest", "count")
 
