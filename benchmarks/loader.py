@@ -40,20 +40,31 @@ steady CPU). The loader is timed on every --layouts entry: N rows per audio row 
 MiB, as publish), "NwK" = N rows with the sampler's row_group_window=K (and K cached row groups per
 worker). The first layout is the headline. The `datasets` path copies the Parquet into its own
 Arrow cache, so the layout does not matter to it.
-stdout: exactly one JSON line; progress goes to stderr.
+stdout: a short summary, then one JSON line (with --json: only the JSON line); progress goes to
+stderr.
 
 Both paths decode at about the same speed per second of audio (libsndfile/mpg123 + soxr here,
 FFmpeg there), so the gain comes from decoding 10 s instead of the whole clip: its ceiling,
 `decode_ceiling` in the JSON line, is the clips' total seconds over the seconds a crop decodes
-(min(clip, 10 s), + 0.5 s of MP3 pre-roll). `decode_floor_cpu_ms_per_sample` is what decoding
-and resampling the crops alone costs (decode_clip on bytes read beforehand, in this process, the
-same items): no loader built on soundfile + soxr can spend less, so `speedup_cpu_bound`
-(datasets CPU ms over that floor) is the most any such loader can reach on this workload.
+(min(clip, 10 s), + 0.5 s of MP3 pre-roll). `decoders` is what decoding and
+resampling the crops alone costs with each decoder the loader ships (decode_clip on bytes read
+beforehand, in this process, the same items, the decoders taking turns item by item): soundfile +
+soxr, FFmpeg (torchcodec: seek, decode, swresample), and auto (the per-format choice the loader
+makes), overall and per format. The cheapest is the bound (`decode_floor_cpu_ms_per_sample`,
+`best_decoder`): no loader built on these decoders can spend less, so `speedup_cpu_bound`
+(datasets CPU ms over it) is the most any such loader can reach on this workload, and
+`fraction_of_bound` = bound / loader CPU ms (1.0: the loader costs nothing beyond decoding).
+`ratio_cpu` = `speedup_cpu`. Worker start-up (`worker_startup_s`: forking the workers) and the
+first batch (`first_batch_s`, `first_batch_cpu_s`: CPU seconds of the tree until it) are reported
+per layout; `loader_samples_per_s_per_core` = 1000 / steady CPU ms, and the GPU-side view
+(`cpu_s_per_gpu_batch`, `cores_per_1000_gpu_samples_per_s`, with --gpu-samples-per-s
+`cores_per_gpu`) follows from it.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
 import os
@@ -67,12 +78,13 @@ from typing import Any
 
 import numpy as np
 import pyarrow.parquet as pq
+import soundfile as sf
 import torch
 from harness import tree_cpu_seconds
 from torch.utils.data import DataLoader, Dataset
 
 from biovita_data.loader import BioVITADataset, collate, species_sampler
-from biovita_data.loader.audio import decode_clip
+from biovita_data.loader.audio import BACKENDS, decode_clip, ffmpeg_decoder
 from biovita_data.loader.dataset import item_rng
 from biovita_data.loader.index import RowReader, build_index, split_files
 from biovita_data.publish.shards import MEDIA_GROUP_BYTES, MEDIA_ROW_GROUP
@@ -225,10 +237,12 @@ def timed_loader(dataset: Any, order: list[Any], workers: int, batch_size: int) 
         prefetch_factor=4 if workers else None,
     )
     batches = math.ceil(len(order) / batch_size)
-    cpu0, t0 = _cpu_seconds(), time.perf_counter()
+    cpu0, t0, tree_start = _cpu_seconds(), time.perf_counter(), tree_cpu_seconds()
+    it = iter(loader)  # forks the workers
+    started = time.perf_counter()
     first = end = tree0 = tree1 = 0.0
     n = total = 0
-    for b, batch in enumerate(loader, 1):
+    for b, batch in enumerate(it, 1):
         assert batch["audio"].shape[1:] == (CROP,)
         total += batch["audio"].shape[0]
         if b == 1:
@@ -237,13 +251,15 @@ def timed_loader(dataset: Any, order: list[Any], workers: int, batch_size: int) 
             n += batch["audio"].shape[0]
         if b == batches:  # the workers are done but still alive: their CPU is in /proc
             end, tree1 = time.perf_counter(), tree_cpu_seconds()
-    del loader  # workers are joined when the iterator ends, so their CPU time is in RUSAGE_CHILDREN
+    del it, loader  # workers are joined when the iterator ends: their CPU is in RUSAGE_CHILDREN
     cpu = _cpu_seconds() - cpu0
     return {
         "samples_per_s": round(n / max(end - first, 1e-9), 2),
         "cpu_ms_per_sample": round(1000 * (tree1 - tree0) / max(n, 1), 2),
         "run_cpu_ms_per_sample": round(1000 * cpu / total, 2),
+        "worker_startup_s": round(started - t0, 3),
         "first_batch_s": round(first - t0, 2),
+        "first_batch_cpu_s": round(tree0 - tree_start, 2),
     }
 
 
@@ -335,24 +351,36 @@ def time_layout(
         "triplet_samples_per_s": full["samples_per_s"],
         "triplet_cpu_ms_per_sample": full["cpu_ms_per_sample"],
         "open_s": round(opened, 3),
+        "worker_startup_s": audio["worker_startup_s"],
         "first_batch_s": audio["first_batch_s"],
+        "first_batch_cpu_s": audio["first_batch_cpu_s"],
     }
     return numbers, list(plain)[:n]
 
 
-def decode_floor(folder: Path, order: list[Any]) -> float:
-    """CPU ms per item of decode_clip alone (the bytes read beforehand, untimed), with the crop
-    position each item gets in BioVITADataset."""
+def decode_bounds(folder: Path, order: list[Any]) -> dict[str, dict[str, float]]:
+    """CPU ms per item of decode_clip alone (the bytes read beforehand, untimed) with each
+    decoder, the crop position each item gets in BioVITADataset: {backend: {"all": ms, format:
+    ms}}. The backends take turns item by item, so a busy neighbour slows them alike."""
     reader = RowReader(build_index(split_files(folder, "audio", "train")), ["audio"])
-    spent = 0.0
-    for index, epoch in order:
+    ffmpeg_decoder()  # import torchcodec (FFmpeg's libraries) before the clock starts
+    spent: dict[str, dict[str, list[float]]] = {b: {} for b in BACKENDS}  # by backend, format
+    for k, (index, epoch) in enumerate(order):
         data = reader.media(int(index))
+        fmt = sf.info(io.BytesIO(data)).format
         u_crop = float(item_rng(SEED, int(epoch), int(index)).random(3)[0])
-        t0 = time.process_time()
-        decode_clip(data, u=u_crop)
-        spent += time.process_time() - t0
+        for j in range(len(BACKENDS)):
+            backend = BACKENDS[(k + j) % len(BACKENDS)]
+            t0 = time.process_time()
+            decode_clip(data, u=u_crop, backend=backend)
+            spent[backend].setdefault(fmt, []).append(time.process_time() - t0)
     reader.close()
-    return 1000 * spent / len(order)
+    out: dict[str, dict[str, float]] = {}
+    for backend, by_format in spent.items():
+        every = [t for ts in by_format.values() for t in ts]
+        out[backend] = {"all": round(1000 * sum(every) / len(every), 2)}
+        out[backend] |= {f: round(1000 * sum(ts) / len(ts), 2) for f, ts in by_format.items()}
+    return out
 
 
 def measure(base: Path, root: Path, layouts: list[str], args: argparse.Namespace) -> dict[str, Any]:
@@ -366,14 +394,20 @@ def measure(base: Path, root: Path, layouts: list[str], args: argparse.Namespace
     result["loader_samples_per_s"] = per_layout[layouts[0]]["samples_per_s"]
     result["loader_cpu_ms_per_sample"] = per_layout[layouts[0]]["cpu_ms_per_sample"]
     result["loader_by_layout"] = per_layout
-    log("decode_clip alone (the floor)")
-    result["decode_floor_cpu_ms_per_sample"] = round(decode_floor(base, order), 2)
+    log("decode_clip alone, each decoder (the bounds)")
+    bounds = decode_bounds(base, order)
+    result["decoders"] = bounds
+    best = min(BACKENDS, key=lambda b: bounds[b]["all"])
+    result["best_decoder"] = best
+    result["decode_floor_cpu_ms_per_sample"] = bounds[best]["all"]
+    result["fraction_of_bound"] = round(bounds[best]["all"] / result["loader_cpu_ms_per_sample"], 3)
     log("datasets: load_dataset + cast_column(Audio(sampling_rate=48000))")
     result |= run_datasets(base, root / "hf-cache", order, args)
     if "datasets_samples_per_s" in result:
         wall, cpu = result["datasets_samples_per_s"], result["datasets_cpu_ms_per_sample"]
         result["speedup"] = round(result["loader_samples_per_s"] / wall, 2)
         result["speedup_cpu"] = round(cpu / result["loader_cpu_ms_per_sample"], 2)
+        result["ratio_cpu"] = result["speedup_cpu"]
         result["speedup_cpu_bound"] = round(cpu / result["decode_floor_cpu_ms_per_sample"], 2)
         result["speedup_by_layout"] = {
             k: {
@@ -424,9 +458,43 @@ def run_workload(root: Path, durations: str, args: argparse.Namespace) -> dict[s
         runs.append(measure(base, root, layouts, args))
     result |= median_of(runs)
     if args.repeat > 1:
-        keys = ("speedup", "speedup_cpu", "speedup_cpu_bound")
+        keys = ("speedup", "speedup_cpu", "speedup_cpu_bound", "fraction_of_bound")
         result["runs"] = [{k: run[k] for k in keys if k in run} for run in runs]
     return result
+
+
+def gpu_view(out: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Samples/s per core (steady-state CPU, workers included) and what that means for a GPU:
+    the CPU seconds one --gpu-batch batch costs, the cores per 1,000 samples/s of GPU throughput
+    and, given --gpu-samples-per-s, the cores that keep one GPU fed."""
+    ms = out.get("loader_cpu_ms_per_sample")
+    if not ms:
+        return {}
+    view: dict[str, Any] = {
+        "loader_samples_per_s_per_core": round(1000 / ms, 1),
+        "gpu_batch": args.gpu_batch,
+        "cpu_s_per_gpu_batch": round(ms * args.gpu_batch / 1000, 3),
+        "cores_per_1000_gpu_samples_per_s": round(ms, 1),
+    }
+    if out.get("datasets_cpu_ms_per_sample"):
+        view["datasets_samples_per_s_per_core"] = round(1000 / out["datasets_cpu_ms_per_sample"], 1)
+    if args.gpu_samples_per_s:
+        view["gpu_samples_per_s"] = args.gpu_samples_per_s
+        view["cores_per_gpu"] = math.ceil(args.gpu_samples_per_s * ms / 1000)
+    return view
+
+
+def summary(out: dict[str, Any]) -> str:
+    """A few lines for people; the JSON line follows."""
+    lines = [
+        f"loader {out.get('loader_cpu_ms_per_sample')} CPU ms/sample"
+        f" ({out.get('loader_samples_per_s_per_core')} samples/s per core),"
+        f" datasets {out.get('datasets_cpu_ms_per_sample')}: ratio_cpu {out.get('ratio_cpu')}",
+        f"bound ({out.get('best_decoder')}) {out.get('decode_floor_cpu_ms_per_sample')} CPU ms:"
+        f" fraction_of_bound {out.get('fraction_of_bound')}",
+        f"decoders: {json.dumps(out.get('decoders'))}",
+    ]
+    return "\n".join(lines)
 
 
 def main() -> int:
@@ -461,6 +529,20 @@ def main() -> int:
         help="audio row groups: rows per group (4 MiB at most, as publish), optionally wN ="
         " row_group_window N",
     )
+    parser.add_argument(
+        "--gpu-batch",
+        type=int,
+        default=64,
+        help="the training batch (TrainConfig's default, 64) for the GPU-side view",
+    )
+    parser.add_argument(
+        "--gpu-samples-per-s",
+        type=float,
+        default=None,
+        help="training samples/s one GPU consumes (measure it on the GPU: a train step at"
+        " --gpu-batch); with it, `cores_per_gpu` = the cores this loader needs to keep it fed",
+    )
+    parser.add_argument("--json", action="store_true", help="only the JSON line on stdout")
     parser.add_argument("--workdir", type=Path, default=None, help="kept and reused when given")
     parser.add_argument("--keep", action="store_true", help="keep a temporary workdir")
     args = parser.parse_args()
@@ -487,6 +569,9 @@ def main() -> int:
             out["by_durations"] = {
                 r["durations"]: {k: r[k] for k in keys if k in r} for r in results
             }
+        out |= gpu_view(out, args)
+        if not args.json:
+            print(summary(out))
         print(json.dumps(out))
         return 0
     finally:

@@ -9,6 +9,12 @@ model's front end (`biovita_model.audio_frontend.fit_length`) and its embeddings
 Only the frames of the window are read when the format can seek (WAV, FLAC, Ogg, MP3 all can in
 libsndfile), so a random crop of a 5-minute recording costs about as much as a 10 s one. The
 evaluation crop (docs/design.md, "Loader") needs the clip's peak, so it decodes the whole clip.
+
+Two decoders crop: soundfile (libsndfile) + soxr, and FFmpeg through torchcodec (seek, decode,
+downmix and resample with FFmpeg's swresample in one call). `decode_clip(backend="auto")` picks
+per format from `FFMPEG_FORMATS`, set by measurement (benchmarks/loader.py, `decoders`); both
+place the window by libsndfile's frame count and give the same crop within resampler tolerance
+(tests/test_fast_loader_crop.py). Without torchcodec (or FFmpeg's libraries) soundfile does all.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import contextlib
 import io
 import math
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import soundfile as sf
@@ -36,7 +42,18 @@ ONSET_LEAD_S = 0.2  # the evaluation crop starts this long before the onset
 MP3_PREROLL_S = 0.5
 MP3_PREROLL_MIN = 9216
 
+# Formats (libsndfile's names) that the "auto" backend crops through FFmpeg, by measurement
+# (benchmarks/loader.py, `decoders`: CPU ms per 10 s crop at 48 kHz of 44.1 kHz rows with real
+# Xeno-canto lengths, 2-core shared VM): CBR MP3 14.8 (FFmpeg) vs 16.2 (soundfile + soxr), 9 %
+# less. FLAC: 14.1 vs 15.0, 5 % less, within a busy machine's noise and soundfile keeps the
+# loader's read-only-the-window contract checkable (tests/test_loader.py), so FLAC stays there.
+# A VBR MP3 stays on soundfile too: FFmpeg seeks it through its TOC, which can miss by a second.
+# Other formats were not measured.
+FFMPEG_FORMATS: frozenset[str] = frozenset({"MP3"})
+
 CropMode = Literal["random", "onset", "start"]
+Backend = Literal["auto", "soundfile", "ffmpeg"]
+BACKENDS: tuple[str, ...] = ("auto", "soundfile", "ffmpeg")
 ShortClip = Literal["pad", "repeat", "repeatpad"]
 SHORT_CLIPS: tuple[str, ...] = ("pad", "repeat", "repeatpad")
 
@@ -188,6 +205,82 @@ def read_window(f: sf.SoundFile, start: int, frames: int) -> np.ndarray:
     return to_mono(f.read(start + frames, dtype="float32", always_2d=True))[start:]
 
 
+_FFMPEG: list = []  # [AudioDecoder class] once imported, [None] when torchcodec cannot load
+
+
+def ffmpeg_decoder() -> Any:
+    """torchcodec's AudioDecoder, or None when torchcodec or FFmpeg's libraries are missing."""
+    if not _FFMPEG:
+        try:
+            from torchcodec.decoders import AudioDecoder as decoder_class
+        except Exception:  # not installed, or no FFmpeg libraries it can load
+            decoder_class = None
+        _FFMPEG.append(decoder_class)
+    return _FFMPEG[0]
+
+
+def mp3_is_cbr(data: bytes) -> bool:
+    """Whether an MP3 opens with LAME's "Info" tag, which marks a constant bitrate stream (whose
+    byte offsets FFmpeg turns into exact times; a VBR stream's TOC seek can miss by a second)."""
+    at = 0
+    if data[:3] == b"ID3" and len(data) >= 10:  # skip an ID3v2 tag: 10 bytes + syncsafe size
+        size = (data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7
+        at = 10 + (size | (data[9] & 0x7F)) + (10 if data[5] & 0x10 else 0)
+    frame = data[at : at + 64]
+    return len(frame) > 4 and frame[0] == 0xFF and frame[1] & 0xE0 == 0xE0 and b"Info" in frame
+
+
+def crop_backend(file_format: str, backend: str = "auto", data: bytes = b"") -> str:
+    """The decoder that crops a file of libsndfile format `file_format`: "soundfile" or "ffmpeg".
+
+    "auto": FFmpeg for FFMPEG_FORMATS (an MP3 only when it is CBR: `mp3_is_cbr` on `data`);
+    "ffmpeg": FFmpeg for any format. Both fall back to soundfile without torchcodec."""
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {BACKENDS}, not {backend!r}")
+    if backend == "soundfile" or ffmpeg_decoder() is None:
+        return "soundfile"
+    fmt = file_format.upper()
+    if backend == "ffmpeg":
+        return "ffmpeg"
+    if fmt not in FFMPEG_FORMATS or (fmt == "MP3" and not mp3_is_cbr(data)):
+        return "soundfile"
+    return "ffmpeg"
+
+
+def read_window_ffmpeg(
+    data: bytes,
+    start: int,
+    frames: int,
+    rate: int,
+    channels: int,
+    target_rate: int,
+    file_format: str = "",
+) -> np.ndarray:
+    """Mono float32 at target_rate of source frames [start, start + frames), through FFmpeg:
+    seek, decode, downmix and resample (swresample) in one call.
+
+    FFmpeg's timeline keeps an MP3's encoder delay (the stream begins at that delay, where
+    libsndfile's frame 0 is), so the window is shifted by the stream's begin time. An MP3 is
+    decoded from `preroll_frames` earlier (FFmpeg does not refill the bit reservoir after a seek),
+    rounded to a whole number of output samples, which are dropped. FFmpeg's mono downmix of
+    stereo is (L + R) / sqrt(2): scaled to the mean, as `to_mono`."""
+    decoder_class = ffmpeg_decoder()
+    mono = channels <= 2
+    dec = decoder_class(data, sample_rate=target_rate, num_channels=1 if mono else None)
+    begin = float(dec.metadata.begin_stream_seconds_from_header or 0.0)
+    step = rate // math.gcd(rate, target_rate)  # source frames per whole number of outputs
+    pre = min(start, -(-preroll_frames(file_format, rate) // step) * step) // step * step
+    t0 = begin + (start - pre) / rate
+    x = dec.get_samples_played_in_range(t0, begin + (start + frames) / rate).data.numpy()
+    x = x[:, pre * target_rate // rate :]
+    if not mono:
+        return to_mono(np.ascontiguousarray(x.T))
+    out = x.reshape(-1)
+    if channels == 2:
+        out *= np.float32(math.sqrt(0.5))
+    return out
+
+
 def decode_whole(data: bytes, *, target_rate: int = TARGET_RATE, quality: str = "HQ") -> np.ndarray:
     """The whole recording as mono float32 at target_rate (for caches that crop later)."""
     with sf.SoundFile(io.BytesIO(data)) as f:
@@ -205,6 +298,7 @@ def decode_clip(
     target_rate: int = TARGET_RATE,
     quality: str = "HQ",
     short_clip: ShortClip = "pad",
+    backend: Backend = "auto",
 ) -> Clip:
     """Decode a seconds-long mono window of encoded audio at target_rate.
 
@@ -212,10 +306,14 @@ def decode_clip(
     "onset": it starts ONSET_LEAD_S before the first sample above 1 % of the peak, clamped at 0
     (evaluation); "start": at 0 (`window_start`). A clip shorter than the window is filled by
     `short_clip` (`fill_short`; default: zeros at the end); `valid` counts its own samples.
+    `backend` picks the decoder of a random or start crop (`crop_backend`; the onset crop decodes
+    the whole clip with soundfile); an FFmpeg failure falls back to soundfile. `quality` is
+    soxr's; FFmpeg resamples with swresample's default filter.
     """
     if mode not in ("random", "onset", "start"):
         raise ValueError(f"mode must be random, onset or start, not {mode!r}")
     n_out = round(seconds * target_rate)
+    out: np.ndarray | None = None
     with sf.SoundFile(io.BytesIO(data)) as f:
         rate, channels, frames = f.samplerate, f.channels, f.frames
         window = source_window(rate, seconds)
@@ -226,7 +324,19 @@ def decode_clip(
             mono = mono[start : start + window]
         else:
             start = window_start(frames, window, mode, u=u)
-            mono = read_window(f, start, window)
-    out = resample(mono, rate, target_rate, quality)
+            if crop_backend(f.format, backend, data) == "ffmpeg":
+                try:
+                    out = read_window_ffmpeg(
+                        data, start, window, rate, channels, target_rate, f.format
+                    )
+                except Exception:  # FFmpeg cannot read what libsndfile opened: soundfile crops
+                    out = None
+            if out is None:
+                mono = read_window(f, start, window)
+            else:  # FFmpeg keeps an MP3's end padding, which libsndfile drops: cut it
+                kept = min(window, max(0, frames - start))
+                out = out[: round(kept * target_rate / rate)]
+    if out is None:
+        out = resample(mono, rate, target_rate, quality)
     valid = min(n_out, out.shape[0])
     return Clip(fill_short(out, n_out, short_clip), valid, start / rate, rate, channels, frames)
