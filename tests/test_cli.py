@@ -126,6 +126,18 @@ def test_demo_tiny_builds_the_layout(tmp_path: Path) -> None:
     assert "biovita-data demo" in result.output and "records per species" in result.output
     assert dict(os.environ) == env_before  # the sample world's URLs and key do not leak out
 
+    # `demo --update`: the same world one epoch later, only what changed fetched, the diff shown
+    again = runner.invoke(app, ["demo", "--workdir", str(tmp_path), "--update"])
+    assert again.exit_code == 0, again.output
+    assert "update to epoch 1" in again.output and "records removed" in again.output
+    from biovita_data.curate.release import diff
+
+    d = diff(tmp_path / "previous", tmp_path)
+    assert d["added"]["total"] > 0 and d["removed"]["total"] > 0
+    assert d["moved_split"]["other"] == 0  # no survivor changed side
+    assert json.loads((tmp_path / "build.json").read_text())["world"]["epoch"] == 1
+    assert dict(os.environ) == env_before
+
 
 def test_hub_init_and_bad_demo_option(tmp_path: Path) -> None:
     result = runner.invoke(app, ["hub", "--root", str(tmp_path), "--init", "ns/name"])

@@ -235,3 +235,34 @@ def test_exact_copies_are_published_once_and_never_drawn(deduped: Path, tmp_path
     assert "## Duplicates" in card and "exact copies are published once" in card
     for source, record in withheld:
         assert f"{source} {record} = " in card
+
+
+def test_landmark_search_by_genus_block_and_spilled_to_disk(
+    dup_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Copies are searched within their block (genus); the on-disk spill, written a few records
+    at a time into buckets, finds exactly the pairs of the in-memory search."""
+    from biovita_data.media import dedup as dd
+
+    near = [p for p in dup_world.planted if p.kind == "near"][:3]
+    rows = []
+    for k, p in enumerate(near):
+        for j, (src, rid) in enumerate(
+            ((p.original_source, p.original_id), (p.source, p.record_id))
+        ):
+            f = _fingerprint(dup_world.audio_bytes(src, rid))
+            marks = {"hashes": f.hashes.astype(np.int64), "times": f.times.astype(np.int64)}
+            rows.append({"i": 2 * k + j, "block": f"genus{k}", "n": len(f.hashes), **marks})
+    prints = pl.DataFrame(rows, schema_overrides={"hashes": pl.List(pl.Int64),
+                                                  "times": pl.List(pl.Int64)})  # fmt: skip
+    found = dd.audio_pairs(prints).sort("a", "b")
+    assert found.select("a", "b").rows() == [(0, 1), (2, 3), (4, 5)]
+    apart = prints.with_columns(block=pl.format("r{}", pl.col("i")))  # each in a genus of its own
+    assert dd.audio_pairs(apart).is_empty()
+    monkeypatch.setattr(dd, "SPILL_RECORDS", 2)
+    spill = dd._LandmarkSpill(tmp_path / "spill")
+    (tmp_path / "spill").mkdir()
+    for r in rows:
+        spill.add(r["i"], r["block"], r["hashes"], r["times"])
+    assert spill.pairs().sort("a", "b").equals(found)
+    assert not (tmp_path / "spill").exists()  # removed after the search

@@ -7,15 +7,20 @@ fingerprints its decoded content (media/fingerprint.py) and groups records by
   hashes differ in at most PDQ_THRESHOLD of 256 bits;
 - metadata: same species, recordist/observer, date and coordinates rounded to 0.01 degree in
   two sources (a candidate only: it does not bind the split).
-Candidates come from an inverted index (audio: landmark hash -> records, hashes in more than
-MAX_POSTINGS records dropped; photos: the pairs within one species), never all pairs. A record
-without a usable fingerprint gets a `no_fingerprint` row in failures.parquet (stage dedup) and
-is matched by its exact hash only.
+Candidates come from an inverted index (audio: landmark hash -> records of one genus, hashes in
+more than MAX_POSTINGS records dropped; photos: the pairs within one species), never all pairs.
+The landmarks are spilled to disk by genus while fingerprinting, so memory holds one shard of
+media and one bucket of landmarks. A record without a usable fingerprint gets a
+`no_fingerprint` row in failures.parquet (stage dedup) and is matched by its exact hash only.
 """
 
 from __future__ import annotations
 
 import io
+import shutil
+import tempfile
+import zlib
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -48,14 +53,14 @@ class DedupResult:
     pairs: dict[str, int] = field(default_factory=dict)  # "a|b" sources -> groups spanning them
 
 
-def read_media(out: Path, modality: str) -> list[tuple[str, str, list[tuple[float, bytes]]]]:
-    """(source, record_id, [(offset_s, bytes) per segment]) of every kept record, in order."""
+def read_media(out: Path, modality: str) -> Iterator[tuple[str, str, list[tuple[float, bytes]]]]:
+    """(source, record_id, [(offset_s, bytes) per segment]) of every kept record, one shard at a
+    time (materialize writes a record's segments into one shard): memory holds one shard."""
     index_path = layout.media_index_path(out, modality)
     if not index_path.exists():
-        return []
+        return
     index = pl.read_parquet(index_path).filter(pl.col("kept"))
     store = MediaStore.of(out, None)
-    records: dict[tuple[str, str], list[tuple[float, bytes]]] = {}
     for shard in sorted(index["shard"].unique().to_list()):
         with store.open(store.shard(modality, shard)) as f:
             t = pq.read_table(f, columns=["source", "record_id", "segment", "offset_s", "bytes"])
@@ -63,10 +68,11 @@ def read_media(out: Path, modality: str) -> list[tuple[str, str, list[tuple[floa
             index.filter(pl.col("shard") == shard).select("source", "record_id", "segment"),
             on=["source", "record_id", "segment"],
         )
+        records: dict[tuple[str, str], list[tuple[float, bytes]]] = {}
         for r in rows.sort("source", "record_id", "segment").iter_rows(named=True):
             key = (r["source"], r["record_id"])
             records.setdefault(key, []).append((r["offset_s"] or 0.0, r["bytes"]))
-    return [(s, rid, segs) for (s, rid), segs in records.items()]
+        yield from ((s, rid, segs) for (s, rid), segs in records.items())
 
 
 def fingerprint_record(modality: str, segments: list[tuple[float, bytes]]) -> fp.Fingerprint:
@@ -84,12 +90,22 @@ def fingerprint_record(modality: str, segments: list[tuple[float, bytes]]) -> fp
     return fp.audio_fingerprint(joined, fp.RATE)
 
 
+_PAIRS = {"a": pl.Int64, "b": pl.Int64, "score": pl.Float64, "matched": pl.Int64}
+
+
 def audio_pairs(prints: pl.DataFrame) -> pl.DataFrame:
-    """Near audio pairs (a < b record numbers) with score and matched landmarks."""
+    """Near audio pairs (a < b record numbers) with score and matched landmarks, searched within
+    each `block` (the genus: a copy carries its original's name or a congener's) when prints
+    has that column, else among all: memory and time grow with the largest block, not the
+    corpus (benchmarks/dedup_scale.py projects the paper's scale)."""
     rows = prints.filter(pl.col("hashes").is_not_null())
-    if rows.is_empty():
-        return pl.DataFrame(schema={"a": pl.Int64, "b": pl.Int64, "score": pl.Float64,
-                                    "matched": pl.Int64})  # fmt: skip
+    blocks = rows.partition_by("block", maintain_order=True) if "block" in rows.columns else [rows]
+    found = [_block_pairs(b) for b in blocks if b.height >= 2]
+    return pl.concat(found) if found else pl.DataFrame(schema=_PAIRS)
+
+
+def _block_pairs(rows: pl.DataFrame) -> pl.DataFrame:
+    """audio_pairs within one block: an inverted index of landmark hashes, then the best offset."""
     marks = rows.select("i", "n", "hashes", "times").explode(["hashes", "times"])
     marks = marks.rename({"hashes": "h", "times": "t"}).unique(["i", "h", "t"])
     common = marks.group_by("h").agg(pl.col("i").n_unique().alias("k"))
@@ -113,7 +129,8 @@ def audio_pairs(prints: pl.DataFrame) -> pl.DataFrame:
     keep = (pl.col("matched") >= 2 * NEAR_MATCHES) | (
         (pl.col("matched") >= NEAR_MATCHES) & (pl.col("score") >= NEAR_SCORE)
     )
-    return best.filter(keep).select("a", "b", "score", pl.col("matched").cast(pl.Int64))
+    ints = [pl.col(c).cast(pl.Int64) for c in ("a", "b", "matched")]
+    return best.filter(keep).select(ints[0], ints[1], "score", ints[2])
 
 
 def image_pairs(prints: pl.DataFrame) -> pl.DataFrame:
@@ -163,12 +180,16 @@ def _components(n: int, edges: list[tuple[int, int]]) -> list[int]:
     return [root(x) for x in range(n)]
 
 
-def content_groups(modality: str, prints: pl.DataFrame) -> list[dict]:
-    """DUPLICATES rows of one modality's exact and near groups."""
+def content_groups(
+    modality: str, prints: pl.DataFrame, near: pl.DataFrame | None = None
+) -> list[dict]:
+    """DUPLICATES rows of one modality's exact and near groups (`near`: the near pairs when
+    already searched, e.g. from a landmark spill)."""
     exact = prints.group_by("exact").agg(pl.col("i").sort()).filter(pl.col("i").list.len() > 1)
     edges = [(ids[0], j, 1.0, "exact") for ids in exact["i"].to_list() for j in ids[1:]]
     copy_of = {j: ids[0] for ids in exact["i"].to_list() for j in ids[1:]}
-    near = audio_pairs(prints) if modality == "audio" else image_pairs(prints)
+    if near is None:
+        near = audio_pairs(prints) if modality == "audio" else image_pairs(prints)
     for a, b, score, matched in near.iter_rows():
         what = f"{matched} landmarks at one offset" if modality == "audio" else f"PDQ {matched}"
         edges.append((a, b, score, what))
@@ -239,6 +260,13 @@ def dedup(out: Path, *, modalities: tuple[str, ...] = ("audio", "image")) -> Ded
     notes: list[dict] = []
     for m in modalities:
         prints = []
+        keyed = _species(out, m).select("source", "record_id", "block").rows()
+        blocks = {(s, r): b for s, r, b in keyed}
+        for stale in out.glob(".dedup-*"):  # a spill a killed run left behind
+            shutil.rmtree(stale, ignore_errors=True)
+        spill = None
+        if m == "audio":
+            spill = _LandmarkSpill(Path(tempfile.mkdtemp(prefix=".dedup-", dir=out)))
         for k, (source, rid, segments) in enumerate(read_media(out, m)):
             try:
                 f = fingerprint_record(m, segments)
@@ -249,22 +277,19 @@ def dedup(out: Path, *, modalities: tuple[str, ...] = ("audio", "image")) -> Ded
                 notes.append({"stage": STAGE, "source": source, "modality": m,
                               "record_id": rid, "name": None, "reason": "no_fingerprint",
                               "detail": f.none})  # fmt: skip
-            prints.append({
-                "i": k, "source": source, "record_id": rid, "exact": f.exact,
-                "hashes": None if f.hashes is None else f.hashes.astype(np.int64).tolist(),
-                "times": None if f.times is None else f.times.astype(np.int64).tolist(),
-                "n": 0 if f.hashes is None else len(f.hashes), "pdq": f.pdq,
-            })  # fmt: skip
+            n = 0 if f.hashes is None else len(f.hashes)
+            prints.append({"i": k, "source": source, "record_id": rid, "exact": f.exact,
+                           "n": n, "pdq": f.pdq})  # fmt: skip
+            if n and spill is not None:
+                spill.add(k, blocks.get((source, rid)), f.hashes, f.times)
         result.records[m] = len(prints)
+        near = spill.pairs() if spill is not None else None  # one bucket of landmarks at a time
         if not prints:
             continue
-        df = pl.DataFrame(prints, schema_overrides={"hashes": pl.List(pl.Int64),
-                                                    "times": pl.List(pl.Int64),
-                                                    "pdq": pl.Binary})  # fmt: skip
-        df = df.join(
+        df = pl.DataFrame(prints, schema_overrides={"pdq": pl.Binary}).join(
             _species(out, m), on=["source", "record_id"], how="left", maintain_order="left"
         )
-        found = content_groups(m, df)
+        found = content_groups(m, df, near)
         taken = {(r["source"], r["record_id"]) for r in found}
         rows += found + metadata_groups(out, m, taken)
     table = pa.Table.from_pylist(rows, schema=DUPLICATES)
@@ -283,13 +308,70 @@ def dedup(out: Path, *, modalities: tuple[str, ...] = ("audio", "image")) -> Ded
     return result
 
 
+SPILL_BUCKETS = 64  # landmark files per run, by block: the near search holds one file at a time
+SPILL_RECORDS = 500  # records fingerprinted between two writes to the spill
+_SPILL = pa.schema([("i", pa.int64()), ("block", pa.string()), ("n", pa.int64()),
+                    ("hashes", pa.list_(pa.int64())), ("times", pa.list_(pa.int64()))])  # fmt: skip
+
+
+class _LandmarkSpill:
+    """Audio landmarks on disk (a temp folder, removed by `pairs`), bucketed by block (genus), so
+    neither fingerprinting nor the near search holds the corpus's landmarks in memory."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.rows: list[dict] = []
+        self.writers: dict[int, pq.ParquetWriter] = {}
+
+    def add(self, i: int, block: str | None, hashes: np.ndarray, times: np.ndarray) -> None:
+        row = {"i": i, "block": block, "n": len(hashes)}
+        self.rows.append(
+            {**row, "hashes": hashes.astype(np.int64), "times": times.astype(np.int64)}
+        )
+        if len(self.rows) >= SPILL_RECORDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        table = pa.Table.from_pylist(self.rows, schema=_SPILL)
+        buckets = [
+            zlib.crc32((b or "").encode()) % SPILL_BUCKETS for b in table["block"].to_pylist()
+        ]
+        for bucket in sorted(set(buckets)):
+            part = table.filter(pa.array([x == bucket for x in buckets]))
+            if bucket not in self.writers:
+                path = self.folder / f"bucket-{bucket:03d}.parquet"
+                self.writers[bucket] = pq.ParquetWriter(path, _SPILL)
+            self.writers[bucket].write_table(part)
+        self.rows = []
+
+    def pairs(self) -> pl.DataFrame:
+        """audio_pairs over every bucket (blocks never span two), then the folder removed."""
+        try:
+            self.flush()
+            for writer in self.writers.values():
+                writer.close()
+            found = [audio_pairs(pl.read_parquet(self.folder / f"bucket-{b:03d}.parquet"))
+                     for b in sorted(self.writers)]  # fmt: skip
+            return pl.concat(found) if found else pl.DataFrame(schema=_PAIRS)
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
+
 def _species(out: Path, modality: str) -> pl.DataFrame:
+    """source, record_id, species_id and `block` (the species' genus) of the manifest's records."""
     path = layout.media_manifest_path(out, modality)
     cols = ["source", "record_id", "species_id"]
     if not path.exists():
         return pl.DataFrame(schema={"source": pl.String, "record_id": pl.String,
-                                    "species_id": pl.Int64})  # fmt: skip
-    return pl.read_parquet(path, columns=cols).unique(["source", "record_id"])
+                                    "species_id": pl.Int64, "block": pl.String})  # fmt: skip
+    records = pl.read_parquet(path, columns=cols).unique(["source", "record_id"])
+    species = layout.species_path(out)
+    if not species.exists():
+        return records.with_columns(block=pl.lit(None, pl.String))
+    genus = pl.read_parquet(species, columns=["species_id", "genus"]).rename({"genus": "block"})
+    return records.join(genus, on="species_id", how="left")
 
 
 def _sources(out: Path) -> list[str]:

@@ -1,0 +1,142 @@
+"""Paper-scale projection of dedup's audio candidate search: one genus block at a time vs one index.
+
+Fingerprints `--pool` recordings of the default sample world (real landmark statistics), then
+runs `biovita_data.media.dedup.audio_pairs` on blocks of growing size, each in a fresh process
+(peak RSS measured there, less the process's RSS before the search). CPU is fitted as a power
+law of the block's landmark count, memory as bytes per landmark of the largest block (postings
+are capped, so the index grows linearly); both projected to the paper's corpus:
+- `--recordings` (1.3 M) recordings of `--seconds` mean length (landmarks per second measured);
+- the search runs per genus: `--max-block` recordings in the largest genus (default 20,000: about
+  the size of the largest bird genera on Xeno-canto); the total time is bounded by cutting the
+  corpus into blocks of that size (exact for a cost linear in the block, an upper bound when
+  it grows faster), on `--cores` processes, one block each, so memory is cores x one block;
+- beside it, one global index over the whole corpus (what an unblocked search would need), and
+  the fingerprints dedup holds (hash + time, 8 bytes each, per landmark).
+The photo search (PDQ within a species, numpy blocks) is not projected here.
+Prints a table to stderr and, with --json, one JSON line to stdout.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import polars as pl
+
+from biovita_data.media import fingerprint as fp
+from biovita_data.sample.world import World
+
+_CHILD = r"""
+import json, resource, sys, time
+import polars as pl
+from biovita_data.media.dedup import audio_pairs
+prints = pl.read_parquet(sys.argv[1])
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+t = time.process_time()
+pairs = audio_pairs(prints)
+cpu = time.process_time() - t
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"cpu_s": cpu, "extra_mb": max(peak - base, 0) / 1024, "pairs": pairs.height}))
+"""
+
+
+def pool_prints(n: int) -> tuple[pl.DataFrame, float]:
+    """Fingerprints of n recordings of the default world, and their landmarks per second."""
+    world = World("default")
+    recs = [r for r in world.recordings if r.flaw is None][:n]
+    rows, seconds = [], 0.0
+    for k, r in enumerate(recs):
+        f = fp.audio_fingerprint(*fp.decode_audio(world.audio_bytes(r.source, r.id)))
+        if f.hashes is None:
+            continue
+        seconds += r.duration_s
+        rows.append({"i": k, "hashes": f.hashes.astype(np.int64).tolist(),
+                     "times": f.times.astype(np.int64).tolist(), "n": len(f.hashes)})  # fmt: skip
+    prints = pl.DataFrame(
+        rows, schema_overrides={"hashes": pl.List(pl.Int64), "times": pl.List(pl.Int64)}
+    )
+    return prints, float(prints["n"].sum()) / seconds
+
+
+def measure(prints: pl.DataFrame, sizes: list[int], tmp: Path) -> list[dict]:
+    """audio_pairs on the first n prints, each n in a fresh process reading only those."""
+    out = []
+    for n in sizes:
+        path = tmp / f"prints-{n}.parquet"
+        prints.head(n).write_parquet(path)
+        run = subprocess.run(
+            [sys.executable, "-c", _CHILD, str(path)], capture_output=True, text=True, check=True
+        )
+        out.append({"records": n, **json.loads(run.stdout.strip().splitlines()[-1])})
+    return out
+
+
+def power_fit(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """(c, a) of y = c * x ** a, least squares in log space."""
+    a, logc = np.polyfit(np.log(x), np.log(y), 1)
+    return float(np.exp(logc)), float(a)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--pool", type=int, default=600, help="recordings fingerprinted")
+    ap.add_argument("--recordings", type=int, default=1_300_000)
+    ap.add_argument("--seconds", type=float, default=40.0, help="mean recording length (s)")
+    ap.add_argument("--max-block", type=int, default=20_000)
+    ap.add_argument("--cores", type=int, default=16)
+    ap.add_argument("--json", action="store_true")
+    args = ap.parse_args()
+    t0 = time.monotonic()
+    prints, per_second = pool_prints(args.pool)
+    landmarks = prints["n"].cum_sum().to_list()
+    with tempfile.TemporaryDirectory() as tmp:
+        sizes = sorted({max(2, prints.height // d) for d in (8, 4, 2, 1)})
+        runs = measure(prints, sizes, Path(tmp))
+    for r in runs:
+        r["landmarks"] = int(landmarks[r["records"] - 1])
+    x = np.array([r["landmarks"] for r in runs], float)
+    c_t, a_t = power_fit(x, np.array([max(r["cpu_s"], 1e-3) for r in runs]))
+    # memory: linear in the landmarks (postings are capped at MAX_POSTINGS), from the largest run
+    mb_per_landmark = runs[-1]["extra_mb"] / runs[-1]["landmarks"]
+    per_record = per_second * args.seconds
+    block_x = args.max_block * per_record
+    blocks = -(-args.recordings // args.max_block)
+    block_s, block_gb = c_t * block_x**a_t, mb_per_landmark * block_x / 1024
+    global_x = args.recordings * per_record
+    result = {
+        "bench": "dedup_scale",
+        "pool_records": prints.height,
+        "landmarks_per_second": round(per_second, 2),
+        "fit_cpu_exponent": round(a_t, 3),
+        "bytes_per_landmark": round(mb_per_landmark * 2**20, 1),
+        "measured": runs,
+        "paper_recordings": args.recordings,
+        "landmarks_per_recording": round(per_record),
+        "max_block": args.max_block,
+        "block_cpu_s": round(block_s, 1),
+        "block_memory_gb": round(block_gb, 2),
+        "blocked_wall_h_on_cores": round(blocks * block_s / min(args.cores, blocks) / 3600, 2),
+        "blocked_memory_gb_on_cores": round(block_gb * min(args.cores, blocks), 1),
+        "global_index_memory_gb": round(mb_per_landmark * global_x / 1024, 1),
+        "fingerprints_gb": round(global_x * 16 / 2**30, 1),
+        "cores": args.cores,
+        "seconds": round(time.monotonic() - t0, 1),
+    }
+    for k, v in result.items():
+        if k != "measured":
+            print(f"{k:28s} {v}", file=sys.stderr)
+    for r in runs:
+        print(f"  block of {r['records']:5d} records, {r['landmarks']:8d} landmarks: "
+              f"{r['cpu_s']:.2f} CPU-s, +{r['extra_mb']:.0f} MB", file=sys.stderr)  # fmt: skip
+    if args.json:
+        print(json.dumps(result))
+
+
+if __name__ == "__main__":
+    main()
