@@ -88,7 +88,9 @@ def run(urls: list[str], workers: int, exclude: set[int]) -> dict:
         settings = MaterializeSettings(
             modalities=("audio",), workers=workers, throttle=False, download_threads=16
         )
-        http = HttpClient({"127.0.0.1": HostPolicy(None, 16)}, throttle=False, retries=0)
+        http = HttpClient(
+            {"127.0.0.1": HostPolicy(None, 16)}, throttle=False, retries=0, allow_loopback=True
+        )
         cpu = TreeCpu(exclude)
         t0 = time.perf_counter()
         result = materialize(out, settings, console=Console(stderr=True), http=http)

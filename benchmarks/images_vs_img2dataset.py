@@ -101,7 +101,8 @@ OURS = textwrap.dedent(
                 jpeg_quality=int(quality), shard_size=int(shard), throttle=False,
                 download_threads=16,
             )
-            http = HttpClient({"127.0.0.1": HostPolicy(None, 16)}, throttle=False, retries=0)
+            http = HttpClient({"127.0.0.1": HostPolicy(None, 16)}, throttle=False, retries=0,
+                              allow_loopback=True)
             cpu = TreeCpu()
             t0 = time.perf_counter()
             result = materialize(Path(out), settings, console=Console(stderr=True), http=http)

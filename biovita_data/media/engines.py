@@ -1,11 +1,13 @@
 """Engines: both run `run_shard` (download, verify/convert/hash, write) over the shards to do.
 
 `run_shard` runs in a worker process: its threads download (I/O), its own thread decodes,
-converts and hashes as downloads arrive (CPU), then it writes the finished shard straight to the
-media store (OUT/media, a shared folder or an object store) and returns only a small report
-(index rows without bytes, failures, counters). No downloaded byte ever reaches the driver.
-`local` maps shards over a process pool, `ray` over a Ray Dataset (`map_batches`, any node);
-both write the same bytes, because the shard is assembled and encoded the same way.
+converts and hashes as downloads arrive (CPU; with fewer shards than workers, `cpu_threads`
+threads do, as libsndfile, Pillow and hashlib release the GIL, so that every core works), then
+it writes the finished shard straight to the media store (OUT/media, a shared folder or an
+object store) and returns only a small report (index rows without bytes, failures, counters).
+No downloaded byte ever reaches the driver. `local` maps shards over a process pool, `ray` over
+a Ray Dataset (`map_batches`, any node); both write the same bytes, because the shard is
+assembled and encoded the same way.
 """
 
 from __future__ import annotations
@@ -90,13 +92,19 @@ def _download(http: HttpClient, item: WorkItem) -> bytes | ItemFailure:
 
 
 def run_items(
-    items: tuple[WorkItem, ...], ps: ProcessSettings, http: HttpSpec, threads: int
+    items: tuple[WorkItem, ...],
+    ps: ProcessSettings,
+    http: HttpSpec,
+    threads: int,
+    cpu_threads: int = 1,
 ) -> tuple[list[ItemOutcome], Counter]:
     """The records' outcomes in record order, and the HTTP client's counters for them.
 
-    `threads` threads download (fetch_item); this thread processes each download as it
-    arrives (process_item), so CPU work never oversubscribes the worker's core. The client
-    (rate limits, keep-alive sessions) and the threads live as long as the worker process.
+    `threads` threads download (fetch_item); each download is processed as it arrives
+    (process_item): by this thread alone when cpu_threads is 1, so CPU work never
+    oversubscribes the worker's core, else by cpu_threads threads (the worker has that many
+    cores to itself: `worker_plan`). The client (rate limits, keep-alive sessions) and the
+    threads live as long as the worker process.
     """
     client = _CLIENTS.get(http)
     if client is None:  # a new run: its own client (rate limits, circuit breaker) from scratch
@@ -108,19 +116,50 @@ def run_items(
     before = Counter(client.stats)
     futures = {pool.submit(_download, client, item): k for k, item in enumerate(items)}
     outcomes: list[ItemOutcome | None] = [None] * len(items)
-    for fut in as_completed(futures):
-        item, data = items[futures[fut]], fut.result()
-        done = process_item(item, data, ps) if isinstance(data, bytes) else failed(item, data)
-        outcomes[futures[fut]] = done
+    if cpu_threads <= 1:
+        for fut in as_completed(futures):
+            k = futures[fut]
+            outcomes[k] = _process(items[k], fut.result(), ps)
+    else:
+        cpu = _POOLS.get(-cpu_threads)  # keyed apart from the download pools
+        if cpu is None:
+            cpu = _POOLS[-cpu_threads] = ThreadPoolExecutor(cpu_threads, "materialize-cpu")
+        work = {cpu.submit(_process, items[k], f.result(), ps): k for f, k in _arrivals(futures)}
+        for fut in as_completed(work):
+            outcomes[work[fut]] = fut.result()
     return outcomes, Counter(client.stats) - before  # type: ignore[return-value]
 
 
+def _process(item: WorkItem, data: bytes | ItemFailure, ps: ProcessSettings) -> ItemOutcome:
+    """A download's outcome: processed when it is bytes, else the failure it is."""
+    return process_item(item, data, ps) if isinstance(data, bytes) else failed(item, data)
+
+
+def _arrivals(futures: dict[Future, int]) -> Iterator[tuple[Future, int]]:
+    """(download future, record number) in the order the downloads finish."""
+    for fut in as_completed(futures):
+        yield fut, futures[fut]
+
+
+def worker_plan(n_workers: int, n_shards: int) -> tuple[int, int]:
+    """(worker processes, CPU threads per worker) for n_shards shards on n_workers cores: one
+    process per shard at most, and with fewer shards than workers each process gets the cores
+    left over (rounded up), so every core works."""
+    processes = max(1, min(n_workers, n_shards))
+    return processes, max(1, -(-n_workers // processes)) if n_shards < n_workers else 1
+
+
 def run_shard(
-    spec: ShardSpec, ps: ProcessSettings, http: HttpSpec, threads: int, store: MediaStore
+    spec: ShardSpec,
+    ps: ProcessSettings,
+    http: HttpSpec,
+    threads: int,
+    store: MediaStore,
+    cpu_threads: int = 1,
 ) -> bytes:
     """Do a shard, write it (and its failures) to the store; the ShardReport, pickled and
     compressed."""
-    outcomes, stats = run_items(spec.items, ps, http, threads)
+    outcomes, stats = run_items(spec.items, ps, http, threads, cpu_threads)
     files, fails = assemble(spec, dict(enumerate(outcomes)))
     write_shard(store, spec, files, fails)
     rows = shard_rows(files.drop_columns(["bytes"]), spec.index)
@@ -170,19 +209,20 @@ def run_local(
     on: OnProgress,
     received: Received,
 ) -> Iterator[ShardReport]:
-    """Shards over a process pool, one per worker at a time (a shard is held in its memory)."""
+    """Shards over a process pool, one per worker at a time (a shard is held in its memory);
+    with fewer shards than workers, fewer processes with more CPU threads each (`worker_plan`)."""
     ps = settings.process()
     spec, threads = _worker_share(settings, http)
     collect = Collector(http, on, received)
     todo = iter(shards)
-    window = settings.n_workers
+    window, cpu_threads = worker_plan(settings.n_workers, len(shards))
     ctx = multiprocessing.get_context("forkserver")  # never fork a process that runs threads
     ctx.set_forkserver_preload(["biovita_data.media.engines"])
     inflight: set[Future] = set()
-    with ProcessPoolExecutor(settings.n_workers, mp_context=ctx) as pool:
+    with ProcessPoolExecutor(window, mp_context=ctx) as pool:
         while True:
             for shard in todo if len(inflight) < window else ():
-                inflight.add(pool.submit(run_shard, shard, ps, spec, threads, store))
+                inflight.add(pool.submit(run_shard, shard, ps, spec, threads, store, cpu_threads))
                 if len(inflight) >= window:
                     break
             if not inflight:

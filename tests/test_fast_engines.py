@@ -1,0 +1,114 @@
+"""A materialize run with fewer shards than workers still puts every worker's core to work."""
+
+from __future__ import annotations
+
+import threading
+from concurrent.futures import Future
+from typing import ClassVar
+
+import pytest
+
+from biovita_data.crawl.http import HttpClient
+from biovita_data.media import engines
+from biovita_data.media.download import HttpSpec
+from biovita_data.media.records import ItemOutcome
+from biovita_data.media.settings import MaterializeSettings, ProcessSettings, WorkItem
+from biovita_data.media.shards import ShardSpec
+
+
+def _items(n: int) -> tuple[WorkItem, ...]:
+    return tuple(
+        WorkItem("audio", "xeno-canto", str(i), f"http://example.invalid/{i}.mp3", "mp3", None)
+        for i in range(n)
+    )
+
+
+def _spec() -> HttpSpec:
+    return HttpSpec.of(HttpClient({}, throttle=False, retries=0), "test-fast-engines")
+
+
+PLANS = [(2, 1, (1, 2)), (2, 2, (2, 1)), (2, 7, (2, 1)), (3, 2, (2, 2)), (4, 1, (1, 4))]
+
+
+@pytest.mark.parametrize(("workers", "shards", "plan"), [*PLANS, (1, 0, (1, 1))])
+def test_worker_plan_gives_idle_cores_to_the_shards(workers, shards, plan) -> None:
+    assert engines.worker_plan(workers, shards) == plan
+
+
+def test_run_items_processes_on_several_threads_when_told(monkeypatch) -> None:
+    """Two items must be in process_item at the same time: a serial loop never gets past the
+    barrier (BrokenBarrierError after its timeout)."""
+    barrier = threading.Barrier(2, timeout=10)
+    seen: set[int] = set()
+
+    def fake_download(http, item):
+        return b"bytes of " + item.record_id.encode()
+
+    def fake_process(item, data, ps):
+        seen.add(threading.get_ident())
+        barrier.wait()
+        return ItemOutcome(item, rows=[{"record_id": item.record_id}], downloaded=len(data))
+
+    monkeypatch.setattr(engines, "_download", fake_download)
+    monkeypatch.setattr(engines, "process_item", fake_process)
+    items = _items(6)
+    outcomes, _ = engines.run_items(items, ProcessSettings(), _spec(), 2, cpu_threads=2)
+    assert [o.item.record_id for o in outcomes] == [i.record_id for i in items]  # record order
+    assert [o.downloaded for o in outcomes] == [len(b"bytes of ") + len(i.record_id) for i in items]
+    assert len(seen) == 2
+
+
+def test_run_items_keeps_one_cpu_thread_by_default(monkeypatch) -> None:
+    seen: set[int] = set()
+
+    def fake_process(item, data, ps):
+        seen.add(threading.get_ident())
+        return ItemOutcome(item, rows=[], downloaded=len(data))
+
+    monkeypatch.setattr(engines, "_download", lambda http, item: b"x")
+    monkeypatch.setattr(engines, "process_item", fake_process)
+    outcomes, _ = engines.run_items(_items(8), ProcessSettings(), _spec(), 4)
+    assert len(outcomes) == 8 and seen == {threading.get_ident()}
+
+
+class _InlinePool:
+    """A ProcessPoolExecutor stand-in that runs in this process and records what it got."""
+
+    made: ClassVar[list[int]] = []
+    calls: ClassVar[list[tuple]] = []
+
+    def __init__(self, max_workers: int, mp_context=None) -> None:
+        _InlinePool.made.append(max_workers)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        pass
+
+    def submit(self, fn, *args) -> Future:
+        _InlinePool.calls.append(args)
+        fut: Future = Future()
+        fut.set_result(b"report")
+        return fut
+
+
+def test_run_local_gives_a_lone_shard_every_core(monkeypatch) -> None:
+    _InlinePool.made, _InlinePool.calls = [], []
+    monkeypatch.setattr(engines, "ProcessPoolExecutor", _InlinePool)
+    monkeypatch.setattr(engines.Collector, "add", lambda self, blob: blob)
+    shard = ShardSpec("audio", 0, _items(3), "fingerprint")
+    settings = MaterializeSettings(modalities=("audio",), workers=2, throttle=False)
+    client = HttpClient({}, throttle=False, retries=0)
+    reports = list(
+        engines.run_local([shard], settings, client, None, lambda *a: None, engines.Received())
+    )
+    assert reports == [b"report"]
+    assert _InlinePool.made == [1]  # one process: one shard
+    assert _InlinePool.calls[0][-1] == 2  # ... with both cores' CPU threads
+    # enough shards: one process per worker, one CPU thread each
+    _InlinePool.made, _InlinePool.calls = [], []
+    many = [ShardSpec("audio", k, _items(2), f"fp{k}") for k in range(3)]
+    list(engines.run_local(many, settings, client, None, lambda *a: None, engines.Received()))
+    assert _InlinePool.made == [2]
+    assert [c[-1] for c in _InlinePool.calls] == [1, 1, 1]
