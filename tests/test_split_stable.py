@@ -204,7 +204,7 @@ def test_duplicate_groups_are_one_unit(corpus: pl.DataFrame, tmp_path: Path) -> 
     )
     dups = pl.concat([near, meta]).select(
         "group_id", "modality", "source", "record_id", "kind",
-        score=pl.lit(1.0), evidence=pl.lit("test"),
+        score=pl.lit(1.0), evidence=pl.lit("test"), copy_of=pl.lit(None, pl.String),
     )  # fmt: skip
     write_table(dups.to_arrow().cast(DUPLICATES), layout.duplicates_path(out))
     result = split(out, console=quiet())
