@@ -10,15 +10,24 @@ it is not silent, hashes it (sha256) and writes the original bytes into Parquet 
 
 Timed: the materialize call (pool start-up included). Also reported: the CPU seconds of this
 process and its descendants (the server excluded) per clip, sampled from /proc, which a busy
-machine inflates less than wall time. stdout: one JSON line; stderr: progress and summary.
-Exit status 1 unless every clip was kept. Target: >= 40 clips/s per core.
+machine inflates less than wall time, and `cores_used` (CPU seconds over wall seconds: about
+--workers when every worker works). The decode floor is the CPU that decoding every frame of the
+same recordings costs (soundfile, float32, in this process, measured before each round): no
+verifying materialize can spend less, and `floor_ratio` = CPU ms per clip / that floor (target
+<= 1.1). --shard-size (default: materialize's 500) sets the records per shard: with
+--shard-size >= --clips the run has one shard, fewer than the workers, and `cores_used` shows
+whether every worker still works. stdout: a summary line, then one JSON line (with --json only
+the JSON line); stderr: progress. Exit status 1 unless every clip was kept. Target: >= 40
+clips/s per core.
 
     python3 benchmarks/audio_materialize.py [--clips 800] [--workers 2] [--repeat 2]
+        [--shard-size 500] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import multiprocessing as mp
 import os
@@ -30,6 +39,7 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+import soundfile as sf
 from harness import TreeCpu, serve
 from rich.console import Console
 
@@ -73,7 +83,20 @@ def bodies(n: int) -> list[bytes]:
     return [unique(base[i % DISTINCT], i) for i in range(n)]
 
 
-def run(urls: list[str], workers: int, exclude: set[int]) -> dict:
+def decode_floor(recordings: list[bytes], reps: int = 2) -> float:
+    """CPU ms to decode every frame of one recording (soundfile, float32), over `recordings`."""
+    spent = 0.0
+    for _ in range(reps):
+        for data in recordings:
+            t0 = time.process_time()
+            with sf.SoundFile(io.BytesIO(data)) as f:
+                for _block in f.blocks(blocksize=1 << 16, dtype="float32"):
+                    pass
+            spent += time.process_time() - t0
+    return 1000 * spent / (reps * len(recordings))
+
+
+def run(urls: list[str], workers: int, exclude: set[int], shard_size: int) -> dict:
     rows = [
         {"source": "xeno-canto", "record_id": str(i), "modality": "audio", "species_id": 1,
          "scientific_name": "Benchmark clip", "match_kind": "exact", "media_url": url,
@@ -86,7 +109,11 @@ def run(urls: list[str], workers: int, exclude: set[int]) -> dict:
         path.parent.mkdir(parents=True)
         pq.write_table(pa.Table.from_pylist(rows, schema=MEDIA), path)
         settings = MaterializeSettings(
-            modalities=("audio",), workers=workers, throttle=False, download_threads=16
+            modalities=("audio",),
+            workers=workers,
+            throttle=False,
+            download_threads=16,
+            shard_size=shard_size,
         )
         http = HttpClient(
             {"127.0.0.1": HostPolicy(None, 16)}, throttle=False, retries=0, allow_loopback=True
@@ -114,7 +141,11 @@ def main() -> None:
     ap.add_argument("--clips", type=int, default=800)
     ap.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--repeat", type=int, default=2)
+    ap.add_argument("--shard-size", type=int, default=500, help="records per shard")
+    ap.add_argument("--json", action="store_true", help="only the JSON line on stdout")
     args = ap.parse_args()
+    distinct = recordings()
+    floors = []
 
     parent, child = mp.Pipe()
     server = mp.get_context("spawn").Process(
@@ -127,37 +158,51 @@ def main() -> None:
     try:
         runs = []
         for r in range(args.repeat):
-            print(f"round {r + 1}", file=sys.stderr)
-            runs.append(run(urls, args.workers, {server.pid}))
+            print(f"round {r + 1}: decode floor, then materialize", file=sys.stderr)
+            floors.append(decode_floor(distinct))
+            runs.append(run(urls, args.workers, {server.pid}, args.shard_size))
     finally:
         parent.send("stop")
         server.join(5)
     best = min(runs, key=lambda x: x["seconds"])
     cores = min(args.workers, os.cpu_count() or 1)
     per_core = args.clips / best["seconds"] / cores
-    print(
-        json.dumps(
-            {
-                "benchmark": "audio_materialize",
-                "clips": args.clips,
-                "clip_seconds": SECONDS,
-                "mean_kb": round(mean_bytes / 1024, 1),
-                "workers": args.workers,
-                "cores": cores,
-                "clips_per_s": round(args.clips / best["seconds"], 1),
-                "clips_per_s_per_core": round(per_core, 1),
-                "cpu_ms_per_clip": round(1000 * best["cpu_s"] / args.clips, 2),
-                "seconds": [round(x["seconds"], 2) for x in runs],
-                "kept": best["kept"],
-                "kept_original": best["kept_original"],
-                "failed": best["failed"],
-                "stored_mb": round(best["stored_mb"], 1),
-                "load_average_at_start": round(load, 2),
-                "target_per_core": TARGET_PER_CORE,
-                "meets_target": per_core >= TARGET_PER_CORE,
-            }
+    cpu_ms = 1000 * best["cpu_s"] / args.clips
+    floor = float(np.median(floors))
+    out = {
+        "benchmark": "audio_materialize",
+        "clips": args.clips,
+        "clip_seconds": SECONDS,
+        "mean_kb": round(mean_bytes / 1024, 1),
+        "workers": args.workers,
+        "cores": cores,
+        "shard_size": args.shard_size,
+        "shards": -(-args.clips // args.shard_size),
+        "clips_per_s": round(args.clips / best["seconds"], 1),
+        "clips_per_s_per_core": round(per_core, 1),
+        "cpu_ms_per_clip": round(cpu_ms, 2),
+        "decode_floor_cpu_ms_per_clip": round(floor, 2),
+        "floor_ratio": round(cpu_ms / floor, 3),
+        "floor_ratios": [
+            round(1000 * x["cpu_s"] / args.clips / f, 3) for x, f in zip(runs, floors, strict=True)
+        ],
+        "cores_used": round(best["cpu_s"] / best["seconds"], 2),
+        "seconds": [round(x["seconds"], 2) for x in runs],
+        "kept": best["kept"],
+        "kept_original": best["kept_original"],
+        "failed": best["failed"],
+        "stored_mb": round(best["stored_mb"], 1),
+        "load_average_at_start": round(load, 2),
+        "target_per_core": TARGET_PER_CORE,
+        "meets_target": per_core >= TARGET_PER_CORE,
+    }
+    if not args.json:
+        print(
+            f"{out['cpu_ms_per_clip']} CPU ms/clip vs decode floor"
+            f" {out['decode_floor_cpu_ms_per_clip']}: floor_ratio {out['floor_ratio']};"
+            f" {out['shards']} shard(s), cores used {out['cores_used']} of {args.workers}"
         )
-    )
+    print(json.dumps(out))
     if best["kept"] != args.clips:
         sys.exit(1)
 

@@ -19,9 +19,19 @@ Each tool runs in a fresh interpreter of its own and is timed there (imports exc
 start-up included), the two alternating, best of --repeat. Also reported: CPU milliseconds per
 image of each tool's process tree (the server excluded), sampled from /proc; on a busy machine
 wall time follows the scheduler's share (img2dataset runs 16 busy threads per process), CPU time
-much less. stdout: one JSON line; stderr: progress. Target: ours >= 1.2 x img2dataset.
+much less: `ratio_cpu` = img2dataset's CPU ms per image / ours (each tool's least CPU over the
+rounds). Target: ratio_cpu >= 2.0 (and ours >= 1.2 x img2dataset's images/s).
+
+Where the time goes (`stages`): each tool's codec steps alone on the DISTINCT photos, in one
+process, a few times each: ours (`store_image`'s Pillow steps: open + draft + decode, BOX resize,
+JPEG encode, and store_image whole) and img2dataset's (OpenCV imdecode, INTER_AREA resize,
+imencode, run by its interpreter); the rest of a tool's CPU per image is download, hashing,
+writing and start-up. `quality`: PSNR (dB, RGB) and SSIM (luma, 7 x 7 windows) of each tool's
+stored 512 px JPEG against a reference resize (Pillow LANCZOS of the full decode, unquantized).
+stdout: a summary line, then one JSON line (with --json only the JSON line); stderr: progress.
 
     python3 benchmarks/images_vs_img2dataset.py [--images 2000] [--processes 2] [--repeat 2]
+        [--json]
 """
 
 from __future__ import annotations
@@ -34,8 +44,10 @@ import subprocess
 import sys
 import tempfile
 import textwrap
+import time
 from pathlib import Path
 
+import numpy as np
 from harness import serve
 
 DISTINCT = 64
@@ -44,6 +56,8 @@ IMAGE_SIZE = 512
 QUALITY = 90
 SHARD = 500
 TARGET_SPEEDUP = 1.2
+TARGET_RATIO_CPU = 2.0
+STAGE_REPS = 3
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -143,6 +157,145 @@ IMG2DATASET = textwrap.dedent(
 )
 
 
+THEIR_STAGES = textwrap.dedent(
+    """
+    import json, sys, time
+    from pathlib import Path
+    import cv2
+    import numpy as np
+
+    cv2.setNumThreads(1)
+    folder = Path(sys.argv[1])
+    size, quality, reps = (int(x) for x in sys.argv[2:5])
+    photos = sorted(folder.glob("*.jpg"))
+    spent = {"decode": 0.0, "resize": 0.0, "encode": 0.0}
+    for r in range(reps):
+        for k, path in enumerate(photos):
+            data = path.read_bytes()
+            t0 = time.process_time()
+            img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+            t1 = time.process_time()
+            h, w = img.shape[:2]
+            scale = size / min(h, w)
+            new = (round(w * scale), round(h * scale))
+            img = cv2.resize(img, new, interpolation=cv2.INTER_AREA)
+            t2 = time.process_time()
+            ok, out = cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, quality])
+            t3 = time.process_time()
+            spent["decode"] += t1 - t0; spent["resize"] += t2 - t1; spent["encode"] += t3 - t2
+            if r == 0:
+                (folder / f"theirs-{k:03d}.out").write_bytes(out.tobytes())
+    n = reps * len(photos)
+    print(json.dumps({k: 1000 * v / n for k, v in spent.items()}))
+    """
+)
+
+
+def our_stages(photos: list[bytes], reps: int) -> tuple[dict[str, float], list[bytes]]:
+    """CPU ms per photo of store_image's steps (Pillow) and of store_image whole; its outputs."""
+    import io
+
+    from PIL import Image
+
+    from biovita_data.media.image import RESAMPLE, store_image, target_size
+
+    spent = {"decode": 0.0, "resize": 0.0, "encode": 0.0, "store_image": 0.0}
+    outputs: list[bytes] = []
+    for r in range(reps):
+        for data in photos:
+            t0 = time.process_time()
+            im = Image.open(io.BytesIO(data))
+            size = target_size(*im.size, IMAGE_SIZE)
+            im.draft("RGB", size)
+            im.load()
+            t1 = time.process_time()
+            im = im.resize(size, RESAMPLE)
+            t2 = time.process_time()
+            im.save(io.BytesIO(), "JPEG", quality=QUALITY)
+            t3 = time.process_time()
+            stored = store_image(data, IMAGE_SIZE, QUALITY).data
+            t4 = time.process_time()
+            spent["decode"] += t1 - t0
+            spent["resize"] += t2 - t1
+            spent["encode"] += t3 - t2
+            spent["store_image"] += t4 - t3
+            if r == 0:
+                outputs.append(stored)
+    return {k: 1000 * v / (reps * len(photos)) for k, v in spent.items()}, outputs
+
+
+def ssim_luma(a: np.ndarray, b: np.ndarray, win: int = 7) -> float:
+    """Mean SSIM of two RGB images' luma (BT.601), over win x win uniform windows."""
+
+    def luma(x: np.ndarray) -> np.ndarray:
+        return x[..., :3].astype(np.float64) @ np.array([0.299, 0.587, 0.114])
+
+    def box(x: np.ndarray) -> np.ndarray:
+        c = np.cumsum(np.cumsum(np.pad(x, ((1, 0), (1, 0))), 0), 1)
+        return (c[win:, win:] - c[:-win, win:] - c[win:, :-win] + c[:-win, :-win]) / win**2
+
+    x, y = luma(a), luma(b)
+    c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    mx, my = box(x), box(y)
+    vx, vy, cxy = box(x * x) - mx**2, box(y * y) - my**2, box(x * y) - mx * my
+    s = ((2 * mx * my + c1) * (2 * cxy + c2)) / ((mx**2 + my**2 + c1) * (vx + vy + c2))
+    return float(s.mean())
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    """PSNR in dB of two uint8-range RGB images."""
+    mse = float(np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2))
+    return 99.0 if mse == 0 else 10 * np.log10(255**2 / mse)
+
+
+def quality(sources: list[bytes], outputs: list[bytes]) -> dict[str, float]:
+    """Mean PSNR / SSIM of stored JPEGs against the reference resize of their sources."""
+    import io
+
+    from PIL import Image
+
+    from biovita_data.media.image import target_size
+
+    p, q = [], []
+    for src, out in zip(sources, outputs, strict=True):
+        full = Image.open(io.BytesIO(src)).convert("RGB")
+        size = target_size(*full.size, IMAGE_SIZE)
+        ref = np.asarray(full.resize(size, Image.Resampling.LANCZOS))
+        got = np.asarray(Image.open(io.BytesIO(out)).convert("RGB"))
+        if got.shape != ref.shape:  # a pixel of rounding: compare the common part
+            h, w = min(got.shape[0], ref.shape[0]), min(got.shape[1], ref.shape[1])
+            got, ref = got[:h, :w], ref[:h, :w]
+        p.append(psnr(got, ref))
+        q.append(ssim_luma(got, ref))
+    return {"psnr_db": round(float(np.mean(p)), 2), "ssim": round(float(np.mean(q)), 4)}
+
+
+def stages(python: str | None) -> dict:
+    """Where each tool's codec time goes, and the quality of what it stores."""
+    distinct = photos()
+    ours, outputs = our_stages(distinct, STAGE_REPS)
+    result: dict = {"ours": {k: round(v, 2) for k, v in ours.items()}}
+    result["quality"] = {"ours": quality(distinct, outputs)}
+    if python is None:
+        return result
+    with tempfile.TemporaryDirectory(prefix="bench-stages-") as tmp:
+        folder = Path(tmp)
+        for k, data in enumerate(distinct):
+            (folder / f"{k:03d}.jpg").write_bytes(data)
+        script = folder / "stages.py"
+        script.write_text(THEIR_STAGES)
+        args = [str(folder), str(IMAGE_SIZE), str(QUALITY), str(STAGE_REPS)]
+        proc = subprocess.run([python, str(script), *args], capture_output=True, text=True)
+        if proc.returncode != 0:
+            result["img2dataset_error"] = proc.stderr[-2000:]
+            return result
+        theirs = json.loads(proc.stdout.strip().splitlines()[-1])
+        outs = [(folder / f"theirs-{k:03d}.out").read_bytes() for k in range(len(distinct))]
+    result["img2dataset"] = {k: round(v, 2) for k, v in theirs.items()}
+    result["quality"]["img2dataset"] = quality(distinct, outs)
+    return result
+
+
 def run_child(python: str, code: str, urls: list[str], processes: int) -> dict:
     """Run one tool in a fresh interpreter (its imports untimed, its pool start-up timed)."""
     with tempfile.TemporaryDirectory(prefix="bench-urls-") as tmp:
@@ -174,6 +327,7 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     default_python = os.environ.get("IMG2DATASET_PYTHON", sys.executable)
     ap.add_argument("--img2dataset-python", default=default_python)
+    ap.add_argument("--json", action="store_true", help="only the JSON line on stdout")
     args = ap.parse_args()
 
     version = img2dataset_version(args.img2dataset_python)
@@ -198,6 +352,8 @@ def main() -> None:
     finally:
         parent.send("stop")
         server.join(5)
+    print("codec stages and quality", file=sys.stderr)
+    staged = stages(args.img2dataset_python if version else None)
     best_ours = min(ours, key=lambda x: x["seconds"])
     ours_rate = args.images / best_ours["seconds"]
     result = {
@@ -213,6 +369,8 @@ def main() -> None:
         "ours_seconds": [round(x["seconds"], 2) for x in ours],
         "ours_cpu_ms_per_image": round(1000 * best_ours["cpu_s"] / args.images, 2),
         "load_average_at_start": round(load, 2),
+        "stages_cpu_ms_per_image": {k: v for k, v in staged.items() if k != "quality"},
+        "quality_vs_reference": staged["quality"],
     }
     if theirs:
         best = min(theirs, key=lambda x: x["seconds"])
@@ -224,10 +382,24 @@ def main() -> None:
             "img2dataset_seconds": [round(x["seconds"], 2) for x in theirs],
             "img2dataset_cpu_ms_per_image": round(1000 * best["cpu_s"] / args.images, 2),
             "cpu_efficiency_ratio": round(best["cpu_s"] / best_ours["cpu_s"], 2),
+            "ratio_cpu": round(min(x["cpu_s"] for x in theirs) / min(x["cpu_s"] for x in ours), 2),
+            "ours_min_cpu_ms_per_image": round(
+                1000 * min(x["cpu_s"] for x in ours) / args.images, 2
+            ),
+            "img2dataset_min_cpu_ms_per_image": round(
+                1000 * min(x["cpu_s"] for x in theirs) / args.images, 2
+            ),
+            "target_ratio_cpu": TARGET_RATIO_CPU,
             "speedup": round(ours_rate / rate, 2),
             "target_speedup": TARGET_SPEEDUP,
             "meets_target": ours_rate / rate >= TARGET_SPEEDUP,
         }
+    if not args.json:
+        print(
+            f"ours {result['ours_cpu_ms_per_image']} CPU ms/image,"
+            f" img2dataset {result.get('img2dataset_cpu_ms_per_image')}:"
+            f" ratio_cpu {result.get('ratio_cpu')}; stages {json.dumps(staged)}"
+        )
     print(json.dumps(result))
 
 
