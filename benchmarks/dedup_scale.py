@@ -11,7 +11,7 @@ are capped, so the index grows linearly); both projected to the paper's corpus:
   corpus into blocks of that size (exact for a cost linear in the block, an upper bound when
   it grows faster), on `--cores` processes, one block each, so memory is cores x one block;
 - beside it, one global index over the whole corpus (what an unblocked search would need), and
-  the fingerprints dedup holds (hash + time, 8 bytes each, per landmark).
+  the landmark spill dedup writes to disk while fingerprinting (hash + time, 8 bytes each).
 The photo search (PDQ within a species, numpy blocks) is not projected here.
 Prints a table to stderr and, with --json, one JSON line to stdout.
 """
@@ -124,7 +124,7 @@ def main() -> None:
         "blocked_wall_h_on_cores": round(blocks * block_s / min(args.cores, blocks) / 3600, 2),
         "blocked_memory_gb_on_cores": round(block_gb * min(args.cores, blocks), 1),
         "global_index_memory_gb": round(mb_per_landmark * global_x / 1024, 1),
-        "fingerprints_gb": round(global_x * 16 / 2**30, 1),
+        "spill_disk_gb": round(global_x * 16 / 2**30, 1),
         "cores": args.cores,
         "seconds": round(time.monotonic() - t0, 1),
     }
