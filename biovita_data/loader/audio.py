@@ -44,11 +44,11 @@ MP3_PREROLL_MIN = 9216
 
 # Formats (libsndfile's names) that the "auto" backend crops through FFmpeg, by measurement
 # (benchmarks/loader.py, `decoders`: CPU ms per 10 s crop at 48 kHz of 44.1 kHz rows with real
-# Xeno-canto lengths, 2-core shared VM): CBR MP3 14.8 (FFmpeg) vs 16.2 (soundfile + soxr), 9 %
-# less. FLAC: 14.1 vs 15.0, 5 % less, within a busy machine's noise and soundfile keeps the
-# loader's read-only-the-window contract checkable (tests/test_loader.py), so FLAC stays there.
-# A VBR MP3 stays on soundfile too: FFmpeg seeks it through its TOC, which can miss by a second.
-# Other formats were not measured.
+# Xeno-canto lengths, 2-core shared VM, issue 27): CBR MP3 18.7 (FFmpeg) vs 20.3 (soundfile +
+# soxr), 8-9 % less in every run. FLAC: 17.3 vs 18.3, 4-7 % less over four runs, yet it stays on
+# soundfile for now: tests/test_loader.py checks that a random crop reads only its window by
+# counting libsndfile's reads, which an FFmpeg crop does not make. A VBR MP3 stays on soundfile
+# too: FFmpeg seeks it through its TOC, which can miss by a second. Other formats: not measured.
 FFMPEG_FORMATS: frozenset[str] = frozenset({"MP3"})
 
 CropMode = Literal["random", "onset", "start"]
