@@ -115,16 +115,6 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def defaults(name: str) -> Any:
-    """The section's settings with every default (required fields left out: for CLI defaults)."""
-    cls = SECTIONS[name]
-    return {
-        f.name: f.default if f.default is not dataclasses.MISSING else f.default_factory()
-        for f in dataclasses.fields(cls)
-        if f.default is not dataclasses.MISSING or f.default_factory is not dataclasses.MISSING
-    }
-
-
 def section(name: str, cfg: Any, cls: type[T] | None = None) -> T:
     """`cfg` (a dict from a pipeline file or the CLI, or already the settings object) as the
     section's typed settings; an unknown key or a wrong type -> SettingsError naming it."""
