@@ -27,13 +27,8 @@ release_app = cli_app("Releases: what changed between two builds (`release diff 
 app.add_typer(release_app, name="release")
 console = cli_console(stderr=True)
 # option defaults: each stage's settings class holds them once (biovita_data.app.settings)
-ALIGN, SPLIT, BENCH, MATERIALIZE = (
-    AlignSettings(),
-    SplitSettings(),
-    BenchSettings(),
-    MaterializeSettings(),
-)
-PUBLISH, TOL = PublishSection(repo_id=""), TolSection(catalog="")
+ALIGN, SPLIT, BENCH, MATERIALIZE = AlignSettings, SplitSettings, BenchSettings, MaterializeSettings
+PUBLISH, TOL = PublishSection, TolSection
 
 
 @app.callback()

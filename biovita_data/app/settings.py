@@ -12,12 +12,10 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal, TypeVar
+from typing import Any, Literal
 
 from biovita_data.curate.settings import AlignSettings, BenchSettings, SplitSettings
 from biovita_data.media.settings import MaterializeSettings
-
-T = TypeVar("T")
 
 
 class SettingsError(ValueError):
@@ -115,10 +113,10 @@ SECTIONS: dict[str, type] = {
 }
 
 
-def section(name: str, cfg: Any, cls: type[T] | None = None) -> T:
+def section(name: str, cfg: Any) -> Any:
     """`cfg` (a dict from a pipeline file or the CLI, or already the settings object) as the
     section's typed settings; an unknown key or a wrong type -> SettingsError naming it."""
-    cls = cls or SECTIONS[name]
+    cls = SECTIONS[name]
     if isinstance(cfg, cls):
         return cfg
     known = [f.name for f in dataclasses.fields(cls)]
@@ -139,8 +137,6 @@ def section(name: str, cfg: Any, cls: type[T] | None = None) -> T:
         got = f", got {err['input']!r}" if err["type"] != "missing" else ""
         msg = err["msg"][:1].lower() + err["msg"][1:]
         raise SettingsError(f"[{name}] {where}: {msg}{got}") from None
-    except ValueError as exc:  # the settings class's own checks (__post_init__)
-        raise SettingsError(f"[{name}] {exc}") from None
 
 
 def check_pipeline(data: dict[str, Any], source: str) -> dict[str, Any]:

@@ -61,15 +61,15 @@ def parse_tables(
     return tables
 
 
+ENV_INAT = "INATURALIST_API_URL"
+
+
 def align_settings(cfg: dict[str, Any] | AlignSettings) -> AlignSettings:
     """[align] as AlignSettings; the iNaturalist URL from the environment unless given."""
     settings = section("align", cfg)
     if isinstance(cfg, dict) and "inaturalist_url" not in cfg and os.environ.get(ENV_INAT):
         settings.inaturalist_url = os.environ[ENV_INAT]
     return settings
-
-
-ENV_INAT = "INATURALIST_API_URL"
 
 
 def run_align(out: Path, cfg: dict, console: Console, http: HttpClient | None = None):

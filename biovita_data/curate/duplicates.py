@@ -11,11 +11,13 @@ from biovita_data.core.schemas import DUPLICATES
 from biovita_data.core.tables import read_table
 
 
-def withheld_copies(out: Path, modality: str) -> pl.DataFrame:
-    """source, record_id, copy_of of the exact copies dedup found: each is published once, as
-    the member named in `copy_of`, so a copy is neither drawn into the bench nor published."""
+def withheld_copies(out: Path, modality: str | None = None) -> pl.DataFrame:
+    """modality, source, record_id, copy_of of the exact copies dedup found (of `modality`, or
+    all): each is published once, as the member named in `copy_of`, so a copy is neither drawn
+    into the bench nor published."""
     dups = pl.from_arrow(read_table(layout.duplicates_path(out), DUPLICATES))
     assert isinstance(dups, pl.DataFrame)
-    return dups.filter((pl.col("modality") == modality) & pl.col("copy_of").is_not_null()).select(
-        "source", "record_id", "copy_of"
-    )
+    copies = dups.filter(pl.col("copy_of").is_not_null())
+    if modality is not None:
+        copies = copies.filter(pl.col("modality") == modality)
+    return copies.select("modality", "source", "record_id", "copy_of")

@@ -129,8 +129,7 @@ def _block_pairs(rows: pl.DataFrame) -> pl.DataFrame:
     keep = (pl.col("matched") >= 2 * NEAR_MATCHES) | (
         (pl.col("matched") >= NEAR_MATCHES) & (pl.col("score") >= NEAR_SCORE)
     )
-    ints = [pl.col(c).cast(pl.Int64) for c in ("a", "b", "matched")]
-    return best.filter(keep).select(ints[0], ints[1], "score", ints[2])
+    return best.filter(keep).select("a", "b", "score", pl.col("matched").cast(pl.Int64))
 
 
 def image_pairs(prints: pl.DataFrame) -> pl.DataFrame:
@@ -258,12 +257,12 @@ def dedup(out: Path, *, modalities: tuple[str, ...] = ("audio", "image")) -> Ded
     result = DedupResult()
     rows: list[dict] = []
     notes: list[dict] = []
+    for stale in out.glob(".dedup-*"):  # a spill a killed run left behind
+        shutil.rmtree(stale, ignore_errors=True)
     for m in modalities:
         prints = []
-        keyed = _species(out, m).select("source", "record_id", "block").rows()
-        blocks = {(s, r): b for s, r, b in keyed}
-        for stale in out.glob(".dedup-*"):  # a spill a killed run left behind
-            shutil.rmtree(stale, ignore_errors=True)
+        species = _species(out, m)
+        blocks = {(s, r): b for s, r, b in species.select("source", "record_id", "block").rows()}
         spill = None
         if m == "audio":
             spill = _LandmarkSpill(Path(tempfile.mkdtemp(prefix=".dedup-", dir=out)))
@@ -287,7 +286,7 @@ def dedup(out: Path, *, modalities: tuple[str, ...] = ("audio", "image")) -> Ded
         if not prints:
             continue
         df = pl.DataFrame(prints, schema_overrides={"pdq": pl.Binary}).join(
-            _species(out, m), on=["source", "record_id"], how="left", maintain_order="left"
+            species, on=["source", "record_id"], how="left", maintain_order="left"
         )
         found = content_groups(m, df, near)
         taken = {(r["source"], r["record_id"]) for r in found}

@@ -109,11 +109,7 @@ def build_folder(
         repo_id, media, species, records, results, bench_tasks, bench_settings, build, stats,
         changelog,
     )  # fmt: skip
-    inputs.copies = pl.concat(
-        [withheld_copies(out, m).with_columns(modality=pl.lit(m)) for m in records]
-        or [pl.DataFrame()],
-        how="diagonal",
-    )
+    inputs.copies = withheld_copies(out)
     cited = _read_json(layout.gbif_citations_path(out)) or {}
     inputs.gbif_downloads = list(cited.get("downloads", []))  # DOIs of imported downloads
     license_code = write_card(folder, inputs, pretty_name or repo_id.split("/", 1)[1])
