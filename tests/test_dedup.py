@@ -184,7 +184,7 @@ def test_stats_count_groups_per_source_pair(deduped: Path) -> None:
     content = [r for r in rows if r["kind"] != "metadata"]
     assert content and all(r["sources"] == "xeno-canto" for r in content)
     notes = pl.read_parquet(layout.failures_path(deduped)).filter(pl.col("stage") == "dedup")
-    assert set(notes["reason"]) <= {"no_fingerprint"}
+    assert set(notes["reason"]) <= {"no_fingerprint", "exact_copy"}
 
 
 def test_exact_copies_are_published_once_and_never_drawn(deduped: Path, tmp_path: Path) -> None:
@@ -208,6 +208,9 @@ def test_exact_copies_are_published_once_and_never_drawn(deduped: Path, tmp_path
         keeper = mine.filter((pl.col("source") == source) & (pl.col("record_id") == record))
         assert keeper["copy_of"].to_list() == [None]  # ... and is no copy itself
     withheld = set(zip(copies["source"], copies["record_id"], strict=True))
+    notes = pl.read_parquet(layout.failures_path(out)).filter(pl.col("reason") == "exact_copy")
+    assert set(zip(notes["source"], notes["record_id"], strict=True)) == withheld
+    assert set(notes["stage"]) == {"dedup"}
 
     run_build(out, {"split": {}, "bench": {"candidates": 5}}, QUIET, stages=("split", "bench"))
     audio = pl.read_parquet(layout.media_manifest_path(out, "audio"))

@@ -289,6 +289,10 @@ def dedup(out: Path, *, modalities: tuple[str, ...] = ("audio", "image")) -> Ded
             species, on=["source", "record_id"], how="left", maintain_order="left"
         )
         found = content_groups(m, df, near)
+        notes += [{"stage": STAGE, "source": r["source"], "modality": m,
+                   "record_id": r["record_id"], "name": None, "reason": "exact_copy",
+                   "detail": f"the same decoded content as {r['copy_of']}: bench and publish "
+                             "use that one"} for r in found if r["copy_of"]]  # fmt: skip
         taken = {(r["source"], r["record_id"]) for r in found}
         rows += found + metadata_groups(out, m, taken)
     table = pa.Table.from_pylist(rows, schema=DUPLICATES)
@@ -296,7 +300,8 @@ def dedup(out: Path, *, modalities: tuple[str, ...] = ("audio", "image")) -> Ded
     sources = sorted({n["source"] for n in notes} | set(_sources(out)))
     replace_failures(out, STAGE, sources, pa.Table.from_pylist(notes, schema=FAILURE))
     dups = pl.from_arrow(table)
-    result.members, result.no_fingerprint = dups.height, len(notes)
+    result.members = dups.height
+    result.no_fingerprint = sum(n["reason"] == "no_fingerprint" for n in notes)
     if dups.height:
         per = dups.group_by("group_id", "kind").agg(pl.col("source").unique().sort())
         result.groups = dict(sorted(per.group_by("kind").len().iter_rows()))
