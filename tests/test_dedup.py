@@ -269,3 +269,110 @@ def test_landmark_search_by_genus_block_and_spilled_to_disk(
         spill.add(r["i"], r["block"], r["hashes"], r["times"])
     assert spill.pairs().sort("a", "b").equals(found)
     assert not (tmp_path / "spill").exists()  # removed after the search
+
+
+def test_parallel_bucket_search_finds_what_one_process_does(
+    dup_world: World, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from biovita_data.media import dedup as dd
+
+    rows = []
+    for k, p in enumerate([p for p in dup_world.planted if p.kind == "near"][:4]):
+        for j, (src, rid) in enumerate(
+            ((p.original_source, p.original_id), (p.source, p.record_id))
+        ):
+            f = _fingerprint(dup_world.audio_bytes(src, rid))
+            rows.append((2 * k + j, f"genus{k}", f))
+    monkeypatch.setattr(dd, "PARALLEL_LANDMARKS", 0)
+    found = {}
+    for workers in (1, 2):
+        spill = dd._LandmarkSpill(tmp_path / f"spill{workers}")
+        (tmp_path / f"spill{workers}").mkdir()
+        for i, block, f in rows:
+            spill.add(i, block, f.hashes, f.times)
+        assert len(spill.writers) + bool(spill.rows) >= 1
+        found[workers] = spill.pairs(workers).sort("a", "b")
+    assert found[1].select("a", "b").rows() == [(0, 1), (2, 3), (4, 5), (6, 7)]
+    assert found[2].equals(found[1])
+
+
+def _same_print(a: fp.Fingerprint, b: fp.Fingerprint) -> bool:
+    if a.hashes is None or b.hashes is None:
+        return a.exact == b.exact and a.none == b.none and a.pdq == b.pdq
+    same = np.array_equal(a.hashes, b.hashes) and np.array_equal(a.times, b.times)
+    return a.exact == b.exact and same
+
+
+def test_materialize_stores_the_fingerprint_dedup_would_make(dup_world: World) -> None:
+    """The fingerprint made from materialize's verifying decode is the one dedup makes from the
+    stored file: a recording kept as it came, one cut into FLAC segments, a photo kept as is."""
+    from biovita_data.media.audio import store_audio
+    from biovita_data.media.dedup import _decode, fingerprint_record
+    from biovita_data.media.image import store_image
+
+    recs = [r for r in dup_world.recordings if r.flaw is None and r.duration_s >= 6][:3]
+    assert recs
+    for r in recs:
+        data = dup_world.audio_bytes(r.source, r.id)
+        (whole,) = store_audio(data, 600.0, fingerprints=True)
+        assert not whole.transcoded and whole.fingerprint
+        assert _same_print(fp.unpack(whole.fingerprint), _decode("audio", whole.data))
+        cut = store_audio(data, 2.5, fingerprints=True)
+        assert len(cut) >= 3 and all(f.transcoded and f.fingerprint for f in cut)
+        stored = fingerprint_record("audio", [(f.offset_s, None, f.fingerprint) for f in cut])
+        decoded = fingerprint_record("audio", [(f.offset_s, f.data, None) for f in cut])
+        assert _same_print(stored, decoded) and stored.hashes is not None
+        # the segments' landmarks on one time axis still match the whole recording's
+        w = fp.unpack(whole.fingerprint)
+        assert fp.match_landmarks(w.hashes, w.times, stored.hashes, stored.times)[1] >= 20
+        assert store_audio(data, 600.0)[0].fingerprint is None  # off: none made
+    photo = next(p for p in dup_world.photos if p.flaw is None)
+    data = dup_world.photo_bytes(photo.id)
+    kept = store_image(data, 4096, 90, fingerprints=True)
+    assert not kept.transcoded
+    assert _same_print(fp.unpack(kept.fingerprint), _decode("image", kept.data))
+    small = store_image(data, 64, 90, fingerprints=True)
+    assert small.transcoded and fp.unpack(small.fingerprint).pdq is not None
+
+
+def test_dedup_reads_stored_fingerprints_and_decodes_older_shards(
+    deduped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With fingerprints in the shards dedup decodes nothing; shards written without them (an
+    older build, --no-fingerprints) are decoded instead, with the same groups as a result; the
+    parallel search (2 workers) finds what one process finds."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    from biovita_data.media import dedup as dd
+    from biovita_data.media.shards import write_media_parquet
+
+    def groups(out: Path) -> list:
+        dups = pl.read_parquet(layout.duplicates_path(out)).filter(pl.col("kind") != "metadata")
+        return sorted(dups.select("source", "record_id", "kind", "copy_of").rows())
+
+    expected = groups(deduped)
+    assert any(k == "near" for _, _, k, _ in expected)
+    out = tmp_path / "stored"
+    shutil.copytree(deduped, out)
+
+    def no_decoding(*_args: object) -> None:
+        raise AssertionError("dedup decoded a stored file")
+
+    with monkeypatch.context() as m:
+        m.setattr(dd, "_decode", no_decoding)
+        dd.dedup(out, modalities=("audio",))
+    assert groups(out) == expected
+
+    older = tmp_path / "older"
+    shutil.copytree(deduped, older)
+    shards = sorted((older / "media" / "audio").glob("shard-*.parquet"))
+    assert shards
+    for path in shards:
+        table = pq.read_table(path)
+        assert table["fingerprint"].null_count < table.num_rows
+        write_media_parquet(table.drop_columns(["fingerprint"]), path)
+    monkeypatch.setattr(dd, "PARALLEL_LANDMARKS", 0)
+    dd.dedup(older, modalities=("audio",), workers=2)
+    assert groups(older) == expected

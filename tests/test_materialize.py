@@ -31,6 +31,7 @@ from biovita_data.media import MaterializeSettings, materialize
 from biovita_data.media.audio import store_audio
 from biovita_data.media.image import store_image
 from biovita_data.media.records import ItemFailure
+from biovita_data.media.settings import WorkItem
 from biovita_data.sample.faults import FaultPlan
 from biovita_data.sample.server import SampleServer
 from biovita_data.sample.world import World
@@ -327,7 +328,20 @@ def test_settings_are_checked() -> None:
         "image_size": 512,
         "segment_seconds": 60.0,
         "jpeg_quality": 90,
+        "fingerprints": True,
     }
+
+
+def test_fingerprints_setting_leaves_the_shard_fingerprint_alone() -> None:
+    """Toggling fingerprints never redoes a finished shard (the stored bytes are the same);
+    a setting that changes the bytes does."""
+    from biovita_data.media.shards import fingerprint
+
+    items = [WorkItem("audio", "xeno-canto", "1", "http://127.0.0.1/1.mp3", "mp3", "A b")]
+    on = fingerprint("audio", items, MaterializeSettings(fingerprints=True).process())
+    off = fingerprint("audio", items, MaterializeSettings(fingerprints=False).process())
+    other = fingerprint("audio", items, MaterializeSettings(segment_seconds=30).process())
+    assert on == off != other
 
 
 def _png(mode: str, size: tuple[int, int], **info) -> bytes:

@@ -444,15 +444,17 @@ def stats_cmd(out: OutOption) -> None:
 
 
 @app.command("dedup")
-def dedup_cmd(out: OutOption) -> None:
-    """Find copies of one recording or photo by content: OUT/manifests/duplicates.parquet."""
-    from biovita_data.media.dedup import dedup, summary_line
+def dedup_cmd(
+    out: OutOption,
+    workers: Annotated[
+        int | None, typer.Option(help="Processes for the near-copy search (default: cores).")
+    ] = None,
+) -> None:
+    """Find copies of one recording or photo by content: OUT/manifests/duplicates.parquet;
+    copies found: split again (a group is one unit) and the bench drawn again."""
+    from biovita_data.app.stages import run_dedup
 
-    try:
-        result = dedup(out)
-    except (OSError, ValueError) as exc:
-        _fail(str(exc))
-    cli_console().print(summary_line(result))
+    _stage(run_dedup, out, {"workers": workers}, cli_console())
 
 
 @app.command("materialize")
@@ -491,6 +493,13 @@ def materialize_cmd(
     jpeg_quality: Annotated[
         int, typer.Option(help="JPEG quality of stored photos.")
     ] = MATERIALIZE.jpeg_quality,
+    fingerprints: Annotated[
+        bool,
+        typer.Option(
+            help="Store each file's content fingerprint, made from the decode that verifies it "
+            "(dedup then decodes nothing again). Toggling it never redoes a finished shard."
+        ),
+    ] = MATERIALIZE.fingerprints,
     no_throttle: NoThrottleOption = False,
     max_failed: MaxFailedOption = DEFAULT_MAX_FAILED,
 ) -> None:
@@ -508,6 +517,7 @@ def materialize_cmd(
         "modalities": tuple(modality or ("audio", "image")),
         "download_threads": download_threads,
         "jpeg_quality": jpeg_quality,
+        "fingerprints": fingerprints,
         "throttle": not no_throttle,
         "max_failed": max_failed,
     }

@@ -79,7 +79,7 @@ class StatsSection:
 
 @dataclass
 class DedupSection:
-    pass
+    workers: int | None = None  # processes for the near audio search; None: cores
 
 
 @dataclass

@@ -160,8 +160,8 @@ def run_dedup(out: Path, cfg: dict, console: Console):
     the bench drawn again, so no copy straddles train and test and no query has one in train."""
     from biovita_data.media.dedup import dedup, summary_line
 
-    section("dedup", cfg)
-    result = dedup(out)
+    s = section("dedup", cfg)
+    result = dedup(out, workers=s.workers)
     console.print(summary_line(result))
     if any(k != "metadata" for k in result.groups):
         split_json = layout.manifests_dir(out) / "split.json"

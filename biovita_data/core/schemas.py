@@ -293,5 +293,10 @@ MEDIA_FILE = pa.schema(
         pa.field("channels", pa.int32()),
         pa.field("width", pa.int32()),
         pa.field("height", pa.int32()),
+        # media/fingerprint.py's packed fingerprint of the decoded content (dedup reads it instead
+        # of decoding again); null when materialize ran without fingerprints or one failed
+        pa.field("fingerprint", pa.large_binary()),
     ]
 )
+# MEDIA_FILE's payload: kept in the shards only, never in an index
+MEDIA_PAYLOAD = ("bytes", "fingerprint")

@@ -1,4 +1,7 @@
-"""Audio: verify by decoding every frame; keep what libsndfile reads, else FLAC; cut long ones."""
+"""Audio: verify by decoding every frame; keep what libsndfile reads, else FLAC; cut long ones.
+
+With `fingerprints`, each stored file also gets its content fingerprint (media/fingerprint.py)
+from the PCM this verifying decode produces anyway: dedup then decodes nothing again."""
 
 from __future__ import annotations
 
@@ -13,33 +16,38 @@ import soundfile as sf
 
 from biovita_data.core.cstderr import filtered_c_stderr
 from biovita_data.core.layout import KEPT_AUDIO_FORMATS
+from biovita_data.media.fingerprint import DECODE_BLOCK, AudioPrinter, audio_fingerprint, packed
 from biovita_data.media.records import ItemFailure, StoredFile
 
 # A recording none of whose samples reaches -60 dBFS carries no sound: a failure (`silent`).
 SILENCE_PEAK = 10 ** (-60 / 20)
 # Formats whose header states the exact frame count: fewer decoded frames means a broken file.
 _EXACT_LENGTH = frozenset({"flac", "wav"})
-_BLOCK = 1 << 17  # frames decoded per read while verifying
+_BLOCK = DECODE_BLOCK  # frames per read while verifying: dedup's decode reads the same
 _HIGH_RES = frozenset({"PCM_24", "PCM_32", "FLOAT", "DOUBLE"})  # stored as 24-bit FLAC
 _FLAC_MAX_CHANNELS = 8
 _WAV_DATA = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
 
 
-def store_audio(data: bytes, segment_seconds: float) -> list[StoredFile]:
+def store_audio(
+    data: bytes, segment_seconds: float, fingerprints: bool = False
+) -> list[StoredFile]:
     """The files to store for one downloaded recording (one, or its segments); ItemFailure."""
     with filtered_c_stderr():  # libmpg123's complaints about broken frames: counted, not shown
         try:
             snd = sf.SoundFile(io.BytesIO(data))
         except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
             samples, rate, subtype = _decode_av(data)
-            return _as_flac(samples, rate, subtype, segment_seconds)
+            return _as_flac(samples, rate, subtype, segment_seconds, fingerprints)
         try:
-            return _store_libsndfile(snd, data, segment_seconds)
+            return _store_libsndfile(snd, data, segment_seconds, fingerprints)
         except sf.LibsndfileError as exc:  # a decode error part-way (lost sync, bad frame, ...)
             raise ItemFailure("undecodable", f"libsndfile: {exc}") from None
 
 
-def _store_libsndfile(snd: sf.SoundFile, data: bytes, segment_seconds: float) -> list[StoredFile]:
+def _store_libsndfile(
+    snd: sf.SoundFile, data: bytes, segment_seconds: float, fingerprints: bool
+) -> list[StoredFile]:
     with snd:
         fmt = snd.format.lower() if snd.format.lower() in KEPT_AUDIO_FORMATS else None
         rate, channels, declared = snd.samplerate, snd.channels, snd.frames
@@ -52,14 +60,15 @@ def _store_libsndfile(snd: sf.SoundFile, data: bytes, segment_seconds: float) ->
         limit = round(segment_seconds * rate)
         if fmt is None and not known:  # read by libsndfile, yet not a kept format: FLAC
             samples = _read_all(snd)
-            return _as_flac(samples, rate, subtype, segment_seconds)
+            return _as_flac(samples, rate, subtype, segment_seconds, fingerprints)
         if fmt is None or (known and declared > limit):
-            return _segments_streamed(snd, declared, fmt, subtype, segment_seconds)
-        frames, peak = _scan(snd)
+            return _segments_streamed(snd, declared, fmt, subtype, segment_seconds, fingerprints)
+        printer = AudioPrinter(rate) if fingerprints else None
+        frames, peak = _scan(snd, printer)
     _check_length(frames, declared if known else 0, fmt)
     if frames > limit:  # the header understated the length: decode again, cutting
         with sf.SoundFile(io.BytesIO(data)) as snd:
-            return _segments_streamed(snd, frames, fmt, subtype, segment_seconds)
+            return _segments_streamed(snd, frames, fmt, subtype, segment_seconds, fingerprints)
     _check_sound(peak)
     return [
         StoredFile(
@@ -70,12 +79,14 @@ def _store_libsndfile(snd: sf.SoundFile, data: bytes, segment_seconds: float) ->
             duration_s=frames / rate,
             sample_rate=rate,
             channels=channels,
+            fingerprint=packed(printer.finish) if printer else None,
         )
     ]
 
 
-def _scan(snd: sf.SoundFile) -> tuple[int, float]:
-    """Decode every frame (float32, native rate, one reused buffer): frame count and peak."""
+def _scan(snd: sf.SoundFile, printer: AudioPrinter | None = None) -> tuple[int, float]:
+    """Decode every frame (float32, native rate, one reused buffer): frame count and peak;
+    each block also fed to `printer` when one is given."""
     buf = np.empty((_BLOCK, snd.channels), np.float32)
     frames, peak = 0, 0.0
     while True:
@@ -84,6 +95,8 @@ def _scan(snd: sf.SoundFile) -> tuple[int, float]:
             return frames, peak
         frames += len(block)
         peak = max(peak, float(block.max()), -float(block.min()))
+        if printer is not None:
+            printer.add(block)
 
 
 def _read_all(snd: sf.SoundFile) -> np.ndarray:
@@ -151,17 +164,24 @@ def _bounds(frames: int, rate: int, segment_seconds: float) -> list[int]:
 
 
 def _as_flac(
-    samples: np.ndarray, rate: int, subtype: str, segment_seconds: float
+    samples: np.ndarray, rate: int, subtype: str, segment_seconds: float, fingerprints: bool
 ) -> list[StoredFile]:
     """Decoded samples stored as FLAC: one file, or equal segments when too long."""
     peak = float(np.max(np.abs(samples))) if samples.size else 0.0
     _check_sound(peak)
     cuts = _bounds(len(samples), rate, segment_seconds)
-    return [_flac_file(samples[a:b], rate, subtype, a / rate) for a, b in pairwise(cuts)]
+    return [
+        _flac_file(samples[a:b], rate, subtype, a / rate, fingerprints) for a, b in pairwise(cuts)
+    ]
 
 
 def _segments_streamed(
-    snd: sf.SoundFile, declared: int, fmt: str | None, subtype: str, segment_seconds: float
+    snd: sf.SoundFile,
+    declared: int,
+    fmt: str | None,
+    subtype: str,
+    segment_seconds: float,
+    fingerprints: bool,
 ) -> list[StoredFile]:
     """Cut while decoding (never all in memory) into FLAC files; the last one takes the rest."""
     rate = snd.samplerate
@@ -174,14 +194,16 @@ def _segments_streamed(
         if not len(block):
             break
         peak = max(peak, float(block.max()), -float(block.min()))
-        files.append(_flac_file(block, rate, subtype, frames / rate))
+        files.append(_flac_file(block, rate, subtype, frames / rate, fingerprints))
         frames += len(block)
     _check_length(frames, declared, fmt)
     _check_sound(peak)
     return files
 
 
-def _flac_file(samples: np.ndarray, rate: int, subtype: str, offset_s: float) -> StoredFile:
+def _flac_file(
+    samples: np.ndarray, rate: int, subtype: str, offset_s: float, fingerprints: bool
+) -> StoredFile:
     channels = samples.shape[1]
     if channels > _FLAC_MAX_CHANNELS:
         raise ItemFailure("undecodable", f"{channels} channels: FLAC stores at most 8")
@@ -191,6 +213,10 @@ def _flac_file(samples: np.ndarray, rate: int, subtype: str, offset_s: float) ->
     with sf.SoundFile(buf, "w", rate, channels, subtype=subtype, format="FLAC") as out:
         for start in range(0, len(clipped), _BLOCK):
             out.write(clipped[start : start + _BLOCK])
+    print_ = None
+    if fingerprints:  # of what decoding the FLAC gives back: libsndfile scales by 2^15 / 2^23
+        scale = np.float32(2.0**23 if subtype == "PCM_24" else 2.0**15)
+        print_ = packed(audio_fingerprint, np.rint(clipped * scale) / scale, rate)
     return StoredFile(
         buf.getvalue(),
         "flac",
@@ -199,4 +225,5 @@ def _flac_file(samples: np.ndarray, rate: int, subtype: str, offset_s: float) ->
         duration_s=len(samples) / rate,
         sample_rate=rate,
         channels=channels,
+        fingerprint=print_,
     )

@@ -1,7 +1,8 @@
 """The dedup stage: materialized media -> duplicate groups (OUT/manifests/duplicates.parquet).
 
-Reads every kept file of OUT/media/<modality> (the shards, a record's segments in order),
-fingerprints its decoded content (media/fingerprint.py) and groups records by
+Reads the fingerprint materialize stored with every kept file of OUT/media/<modality> (made
+from the decode that verified it; media/fingerprint.py), or, for a file stored without one,
+fingerprints its decoded content here, and groups records by
 - exact: the same exact hash (decoded, resampled PCM / decoded pixels), whatever the container;
 - near: audio landmarks agreeing at one time offset (NEAR_MATCHES, NEAR_SCORE); photos whose PDQ
   hashes differ in at most PDQ_THRESHOLD of 256 bits;
@@ -17,10 +18,13 @@ media and one bucket of landmarks. A record without a usable fingerprint gets a
 from __future__ import annotations
 
 import io
+import multiprocessing
+import os
 import shutil
 import tempfile
 import zlib
 from collections.abc import Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -53,41 +57,55 @@ class DedupResult:
     pairs: dict[str, int] = field(default_factory=dict)  # "a|b" sources -> groups spanning them
 
 
-def read_media(out: Path, modality: str) -> Iterator[tuple[str, str, list[tuple[float, bytes]]]]:
-    """(source, record_id, [(offset_s, bytes) per segment]) of every kept record, one shard at a
-    time (materialize writes a record's segments into one shard): memory holds one shard."""
+Segment = tuple[float, bytes | None, bytes | None]  # offset_s, stored bytes, packed fingerprint
+
+
+def read_media(out: Path, modality: str) -> Iterator[tuple[str, str, list[Segment]]]:
+    """(source, record_id, [(offset_s, bytes, fingerprint) per segment]) of every kept record,
+    one shard at a time (materialize writes a record's segments into one shard): memory holds
+    one shard. The fingerprints materialize stored are read instead of the bytes; the bytes
+    only for a shard that has files without one (an older shard, `--no-fingerprints`)."""
     index_path = layout.media_index_path(out, modality)
     if not index_path.exists():
         return
     index = pl.read_parquet(index_path).filter(pl.col("kept"))
     store = MediaStore.of(out, None)
+    keys = ["source", "record_id", "segment", "offset_s"]
     for shard in sorted(index["shard"].unique().to_list()):
         with store.open(store.shard(modality, shard)) as f:
-            t = pq.read_table(f, columns=["source", "record_id", "segment", "offset_s", "bytes"])
+            pf = pq.ParquetFile(f)
+            stored = "fingerprint" in pf.schema_arrow.names
+            t = pf.read(columns=[*keys, "fingerprint"] if stored else keys)
+            if not stored or t["fingerprint"].null_count:
+                t = pf.read(columns=[*keys, "bytes", *(["fingerprint"] if stored else [])])
         rows = pl.from_arrow(t).join(
             index.filter(pl.col("shard") == shard).select("source", "record_id", "segment"),
             on=["source", "record_id", "segment"],
         )
-        records: dict[tuple[str, str], list[tuple[float, bytes]]] = {}
+        records: dict[tuple[str, str], list[Segment]] = {}
         for r in rows.sort("source", "record_id", "segment").iter_rows(named=True):
             key = (r["source"], r["record_id"])
-            records.setdefault(key, []).append((r["offset_s"] or 0.0, r["bytes"]))
+            segment = (r["offset_s"] or 0.0, r.get("bytes"), r.get("fingerprint"))
+            records.setdefault(key, []).append(segment)
         yield from ((s, rid, segs) for (s, rid), segs in records.items())
 
 
-def fingerprint_record(modality: str, segments: list[tuple[float, bytes]]) -> fp.Fingerprint:
-    """One record's fingerprint (a segmented recording's segments joined in time)."""
+def fingerprint_record(modality: str, segments: list[Segment]) -> fp.Fingerprint:
+    """One record's fingerprint: the stored one, else of its decoded stored file; a segmented
+    recording's joined from its segments' (fingerprint.join_segments)."""
+    parts = [(off, fp.unpack(made) if made else _decode(modality, data))
+             for off, data, made in segments]  # fmt: skip
+    return parts[0][1] if modality == "image" else fp.join_segments(parts)
+
+
+def _decode(modality: str, data: bytes | None) -> fp.Fingerprint:
+    if data is None:
+        raise ValueError("neither a stored fingerprint nor the file's bytes")
     if modality == "image":
         from PIL import Image
 
-        return fp.image_fingerprint(Image.open(io.BytesIO(segments[0][1])))
-    parts = [fp.decode_audio(data) for _, data in segments]
-    if len(parts) == 1:
-        return fp.audio_fingerprint(*parts[0])
-    rate = parts[0][1]
-    joined = np.concatenate([fp.to_mono(s, r)[:, None] for s, r in parts])
-    del rate
-    return fp.audio_fingerprint(joined, fp.RATE)
+        return fp.image_fingerprint(Image.open(io.BytesIO(data)))
+    return fp.audio_fingerprint(*fp.decode_audio(data))
 
 
 _PAIRS = {"a": pl.Int64, "b": pl.Int64, "score": pl.Float64, "matched": pl.Int64}
@@ -250,8 +268,11 @@ def metadata_groups(out: Path, modality: str, taken: set[tuple[str, str]]) -> li
     return rows
 
 
-def dedup(out: Path, *, modalities: tuple[str, ...] = ("audio", "image")) -> DedupResult:
-    """Fingerprint the materialized media; write duplicates.parquet and the no-fingerprint notes."""
+def dedup(
+    out: Path, *, modalities: tuple[str, ...] = ("audio", "image"), workers: int | None = None
+) -> DedupResult:
+    """Fingerprint the materialized media; write duplicates.parquet and the no-fingerprint notes.
+    `workers`: processes searching the landmark spill's buckets side by side (None: cores)."""
     if not any(layout.media_index_path(out, m).exists() for m in modalities):
         raise FileNotFoundError(f"{out / 'media'}: no materialized media (run materialize first)")
     result = DedupResult()
@@ -282,7 +303,8 @@ def dedup(out: Path, *, modalities: tuple[str, ...] = ("audio", "image")) -> Ded
             if n and spill is not None:
                 spill.add(k, blocks.get((source, rid)), f.hashes, f.times)
         result.records[m] = len(prints)
-        near = spill.pairs() if spill is not None else None  # one bucket of landmarks at a time
+        # one bucket of landmarks at a time in each worker
+        near = spill.pairs(workers or os.cpu_count() or 1) if spill is not None else None
         if not prints:
             continue
         df = pl.DataFrame(prints, schema_overrides={"pdq": pl.Binary}).join(
@@ -314,6 +336,9 @@ def dedup(out: Path, *, modalities: tuple[str, ...] = ("audio", "image")) -> Ded
 
 SPILL_BUCKETS = 64  # landmark files per run, by block: the near search holds one file at a time
 SPILL_RECORDS = 500  # records fingerprinted between two writes to the spill
+# below this many landmarks (~2 h of audio) the buckets are searched in this process: starting
+# worker processes would cost more than the search
+PARALLEL_LANDMARKS = 1_000_000
 _SPILL = pa.schema([("i", pa.int64()), ("block", pa.string()), ("n", pa.int64()),
                     ("hashes", pa.list_(pa.int64())), ("times", pa.list_(pa.int64()))])  # fmt: skip
 
@@ -326,9 +351,11 @@ class _LandmarkSpill:
         self.folder = folder
         self.rows: list[dict] = []
         self.writers: dict[int, pq.ParquetWriter] = {}
+        self.landmarks = 0
 
     def add(self, i: int, block: str | None, hashes: np.ndarray, times: np.ndarray) -> None:
         row = {"i": i, "block": block, "n": len(hashes)}
+        self.landmarks += len(hashes)
         self.rows.append(
             {**row, "hashes": hashes.astype(np.int64), "times": times.astype(np.int64)}
         )
@@ -350,17 +377,43 @@ class _LandmarkSpill:
             self.writers[bucket].write_table(part)
         self.rows = []
 
-    def pairs(self) -> pl.DataFrame:
-        """audio_pairs over every bucket (blocks never span two), then the folder removed."""
+    def pairs(self, workers: int = 1) -> pl.DataFrame:
+        """audio_pairs over every bucket (blocks never span two), by `workers` processes side by
+        side when the spill holds PARALLEL_LANDMARKS or more; then the folder removed."""
         try:
             self.flush()
             for writer in self.writers.values():
                 writer.close()
-            found = [audio_pairs(pl.read_parquet(self.folder / f"bucket-{b:03d}.parquet"))
-                     for b in sorted(self.writers)]  # fmt: skip
+            paths = [self.folder / f"bucket-{b:03d}.parquet" for b in sorted(self.writers)]
+            workers = min(workers, len(paths))
+            if workers > 1 and self.landmarks >= PARALLEL_LANDMARKS:
+                found = _pairs_in_processes(paths, workers)
+            else:
+                found = [_bucket_pairs(path) for path in paths]
             return pl.concat(found) if found else pl.DataFrame(schema=_PAIRS)
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def _bucket_pairs(path: Path) -> pl.DataFrame:
+    return audio_pairs(pl.read_parquet(path))
+
+
+def _pairs_in_processes(paths: list[Path], workers: int) -> list[pl.DataFrame]:
+    """_bucket_pairs of each path in a pool of fresh processes (forkserver: never fork a
+    process running Polars' threads), each with its share of the cores for Polars."""
+    ctx = multiprocessing.get_context("forkserver")
+    threads = str(max(1, (os.cpu_count() or 1) // workers))
+    before = os.environ.get("POLARS_MAX_THREADS")
+    os.environ["POLARS_MAX_THREADS"] = threads  # read by Polars when a worker imports it
+    try:
+        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
+            return list(pool.map(_bucket_pairs, paths))
+    finally:
+        if before is None:
+            os.environ.pop("POLARS_MAX_THREADS", None)
+        else:
+            os.environ["POLARS_MAX_THREADS"] = before
 
 
 def _species(out: Path, modality: str) -> pl.DataFrame:

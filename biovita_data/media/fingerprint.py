@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import hashlib
 import struct
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -41,6 +42,7 @@ MIN_SECONDS = 1.0  # shorter recordings get no landmarks (their exact hash still
 MIN_LANDMARKS = 20  # fewer than this: no landmarks (too little structure to tell copies)
 CLIP_LEVEL = 0.999  # samples at or above this |value| are clipped ...
 CLIP_SHARE = 0.05  # ... and a recording with more than 5 % of them gets no landmarks
+DECODE_BLOCK = 1 << 17  # frames per read of every decode that is fingerprinted
 MIN_IMAGE_SIDE = 32  # px: smaller photos get no perceptual hash
 PDQ_MIN_QUALITY = 30  # PDQ's own quality below which its hash is unreliable (flat images)
 CENTRE_CUT = 0.05  # a second PDQ of the photo without 5 % of each border (cropped copies)
@@ -77,6 +79,15 @@ class Fingerprint:
 _TAG = {"audio": _AUDIO_TAG, "image": _IMAGE_TAG}
 
 
+def packed(make: Callable[..., Fingerprint], *args: object) -> bytes | None:
+    """make(*args).pack(), or None when fingerprinting fails: materialize then stores the file
+    without one, and dedup decodes it again and notes why (never a failed record)."""
+    try:
+        return make(*args).pack()
+    except Exception:
+        return None
+
+
 def unpack(data: bytes) -> Fingerprint:
     """A Fingerprint from the bytes `pack` wrote."""
     tag, exact, n_note = struct.unpack_from("<4s32sH", data)
@@ -95,35 +106,95 @@ def unpack(data: bytes) -> Fingerprint:
 
 # ----------------------------------------------------------------------------------- audio
 def to_mono(samples: np.ndarray, rate: int) -> np.ndarray:
-    """(frames, channels) float PCM -> mono float32 at RATE (soxr, high quality)."""
+    """(frames, channels) or mono float PCM -> mono float32 at RATE (soxr, high quality)."""
     import soxr
 
-    mono = samples.mean(axis=1, dtype=np.float32) if samples.ndim == 2 else samples
-    mono = np.ascontiguousarray(mono, np.float32)
+    mono = np.ascontiguousarray(_mix(samples), np.float32)
     if rate != RATE and len(mono):
         mono = soxr.resample(mono, rate, RATE, quality="HQ").astype(np.float32, copy=False)
     return mono
 
 
+def _mix(samples: np.ndarray) -> np.ndarray:
+    """The channels' mean, frame by frame (a matrix product: numpy's mean over a short axis is
+    several times slower)."""
+    if samples.ndim == 1:
+        return samples
+    if samples.shape[1] == 1:
+        return samples[:, 0]
+    weights = np.full(samples.shape[1], 1 / samples.shape[1], samples.dtype)
+    return samples @ weights
+
+
+def _clipped(block: np.ndarray) -> int:
+    """Samples of a block at or above CLIP_LEVEL in magnitude (its peak first: usually none)."""
+    if not block.size or max(float(block.max()), -float(block.min())) < CLIP_LEVEL:
+        return 0
+    return int(np.count_nonzero(np.abs(block) >= CLIP_LEVEL))
+
+
+class AudioPrinter:
+    """The fingerprint of PCM fed block by block, as a decoder produces it (materialize's
+    verifying decode): `add` each (frames, channels) float block at `rate`, then `finish`.
+    It keeps the mono mix at the native rate (4 bytes a frame), so the result is exactly
+    audio_fingerprint of the whole."""
+
+    def __init__(self, rate: int) -> None:
+        self.rate = rate
+        self.blocks: list[np.ndarray] = []
+        self.clipped = 0
+        self.samples = 0
+
+    def add(self, block: np.ndarray) -> None:
+        raw = block if block.ndim == 2 else block[:, None]
+        self.clipped += _clipped(raw)
+        self.samples += raw.size
+        self.blocks.append(np.array(_mix(raw), np.float32))  # a copy: decoders reuse buffers
+
+    def finish(self) -> Fingerprint:
+        mono = np.concatenate(self.blocks) if self.blocks else np.empty(0, np.float32)
+        mono = to_mono(mono, self.rate)
+        exact = hashlib.sha256(_pcm16(mono).tobytes()).digest()
+        seconds = len(mono) / RATE
+        clipped = self.clipped / self.samples if self.samples else 0.0
+        if seconds < MIN_SECONDS:
+            note = f"too short ({seconds:.2f} s < {MIN_SECONDS} s)"
+            return Fingerprint("audio", exact, none=note)
+        if clipped > CLIP_SHARE:
+            note = f"clipped ({clipped:.0%} of samples at full scale)"
+            return Fingerprint("audio", exact, none=note)
+        hashes, times = landmarks(mono)
+        if len(hashes) < MIN_LANDMARKS:
+            note = f"too little structure ({len(hashes)} landmarks)"
+            return Fingerprint("audio", exact, none=note)
+        return Fingerprint("audio", exact, hashes, times)
+
+
 def audio_fingerprint(samples: np.ndarray, rate: int) -> Fingerprint:
     """The fingerprint of decoded PCM ((frames, channels) or mono float) at `rate` Hz."""
-    raw = samples if samples.ndim == 2 else samples[:, None]
-    clipped = float(np.mean(np.abs(raw) >= CLIP_LEVEL)) if raw.size else 0.0
-    mono = to_mono(raw, rate)
-    exact = hashlib.sha256(_pcm16(mono).tobytes()).digest()
-    seconds = len(mono) / RATE
-    if seconds < MIN_SECONDS:
-        return Fingerprint("audio", exact, none=f"too short ({seconds:.2f} s < {MIN_SECONDS} s)")
-    if clipped > CLIP_SHARE:
-        return Fingerprint("audio", exact, none=f"clipped ({clipped:.0%} of samples at full scale)")
-    hashes, times = landmarks(mono)
-    if len(hashes) < MIN_LANDMARKS:
-        return Fingerprint("audio", exact, none=f"too little structure ({len(hashes)} landmarks)")
-    return Fingerprint("audio", exact, hashes, times)
+    printer = AudioPrinter(rate)
+    printer.add(samples)
+    return printer.finish()
+
+
+def join_segments(parts: list[tuple[float, Fingerprint]]) -> Fingerprint:
+    """A segmented recording's fingerprint from its segments' (offset_s, fingerprint), in time
+    order: the exact hash of the segments' exact hashes, their landmarks on one time axis.
+    Materialize fingerprints each stored segment as it cuts it; dedup does the same from the
+    stored files of an older shard, so both give the same result."""
+    if len(parts) == 1:
+        return parts[0][1]
+    exact = hashlib.sha256(b"".join(f.exact for _, f in parts)).digest()
+    marked = [(off, f) for off, f in parts if f.hashes is not None]
+    if not marked:
+        return Fingerprint("audio", exact, none=parts[0][1].none)
+    hashes = np.concatenate([f.hashes for _, f in marked])
+    times = np.concatenate([f.times + round(off * RATE / HOP) for off, f in marked])
+    return Fingerprint("audio", exact, hashes, times.astype(np.int32))
 
 
 def _pcm16(mono: np.ndarray) -> np.ndarray:
-    return np.round(np.clip(mono, -1.0, 1.0) * 32767).astype("<i2")
+    return np.rint(np.clip(mono, -1.0, 1.0) * 32767).astype("<i2")
 
 
 def spectrogram(mono: np.ndarray) -> np.ndarray:
@@ -163,7 +234,7 @@ def peaks(spec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     The floor is relative (the median magnitude, raised PEAK_FLOOR_DB), so a gain change moves
     every value and the floor alike and the same peaks are found."""
     local = _running_max(_running_max(spec, PEAK_FRAMES, 0), PEAK_BINS, 1)
-    floor = float(np.median(spec[::4])) * 10 ** (PEAK_FLOOR_DB / 20)
+    floor = float(np.median(spec[::16])) * 10 ** (PEAK_FLOOR_DB / 20)
     t, f = np.nonzero((spec == local) & (spec > floor))
     keep = (f > 1) & (f < spec.shape[1] - 1)  # DC and Nyquist bins carry no call
     return t[keep], f[keep]
@@ -258,14 +329,22 @@ def hamming(a: bytes, b: bytes) -> int:
 
 
 def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
-    """Stored audio bytes -> ((frames, channels) float32, rate): libsndfile, else FFmpeg."""
+    """Stored audio bytes -> ((frames, channels) float32, rate): libsndfile, else FFmpeg.
+
+    Read DECODE_BLOCK frames at a time, as materialize's verifying decode reads them:
+    libsndfile's MP3 floats differ in the last bit between read sizes, which would change the
+    exact hash of the same file."""
     import io
 
     import soundfile as sf
 
     try:
-        samples, rate = sf.read(io.BytesIO(data), dtype="float32", always_2d=True)
-        return samples, int(rate)
+        with sf.SoundFile(io.BytesIO(data)) as snd:
+            blocks = list(snd.blocks(DECODE_BLOCK, dtype="float32", always_2d=True))
+            rate = snd.samplerate
+        if not blocks:
+            return np.empty((0, 1), np.float32), int(rate)
+        return np.concatenate(blocks), int(rate)
     except sf.LibsndfileError:
         from biovita_data.media.audio import _decode_av
 

@@ -8,6 +8,7 @@ import warnings
 
 from PIL import Image, ImageOps, UnidentifiedImageError
 
+from biovita_data.media.fingerprint import image_fingerprint, packed
 from biovita_data.media.records import ItemFailure, StoredFile
 
 # Area averaging (OpenCV's INTER_AREA, img2dataset's choice): each output pixel is the mean of
@@ -27,8 +28,12 @@ def target_size(width: int, height: int, image_size: int) -> tuple[int, int]:
     return max(1, round(width * image_size / height)), image_size
 
 
-def store_image(data: bytes, image_size: int, quality: int) -> StoredFile:
-    """The JPEG to store for one downloaded photo; ItemFailure when it cannot be."""
+def store_image(
+    data: bytes, image_size: int, quality: int, fingerprints: bool = False
+) -> StoredFile:
+    """The JPEG to store for one downloaded photo; ItemFailure when it cannot be. With
+    `fingerprints`, its fingerprint (pixel hash, PDQ) from the pixels decoded here: of the
+    photo as stored, or of the resized pixels before they are encoded."""
     with warnings.catch_warnings():
         # above MAX_IMAGE_PIXELS Pillow only warns; above twice that it raises: refuse both
         warnings.simplefilter("error", Image.DecompressionBombWarning)
@@ -45,7 +50,10 @@ def store_image(data: bytes, image_size: int, quality: int) -> StoredFile:
         except _DECODE_ERRORS as exc:
             raise ItemFailure("undecodable", f"{type(exc).__name__}: {exc}") from None
     if im.format == "JPEG" and im.mode == "RGB" and orientation == 1 and size == im.size:
-        return StoredFile(data, "jpg", transcoded=False, width=width, height=height)
+        print_ = packed(image_fingerprint, im) if fingerprints else None
+        return StoredFile(
+            data, "jpg", transcoded=False, width=width, height=height, fingerprint=print_
+        )
     try:
         if orientation != 1:
             im = ImageOps.exif_transpose(im)
@@ -57,7 +65,10 @@ def store_image(data: bytes, image_size: int, quality: int) -> StoredFile:
         im.save(out, "JPEG", quality=quality)
     except _DECODE_ERRORS as exc:
         raise ItemFailure("undecodable", f"{type(exc).__name__}: {exc}") from None
-    return StoredFile(out.getvalue(), "jpg", transcoded=True, width=im.width, height=im.height)
+    print_ = packed(image_fingerprint, im) if fingerprints else None
+    return StoredFile(
+        out.getvalue(), "jpg", transcoded=True, width=im.width, height=im.height, fingerprint=print_
+    )
 
 
 def _rgb(im: Image.Image) -> Image.Image:

@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from biovita_data.core.layout import failures_path
-from biovita_data.core.schemas import FAILURE, MEDIA_FILE
+from biovita_data.core.schemas import FAILURE, MEDIA_FILE, MEDIA_PAYLOAD
 from biovita_data.core.tables import read_table, replace_failures, write_table
 from biovita_data.media.records import STAGE
 from biovita_data.media.shards import SIZES_KEY, ShardSpec, read_failures
@@ -21,7 +21,7 @@ from biovita_data.media.store import MediaStore
 # (source, record_id) order) stays in its shard, marked kept=False, so no shard is ever rewritten.
 MEDIA_INDEX = pa.schema(
     [
-        *[f for f in MEDIA_FILE if f.name != "bytes"],
+        *[f for f in MEDIA_FILE if f.name not in MEDIA_PAYLOAD],
         pa.field("size", pa.int64(), nullable=False),  # len(bytes): for planning published shards
         pa.field("shard", pa.int32(), nullable=False),  # OUT/media/<modality>/shard-NNNNN.parquet
         pa.field("kept", pa.bool_(), nullable=False),  # False: a duplicate, skip it downstream
@@ -29,7 +29,7 @@ MEDIA_INDEX = pa.schema(
         pa.field("duplicate_of", pa.string()),  # its record_id
     ]
 )
-_META_COLUMNS = [f.name for f in MEDIA_FILE if f.name != "bytes"]
+_META_COLUMNS = [f.name for f in MEDIA_FILE if f.name not in MEDIA_PAYLOAD]
 
 
 def build_index(
@@ -95,7 +95,7 @@ def _read_shard_index(store: MediaStore, spec: ShardSpec) -> pl.DataFrame:
 
 
 def shard_rows(table: pa.Table, shard: int) -> pl.DataFrame:
-    """A shard table's index rows: its columns but `bytes`, each row's size, the shard number."""
+    """A shard table's index rows: its columns but the payload, each row's size, the shard."""
     sizes = json.loads((table.schema.metadata or {})[SIZES_KEY])
     table = table.select(_META_COLUMNS)
     return pl.from_arrow(table).with_columns(

@@ -15,9 +15,11 @@ def process_item(item: WorkItem, data: bytes, settings: ProcessSettings) -> Item
     """Verify (decode), convert and hash one record's download; never raises for bad media."""
     try:
         if item.modality == "audio":
-            files = store_audio(data, settings.segment_seconds)
+            files = store_audio(data, settings.segment_seconds, settings.fingerprints)
         else:
-            files = [store_image(data, settings.image_size, settings.jpeg_quality)]
+            files = [
+                store_image(data, settings.image_size, settings.jpeg_quality, settings.fingerprints)
+            ]
     except ItemFailure as exc:
         return failed(item, exc, len(data))
     except Exception as exc:  # a decoder's unexpected complaint is still a file it cannot read
@@ -55,4 +57,5 @@ def _row(item: WorkItem, f: StoredFile, segment: int, n_segments: int, source_sh
         "channels": f.channels,
         "width": f.width,
         "height": f.height,
+        "fingerprint": f.fingerprint,
     }

@@ -31,6 +31,7 @@ class StoredFile:
     channels: int | None = None
     width: int | None = None
     height: int | None = None
+    fingerprint: bytes | None = None  # media/fingerprint.py's packed fingerprint, when made
 
 
 @dataclass

@@ -29,6 +29,8 @@ class MaterializeSettings:
     modalities: tuple[str, ...] = MODALITIES
     download_threads: int = 16  # I/O threads; the HTTP client's per-host caps still apply
     jpeg_quality: int = 90
+    # each stored file's content fingerprint (for dedup) from the decode that verifies it
+    fingerprints: bool = True
     throttle: bool = True  # per-host rate limits (off only against the sample world)
     retries: int = 6
     backoff_s: float = 0.5
@@ -64,16 +66,20 @@ class MaterializeSettings:
             image_size=int(self.image_size),
             segment_seconds=float(self.segment_seconds),
             jpeg_quality=int(self.jpeg_quality),
+            fingerprints=bool(self.fingerprints),
         )
 
 
 @dataclass(frozen=True)
 class ProcessSettings:
-    """Everything that decides the bytes of a stored file (part of each shard's fingerprint)."""
+    """Everything that decides the bytes of a stored file (part of each shard's fingerprint),
+    and whether content fingerprints are made (not part of it: a shard without them is still
+    done; dedup decodes its files instead)."""
 
     image_size: int = 512
     segment_seconds: float = 60.0
     jpeg_quality: int = 90
+    fingerprints: bool = True
 
 
 @dataclass(frozen=True)

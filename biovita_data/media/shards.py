@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from biovita_data.core import layout
-from biovita_data.core.schemas import FAILURE, MEDIA_FILE
+from biovita_data.core.schemas import FAILURE, MEDIA_FILE, MEDIA_PAYLOAD
 from biovita_data.core.tables import to_table, write_table
 from biovita_data.media.records import ItemOutcome
 from biovita_data.media.settings import FORMAT_VERSION, ProcessSettings, WorkItem
@@ -168,12 +168,15 @@ def _write_plan(out: Path, modality: str, specs: list[ShardSpec], key: bytes) ->
     write_table(table, path)
 
 
+_NOT_IN_FINGERPRINT = ("fingerprints",)  # settings that leave the stored bytes as they are
+
+
 def fingerprint(modality: str, items: Iterable[WorkItem], settings: ProcessSettings) -> str:
     """What a finished shard was made from: the same fingerprint means the same bytes."""
     key = [
         FORMAT_VERSION,
         modality,
-        asdict(settings),
+        {k: v for k, v in asdict(settings).items() if k not in _NOT_IN_FINGERPRINT},
         [[i.source, i.record_id, i.media_url, i.file_format, i.name] for i in items],
     ]
     return hashlib.sha256(json.dumps(key).encode()).hexdigest()
@@ -221,7 +224,7 @@ def write_media_parquet(table: pa.Table, where: str | Path | IO[bytes]) -> None:
     min/max statistics of the `bytes` column only cost time; row groups of ROW_GROUP rows let
     readers fetch a few files without reading a whole shard.
     """
-    others = [name for name in table.column_names if name != "bytes"]
+    others = [name for name in table.column_names if name not in MEDIA_PAYLOAD]
     pq.write_table(
         table,
         where,
