@@ -8,7 +8,9 @@ dedup's thresholds (biovita_data.media.dedup.audio_pairs) and a mel-statistics e
 (mean + std of 64 log-mel bands) at a cosine threshold; Chromaprint where `fpcalc` is installed.
 Photos: `--photos` photos, one copy each (resized, recompressed, 3 in 10 cropped 5 %): PDQ
 (whole + centre, dedup's threshold) against imagehash's pHash (64 bits) where installed.
-Cost: fingerprint CPU seconds against decoding the same bytes (what materialize does anyway).
+Cost: materialize's per-file step (media/process: verify by decoding, convert) with and without
+the fingerprints it makes from that decode (`fingerprint_share_of_materialize`), and the
+fingerprint alone against decoding the same bytes.
 Prints a table to stderr and, with --json, one JSON line to stdout.
 """
 
@@ -30,6 +32,8 @@ from PIL import Image
 
 from biovita_data.media import dedup
 from biovita_data.media import fingerprint as fp
+from biovita_data.media.audio import store_audio
+from biovita_data.media.image import store_image
 from biovita_data.sample import duplicates as plants
 from biovita_data.sample.world import World
 
@@ -71,7 +75,7 @@ def _chromaprint(data: bytes) -> list[int] | None:
 def audio(world: World, n: int, copies: int, seed: int) -> dict:
     rng = np.random.default_rng(seed)
     recs = [r for r in world.recordings if r.flaw is None and 3 <= r.duration_s < 40][:n]
-    files, decode_s, fp_s = [], 0.0, 0.0
+    files, decode_s, fp_s, store = [], 0.0, 0.0, {False: 0.0, True: 0.0}
     for r in recs:
         data = world.audio_bytes(r.source, r.id)
         versions = [data] + [
@@ -79,6 +83,10 @@ def audio(world: World, n: int, copies: int, seed: int) -> dict:
             for _ in range(copies)
         ]
         for v in versions:
+            for fingerprints in (False, True):  # materialize's step, without and with them
+                t = time.process_time()
+                store_audio(v, 60.0, fingerprints)
+                store[fingerprints] += time.process_time() - t
             t = time.process_time()
             pcm = fp.decode_audio(v)
             t1 = time.process_time()
@@ -114,6 +122,9 @@ def audio(world: World, n: int, copies: int, seed: int) -> dict:
         "decode_ms_per_audio_s": round(1000 * decode_s / seconds, 3),
         "fingerprint_ms_per_audio_s": round(1000 * fp_s / seconds, 3),
         "fingerprint_vs_decode": round(fp_s / decode_s, 2),
+        "materialize_ms_per_audio_s": round(1000 * store[False] / seconds, 3),
+        "materialize_fingerprints_ms_per_audio_s": round(1000 * store[True] / seconds, 3),
+        "fingerprint_share_of_materialize": round(store[True] / store[False] - 1, 3),
     }
     chroma = [_chromaprint(v) for _, _, v, _, _ in files[:2]]
     out["chromaprint"] = "fpcalc not installed" if chroma[0] is None else "installed: not scored"
@@ -130,12 +141,23 @@ def photos(world: World, n: int, seed: int) -> dict:
     t = time.process_time()
     prints = [fp.image_fingerprint(Image.open(io.BytesIO(d))) for _, _, d in items]
     pdq_s = time.process_time() - t
+    store = {}
+    for fingerprints in (False, True):  # materialize's step (short side 512), without and with
+        t = time.process_time()
+        for _, _, d in items:
+            store_image(d, 512, 90, fingerprints)
+        store[fingerprints] = time.process_time() - t
     ok = [k for k, f in enumerate(prints) if f.pdq]
     truth = {(i, j) for i, j in itertools.combinations(ok, 2) if items[i][0] == items[j][0]}
     found = {(i, j) for i, j in itertools.combinations(ok, 2)
              if fp.pdq_distance(prints[i].pdq, prints[j].pdq) <= dedup.PDQ_THRESHOLD}  # fmt: skip
     out = {"pdq": _prf(found, truth, len(ok)), "no_pdq": len(items) - len(ok)}
     out["pdq"]["cpu_ms_per_photo"] = round(1000 * pdq_s / len(items), 2)
+    out["cpu"] = {
+        "materialize_ms_per_photo": round(1000 * store[False] / len(items), 2),
+        "materialize_fingerprints_ms_per_photo": round(1000 * store[True] / len(items), 2),
+        "fingerprint_share_of_materialize": round(store[True] / store[False] - 1, 3),
+    }
     try:
         import imagehash
     except ImportError:

@@ -40,8 +40,11 @@ from biovita_data.media import fingerprint as fp
 from biovita_data.media.store import MediaStore
 
 STAGE = "dedup"
-NEAR_MATCHES = 20  # audio: landmarks agreeing at the best offset, at least ...
-NEAR_SCORE = 0.06  # ... and this share of the smaller recording's landmarks (or 2x NEAR_MATCHES)
+# audio: a pair is near when this many landmarks agree at the best offset (+-1 frame) ...
+# (measured, benchmarks/dedup.py --copies 10: copies 19-268 matched (1st-50th percentile),
+# other recordings of one species at most 6, of other species at most 3) ...
+NEAR_MATCHES = 20
+NEAR_SCORE = 0.005  # ... and this share of the smaller recording's landmarks (hour-long ones)
 MAX_POSTINGS = 50  # a landmark hash in more recordings than this says nothing (dropped)
 # photos: at most this many of PDQ's 256 bits differ (measured: copies resized, recompressed or
 # cropped 5 % <= 42, photos of one species >= 88; benchmarks/dedup.py)
@@ -144,9 +147,7 @@ def _block_pairs(rows: pl.DataFrame) -> pl.DataFrame:
         pl.col("c").max().alias("matched"), pl.min_horizontal("na", "nb").first().alias("n")
     )
     best = best.with_columns(score=pl.col("matched") / pl.col("n"))
-    keep = (pl.col("matched") >= 2 * NEAR_MATCHES) | (
-        (pl.col("matched") >= NEAR_MATCHES) & (pl.col("score") >= NEAR_SCORE)
-    )
+    keep = (pl.col("matched") >= NEAR_MATCHES) & (pl.col("score") >= NEAR_SCORE)
     return best.filter(keep).select("a", "b", "score", pl.col("matched").cast(pl.Int64))
 
 

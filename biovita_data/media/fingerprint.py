@@ -38,6 +38,7 @@ PEAK_FLOOR_DB = 10.0  # ... and this far above the recording's median level (gai
 FAN_OUT = 5  # pairs per anchor peak: the next FAN_OUT peaks in the target zone
 MAX_DT = 96  # target zone: up to 96 frames (1.1 s) ahead ...
 MAX_DF = 192  # ... and within +-192 bins (4 kHz)
+CHUNK = 256  # frames per step of the spectrogram and the peak search (cache-sized)
 MIN_SECONDS = 1.0  # shorter recordings get no landmarks (their exact hash still counts)
 MIN_LANDMARKS = 20  # fewer than this: no landmarks (too little structure to tell copies)
 CLIP_LEVEL = 0.999  # samples at or above this |value| are clipped ...
@@ -203,8 +204,11 @@ def spectrogram(mono: np.ndarray) -> np.ndarray:
 
     if len(mono) < N_FFT:
         mono = np.pad(mono, (0, N_FFT - len(mono)))
-    frames = np.lib.stride_tricks.sliding_window_view(mono, N_FFT)[::HOP] * _window()
-    return np.abs(fft.rfft(frames, axis=1))
+    windows = np.lib.stride_tricks.sliding_window_view(mono, N_FFT)[::HOP]
+    spec = np.empty((len(windows), N_FFT // 2 + 1), np.float32)
+    for a in range(0, len(windows), CHUNK):  # a cache-sized block of frames at a time
+        spec[a : a + CHUNK] = np.abs(fft.rfft(windows[a : a + CHUNK] * _window(), axis=1))
+    return spec
 
 
 def _running_max(a: np.ndarray, radius: int, axis: int) -> np.ndarray:
@@ -233,9 +237,18 @@ def peaks(spec: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
 
     The floor is relative (the median magnitude, raised PEAK_FLOOR_DB), so a gain change moves
     every value and the floor alike and the same peaks are found."""
-    local = _running_max(_running_max(spec, PEAK_FRAMES, 0), PEAK_BINS, 1)
     floor = float(np.median(spec[::16])) * 10 ** (PEAK_FLOOR_DB / 20)
-    t, f = np.nonzero((spec == local) & (spec > floor))
+    found_t, found_f = [], []
+    for a in range(0, len(spec), CHUNK):  # CHUNK frames, with the neighbours their maxima need
+        lo = max(0, a - PEAK_FRAMES)
+        part = spec[lo : a + CHUNK + PEAK_FRAMES]
+        local = _running_max(_running_max(part, PEAK_FRAMES, 0), PEAK_BINS, 1)
+        inner = slice(a - lo, a - lo + CHUNK)
+        t, f = np.nonzero((part[inner] == local[inner]) & (part[inner] > floor))
+        found_t.append(t + a)
+        found_f.append(f)
+    t = np.concatenate(found_t) if found_t else np.empty(0, np.int64)
+    f = np.concatenate(found_f) if found_f else np.empty(0, np.int64)
     keep = (f > 1) & (f < spec.shape[1] - 1)  # DC and Nyquist bins carry no call
     return t[keep], f[keep]
 
@@ -338,8 +351,10 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
 
     import soundfile as sf
 
+    from biovita_data.core.cstderr import filtered_c_stderr
+
     try:
-        with sf.SoundFile(io.BytesIO(data)) as snd:
+        with filtered_c_stderr(), sf.SoundFile(io.BytesIO(data)) as snd:
             blocks = list(snd.blocks(DECODE_BLOCK, dtype="float32", always_2d=True))
             rate = snd.samplerate
         if not blocks:
