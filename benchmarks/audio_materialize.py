@@ -18,7 +18,10 @@ verifying materialize can spend less, and `floor_ratio` = CPU ms per clip / that
 --shard-size >= --clips the run has one shard, fewer than the workers, and `cores_used` shows
 whether every worker still works. stdout: a summary line, then one JSON line (with --json only
 the JSON line); stderr: progress. Exit status 1 unless every clip was kept. Target: >= 40
-clips/s per core.
+clips/s per core. The figures above are of materialize without content fingerprints
+(`--no-fingerprints`: the verifying path alone); each round also runs it with them (the
+default, for dedup), reported as `fingerprints_cpu_ms_per_clip` and `fingerprint_share` (their
+extra CPU over the run without).
 
     python3 benchmarks/audio_materialize.py [--clips 800] [--workers 2] [--repeat 2]
         [--shard-size 500] [--json]
@@ -96,7 +99,9 @@ def decode_floor(recordings: list[bytes], reps: int = 2) -> float:
     return 1000 * spent / (reps * len(recordings))
 
 
-def run(urls: list[str], workers: int, exclude: set[int], shard_size: int) -> dict:
+def run(
+    urls: list[str], workers: int, exclude: set[int], shard_size: int, fingerprints: bool
+) -> dict:
     rows = [
         {"source": "xeno-canto", "record_id": str(i), "modality": "audio", "species_id": 1,
          "scientific_name": "Benchmark clip", "match_kind": "exact", "media_url": url,
@@ -114,6 +119,7 @@ def run(urls: list[str], workers: int, exclude: set[int], shard_size: int) -> di
             throttle=False,
             download_threads=16,
             shard_size=shard_size,
+            fingerprints=fingerprints,
         )
         http = HttpClient(
             {"127.0.0.1": HostPolicy(None, 16)}, throttle=False, retries=0, allow_loopback=True
@@ -156,11 +162,12 @@ def main() -> None:
     urls = [f"{root}/recordings/{i}.mp3" for i in range(args.clips)]
     load = os.getloadavg()[0]
     try:
-        runs = []
+        runs, printed = [], []
         for r in range(args.repeat):
             print(f"round {r + 1}: decode floor, then materialize", file=sys.stderr)
             floors.append(decode_floor(distinct))
-            runs.append(run(urls, args.workers, {server.pid}, args.shard_size))
+            runs.append(run(urls, args.workers, {server.pid}, args.shard_size, False))
+            printed.append(run(urls, args.workers, {server.pid}, args.shard_size, True))
     finally:
         parent.send("stop")
         server.join(5)
@@ -187,6 +194,12 @@ def main() -> None:
             round(1000 * x["cpu_s"] / args.clips / f, 3) for x, f in zip(runs, floors, strict=True)
         ],
         "cores_used": round(best["cpu_s"] / best["seconds"], 2),
+        "fingerprints_cpu_ms_per_clip": round(
+            1000 * min(x["cpu_s"] for x in printed) / args.clips, 2
+        ),
+        "fingerprint_share": round(
+            min(x["cpu_s"] for x in printed) / min(x["cpu_s"] for x in runs) - 1, 3
+        ),
         "seconds": [round(x["seconds"], 2) for x in runs],
         "kept": best["kept"],
         "kept_original": best["kept_original"],
