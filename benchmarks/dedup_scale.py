@@ -3,15 +3,19 @@
 Fingerprints `--pool` recordings of the default sample world (real landmark statistics), then
 runs `biovita_data.media.dedup.audio_pairs` on blocks of growing size, each in a fresh process
 (peak RSS measured there, less the process's RSS before the search). CPU is fitted as a power
-law of the block's landmark count, memory as bytes per landmark of the largest block (postings
-are capped, so the index grows linearly); both projected to the paper's corpus:
+law of the block's landmark count, memory as a straight line in it (see below); both projected
+to the paper's corpus:
 - `--recordings` (1.3 M) recordings of `--seconds` mean length (landmarks per second measured);
 - the search runs per genus: `--max-block` recordings in the largest genus (default 20,000: about
   the size of the largest bird genera on Xeno-canto); the total time is bounded by cutting the
   corpus into blocks of that size (exact for a cost linear in the block, an upper bound when
-  it grows faster), on `--cores` processes, one block each, so memory is cores x one block;
+  it grows faster), on `--cores` processes, one block each (`dedup --workers`), so memory is
+  cores x one block; beside it, the wall time when only as many processes run as fit in
+  `--memory-gb` (the issue's one machine: 8 GB);
 - beside it, one global index over the whole corpus (what an unblocked search would need), and
   the landmark spill dedup writes to disk while fingerprinting (hash + time, 8 bytes each).
+Memory is fitted as a straight line in the block's landmarks (the search holds the block's
+landmarks, 12 bytes each exploded, and one chunk of the hash join at a time).
 The photo search (PDQ within a species, numpy blocks) is not projected here.
 Prints a table to stderr and, with --json, one JSON line to stdout.
 """
@@ -46,9 +50,17 @@ print(json.dumps({"cpu_s": cpu, "extra_mb": max(peak - base, 0) / 1024, "pairs":
 """
 
 
-def pool_prints(n: int) -> tuple[pl.DataFrame, float]:
-    """Fingerprints of n recordings of the default world, and their landmarks per second."""
+def pool_prints(n: int, cache: Path | None = None) -> tuple[pl.DataFrame, float]:
+    """Fingerprints of n recordings of the default world, and their landmarks per second
+    (`cache`: a Parquet file of them, read when it holds n, else written)."""
     world = World("default")
+    if cache is not None and cache.exists():
+        prints = pl.read_parquet(cache)
+        if prints.height >= n:
+            prints = prints.head(n)
+            ids = {k: r for k, r in enumerate(r for r in world.recordings if r.flaw is None)}
+            seconds = sum(ids[i].duration_s for i in prints["i"].to_list())
+            return prints, float(prints["n"].sum()) / seconds
     recs = [r for r in world.recordings if r.flaw is None][:n]
     rows, seconds = [], 0.0
     for k, r in enumerate(recs):
@@ -61,6 +73,8 @@ def pool_prints(n: int) -> tuple[pl.DataFrame, float]:
     prints = pl.DataFrame(
         rows, schema_overrides={"hashes": pl.List(pl.Int64), "times": pl.List(pl.Int64)}
     )
+    if cache is not None:
+        prints.write_parquet(cache)
     return prints, float(prints["n"].sum()) / seconds
 
 
@@ -90,10 +104,12 @@ def main() -> None:
     ap.add_argument("--seconds", type=float, default=40.0, help="mean recording length (s)")
     ap.add_argument("--max-block", type=int, default=20_000)
     ap.add_argument("--cores", type=int, default=16)
+    ap.add_argument("--memory-gb", type=float, default=8.0, help="one machine's memory")
+    ap.add_argument("--cache", type=Path, help="a Parquet file keeping the pool's fingerprints")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
     t0 = time.monotonic()
-    prints, per_second = pool_prints(args.pool)
+    prints, per_second = pool_prints(args.pool, args.cache)
     landmarks = prints["n"].cum_sum().to_list()
     with tempfile.TemporaryDirectory() as tmp:
         sizes = sorted({max(2, prints.height // d) for d in (8, 4, 2, 1)})
@@ -102,13 +118,17 @@ def main() -> None:
         r["landmarks"] = int(landmarks[r["records"] - 1])
     x = np.array([r["landmarks"] for r in runs], float)
     c_t, a_t = power_fit(x, np.array([max(r["cpu_s"], 1e-3) for r in runs]))
-    # memory: linear in the landmarks (postings are capped at MAX_POSTINGS), from the largest run
-    mb_per_landmark = runs[-1]["extra_mb"] / runs[-1]["landmarks"]
+    # memory: the exploded index is linear in the landmarks, the hash join is cut into chunks of
+    # JOIN_LANDMARKS anchors: a straight line through the runs (least squares)
+    slope, intercept = np.polyfit(x, np.array([r["extra_mb"] for r in runs]), 1)
+    mb_per_landmark = max(float(slope), runs[-1]["extra_mb"] / runs[-1]["landmarks"] / 4)
     per_record = per_second * args.seconds
     block_x = args.max_block * per_record
     blocks = -(-args.recordings // args.max_block)
-    block_s, block_gb = c_t * block_x**a_t, mb_per_landmark * block_x / 1024
+    block_s = c_t * block_x**a_t
+    block_gb = (mb_per_landmark * block_x + max(float(intercept), 0.0)) / 1024
     global_x = args.recordings * per_record
+    fit = min(args.cores, blocks, int(args.memory_gb // block_gb)) if block_gb else args.cores
     result = {
         "bench": "dedup_scale",
         "pool_records": prints.height,
@@ -123,8 +143,12 @@ def main() -> None:
         "block_memory_gb": round(block_gb, 2),
         "blocked_wall_h_on_cores": round(blocks * block_s / min(args.cores, blocks) / 3600, 2),
         "blocked_memory_gb_on_cores": round(block_gb * min(args.cores, blocks), 1),
+        "workers_within_memory": fit,
+        # null: one block alone needs more than --memory-gb
+        "blocked_wall_h_within_memory": round(blocks * block_s / fit / 3600, 2) if fit else None,
+        "memory_gb": args.memory_gb,
         "global_index_memory_gb": round(mb_per_landmark * global_x / 1024, 1),
-        "spill_disk_gb": round(global_x * 16 / 2**30, 1),
+        "spill_disk_gb": round(global_x * 8 / 2**30, 1),
         "cores": args.cores,
         "seconds": round(time.monotonic() - t0, 1),
     }

@@ -262,6 +262,9 @@ def test_landmark_search_by_genus_block_and_spilled_to_disk(
     assert found.select("a", "b").rows() == [(0, 1), (2, 3), (4, 5)]
     apart = prints.with_columns(block=pl.format("r{}", pl.col("i")))  # each in a genus of its own
     assert dd.audio_pairs(apart).is_empty()
+    with monkeypatch.context() as m:  # anchors joined a few hundred landmarks at a time
+        m.setattr(dd, "JOIN_LANDMARKS", 300)
+        assert dd.audio_pairs(prints).sort("a", "b").equals(found)
     monkeypatch.setattr(dd, "SPILL_RECORDS", 2)
     spill = dd._LandmarkSpill(tmp_path / "spill")
     (tmp_path / "spill").mkdir()
@@ -294,6 +297,8 @@ def test_parallel_bucket_search_finds_what_one_process_does(
         found[workers] = spill.pairs(workers).sort("a", "b")
     assert found[1].select("a", "b").rows() == [(0, 1), (2, 3), (4, 5), (6, 7)]
     assert found[2].equals(found[1])
+    # a corpus past 64 x 20,000 records gets more, smaller landmark files
+    assert dd.spill_buckets(1_000) == 64 and dd.spill_buckets(2_000_000) == 100
 
 
 def _same_print(a: fp.Fingerprint, b: fp.Fingerprint) -> bool:

@@ -48,6 +48,7 @@ STAGE = "dedup"
 NEAR_MATCHES = 20
 NEAR_SCORE = 0.06
 MAX_POSTINGS = 50  # a landmark hash in more recordings than this says nothing (dropped)
+JOIN_LANDMARKS = 250_000  # anchor landmarks joined against a block at a time (memory bound)
 # photos: at most this many of PDQ's 256 bits differ (measured on 40 photos: copies resized,
 # recompressed or cropped 5 % <= 28, other photos >= 90; benchmarks/dedup.py)
 PDQ_THRESHOLD = 64
@@ -128,31 +129,65 @@ def audio_pairs(prints: pl.DataFrame) -> pl.DataFrame:
 
 
 def _block_pairs(rows: pl.DataFrame) -> pl.DataFrame:
-    """audio_pairs within one block: an inverted index of landmark hashes, then the best offset."""
-    marks = rows.select("i", "n", "hashes", "times").explode(["hashes", "times"])
-    marks = marks.rename({"hashes": "h", "times": "t"}).unique(["i", "h", "t"])
-    common = marks.group_by("h").agg(pl.col("i").n_unique().alias("k"))
-    marks = marks.join(common.filter(pl.col("k") <= MAX_POSTINGS).select("h"), on="h")
-    left = marks.rename({"i": "a", "t": "ta", "n": "na"})
-    right = marks.rename({"i": "b", "t": "tb", "n": "nb"})
-    joined = left.join(right, on="h").filter(pl.col("a") < pl.col("b"))
-    offsets = joined.group_by("a", "b", (pl.col("tb") - pl.col("ta")).alias("dt")).agg(
-        pl.len().alias("c"), pl.col("na").first(), pl.col("nb").first()
+    """audio_pairs within one block: an inverted index of landmark hashes, then the best offset,
+    for the records of one chunk (about JOIN_LANDMARKS landmarks) against the block at a time,
+    so memory holds one chunk's share of the hash join, not the block's."""
+    marks = rows.select("i", "hashes", "times").explode(["hashes", "times"])
+    # 12 bytes a landmark (hashes are 27 bits, frames and records < 2^31); no (i, h, t) twice:
+    # one anchor peak pairs with each target peak once
+    marks = marks.select(
+        pl.col("i").cast(pl.Int32), pl.col("hashes").cast(pl.UInt32).alias("h"),
+        pl.col("times").cast(pl.Int32).alias("t"),
+    )  # fmt: skip
+    # records per hash, counted on one packed column (cheaper than n_unique per group)
+    per = marks.select(pl.col("h").cast(pl.UInt64) * 2**32 + pl.col("i").cast(pl.UInt64)).unique()
+    common = per.select((pl.col("h") // 2**32).cast(pl.UInt32)).group_by("h").len()
+    marks = marks.join(common.filter(pl.col("len") <= MAX_POSTINGS).select("h"), on="h")
+    chunk = rows.select(
+        pl.col("i").cast(pl.Int32), (pl.col("n").cum_sum() // JOIN_LANDMARKS).alias("chunk")
     )
-    near = pl.concat(  # each offset's count plus its neighbours' (+-1 frame)
-        [offsets, *(offsets.with_columns(pl.col("dt") + d) for d in (-1, 1))]
+    anchors = marks.join(chunk, on="i").partition_by("chunk", include_key=False)
+    found = [_anchor_pairs(part, marks) for part in anchors]
+    best = pl.concat(found) if found else pl.DataFrame(schema={"a": pl.Int32, "b": pl.Int32,
+                                                               "matched": pl.UInt32})  # fmt: skip
+    sizes = rows.select(pl.col("i").cast(pl.Int32), "n")
+    best = best.join(sizes.rename({"i": "a", "n": "na"}), on="a").join(
+        sizes.rename({"i": "b", "n": "nb"}), on="b"
     )
-    best = near.group_by("a", "b", "dt").agg(
-        pl.col("c").sum(), pl.col("na").first(), pl.col("nb").first()
-    )
-    best = best.group_by("a", "b").agg(
-        pl.col("c").max().alias("matched"), pl.min_horizontal("na", "nb").first().alias("n")
-    )
-    best = best.with_columns(score=pl.col("matched") / pl.col("n"))
+    best = best.with_columns(score=pl.col("matched") / pl.min_horizontal("na", "nb"))
     keep = (pl.col("matched") >= 2 * NEAR_MATCHES) | (
         (pl.col("matched") >= NEAR_MATCHES) & (pl.col("score") >= NEAR_SCORE)
     )
-    return best.filter(keep).select("a", "b", "score", pl.col("matched").cast(pl.Int64))
+    return best.filter(keep).select(
+        pl.col("a").cast(pl.Int64), pl.col("b").cast(pl.Int64), "score",
+        pl.col("matched").cast(pl.Int64),
+    )  # fmt: skip
+
+
+def _anchor_pairs(left: pl.DataFrame, marks: pl.DataFrame) -> pl.DataFrame:
+    """(a, b, matched) of anchor records `left` (all their landmarks) against every later record
+    of the block: landmarks agreeing at the best offset, a frame either side counted too."""
+    joined = left.rename({"i": "a", "t": "ta"}).join(marks.rename({"i": "b", "t": "tb"}), on="h")
+    pair = pl.col("a").cast(pl.Int64) * 2**32 + pl.col("b").cast(pl.Int64)  # one packed key
+    offsets = (
+        joined.filter(pl.col("a") < pl.col("b"))
+        .group_by(pair.alias("p"), (pl.col("tb") - pl.col("ta")).alias("dt"))
+        .agg(pl.len().alias("c"))
+    )
+    # a pair with NEAR_MATCHES over three neighbouring offsets has a third of them at one: the
+    # others (nearly all pairs, one chance agreement each) need no neighbour sums
+    reach = offsets.filter(pl.col("c") >= -(-NEAR_MATCHES // 3)).select("p").unique()
+    offsets = offsets.join(reach, on="p", how="semi")
+    near = pl.concat(  # each offset's count plus its neighbours' (+-1 frame)
+        [offsets, *(offsets.with_columns(pl.col("dt") + d) for d in (-1, 1))]
+    )
+    best = near.group_by("p", "dt").agg(pl.col("c").sum())
+    best = best.group_by("p").agg(pl.col("c").max().alias("matched"))
+    return best.select(
+        (pl.col("p") // 2**32).cast(pl.Int32).alias("a"),
+        (pl.col("p") % 2**32).cast(pl.Int32).alias("b"),
+        "matched",
+    )
 
 
 def image_pairs(prints: pl.DataFrame) -> pl.DataFrame:
@@ -291,7 +326,8 @@ def dedup(
         blocks = {(s, r): b for s, r, b in species.select("source", "record_id", "block").rows()}
         spill = None
         if m == "audio":
-            spill = _LandmarkSpill(Path(tempfile.mkdtemp(prefix=".dedup-", dir=out)))
+            folder = Path(tempfile.mkdtemp(prefix=".dedup-", dir=out))
+            spill = _LandmarkSpill(folder, spill_buckets(species.height))
         for k, (source, rid, segments) in enumerate(read_media(out, m)):
             try:
                 f = fingerprint_record(m, segments)
@@ -340,20 +376,23 @@ def dedup(
 
 
 SPILL_BUCKETS = 64  # landmark files per run, by block: the near search holds one file at a time
+BUCKET_RECORDS = 20_000  # ... at least, so that a file holds about one large genus on average
 SPILL_RECORDS = 500  # records fingerprinted between two writes to the spill
 # below this many landmarks (~2 h of audio) the buckets are searched in this process: starting
 # worker processes would cost more than the search
 PARALLEL_LANDMARKS = 1_000_000
 _SPILL = pa.schema([("i", pa.int64()), ("block", pa.string()), ("n", pa.int64()),
-                    ("hashes", pa.list_(pa.int64())), ("times", pa.list_(pa.int64()))])  # fmt: skip
+                    ("hashes", pa.list_(pa.uint32())),  # 8 bytes a landmark
+                    ("times", pa.list_(pa.int32()))])  # fmt: skip
 
 
 class _LandmarkSpill:
     """Audio landmarks on disk (a temp folder, removed by `pairs`), bucketed by block (genus), so
     neither fingerprinting nor the near search holds the corpus's landmarks in memory."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, buckets: int = SPILL_BUCKETS) -> None:
         self.folder = folder
+        self.buckets = buckets
         self.rows: list[dict] = []
         self.writers: dict[int, pq.ParquetWriter] = {}
         self.landmarks = 0
@@ -362,7 +401,7 @@ class _LandmarkSpill:
         row = {"i": i, "block": block, "n": len(hashes)}
         self.landmarks += len(hashes)
         self.rows.append(
-            {**row, "hashes": hashes.astype(np.int64), "times": times.astype(np.int64)}
+            {**row, "hashes": hashes.astype(np.uint32), "times": times.astype(np.int32)}
         )
         if len(self.rows) >= SPILL_RECORDS:
             self.flush()
@@ -372,7 +411,7 @@ class _LandmarkSpill:
             return
         table = pa.Table.from_pylist(self.rows, schema=_SPILL)
         buckets = [
-            zlib.crc32((b or "").encode()) % SPILL_BUCKETS for b in table["block"].to_pylist()
+            zlib.crc32((b or "").encode()) % self.buckets for b in table["block"].to_pylist()
         ]
         for bucket in sorted(set(buckets)):
             part = table.filter(pa.array([x == bucket for x in buckets]))
@@ -398,6 +437,12 @@ class _LandmarkSpill:
             return pl.concat(found) if found else pl.DataFrame(schema=_PAIRS)
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def spill_buckets(records: int) -> int:
+    """Landmark files for a corpus of `records`: SPILL_BUCKETS, more when each would hold more
+    than BUCKET_RECORDS (a searching worker holds one file)."""
+    return max(SPILL_BUCKETS, -(-records // BUCKET_RECORDS))
 
 
 def _bucket_pairs(path: Path) -> pl.DataFrame:
