@@ -8,7 +8,8 @@ short side is 512 px (never upscaling), re-encode JPEG at quality 90, hash (sha2
 Parquet shards of 500:
 
 - ours: `biovita_data.media.materialize` (engine local: download threads + `--processes` worker
-  processes) over an image manifest listing the URLs;
+  processes, without content fingerprints: img2dataset makes none) over an image manifest
+  listing the URLs;
 - img2dataset: `download(..., processes_count=--processes, thread_count=16,
   resize_mode="keep_ratio", resize_only_if_bigger=True, output_format="parquet",
   compute_hash="sha256")`, run by `--img2dataset-python` (default: $IMG2DATASET_PYTHON or this
@@ -113,7 +114,7 @@ OURS = textwrap.dedent(
             settings = MaterializeSettings(
                 modalities=("image",), workers=int(processes), image_size=int(size),
                 jpeg_quality=int(quality), shard_size=int(shard), throttle=False,
-                download_threads=16,
+                download_threads=16, fingerprints=False,  # img2dataset makes none either
             )
             http = HttpClient({"127.0.0.1": HostPolicy(None, 16)}, throttle=False, retries=0,
                               allow_loopback=True)
