@@ -91,6 +91,11 @@ def test_bad_inputs_get_a_reason_not_a_crash() -> None:
     assert flat.none and flat.pdq is None
     again = fp.unpack(flat.pack())
     assert again.none == flat.none and again.exact == flat.exact
+    # a stream longer than its header said is never held whole (materialize cuts it instead)
+    printer = fp.AudioPrinter(rate, max_frames=rate)
+    for _ in range(3):
+        printer.add(np.zeros((rate // 2, 2), np.float32))
+    assert printer.blocks == [] and fp.packed(printer.finish) is None
 
 
 def test_photo_copies_are_close_in_pdq_and_other_photos_are_not(tiny_world: World) -> None:

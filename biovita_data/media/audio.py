@@ -63,7 +63,7 @@ def _store_libsndfile(
             return _as_flac(samples, rate, subtype, segment_seconds, fingerprints)
         if fmt is None or (known and declared > limit):
             return _segments_streamed(snd, declared, fmt, subtype, segment_seconds, fingerprints)
-        printer = AudioPrinter(rate) if fingerprints else None
+        printer = AudioPrinter(rate, max_frames=limit) if fingerprints else None
         frames, peak = _scan(snd, printer)
     _check_length(frames, declared if known else 0, fmt)
     if frames > limit:  # the header understated the length: decode again, cutting

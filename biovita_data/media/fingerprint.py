@@ -143,19 +143,27 @@ class AudioPrinter:
     It keeps the mono mix at the native rate (4 bytes a frame), so the result is exactly
     audio_fingerprint of the whole."""
 
-    def __init__(self, rate: int) -> None:
+    def __init__(self, rate: int, max_frames: int | None = None) -> None:
         self.rate = rate
+        self.max_frames = max_frames  # more than this: nothing kept (the caller cuts segments)
         self.blocks: list[np.ndarray] = []
         self.clipped = 0
         self.samples = 0
+        self.frames = 0
 
     def add(self, block: np.ndarray) -> None:
         raw = block if block.ndim == 2 else block[:, None]
+        self.frames += len(raw)
+        if self.max_frames is not None and self.frames > self.max_frames:
+            self.blocks = []  # a file longer than its header said: never held whole
+            return
         self.clipped += _clipped(raw)
         self.samples += raw.size
         self.blocks.append(np.array(_mix(raw), np.float32))  # a copy: decoders reuse buffers
 
     def finish(self) -> Fingerprint:
+        if self.max_frames is not None and self.frames > self.max_frames:
+            raise ValueError(f"more than {self.max_frames} frames: fingerprint its segments")
         mono = np.concatenate(self.blocks) if self.blocks else np.empty(0, np.float32)
         mono = to_mono(mono, self.rate)
         exact = hashlib.sha256(_pcm16(mono).tobytes()).digest()
