@@ -1,9 +1,9 @@
 """Training-loader throughput: biovita_data.loader vs the plain `datasets` Audio decode path.
 
 A synthetic published folder (the publish contract: audio/train-*.parquet with {bytes, path}
-structs written with publish's options: media bytes stored plainly, a row group closes at 100 rows
-or 4 MiB; image/, species/) holds recordings at 44.1 kHz, 20 % stereo, tones plus noise so the
-codecs work as on real sound. --durations picks their lengths:
+structs written with publish's options: media bytes stored plainly, one recording per audio row
+group; image/, species/) holds recordings at 44.1 kHz, 20 %
+stereo, tones plus noise so the codecs work as on real sound. --durations picks their lengths:
 
 - reference (default): lengths drawn (seeded) from 501 real Xeno-canto recordings
   (benchmarks/data/xc_durations.json: mean 49 s, median 28 s, p90 106 s, max 617 s), cut as
@@ -23,7 +23,7 @@ same (shuffled) order, and yield a random 10 s crop at 48 kHz mono:
   crops.
 
     python3 benchmarks/loader.py [--durations reference|fixed:25|reference,fixed:25]
-        [--recordings N] [--workers 2] [--items 600] [--repeat 3] [--layouts 100,100w4]
+        [--recordings N] [--workers 2] [--items 600] [--repeat 3] [--layouts publish,100]
         [--workdir DIR] [--keep]
 
 Several --durations (comma separated) are timed one after the other: the first is the headline, and
@@ -36,10 +36,11 @@ Arrow cache) are reported apart. CPU ms per sample (this process and its workers
 is reported too, over the same steady state (`*cpu_ms_per_sample`) and over the whole run, worker
 start-up included (`*run_cpu_ms_per_sample`): on a shared machine wall time depends on the
 neighbours, CPU time much less, and the speedup is given both ways (`speedup`: wall, `speedup_cpu`:
-steady CPU). The loader is timed on every --layouts entry: N rows per audio row group (at most 4
-MiB, as publish), "NwK" = N rows with the sampler's row_group_window=K (and K cached row groups per
-worker). The first layout is the headline. The `datasets` path copies the Parquet into its own
-Arrow cache, so the layout does not matter to it.
+steady CPU). The loader is timed on every --layouts entry: "publish" = the audio row groups publish
+writes (one recording each), "N" = N rows per audio row group closed at 4 MiB (publish's audio
+layout before issue 27: 100 rows or 4 MiB), "...wK" = with the sampler's
+row_group_window=K (and K cached row groups per worker). The first layout is the headline. The
+`datasets` path copies the Parquet into its own Arrow cache, so the layout does not matter to it.
 stdout: a short summary, then one JSON line (with --json: only the JSON line); progress goes to
 stderr.
 
@@ -90,7 +91,7 @@ from biovita_data.loader import BioVITADataset, collate, species_sampler
 from biovita_data.loader.audio import BACKENDS, decode_clip, ffmpeg_decoder
 from biovita_data.loader.dataset import item_rng
 from biovita_data.loader.index import RowReader, build_index, split_files
-from biovita_data.publish.shards import MEDIA_GROUP_BYTES, MEDIA_ROW_GROUP
+from biovita_data.publish.shards import AUDIO_ROW_GROUP, MEDIA_GROUP_BYTES
 from biovita_data.sample.published_folder import AudioSpec, write_config, write_synthetic_folder
 
 CROP = 480_000
@@ -169,7 +170,7 @@ def make_folder(
     recordings = args.recordings or (1000 if durations == "reference" else 2000)
     specs = recording_specs(durations, recordings, args.species)
     params = {"recordings": recordings, "species": args.species, "images": args.images}
-    params |= {"durations": durations, "version": 2}
+    params |= {"durations": durations, "version": 3, "rows_per_group": AUDIO_ROW_GROUP}
     stamp = root / "params.json"
     folder = root / "hf"
     seconds = [spec.seconds for spec in specs]
@@ -183,7 +184,7 @@ def make_folder(
         n_species=args.species,
         images_per_species={"train": args.images},
         image_size=(320, 240),
-        rows_per_group=MEDIA_ROW_GROUP,
+        rows_per_group=AUDIO_ROW_GROUP,
         group_bytes=MEDIA_GROUP_BYTES,
         shards=max(1, round(sum(seconds) / 12_500)),  # about 500 MB each, as publish writes
         processes=os.cpu_count() or 1,
@@ -194,7 +195,8 @@ def make_folder(
 
 
 def relayout(folder: Path, rows_per_group: int) -> Path:
-    """A copy of the folder whose audio shards have rows_per_group rows per row group."""
+    """A copy of the folder whose audio shards have rows_per_group rows per row group, closed at
+    4 MiB as photos' (the audio layout before issue 27)."""
     out = folder.parent / f"hf-rg{rows_per_group}"
     if out.exists():
         return out
@@ -320,10 +322,11 @@ def run_datasets(
         return {"datasets_error": f"{type(exc).__name__}: {exc}"}
 
 
-def parse_layout(text: str) -> tuple[int, int | None]:
-    """ "100" -> (100, None); "100w4" -> (100, 4): rows per row group, row_group_window."""
+def parse_layout(text: str) -> tuple[int | None, int | None]:
+    """ "publish" -> (None, None): publish's audio layout; "100" -> (100, None); "100w4" ->
+    (100, 4): rows per row group (closed at 4 MiB), row_group_window."""
     rows, _, window = text.partition("w")
-    return int(rows), int(window) if window else None
+    return (None if rows == "publish" else int(rows)), int(window) if window else None
 
 
 def time_layout(
@@ -331,7 +334,7 @@ def time_layout(
 ) -> tuple[dict[str, float], list[Any]]:
     """The loader's numbers on one layout, and the plain (unwindowed) order it used."""
     rows, window = parse_layout(layout)
-    folder = base if rows == 100 else relayout(base, rows)
+    folder = base if rows is None else relayout(base, rows)
     cache = {"cache_row_groups": max(2, window or 0)}
     t0 = time.perf_counter()
     audio_only = BioVITADataset(folder, "train", seed=SEED, with_image=False, **cache)
@@ -528,9 +531,9 @@ def main() -> int:
     )
     parser.add_argument(
         "--layouts",
-        default="100,100w4",
-        help="audio row groups: rows per group (4 MiB at most, as publish), optionally wN ="
-        " row_group_window N",
+        default="publish,100",
+        help="audio row groups: publish (as publish writes them) or rows per group (closed at"
+        " 4 MiB, the earlier layout), optionally wN = row_group_window N",
     )
     parser.add_argument(
         "--gpu-batch",

@@ -22,10 +22,12 @@ from __future__ import annotations
 import contextlib
 import io
 import math
+import warnings
 from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
+import pyarrow as pa
 import soundfile as sf
 import soxr
 
@@ -51,6 +53,7 @@ MP3_PREROLL_MIN = 9216
 # too: FFmpeg seeks it through its TOC, which can miss by a second. Other formats: not measured.
 FFMPEG_FORMATS: frozenset[str] = frozenset({"MP3"})
 
+Encoded = bytes | bytearray | memoryview  # encoded audio: bytes, or a view (RowReader.media_view)
 CropMode = Literal["random", "onset", "start"]
 Backend = Literal["auto", "soundfile", "ffmpeg"]
 BACKENDS: tuple[str, ...] = ("auto", "soundfile", "ffmpeg")
@@ -154,12 +157,17 @@ def window_start(
     raise ValueError(f"mode must be random, onset or start, not {mode!r}")
 
 
-def fill_short(x: np.ndarray, n: int, short_clip: str = "pad") -> np.ndarray:
+def fill_short(
+    x: np.ndarray, n: int, short_clip: str = "pad", *, out: np.ndarray | None = None
+) -> np.ndarray:
     """A clip of at most n samples filled to exactly n: "pad" with zeros at the end, "repeat"
-    (the clip again and again, cut at n) or "repeatpad" (whole repeats, then zeros)."""
+    (the clip again and again, cut at n) or "repeatpad" (whole repeats, then zeros); written into
+    `out` (float32, n samples) when given."""
     k = x.shape[0]
     if short_clip not in SHORT_CLIPS:
         raise ValueError(f"short_clip must be one of {SHORT_CLIPS}, not {short_clip!r}")
+    if out is not None:
+        return _fill_into(x[:n], out, short_clip)
     if k >= n:
         return np.ascontiguousarray(x[:n], dtype=np.float32)
     if k == 0 or short_clip == "pad":
@@ -167,6 +175,20 @@ def fill_short(x: np.ndarray, n: int, short_clip: str = "pad") -> np.ndarray:
     if short_clip == "repeat":
         return np.tile(x, n // k + 1)[:n].astype(np.float32, copy=False)
     return fit_length(np.tile(x, n // k), n)
+
+
+def _fill_into(x: np.ndarray, out: np.ndarray, short_clip: str) -> np.ndarray:
+    """fill_short of x (at most len(out) samples) written into out, without a temporary."""
+    n, k = out.shape[0], x.shape[0]
+    out[:k] = x
+    if k == 0 or k == n or short_clip == "pad":
+        out[k:] = 0.0
+        return out
+    whole = n // k if short_clip == "repeatpad" else -(-n // k)
+    for j in range(1, whole):
+        out[j * k : min(n, (j + 1) * k)] = x[: min(k, n - j * k)]
+    out[whole * k :] = 0.0
+    return out
 
 
 def fit_clip(
@@ -219,18 +241,19 @@ def ffmpeg_decoder() -> Any:
     return _FFMPEG[0]
 
 
-def mp3_is_cbr(data: bytes) -> bool:
+def mp3_is_cbr(data: Encoded) -> bool:
     """Whether an MP3 opens with LAME's "Info" tag, which marks a constant bitrate stream (whose
     byte offsets FFmpeg turns into exact times; a VBR stream's TOC seek can miss by a second)."""
+    data = memoryview(data).cast("B")
     at = 0
     if data[:3] == b"ID3" and len(data) >= 10:  # skip an ID3v2 tag: 10 bytes + syncsafe size
         size = (data[6] & 0x7F) << 21 | (data[7] & 0x7F) << 14 | (data[8] & 0x7F) << 7
         at = 10 + (size | (data[9] & 0x7F)) + (10 if data[5] & 0x10 else 0)
-    frame = data[at : at + 64]
+    frame = bytes(data[at : at + 64])
     return len(frame) > 4 and frame[0] == 0xFF and frame[1] & 0xE0 == 0xE0 and b"Info" in frame
 
 
-def crop_backend(file_format: str, backend: str = "auto", data: bytes = b"") -> str:
+def crop_backend(file_format: str, backend: str = "auto", data: Encoded = b"") -> str:
     """The decoder that crops a file of libsndfile format `file_format`: "soundfile" or "ffmpeg".
 
     "auto": FFmpeg for FFMPEG_FORMATS (an MP3 only when it is CBR: `mp3_is_cbr` on `data`);
@@ -247,8 +270,24 @@ def crop_backend(file_format: str, backend: str = "auto", data: bytes = b"") -> 
     return "ffmpeg"
 
 
+def open_encoded(data: Encoded) -> io.BytesIO | pa.BufferReader:
+    """A seekable file over encoded audio, without copying it (a view is read in place)."""
+    return io.BytesIO(data) if isinstance(data, bytes) else pa.BufferReader(pa.py_buffer(data))
+
+
+def _ffmpeg_source(data: Encoded) -> Any:
+    """What torchcodec decodes: the bytes, or a uint8 tensor over a view (no copy)."""
+    if isinstance(data, bytes):
+        return data
+    import torch  # present with torchcodec
+
+    with warnings.catch_warnings():  # read-only memory: the decoder only reads it
+        warnings.filterwarnings("ignore", message=".*not writable", category=UserWarning)
+        return torch.frombuffer(data, dtype=torch.uint8)
+
+
 def read_window_ffmpeg(
-    data: bytes,
+    data: Encoded,
     start: int,
     frames: int,
     rate: int,
@@ -266,7 +305,9 @@ def read_window_ffmpeg(
     stereo is (L + R) / sqrt(2): scaled to the mean, as `to_mono`."""
     decoder_class = ffmpeg_decoder()
     mono = channels <= 2
-    dec = decoder_class(data, sample_rate=target_rate, num_channels=1 if mono else None)
+    dec = decoder_class(
+        _ffmpeg_source(data), sample_rate=target_rate, num_channels=1 if mono else None
+    )
     begin = float(dec.metadata.begin_stream_seconds_from_header or 0.0)
     step = rate // math.gcd(rate, target_rate)  # source frames per whole number of outputs
     pre = min(start, -(-preroll_frames(file_format, rate) // step) * step) // step * step
@@ -281,16 +322,18 @@ def read_window_ffmpeg(
     return out
 
 
-def decode_whole(data: bytes, *, target_rate: int = TARGET_RATE, quality: str = "HQ") -> np.ndarray:
+def decode_whole(
+    data: Encoded, *, target_rate: int = TARGET_RATE, quality: str = "HQ"
+) -> np.ndarray:
     """The whole recording as mono float32 at target_rate (for caches that crop later)."""
-    with sf.SoundFile(io.BytesIO(data)) as f:
+    with sf.SoundFile(open_encoded(data)) as f:
         mono = to_mono(f.read(dtype="float32", always_2d=True))
         rate = f.samplerate
     return resample(mono, rate, target_rate, quality)
 
 
 def decode_clip(
-    data: bytes,
+    data: Encoded,
     *,
     mode: CropMode = "random",
     u: float = 0.0,
@@ -299,6 +342,7 @@ def decode_clip(
     quality: str = "HQ",
     short_clip: ShortClip = "pad",
     backend: Backend = "auto",
+    out: np.ndarray | None = None,
 ) -> Clip:
     """Decode a seconds-long mono window of encoded audio at target_rate.
 
@@ -308,13 +352,17 @@ def decode_clip(
     `short_clip` (`fill_short`; default: zeros at the end); `valid` counts its own samples.
     `backend` picks the decoder of a random or start crop (`crop_backend`; the onset crop decodes
     the whole clip with soundfile); an FFmpeg failure falls back to soundfile. `quality` is
-    soxr's; FFmpeg resamples with swresample's default filter.
+    soxr's; FFmpeg resamples with swresample's default filter. `data` may be a view of the
+    encoded bytes (decoded in place); given `out` (float32, seconds x target_rate samples), the
+    clip is written there and Clip.samples is `out`.
     """
     if mode not in ("random", "onset", "start"):
         raise ValueError(f"mode must be random, onset or start, not {mode!r}")
     n_out = round(seconds * target_rate)
-    out: np.ndarray | None = None
-    with sf.SoundFile(io.BytesIO(data)) as f:
+    if out is not None and (out.shape != (n_out,) or out.dtype != np.float32):
+        raise ValueError(f"out must be float32 of {n_out} samples, not {out.dtype} {out.shape}")
+    decoded: np.ndarray | None = None
+    with sf.SoundFile(open_encoded(data)) as f:
         rate, channels, frames = f.samplerate, f.channels, f.frames
         window = source_window(rate, seconds)
         if mode == "onset":
@@ -326,17 +374,18 @@ def decode_clip(
             start = window_start(frames, window, mode, u=u)
             if crop_backend(f.format, backend, data) == "ffmpeg":
                 try:
-                    out = read_window_ffmpeg(
+                    decoded = read_window_ffmpeg(
                         data, start, window, rate, channels, target_rate, f.format
                     )
                 except Exception:  # FFmpeg cannot read what libsndfile opened: soundfile crops
-                    out = None
-            if out is None:
+                    decoded = None
+            if decoded is None:
                 mono = read_window(f, start, window)
             else:  # FFmpeg keeps an MP3's end padding, which libsndfile drops: cut it
                 kept = min(window, max(0, frames - start))
-                out = out[: round(kept * target_rate / rate)]
-    if out is None:
-        out = resample(mono, rate, target_rate, quality)
-    valid = min(n_out, out.shape[0])
-    return Clip(fill_short(out, n_out, short_clip), valid, start / rate, rate, channels, frames)
+                decoded = decoded[: round(kept * target_rate / rate)]
+    if decoded is None:
+        decoded = resample(mono, rate, target_rate, quality)
+    valid = min(n_out, decoded.shape[0])
+    samples = fill_short(decoded, n_out, short_clip, out=out)
+    return Clip(samples, valid, start / rate, rate, channels, frames)

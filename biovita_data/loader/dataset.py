@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import mmap
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -11,9 +14,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import Dataset, default_collate
+from torch.utils.data import Dataset, default_collate, get_worker_info
 
-from biovita_data.loader.audio import CLIP_SECONDS, TARGET_RATE, CropMode, decode_clip
+from biovita_data.loader.audio import (
+    CLIP_SECONDS,
+    TARGET_RATE,
+    CropMode,
+    decode_clip,
+    ffmpeg_decoder,
+)
 from biovita_data.loader.index import (
     MediaIndex,
     RowReader,
@@ -45,6 +54,48 @@ def decode_image(data: bytes, *, draft: int | None = None) -> Image.Image:
         return img.convert("RGB")
 
 
+_MADV_POPULATE_WRITE = 23  # Linux >= 5.14
+
+
+@functools.cache
+def _madvise() -> Any:
+    """libc's madvise(2) through ctypes, or None (not Linux, or no such symbol)."""
+    if sys.platform != "linux":
+        return None
+    import ctypes
+
+    try:
+        madvise = ctypes.CDLL(None, use_errno=True).madvise
+    except (OSError, AttributeError):
+        return None
+    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
+    return madvise
+
+
+def prefault(tensor: torch.Tensor) -> bool:
+    """Ask Linux to back a page-aligned CPU tensor's memory now, in one call, instead of one page
+    fault per 4 KiB page on first write (fresh shared memory gets no huge pages); False where
+    the kernel (or libc) cannot, which changes nothing but the speed."""
+    size = tensor.numel() * tensor.element_size()
+    address = tensor.data_ptr()
+    madvise = _madvise()
+    if madvise is None or not size or address % mmap.PAGESIZE:
+        return False
+    return madvise(address, size, _MADV_POPULATE_WRITE) == 0
+
+
+def batch_tensor(rows: int, samples: int) -> torch.Tensor:
+    """An empty float32 (rows, samples) tensor; in a DataLoader worker it lives in shared memory,
+    as default_collate's batches do, so it travels to the main process without a copy."""
+    if get_worker_info() is None:
+        return torch.empty(rows, samples)
+    elem = torch.empty(0)
+    storage = elem._typed_storage()._new_shared(rows * samples, device=elem.device)
+    out = elem.new(storage).resize_(rows, samples)
+    prefault(out)
+    return out
+
+
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
     """An RGB PIL image as a uint8 (3, H, W) tensor."""
     return torch.from_numpy(np.asarray(img, dtype=np.uint8).copy()).permute(2, 0, 1).contiguous()
@@ -60,6 +111,10 @@ class BioVITADataset(Dataset):
     (a random prompt of the five templates), `label`, `species_id`, `scientific_name`, `traits`
     float32 (34,) with NaN where unknown, `traits_mask` bool (34,), `index`, `epoch`. Every random
     choice comes from (seed, epoch, index), so the items do not depend on the worker layout.
+
+    A DataLoader fetches a batch through `__getitems__`: without an audio_transform, the crops are
+    decoded straight into the rows of one (batch, n_samples) tensor (in shared memory in a worker)
+    that `collate` hands on as the batch's `audio` without stacking a copy.
     """
 
     def __init__(
@@ -98,6 +153,9 @@ class BioVITADataset(Dataset):
         self.clip_seconds = clip_seconds
         self.resample_quality = resample_quality
         self.cache_row_groups = cache_row_groups
+        # load FFmpeg's libraries (torchcodec: ~2 CPU-s) here once, so that forked DataLoader
+        # workers inherit them instead of each loading them on its first MP3
+        ffmpeg_decoder()
 
         audio_files = split_files(self.folder, "audio", split)
         if not audio_files:
@@ -168,10 +226,22 @@ class BioVITADataset(Dataset):
     def __getitem__(self, key: Key) -> dict[str, Any]:
         return self.item(key)
 
-    def item(self, key: Key, *, audio: bool = True) -> dict[str, Any]:
+    def __getitems__(self, keys: Sequence[Key]) -> list[dict[str, Any]]:
+        """The items of `keys` (a DataLoader's batch): equal to [self[k] for k in keys], their
+        `audio` being the rows of one batch tensor (`batch_tensor`) when there is no
+        audio_transform."""
+        if self.audio_transform is not None or not keys:
+            return [self.item(key) for key in keys]
+        rows = batch_tensor(len(keys), round(self.clip_seconds * self.sample_rate))
+        return [self.item(key, audio_out=rows[b]) for b, key in enumerate(keys)]
+
+    def item(
+        self, key: Key, *, audio: bool = True, audio_out: torch.Tensor | None = None
+    ) -> dict[str, Any]:
         """Item `key`; with audio=False the audio is not decoded and the item carries `crop_u`
         instead: the fraction of the admissible starts its random crop would start at (for a
-        caller that crops a cached spectrogram the same way)."""
+        caller that crops a cached spectrogram the same way). `audio_out` (float32, n_samples):
+        the crop is decoded into it, and it is the item's `audio` (without audio_transform)."""
         index, epoch = (key, self.epoch) if isinstance(key, int | np.integer) else key
         index, epoch = int(index), int(epoch)
         if not 0 <= index < len(self):
@@ -183,7 +253,9 @@ class BioVITADataset(Dataset):
 
         label = int(self.audio_index.label[index])
         item: dict[str, Any] = (
-            {"crop_u": float(u_crop)} if not audio else self._audio_item(index, float(u_crop))
+            {"crop_u": float(u_crop)}
+            if not audio
+            else self._audio_item(index, float(u_crop), audio_out)
         )
         item.update(
             label=label,
@@ -202,15 +274,18 @@ class BioVITADataset(Dataset):
         return item
 
     def audio_bytes(self, index: int) -> bytes:
-        """The encoded audio of item `index` (only this value's bytes are read)."""
+        """The encoded audio of item `index` (only this value is read)."""
         data = self._audio.media(index)
         if data is None:
             raise ValueError(f"audio item {index} ({self._audio_path(index)}) is null")
         return data
 
-    def _audio_item(self, index: int, u_crop: float) -> dict[str, Any]:
-        """`audio` (the decoded crop, through audio_transform) and `audio_length`."""
-        data = self._audio.media(index)  # only this value's bytes are read
+    def _audio_item(
+        self, index: int, u_crop: float, out: torch.Tensor | None = None
+    ) -> dict[str, Any]:
+        """`audio` (the decoded crop, in `out` when given, through audio_transform) and
+        `audio_length`."""
+        data = self._audio.media_view(index)  # only this value is read, and not copied
         crop: CropMode = "onset" if self.mode == "eval" else "random"
         try:
             if data is None:
@@ -222,13 +297,14 @@ class BioVITADataset(Dataset):
                 seconds=self.clip_seconds,
                 target_rate=self.sample_rate,
                 quality=self.resample_quality,
+                out=None if out is None else out.numpy(),
             )
         except Exception as exc:  # name the item: a bare libsndfile error says nothing useful
             raise RuntimeError(
                 f"cannot decode audio item {index} ({self._audio_path(index)}) "
                 f"of {self.folder} split {self.split}: {exc}"
             ) from exc
-        audio: Any = torch.from_numpy(clip.samples)
+        audio: Any = torch.from_numpy(clip.samples) if out is None else out
         if self.audio_transform is not None:
             audio = self.audio_transform(audio)
         return {"audio": audio, "audio_length": clip.valid}
@@ -259,8 +335,24 @@ class BioVITADataset(Dataset):
         )
 
 
+def rows_of(values: Sequence[Any]) -> torch.Tensor | None:
+    """The tensor whose rows, in order, are `values` (as BioVITADataset.__getitems__ decodes a
+    batch's audio); None when they are not exactly that."""
+    first = values[0]
+    base = first._base if isinstance(first, torch.Tensor) else None
+    if base is None or not base.is_contiguous() or base.shape != (len(values), *first.shape):
+        return None
+    for b, v in enumerate(values):
+        if not isinstance(v, torch.Tensor) or v._base is not base:
+            return None
+        if v.data_ptr() != base[b].data_ptr() or v.shape != first.shape or not v.is_contiguous():
+            return None
+    return base
+
+
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack a list of items: tensors of one shape -> a batch tensor, ints -> int64, else a list."""
+    """Stack a list of items: tensors of one shape -> a batch tensor (the items' own batch
+    tensor when they are its rows: no copy), ints -> int64, else a list."""
     out: dict[str, Any] = {}
     for key in batch[0]:
         values = [item[key] for item in batch]
@@ -268,7 +360,8 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if isinstance(first, torch.Tensor) and all(
             isinstance(v, torch.Tensor) and v.shape == first.shape for v in values
         ):
-            out[key] = default_collate(values)  # in a worker: stacked into shared memory
+            rows = rows_of(values)  # else in a worker: stacked into shared memory
+            out[key] = rows if rows is not None else default_collate(values)
         elif all(isinstance(v, bool | np.bool_) for v in values):
             out[key] = torch.tensor(values, dtype=torch.bool)
         elif all(isinstance(v, int | np.integer) for v in values):

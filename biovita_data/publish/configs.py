@@ -33,7 +33,7 @@ from biovita_data.publish.features import (
     arrow_schema,
     columns,
 )
-from biovita_data.publish.shards import MEDIA_ROW_GROUP, SplitWriter
+from biovita_data.publish.shards import AUDIO_ROW_GROUP, MEDIA_ROW_GROUP, SplitWriter
 
 TAXON_COLUMNS = ("label", "species_id", "common_name", "class", "order", "family", "genus")
 # MEDIA_FILE columns publish reads from the media shards (everything but provenance details).
@@ -153,7 +153,8 @@ def _kept_keys(out: Path, modality: str) -> pl.DataFrame | None:
 def _writers(folder: Path, modality: str, media: str, names: list[str], max_bytes: int):
     cols = columns(modality, media)
     schema = arrow_schema(cols, names)
-    group = MEDIA_ROW_GROUP if media == "embed" else 10_000
+    media_group = AUDIO_ROW_GROUP if modality == "audio" else MEDIA_ROW_GROUP
+    group = media_group if media == "embed" else 10_000
     media_column = modality if media == "embed" else None
     return cols, {
         s: SplitWriter(

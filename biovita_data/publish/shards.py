@@ -10,9 +10,15 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 # Rows per Parquet row group: small for media (the Hub's viewer, streaming and the training
-# loader read whole row groups), and a media row group also closes at about MEDIA_GROUP_BYTES.
+# loader read whole row groups), and a media row group also closes once its rows reach about
+# MEDIA_GROUP_BYTES. An audio row group holds one recording: the training loader crops random
+# recordings, and a lone value stored plainly it reads in place from the mapped file instead of
+# decoding (copying) a row group (loader.index.RowReader; 4 MiB row groups cost it ~1 CPU-ms
+# more per sample, benchmarks/loader.py). The price: ~2.7 kB of footer per recording (~0.3 % of
+# a recording of a few MB), parsed once by each reader of a shard.
 MEDIA_ROW_GROUP = 100
 MEDIA_GROUP_BYTES = 4 * 2**20
+AUDIO_ROW_GROUP = 1
 TABLE_ROW_GROUP = 10_000
 
 
@@ -61,7 +67,9 @@ def parquet_options(schema: pa.Schema, media_column: str | None = None) -> dict:
 
 
 class SplitWriter:
-    """Writes one split of one config as numbered shards, each at most about `max_bytes`."""
+    """Writes one split of one config as numbered shards, each at most about `max_bytes`; a row
+    group closes at row_group_rows rows or, with a media column, once its rows' bytes reach
+    MEDIA_GROUP_BYTES."""
 
     def __init__(
         self,
@@ -82,9 +90,9 @@ class SplitWriter:
         self._size = 0
         self._shard_rows = 0
         self._pending: list[pa.Table] = []
+        self._pending_sizes: list[np.ndarray] = []  # each pending row's size (row_sizes)
         self._pending_rows = 0
         self._options = parquet_options(schema, media_column)
-        self._pending_bytes = 0
 
     def write(self, table: pa.Table) -> None:
         """Append rows (already in the split's schema), opening a new shard when one is full."""
@@ -99,40 +107,45 @@ class SplitWriter:
                     self._close_shard()
                     continue
                 take = 1  # a single row larger than the limit gets a shard of its own
-            self._append(table.slice(offset, take), int(csum[take - 1]))
+            self._append(table.slice(offset, take), sizes[offset : offset + take])
             offset += take
             if offset < table.num_rows:
                 self._close_shard()
 
-    def _append(self, table: pa.Table, size: int) -> None:
+    def _append(self, table: pa.Table, sizes: np.ndarray) -> None:
         if self._writer is None:
             path = self.folder / f".{self.split}-{len(self.parts):05d}.parquet.part"
             self.folder.mkdir(parents=True, exist_ok=True)
             self._writer = pq.ParquetWriter(path, self.schema, **self._options)
             self.parts.append(path)
         self._pending.append(table)
+        self._pending_sizes.append(sizes)
         self._pending_rows += table.num_rows
-        self._size += size
+        self._size += int(sizes.sum())
         self._shard_rows += table.num_rows
         self.rows += table.num_rows
-        if self.media_column is not None:
-            self._pending_bytes += size
-            if self._pending_bytes >= MEDIA_GROUP_BYTES:
-                self._flush(min(self._pending_rows, self.row_group_rows))
-        while self._pending_rows >= self.row_group_rows:
-            self._flush(self.row_group_rows)
+        while (limit := self._full_group()) is not None:
+            self._flush(limit)
+
+    def _full_group(self) -> int | None:
+        """The rows of the next complete row group among the pending rows (row_group_rows, or
+        with a media column the fewest whose bytes reach MEDIA_GROUP_BYTES); None if none is."""
+        if self.media_column is not None and self._pending_rows:
+            csum = np.cumsum(np.concatenate(self._pending_sizes))
+            end = int(np.searchsorted(csum, MEDIA_GROUP_BYTES, side="left")) + 1
+            if end <= csum.size:
+                return min(end, self.row_group_rows)
+        return self.row_group_rows if self._pending_rows >= self.row_group_rows else None
 
     def _flush(self, limit: int) -> None:
         assert self._writer is not None
         merged = pa.concat_tables(self._pending)
         self._writer.write_table(merged.slice(0, limit), row_group_size=limit)
         rest = merged.slice(limit)
+        sizes = np.concatenate(self._pending_sizes)[limit:]
         self._pending = [rest] if rest.num_rows else []
+        self._pending_sizes = [sizes] if rest.num_rows else []
         self._pending_rows = rest.num_rows
-        if self.media_column is not None:
-            self._pending_bytes = (
-                int(row_sizes(rest, self.media_column).sum()) if rest.num_rows else 0
-            )
 
     def _close_shard(self) -> None:
         if self._writer is None:
