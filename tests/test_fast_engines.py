@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 from concurrent.futures import Future
+from types import SimpleNamespace
 from typing import ClassVar
 
+import pyarrow as pa
 import pytest
 
 from biovita_data.crawl.http import HttpClient
@@ -112,3 +115,65 @@ def test_run_local_gives_a_lone_shard_every_core(monkeypatch) -> None:
     list(engines.run_local(many, settings, client, None, lambda *a: None, engines.Received()))
     assert _InlinePool.made == [2]
     assert [c[-1] for c in _InlinePool.calls] == [1, 1, 1]
+
+
+class _FakeRayDataset:
+    """Ray Data's from_items(...).map_batches(...).iter_rows(), run in this process."""
+
+    def __init__(self, rows: list[dict]) -> None:
+        self.rows, self.fn, self.options = rows, None, {}
+
+    def map_batches(self, fn, **options):
+        self.fn, self.options = fn, options
+        _FakeRay.options.append(options)
+        return self
+
+    def iter_rows(self):
+        for row in self.rows:
+            batch = pa.table({"shard": pa.array([row["shard"]], pa.binary())})
+            out = self.fn(batch, **self.options["fn_kwargs"])
+            yield {"report": out["report"][0].as_py()}
+
+
+class _FakeRay:
+    """The few attributes of `ray` that run_ray uses, on an already started cluster."""
+
+    options: ClassVar[list[dict]] = []
+    data = SimpleNamespace(
+        DataContext=SimpleNamespace(get_current=lambda: SimpleNamespace()),
+        from_items=lambda rows, override_num_blocks: _FakeRayDataset(rows),
+    )
+
+    @staticmethod
+    def is_initialized() -> bool:
+        return True
+
+
+def test_run_ray_gives_a_lone_shard_every_core(monkeypatch) -> None:
+    ran: list[tuple[int, int]] = []
+
+    def fake_run_shard(spec, ps, http, threads, store, cpu_threads=1):
+        ran.append((spec.index, cpu_threads))
+        return b"report %d" % spec.index
+
+    monkeypatch.setitem(sys.modules, "ray", _FakeRay)
+    monkeypatch.setattr(engines, "run_shard", fake_run_shard)
+    monkeypatch.setattr(engines.Collector, "add", lambda self, blob: blob)
+    monkeypatch.setattr(engines.os, "cpu_count", lambda: 2)
+    settings = MaterializeSettings(modalities=("audio",), workers=2, throttle=False)
+    client = HttpClient({}, throttle=False, retries=0)
+
+    def run(shards: list[ShardSpec]) -> list:
+        _FakeRay.options, ran[:] = [], []
+        return list(
+            engines.run_ray(shards, settings, client, None, lambda *a: None, engines.Received())
+        )
+
+    assert run([ShardSpec("audio", 0, _items(3), "fp")]) == [b"report 0"]
+    assert _FakeRay.options[0]["concurrency"] == 1  # one task: one shard
+    assert ran == [(0, 2)]  # ... with both cores' CPU threads
+    many = [ShardSpec("audio", k, _items(2), f"fp{k}") for k in range(3)]
+    assert run(many) == [b"report 0", b"report 1", b"report 2"]
+    assert _FakeRay.options[0]["concurrency"] == 2 and ran == [(0, 1), (1, 1), (2, 1)]
+    monkeypatch.setattr(engines.os, "cpu_count", lambda: 1)  # a node of one core: one thread
+    assert run([ShardSpec("audio", 0, _items(3), "fp")]) == [b"report 0"] and ran == [(0, 1)]

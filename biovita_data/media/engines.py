@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import math
 import multiprocessing
+import os
 import pickle
 import socket
 import sys
@@ -233,9 +234,14 @@ def run_local(
                 yield collect.add(fut.result())
 
 
-def _ray_shards(batch: pa.Table, **kwargs) -> pa.Table:
-    """Ray Data's map_batches function: pickled ShardSpecs in, pickled ShardReports out."""
-    blobs = [run_shard(pickle.loads(b), **kwargs) for b in batch["shard"].to_pylist()]
+def _ray_shards(batch: pa.Table, cpu_threads: int = 1, **kwargs) -> pa.Table:
+    """Ray Data's map_batches function: pickled ShardSpecs in, pickled ShardReports out (with at
+    most as many CPU threads as the node has cores)."""
+    threads = max(1, min(cpu_threads, os.cpu_count() or 1))
+    blobs = [
+        run_shard(pickle.loads(b), cpu_threads=threads, **kwargs)
+        for b in batch["shard"].to_pylist()
+    ]
     return pa.table({"report": pa.array(blobs, pa.large_binary())})
 
 
@@ -247,7 +253,9 @@ def run_ray(
     on: OnProgress,
     received: Received,
 ) -> Iterator[ShardReport]:
-    """Each shard is one row of a Ray Dataset, done and written by whichever node is free."""
+    """Each shard is one row of a Ray Dataset, done and written by whichever node is free; with
+    fewer shards than workers, as many tasks as shards, each with the idle cores' CPU threads
+    (`worker_plan`)."""
     import ray
 
     started = False
@@ -267,14 +275,16 @@ def run_ray(
         spec, threads = _worker_share(settings, http)
         collect = Collector(http, on, received)
         rows = [{"shard": pickle.dumps(s)} for s in shards]
+        tasks, cpu_threads = worker_plan(settings.n_workers, len(shards))
         kwargs = {"ps": settings.process(), "http": spec, "threads": threads, "store": store}
+        kwargs["cpu_threads"] = cpu_threads
         ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map_batches(
             _ray_shards,
             batch_size=1,
             batch_format="pyarrow",
             fn_kwargs=kwargs,
             num_cpus=1,
-            concurrency=settings.n_workers,
+            concurrency=tasks,
         )
         for row in ds.iter_rows():
             yield collect.add(row["report"])
