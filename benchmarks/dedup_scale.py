@@ -34,19 +34,33 @@ import numpy as np
 import polars as pl
 
 from biovita_data.media import fingerprint as fp
+from biovita_data.media.dedup import MAX_POSTINGS
 from biovita_data.sample.world import World
 
 _CHILD = r"""
 import json, resource, sys, time
 import polars as pl
 from biovita_data.media.dedup import audio_pairs
-prints = pl.read_parquet(sys.argv[1])
+prints = pl.read_parquet(sys.argv[1]).with_columns(  # as dedup's spill holds them
+    pl.col("hashes").cast(pl.List(pl.UInt32)), pl.col("times").cast(pl.List(pl.Int32))
+)
 base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 t = time.process_time()
 pairs = audio_pairs(prints)
 cpu = time.process_time() - t
 peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-print(json.dumps({"cpu_s": cpu, "extra_mb": max(peak - base, 0) / 1024, "pairs": pairs.height}))
+# agreements the search counts: landmark pairs sharing a hash found in <= MAX_POSTINGS records
+import numpy as np
+from biovita_data.media.dedup import MAX_POSTINGS
+h = prints["hashes"].explode().to_numpy().astype(np.uint64)
+r = np.repeat(prints["i"].to_numpy(), prints["hashes"].list.len().to_numpy()).astype(np.uint64)
+pair_keys = np.unique(h * np.uint64(2**32) + r)
+hh, records = np.unique(pair_keys // np.uint64(2**32), return_counts=True)
+_, landmarks = np.unique(h, return_counts=True)
+kept = landmarks[records <= MAX_POSTINGS].astype(np.int64)
+agreements = int((kept * (kept - 1) // 2).sum())
+print(json.dumps({"cpu_s": cpu, "extra_mb": max(peak - base, 0) / 1024, "pairs": pairs.height,
+                  "agreements": agreements}))
 """
 
 
@@ -125,7 +139,13 @@ def main() -> None:
     per_record = per_second * args.seconds
     block_x = args.max_block * per_record
     blocks = -(-args.recordings // args.max_block)
-    block_s = c_t * block_x**a_t
+    # CPU: the larger of the power law of the runs and the cost per agreement of the largest run
+    # times the agreements projected (a power law in the landmarks, at most MAX_POSTINGS - 1 per
+    # landmark): the work grows with the agreements, which small blocks understate
+    c_a, a_a = power_fit(x, np.array([max(r["agreements"], 1) for r in runs], float))
+    block_agreements = min(c_a * block_x**a_a, block_x * (MAX_POSTINGS - 1) / 2)
+    per_agreement = runs[-1]["cpu_s"] / max(runs[-1]["agreements"], 1)
+    block_s = max(c_t * block_x**a_t, per_agreement * block_agreements)
     block_gb = (mb_per_landmark * block_x + max(float(intercept), 0.0)) / 1024
     global_x = args.recordings * per_record
     fit = min(args.cores, blocks, int(args.memory_gb // block_gb)) if block_gb else args.cores
@@ -134,6 +154,9 @@ def main() -> None:
         "pool_records": prints.height,
         "landmarks_per_second": round(per_second, 2),
         "fit_cpu_exponent": round(a_t, 3),
+        "fit_agreements_exponent": round(a_a, 3),
+        "block_agreements": round(block_agreements),
+        "cpu_us_per_agreement": round(1e6 * per_agreement, 3),
         "bytes_per_landmark": round(mb_per_landmark * 2**20, 1),
         "measured": runs,
         "paper_recordings": args.recordings,

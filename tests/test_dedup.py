@@ -386,3 +386,32 @@ def test_dedup_reads_stored_fingerprints_and_decodes_older_shards(
     monkeypatch.setattr(dd, "PARALLEL_LANDMARKS", 0)
     dd.dedup(older, modalities=("audio",), workers=2)
     assert groups(older) == expected
+
+
+def test_landmark_search_over_sorted_arrays() -> None:
+    """A copy shifted by 7 frames is found with every agreement counted (a frame of jitter
+    too); a hash in more than max_postings records is ignored; chunks and threads change
+    nothing."""
+    from biovita_data.media.landmark_search import block_pairs
+
+    rng = np.random.default_rng(5)
+    base = rng.choice(2**27, 40, replace=False).astype(np.uint32)
+    times = np.sort(rng.integers(0, 2000, 40)).astype(np.int32)
+    jitter = np.where(np.arange(40) % 10 == 0, 1, 0).astype(np.int32)  # 4 of 40 a frame late
+    parts = [(base, times), (base[:30], times[:30] + 7 + jitter[:30])]
+    parts.append((rng.integers(0, 2**27, 40).astype(np.uint32), times))  # another recording
+    common = np.uint32(2**27 + 5)  # a hash in 60 records at one offset: says nothing
+    parts += [(np.array([common] * 25, np.uint32), np.arange(25, dtype=np.int32))] * 60
+    records = np.concatenate([np.full(len(h), k, np.int32) for k, (h, _) in enumerate(parts)])
+    hashes = np.concatenate([h for h, _ in parts])
+    frames = np.concatenate([t for _, t in parts])
+    results = [
+        block_pairs(records, hashes, frames, max_postings=50, min_matches=20, chunk=chunk,
+                    threads=threads)
+        for chunk, threads in ((10**6, 1), (30, 1), (30, 2))
+    ]  # fmt: skip
+    for a, b, matched in results:
+        assert (a.tolist(), b.tolist(), matched.tolist()) == ([0], [1], [30])
+    with pytest.raises(ValueError, match="at most"):
+        block_pairs(np.array([0, 2**21], np.int32), hashes[:2], frames[:2], max_postings=50,
+                    min_matches=20, chunk=10)  # fmt: skip

@@ -26,17 +26,20 @@ import zlib
 from collections.abc import Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 import polars as pl
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from biovita_data.core import layout
 from biovita_data.core.schemas import DUPLICATES, FAILURE, MEDIA
 from biovita_data.core.tables import read_table, replace_failures, write_table
 from biovita_data.media import fingerprint as fp
+from biovita_data.media import landmark_search
 from biovita_data.media.store import MediaStore
 
 STAGE = "dedup"
@@ -48,7 +51,7 @@ STAGE = "dedup"
 NEAR_MATCHES = 20
 NEAR_SCORE = 0.06
 MAX_POSTINGS = 50  # a landmark hash in more recordings than this says nothing (dropped)
-JOIN_LANDMARKS = 250_000  # anchor landmarks joined against a block at a time (memory bound)
+JOIN_LANDMARKS = 250_000  # anchor landmarks looked up in a block's index at a time (memory)
 # photos: at most this many of PDQ's 256 bits differ (measured on 40 photos: copies resized,
 # recompressed or cropped 5 % <= 28, other photos >= 90; benchmarks/dedup.py)
 PDQ_THRESHOLD = 64
@@ -117,77 +120,39 @@ def _decode(modality: str, data: bytes | None) -> fp.Fingerprint:
 _PAIRS = {"a": pl.Int64, "b": pl.Int64, "score": pl.Float64, "matched": pl.Int64}
 
 
-def audio_pairs(prints: pl.DataFrame) -> pl.DataFrame:
+def audio_pairs(prints: pl.DataFrame, threads: int = 1) -> pl.DataFrame:
     """Near audio pairs (a < b record numbers) with score and matched landmarks, searched within
     each `block` (the genus: a copy carries its original's name or a congener's) when prints
     has that column, else among all: memory and time grow with the largest block, not the
-    corpus (benchmarks/dedup_scale.py projects the paper's scale)."""
+    corpus (benchmarks/dedup_scale.py projects the paper's scale); `threads` search one block."""
     rows = prints.filter(pl.col("hashes").is_not_null())
     blocks = rows.partition_by("block", maintain_order=True) if "block" in rows.columns else [rows]
-    found = [_block_pairs(b) for b in blocks if b.height >= 2]
+    found = [_block_pairs(b, threads) for b in blocks if b.height >= 2]
     return pl.concat(found) if found else pl.DataFrame(schema=_PAIRS)
 
 
-def _block_pairs(rows: pl.DataFrame) -> pl.DataFrame:
-    """audio_pairs within one block: an inverted index of landmark hashes, then the best offset,
-    for the records of one chunk (about JOIN_LANDMARKS landmarks) against the block at a time,
-    so memory holds one chunk's share of the hash join, not the block's."""
-    marks = rows.select("i", "hashes", "times").explode(["hashes", "times"])
-    # 12 bytes a landmark (hashes are 27 bits, frames and records < 2^31); no (i, h, t) twice:
-    # one anchor peak pairs with each target peak once
-    marks = marks.select(
-        pl.col("i").cast(pl.Int32), pl.col("hashes").cast(pl.UInt32).alias("h"),
-        pl.col("times").cast(pl.Int32).alias("t"),
+def _block_pairs(rows: pl.DataFrame, threads: int = 1) -> pl.DataFrame:
+    """audio_pairs within one block: landmark_search over its landmarks, then the rule."""
+    table = rows.select("hashes", "times").to_arrow()
+    lengths = pc.list_value_length(table["hashes"]).to_numpy(zero_copy_only=False)
+    records = np.repeat(np.arange(rows.height, dtype=np.int32), lengths)
+    hashes = pc.list_flatten(table["hashes"]).to_numpy(zero_copy_only=False)
+    times = pc.list_flatten(table["times"]).to_numpy(zero_copy_only=False)
+    a, b, matched = landmark_search.block_pairs(
+        records, hashes, times, max_postings=MAX_POSTINGS, min_matches=NEAR_MATCHES,
+        chunk=JOIN_LANDMARKS, threads=threads,
     )  # fmt: skip
-    # records per hash, counted on one packed column (cheaper than n_unique per group)
-    per = marks.select(pl.col("h").cast(pl.UInt64) * 2**32 + pl.col("i").cast(pl.UInt64)).unique()
-    common = per.select((pl.col("h") // 2**32).cast(pl.UInt32)).group_by("h").len()
-    marks = marks.join(common.filter(pl.col("len") <= MAX_POSTINGS).select("h"), on="h")
-    chunk = rows.select(
-        pl.col("i").cast(pl.Int32), (pl.col("n").cum_sum() // JOIN_LANDMARKS).alias("chunk")
-    )
-    anchors = marks.join(chunk, on="i").partition_by("chunk", include_key=False)
-    found = [_anchor_pairs(part, marks) for part in anchors]
-    best = pl.concat(found) if found else pl.DataFrame(schema={"a": pl.Int32, "b": pl.Int32,
-                                                               "matched": pl.UInt32})  # fmt: skip
-    sizes = rows.select(pl.col("i").cast(pl.Int32), "n")
-    best = best.join(sizes.rename({"i": "a", "n": "na"}), on="a").join(
-        sizes.rename({"i": "b", "n": "nb"}), on="b"
-    )
-    best = best.with_columns(score=pl.col("matched") / pl.min_horizontal("na", "nb"))
+    ids, n = rows["i"].to_numpy(), rows["n"].to_numpy()
+    found = pl.DataFrame({"a": np.minimum(ids[a], ids[b]), "b": np.maximum(ids[a], ids[b]),
+                          "matched": matched, "n": np.minimum(n[a], n[b])})  # fmt: skip
+    found = found.with_columns(score=pl.col("matched") / pl.col("n"))
     keep = (pl.col("matched") >= 2 * NEAR_MATCHES) | (
         (pl.col("matched") >= NEAR_MATCHES) & (pl.col("score") >= NEAR_SCORE)
     )
-    return best.filter(keep).select(
+    return found.filter(keep).select(
         pl.col("a").cast(pl.Int64), pl.col("b").cast(pl.Int64), "score",
         pl.col("matched").cast(pl.Int64),
     )  # fmt: skip
-
-
-def _anchor_pairs(left: pl.DataFrame, marks: pl.DataFrame) -> pl.DataFrame:
-    """(a, b, matched) of anchor records `left` (all their landmarks) against every later record
-    of the block: landmarks agreeing at the best offset, a frame either side counted too."""
-    joined = left.rename({"i": "a", "t": "ta"}).join(marks.rename({"i": "b", "t": "tb"}), on="h")
-    pair = pl.col("a").cast(pl.Int64) * 2**32 + pl.col("b").cast(pl.Int64)  # one packed key
-    offsets = (
-        joined.filter(pl.col("a") < pl.col("b"))
-        .group_by(pair.alias("p"), (pl.col("tb") - pl.col("ta")).alias("dt"))
-        .agg(pl.len().alias("c"))
-    )
-    # a pair with NEAR_MATCHES over three neighbouring offsets has a third of them at one: the
-    # others (nearly all pairs, one chance agreement each) need no neighbour sums
-    reach = offsets.filter(pl.col("c") >= -(-NEAR_MATCHES // 3)).select("p").unique()
-    offsets = offsets.join(reach, on="p", how="semi")
-    near = pl.concat(  # each offset's count plus its neighbours' (+-1 frame)
-        [offsets, *(offsets.with_columns(pl.col("dt") + d) for d in (-1, 1))]
-    )
-    best = near.group_by("p", "dt").agg(pl.col("c").sum())
-    best = best.group_by("p").agg(pl.col("c").max().alias("matched"))
-    return best.select(
-        (pl.col("p") // 2**32).cast(pl.Int32).alias("a"),
-        (pl.col("p") % 2**32).cast(pl.Int32).alias("b"),
-        "matched",
-    )
 
 
 def image_pairs(prints: pl.DataFrame) -> pl.DataFrame:
@@ -423,17 +388,20 @@ class _LandmarkSpill:
 
     def pairs(self, workers: int = 1) -> pl.DataFrame:
         """audio_pairs over every bucket (blocks never span two), by `workers` processes side by
-        side when the spill holds PARALLEL_LANDMARKS or more; then the folder removed."""
+        side when the spill holds PARALLEL_LANDMARKS or more, each with its share of the cores
+        as threads within a block (`--workers 1`: one block in memory at a time, every core
+        on it); then the folder removed."""
         try:
             self.flush()
             for writer in self.writers.values():
                 writer.close()
             paths = [self.folder / f"bucket-{b:03d}.parquet" for b in sorted(self.writers)]
             workers = min(workers, len(paths))
+            threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
             if workers > 1 and self.landmarks >= PARALLEL_LANDMARKS:
-                found = _pairs_in_processes(paths, workers)
+                found = _pairs_in_processes(paths, workers, threads)
             else:
-                found = [_bucket_pairs(path) for path in paths]
+                found = [_bucket_pairs(path, threads) for path in paths]
             return pl.concat(found) if found else pl.DataFrame(schema=_PAIRS)
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
@@ -445,20 +413,19 @@ def spill_buckets(records: int) -> int:
     return max(SPILL_BUCKETS, -(-records // BUCKET_RECORDS))
 
 
-def _bucket_pairs(path: Path) -> pl.DataFrame:
-    return audio_pairs(pl.read_parquet(path))
+def _bucket_pairs(path: Path, threads: int = 1) -> pl.DataFrame:
+    return audio_pairs(pl.read_parquet(path), threads)
 
 
-def _pairs_in_processes(paths: list[Path], workers: int) -> list[pl.DataFrame]:
+def _pairs_in_processes(paths: list[Path], workers: int, threads: int) -> list[pl.DataFrame]:
     """_bucket_pairs of each path in a pool of fresh processes (forkserver: never fork a
-    process running Polars' threads), each with its share of the cores for Polars."""
+    process running Polars' threads), each with its share of the cores."""
     ctx = multiprocessing.get_context("forkserver")
-    threads = str(max(1, (os.cpu_count() or 1) // workers))
     before = os.environ.get("POLARS_MAX_THREADS")
-    os.environ["POLARS_MAX_THREADS"] = threads  # read by Polars when a worker imports it
+    os.environ["POLARS_MAX_THREADS"] = str(threads)  # read by Polars when a worker imports it
     try:
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            return list(pool.map(_bucket_pairs, paths))
+            return list(pool.map(partial(_bucket_pairs, threads=threads), paths))
     finally:
         if before is None:
             os.environ.pop("POLARS_MAX_THREADS", None)
