@@ -34,13 +34,15 @@ import numpy as np
 import polars as pl
 
 from biovita_data.media import fingerprint as fp
-from biovita_data.media.dedup import MAX_POSTINGS
+from biovita_data.media.dedup import JOIN_AGREEMENTS, MAX_POSTINGS
 from biovita_data.sample.world import World
 
 _CHILD = r"""
 import json, resource, sys, time
 import polars as pl
+from biovita_data.media import dedup
 from biovita_data.media.dedup import audio_pairs
+dedup.JOIN_AGREEMENTS = 100_000  # so the runs' memory is the block's arrays (the chunk: added)
 prints = pl.read_parquet(sys.argv[1]).with_columns(  # as dedup's spill holds them
     pl.col("hashes").cast(pl.List(pl.UInt32)), pl.col("times").cast(pl.List(pl.Int32))
 )
@@ -119,6 +121,7 @@ def main() -> None:
     ap.add_argument("--max-block", type=int, default=20_000)
     ap.add_argument("--cores", type=int, default=16)
     ap.add_argument("--memory-gb", type=float, default=8.0, help="one machine's memory")
+    ap.add_argument("--threads", type=int, default=1, help="search threads in one block")
     ap.add_argument("--cache", type=Path, help="a Parquet file keeping the pool's fingerprints")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -132,8 +135,9 @@ def main() -> None:
         r["landmarks"] = int(landmarks[r["records"] - 1])
     x = np.array([r["landmarks"] for r in runs], float)
     c_t, a_t = power_fit(x, np.array([max(r["cpu_s"], 1e-3) for r in runs]))
-    # memory: the exploded index is linear in the landmarks, the hash join is cut into chunks of
-    # JOIN_LANDMARKS anchors: a straight line through the runs (least squares)
+    # memory: the block's arrays are linear in the landmarks (a straight line through the runs,
+    # least squares; the runs hold chunks of 100,000 agreements), plus a chunk of
+    # JOIN_AGREEMENTS agreements (~80 bytes each) for each thread (`--threads`)
     slope, intercept = np.polyfit(x, np.array([r["extra_mb"] for r in runs]), 1)
     mb_per_landmark = max(float(slope), runs[-1]["extra_mb"] / runs[-1]["landmarks"] / 4)
     per_record = per_second * args.seconds
@@ -146,7 +150,8 @@ def main() -> None:
     block_agreements = min(c_a * block_x**a_a, block_x * (MAX_POSTINGS - 1) / 2)
     per_agreement = runs[-1]["cpu_s"] / max(runs[-1]["agreements"], 1)
     block_s = max(c_t * block_x**a_t, per_agreement * block_agreements)
-    block_gb = (mb_per_landmark * block_x + max(float(intercept), 0.0)) / 1024
+    chunk_mb = args.threads * min(JOIN_AGREEMENTS, block_agreements) * 80 / 2**20
+    block_gb = (mb_per_landmark * block_x + max(float(intercept), 0.0) + chunk_mb) / 1024
     global_x = args.recordings * per_record
     fit = min(args.cores, blocks, int(args.memory_gb // block_gb)) if block_gb else args.cores
     result = {

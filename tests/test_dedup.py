@@ -267,8 +267,8 @@ def test_landmark_search_by_genus_block_and_spilled_to_disk(
     assert found.select("a", "b").rows() == [(0, 1), (2, 3), (4, 5)]
     apart = prints.with_columns(block=pl.format("r{}", pl.col("i")))  # each in a genus of its own
     assert dd.audio_pairs(apart).is_empty()
-    with monkeypatch.context() as m:  # anchors joined a few hundred landmarks at a time
-        m.setattr(dd, "JOIN_LANDMARKS", 300)
+    with monkeypatch.context() as m:  # a few hundred agreements at a time
+        m.setattr(dd, "JOIN_AGREEMENTS", 300)
         assert dd.audio_pairs(prints).sort("a", "b").equals(found)
     monkeypatch.setattr(dd, "SPILL_RECORDS", 2)
     spill = dd._LandmarkSpill(tmp_path / "spill")

@@ -51,7 +51,7 @@ STAGE = "dedup"
 NEAR_MATCHES = 20
 NEAR_SCORE = 0.06
 MAX_POSTINGS = 50  # a landmark hash in more recordings than this says nothing (dropped)
-JOIN_LANDMARKS = 250_000  # anchor landmarks looked up in a block's index at a time (memory)
+JOIN_AGREEMENTS = 1_000_000  # hash agreements a search thread holds at a time (~80 MB)
 # photos: at most this many of PDQ's 256 bits differ (measured on 40 photos: copies resized,
 # recompressed or cropped 5 % <= 28, other photos >= 90; benchmarks/dedup.py)
 PDQ_THRESHOLD = 64
@@ -125,9 +125,13 @@ def audio_pairs(prints: pl.DataFrame, threads: int = 1) -> pl.DataFrame:
     each `block` (the genus: a copy carries its original's name or a congener's) when prints
     has that column, else among all: memory and time grow with the largest block, not the
     corpus (benchmarks/dedup_scale.py projects the paper's scale); `threads` search one block."""
-    rows = prints.filter(pl.col("hashes").is_not_null())
-    blocks = rows.partition_by("block", maintain_order=True) if "block" in rows.columns else [rows]
-    found = [_block_pairs(b, threads) for b in blocks if b.height >= 2]
+    rows = prints.filter(pl.col("hashes").is_not_null()) if prints["hashes"].null_count else prints
+    if "block" not in rows.columns:
+        found = [_block_pairs(rows, threads)] if rows.height >= 2 else []
+        return pl.concat(found) if found else pl.DataFrame(schema=_PAIRS)
+    members = rows.with_row_index("row").group_by("block", maintain_order=True).agg("row")
+    found = [_block_pairs(rows[idx], threads)  # one block's copy at a time
+             for idx in members["row"].to_list() if len(idx) >= 2]  # fmt: skip
     return pl.concat(found) if found else pl.DataFrame(schema=_PAIRS)
 
 
@@ -140,7 +144,7 @@ def _block_pairs(rows: pl.DataFrame, threads: int = 1) -> pl.DataFrame:
     times = pc.list_flatten(table["times"]).to_numpy(zero_copy_only=False)
     a, b, matched = landmark_search.block_pairs(
         records, hashes, times, max_postings=MAX_POSTINGS, min_matches=NEAR_MATCHES,
-        chunk=JOIN_LANDMARKS, threads=threads,
+        chunk=JOIN_AGREEMENTS, threads=threads,
     )  # fmt: skip
     ids, n = rows["i"].to_numpy(), rows["n"].to_numpy()
     found = pl.DataFrame({"a": np.minimum(ids[a], ids[b]), "b": np.maximum(ids[a], ids[b]),

@@ -5,8 +5,9 @@ found in more than `max_postings` records are dropped; the rest are sorted by ha
 chunk of anchor records at a time (about `chunk` landmarks) is looked up in that sorted index:
 each (anchor, later record, offset) agreement is packed into one 64-bit key, counted, and only
 pairs with a third of `min_matches` at one offset get the sums over neighbouring offsets (a
-frame either side). Memory: the block's arrays plus one chunk's agreements; no hash table of
-the whole join (benchmarks/dedup_scale.py).
+frame either side). Memory: the block's arrays (about 40 bytes a landmark at their peak) plus
+`chunk` agreements (about 80 bytes each) per thread; no hash table of the whole join
+(benchmarks/dedup_scale.py).
 """
 
 from __future__ import annotations
@@ -32,41 +33,47 @@ def block_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(a, b, matched) for record pairs a < b (numbers as in `records`, which must be sorted
     0, 0, ..., 1, ...) with at least `min_matches` landmarks agreeing at the best offset,
-    counting a frame either side. `threads` look up chunks side by side in the one index
-    (numpy's sorts and gathers release the GIL), so memory holds the index once."""
+    counting a frame either side. `chunk`: agreements (landmark pairs sharing a hash) a thread
+    holds at a time; `threads` look up chunks side by side in the one index (numpy's sorts
+    release the GIL), so memory holds the index once."""
     n_rec = int(records[-1]) + 1 if len(records) else 0
     if n_rec >= 1 << _REC_BITS:
         raise ValueError(f"a block of {n_rec} records: at most {(1 << _REC_BITS) - 1}")
     rec = records.astype(np.int32, copy=False)
     t = times.astype(np.int32, copy=False)
-    order = np.argsort(hashes.astype(np.uint32, copy=False), kind="stable").astype(np.int32)
+    order = np.argsort(hashes.astype(np.uint32, copy=False), kind="stable")
     sh, srec, st = hashes[order].astype(np.uint32, copy=False), rec[order], t[order]
+    order = order.astype(np.int32)
     # hash groups of the sorted index; within one, records ascend (a stable sort of record order)
     start = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1]])
-    new_record = np.r_[True, (srec[1:] != srec[:-1]) | (sh[1:] != sh[:-1])]
+    new_record = np.r_[True, srec[1:] != srec[:-1]]
+    new_record[start] = True
     postings = np.add.reduceat(new_record.astype(np.int32), start)  # records per hash
     del new_record, sh
     lengths = np.diff(np.r_[start, len(srec)])
+    del start
     # hashes in more than max_postings records say nothing: out of the index and the anchors
-    kept_sorted = np.repeat(postings <= max_postings, lengths)
-    group = np.repeat(np.arange(len(start), dtype=np.int32), lengths)  # sorted: hash group
-    group[~kept_sorted] = -1  # dropped
-    gid = np.empty(len(order), np.int32)
-    gid[order] = group  # in record order
-    del group, order
-    # the index: kept groups only, renumbered
-    keep_group = postings <= max_postings
-    renumber = (np.cumsum(keep_group) - 1).astype(np.int32)
-    srec, st = srec[kept_sorted], st[kept_sorted]
-    size = lengths[keep_group]
+    kept = postings <= max_postings
+    size = lengths[kept]
     first = np.r_[0, np.cumsum(size)[:-1]] if len(size) else size
-    anchor = gid >= 0
-    rec, t, gid = rec[anchor], t[anchor], renumber[gid[anchor]]
-    del kept_sorted, anchor, start, lengths, postings, renumber, keep_group
+    number = np.where(kept, np.cumsum(kept) - 1, -1).astype(np.int32)  # kept groups renumbered
+    gid = np.empty(len(order), np.int32)
+    gid[order] = np.repeat(number, lengths)  # each landmark's group in record order; -1: dropped
+    del order, number
+    in_index = np.repeat(kept, lengths)
+    srec, st = srec[in_index], st[in_index]
+    del in_index, kept, lengths, postings
     bounds = np.searchsorted(rec, np.arange(n_rec + 1))  # each record's landmarks (rec sorted)
+    # chunks of whole anchor records holding about `chunk` agreements each
+    weights = np.r_[np.where(gid >= 0, size[np.maximum(gid, 0)], 0).astype(np.int32), 0]
+    per_record = np.add.reduceat(weights, bounds[:-1]).astype(np.int64)
+    per_record[bounds[:-1] == bounds[1:]] = 0  # reduceat gives an empty record its next value
+    del weights
+    done = np.r_[0, np.cumsum(per_record)]  # agreements before each record
+    budget = max(1, chunk)
     spans, r0 = [], 0
     while r0 < n_rec:
-        r1 = int(np.searchsorted(bounds, bounds[r0] + max(chunk, 1), "right")) - 1
+        r1 = int(np.searchsorted(done, done[r0] + budget, "right")) - 1
         r1 = min(max(r1, r0 + 1), n_rec)
         spans.append((bounds[r0], bounds[r1]))
         r0 = r1
@@ -99,6 +106,8 @@ def _chunk_pairs(
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """The pairs of anchor landmarks (record a, hash group g, frame ta) against the index
     (srec, st: the landmarks sorted by hash; group g at first[g], size[g] of them)."""
+    anchor = g >= 0  # dropped hashes (in too many records) are no anchors
+    a, g, ta = a[anchor], g[anchor], ta[anchor]
     lo, cnt = first[g], size[g]
     total = int(cnt.sum())
     # every posting of every anchor landmark: lo + 0, 1, ..., cnt - 1
