@@ -23,7 +23,6 @@ from biovita_data.media.records import ItemFailure, StoredFile
 SILENCE_PEAK = 10 ** (-60 / 20)
 # Formats whose header states the exact frame count: fewer decoded frames means a broken file.
 _EXACT_LENGTH = frozenset({"flac", "wav"})
-_BLOCK = DECODE_BLOCK  # frames per read while verifying: dedup's decode reads the same
 _HIGH_RES = frozenset({"PCM_24", "PCM_32", "FLOAT", "DOUBLE"})  # stored as 24-bit FLAC
 _FLAC_MAX_CHANNELS = 8
 _WAV_DATA = re.compile(r"^data : (\d+) \(should be (\d+)\)", re.MULTILINE)
@@ -87,7 +86,7 @@ def _store_libsndfile(
 def _scan(snd: sf.SoundFile, printer: AudioPrinter | None = None) -> tuple[int, float]:
     """Decode every frame (float32, native rate, one reused buffer): frame count and peak;
     each block also fed to `printer` when one is given."""
-    buf = np.empty((_BLOCK, snd.channels), np.float32)
+    buf = np.empty((DECODE_BLOCK, snd.channels), np.float32)  # the reads dedup's decode makes
     frames, peak = 0, 0.0
     while True:
         block = snd.read(dtype="float32", always_2d=True, out=buf)
@@ -211,8 +210,8 @@ def _flac_file(
     clipped = np.clip(samples, -1.0, top)  # libsndfile wraps, not clips, out-of-range floats
     buf = io.BytesIO()
     with sf.SoundFile(buf, "w", rate, channels, subtype=subtype, format="FLAC") as out:
-        for start in range(0, len(clipped), _BLOCK):
-            out.write(clipped[start : start + _BLOCK])
+        for start in range(0, len(clipped), DECODE_BLOCK):
+            out.write(clipped[start : start + DECODE_BLOCK])
     print_ = None
     if fingerprints:  # of what decoding the FLAC gives back: libsndfile scales by 2^15 / 2^23
         scale = np.float32(2.0**23 if subtype == "PCM_24" else 2.0**15)

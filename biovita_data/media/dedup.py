@@ -84,8 +84,8 @@ def read_media(out: Path, modality: str) -> Iterator[tuple[str, str, list[Segmen
         with store.open(store.shard(modality, shard)) as f:
             pf = pq.ParquetFile(f)
             stored = "fingerprint" in pf.schema_arrow.names
-            t = pf.read(columns=[*keys, "fingerprint"] if stored else keys)
-            if not stored or t["fingerprint"].null_count:
+            t = pf.read(columns=[*keys, "fingerprint"]) if stored else None
+            if t is None or t["fingerprint"].null_count:  # files to decode: their bytes too
                 t = pf.read(columns=[*keys, "bytes", *(["fingerprint"] if stored else [])])
         rows = pl.from_arrow(t).join(
             index.filter(pl.col("shard") == shard).select("source", "record_id", "segment"),

@@ -2,10 +2,10 @@
 
 A block's landmarks are held as three arrays (record, hash, frame: 12 bytes a landmark); hashes
 found in more than `max_postings` records are dropped; the rest are sorted by hash once. Then a
-chunk of anchor records at a time (about `chunk` landmarks) is looked up in that sorted index:
+chunk of anchor records at a time (about `chunk` agreements) is looked up in that sorted index:
 each (anchor, later record, offset) agreement is packed into one 64-bit key, counted, and only
 pairs with a third of `min_matches` at one offset get the sums over neighbouring offsets (a
-frame either side). Memory: the block's arrays (about 40 bytes a landmark at their peak) plus
+frame either side). Memory: the block's arrays (about 50 bytes a landmark at their peak) plus
 `chunk` agreements (about 80 bytes each) per thread; no hash table of the whole join
 (benchmarks/dedup_scale.py).
 """
@@ -45,7 +45,7 @@ def block_pairs(
     sh, srec, st = hashes[order].astype(np.uint32, copy=False), rec[order], t[order]
     order = order.astype(np.int32)
     # hash groups of the sorted index; within one, records ascend (a stable sort of record order)
-    start = np.flatnonzero(np.r_[True, sh[1:] != sh[:-1]])
+    start = _starts(sh)
     new_record = np.r_[True, srec[1:] != srec[:-1]]
     new_record[start] = True
     postings = np.add.reduceat(new_record.astype(np.int32), start)  # records per hash
@@ -129,21 +129,21 @@ def _chunk_pairs(
         return e, e, e
     pair = keys >> np.uint64(_DT_BITS)
     # a pair with min_matches over three neighbouring offsets has a third of them at one
-    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+    starts = _starts(pair)
     top = np.maximum.reduceat(c, starts)
     near = np.repeat(top >= -(-min_matches // 3), np.diff(np.r_[starts, len(pair)]))
     keys, c = keys[near], c[near]
     if not len(keys):
         return e, e, e
-    centres = np.unique(np.concatenate([keys - np.uint64(1), keys, keys + np.uint64(1)]))
     one = np.uint64(1)
+    centres = np.unique(np.concatenate([keys - one, keys, keys + one]))
     sums = (
         _count_at(keys, c, centres - one)
         + _count_at(keys, c, centres)
         + _count_at(keys, c, centres + one)
     ).astype(np.int64)
     pair = centres >> np.uint64(_DT_BITS)
-    starts = np.flatnonzero(np.r_[True, pair[1:] != pair[:-1]])
+    starts = _starts(pair)
     matched = np.maximum.reduceat(sums, starts)
     pair = pair[starts]
     ok = matched >= min_matches
@@ -154,6 +154,11 @@ def _chunk_pairs(
         (pair & rec_mask).astype(np.int64),
         matched.astype(np.int64),
     )
+
+
+def _starts(ordered: np.ndarray) -> np.ndarray:
+    """Where each run of equal values of a sorted array begins."""
+    return np.flatnonzero(np.r_[True, ordered[1:] != ordered[:-1]])
 
 
 def _count_at(keys: np.ndarray, counts: np.ndarray, where: np.ndarray) -> np.ndarray:
