@@ -384,8 +384,15 @@ def test_dedup_reads_stored_fingerprints_and_decodes_older_shards(
         assert table["fingerprint"].null_count < table.num_rows
         write_media_parquet(table.drop_columns(["fingerprint"]), path)
     monkeypatch.setattr(dd, "PARALLEL_LANDMARKS", 0)
-    dd.dedup(older, modalities=("audio",), workers=2)
+    log = io.StringIO()  # a log, not a terminal: plain progress lines
+    dd.dedup(older, modalities=("audio",), workers=2, console=Console(file=log, width=200))
     assert groups(older) == expected
+    lines = log.getvalue().splitlines()
+    assert any(line.startswith("dedup audio: fingerprints: ") and "(100 %)" in line
+               for line in lines)  # fmt: skip
+    assert any(line.startswith("dedup audio: near search: ") for line in lines)
+    with pytest.raises(ValueError, match="workers must be at least 1"):
+        dd.dedup(older, workers=0)
 
 
 def test_landmark_search_over_sorted_arrays() -> None:

@@ -23,7 +23,7 @@ import os
 import shutil
 import tempfile
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
@@ -34,8 +34,10 @@ import polars as pl
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
+from rich.console import Console
 
 from biovita_data.core import layout
+from biovita_data.core.progress import LogProgress
 from biovita_data.core.schemas import DUPLICATES, FAILURE, MEDIA
 from biovita_data.core.tables import read_table, replace_failures, write_table
 from biovita_data.media import fingerprint as fp
@@ -278,10 +280,17 @@ def metadata_groups(out: Path, modality: str, taken: set[tuple[str, str]]) -> li
 
 
 def dedup(
-    out: Path, *, modalities: tuple[str, ...] = ("audio", "image"), workers: int | None = None
+    out: Path,
+    *,
+    modalities: tuple[str, ...] = ("audio", "image"),
+    workers: int | None = None,
+    console: Console | None = None,
 ) -> DedupResult:
     """Fingerprint the materialized media; write duplicates.parquet and the no-fingerprint notes.
-    `workers`: processes searching the landmark spill's buckets side by side (None: cores)."""
+    `workers`: processes searching the landmark spill's buckets side by side (None: cores);
+    progress on `console` (in a log: a plain line every 5 % or 30 s)."""
+    if workers is not None and workers < 1:
+        raise ValueError(f"workers must be at least 1, not {workers}")
     if not any(layout.media_index_path(out, m).exists() for m in modalities):
         raise FileNotFoundError(f"{out / 'media'}: no materialized media (run materialize first)")
     result = DedupResult()
@@ -289,44 +298,10 @@ def dedup(
     notes: list[dict] = []
     for stale in out.glob(".dedup-*"):  # a spill a killed run left behind
         shutil.rmtree(stale, ignore_errors=True)
-    for m in modalities:
-        prints = []
-        species = _species(out, m)
-        blocks = {(s, r): b for s, r, b in species.select("source", "record_id", "block").rows()}
-        spill = None
-        if m == "audio":
-            folder = Path(tempfile.mkdtemp(prefix=".dedup-", dir=out))
-            spill = _LandmarkSpill(folder, spill_buckets(species.height))
-        for k, (source, rid, segments) in enumerate(read_media(out, m)):
-            try:
-                f = fingerprint_record(m, segments)
-            except Exception as exc:  # an unreadable stored file: noted, never merged
-                f = fp.Fingerprint(m, bytes(32), none=f"undecodable: {type(exc).__name__}")
-                f.exact = f"unreadable:{source}:{rid}".encode()
-            if f.none:
-                notes.append({"stage": STAGE, "source": source, "modality": m,
-                              "record_id": rid, "name": None, "reason": "no_fingerprint",
-                              "detail": f.none})  # fmt: skip
-            n = 0 if f.hashes is None else len(f.hashes)
-            prints.append({"i": k, "source": source, "record_id": rid, "exact": f.exact,
-                           "n": n, "pdq": f.pdq})  # fmt: skip
-            if n and spill is not None:
-                spill.add(k, blocks.get((source, rid)), f.hashes, f.times)
-        result.records[m] = len(prints)
-        # one bucket of landmarks at a time in each worker
-        near = spill.pairs(workers or os.cpu_count() or 1) if spill is not None else None
-        if not prints:
-            continue
-        df = pl.DataFrame(prints, schema_overrides={"pdq": pl.Binary}).join(
-            species, on=["source", "record_id"], how="left", maintain_order="left"
-        )
-        found = content_groups(m, df, near)
-        notes += [{"stage": STAGE, "source": r["source"], "modality": m,
-                   "record_id": r["record_id"], "name": None, "reason": "exact_copy",
-                   "detail": f"the same decoded content as {r['copy_of']}: bench and publish "
-                             "use that one"} for r in found if r["copy_of"]]  # fmt: skip
-        taken = {(r["source"], r["record_id"]) for r in found}
-        rows += found + metadata_groups(out, m, taken)
+    console = console or Console(quiet=True)
+    with LogProgress(console=console, transient=False) as progress:  # records, then buckets
+        for m in modalities:
+            rows += _dedup_modality(out, m, workers or os.cpu_count() or 1, notes, result, progress)
     table = pa.Table.from_pylist(rows, schema=DUPLICATES)
     write_table(table, layout.duplicates_path(out))
     sources = sorted({n["source"] for n in notes} | set(_sources(out)))
@@ -342,6 +317,71 @@ def dedup(
         )
         result.pairs = dict(sorted(pairs.group_by("source").len().iter_rows()))
     return result
+
+
+def _dedup_modality(
+    out: Path,
+    m: str,
+    workers: int,
+    notes: list[dict],
+    result: DedupResult,
+    progress: LogProgress,
+) -> list[dict]:
+    """One modality's DUPLICATES rows; its notes appended to `notes`, its count to `result`."""
+    result.records[m] = 0
+    if not layout.media_index_path(out, m).exists():  # not materialized: nothing to show
+        return []
+    prints = []
+    species = _species(out, m)
+    blocks = {(s, r): b for s, r, b in species.select("source", "record_id", "block").rows()}
+    spill = None
+    if m == "audio":
+        folder = Path(tempfile.mkdtemp(prefix=".dedup-", dir=out))
+        spill = _LandmarkSpill(folder, spill_buckets(species.height))
+    task = progress.add_task(f"dedup {m}: fingerprints", total=_kept_records(out, m))
+    for k, (source, rid, segments) in enumerate(read_media(out, m)):
+        try:
+            f = fingerprint_record(m, segments)
+        except Exception as exc:  # an unreadable stored file: noted, never merged
+            f = fp.Fingerprint(m, bytes(32), none=f"undecodable: {type(exc).__name__}")
+            f.exact = f"unreadable:{source}:{rid}".encode()
+        if f.none:
+            notes.append({"stage": STAGE, "source": source, "modality": m,
+                          "record_id": rid, "name": None, "reason": "no_fingerprint",
+                          "detail": f.none})  # fmt: skip
+        n = 0 if f.hashes is None else len(f.hashes)
+        prints.append({"i": k, "source": source, "record_id": rid, "exact": f.exact,
+                       "n": n, "pdq": f.pdq})  # fmt: skip
+        if n and spill is not None:
+            spill.add(k, blocks.get((source, rid)), f.hashes, f.times)
+        progress.advance(task)
+    result.records[m] = len(prints)
+    near = None
+    if spill is not None:  # one bucket of landmarks at a time in each worker
+        spill.flush()
+        search = progress.add_task(f"dedup {m}: near search", total=len(spill.writers))
+        near = spill.pairs(workers, lambda: progress.advance(search))
+    if not prints:
+        return []
+    df = pl.DataFrame(prints, schema_overrides={"pdq": pl.Binary}).join(
+        species, on=["source", "record_id"], how="left", maintain_order="left"
+    )
+    found = content_groups(m, df, near)
+    notes += [{"stage": STAGE, "source": r["source"], "modality": m,
+               "record_id": r["record_id"], "name": None, "reason": "exact_copy",
+               "detail": f"the same decoded content as {r['copy_of']}: bench and publish "
+                         "use that one"} for r in found if r["copy_of"]]  # fmt: skip
+    taken = {(r["source"], r["record_id"]) for r in found}
+    return found + metadata_groups(out, m, taken)
+
+
+def _kept_records(out: Path, modality: str) -> int:
+    """Kept records in the modality's media index (what read_media yields)."""
+    path = layout.media_index_path(out, modality)
+    if not path.exists():
+        return 0
+    kept = pl.scan_parquet(path).filter(pl.col("kept")).select("source", "record_id").unique()
+    return int(kept.select(pl.len()).collect().item())
 
 
 SPILL_BUCKETS = 64  # landmark files per run, by block: the near search holds one file at a time
@@ -390,11 +430,11 @@ class _LandmarkSpill:
             self.writers[bucket].write_table(part)
         self.rows = []
 
-    def pairs(self, workers: int = 1) -> pl.DataFrame:
+    def pairs(self, workers: int = 1, done: Callable[[], None] | None = None) -> pl.DataFrame:
         """audio_pairs over every bucket (blocks never span two), by `workers` processes side by
         side when the spill holds PARALLEL_LANDMARKS or more, each with its share of the cores
         as threads within a block (`--workers 1`: one block in memory at a time, every core
-        on it); then the folder removed."""
+        on it); `done` is called after each bucket; then the folder removed."""
         try:
             self.flush()
             for writer in self.writers.values():
@@ -403,9 +443,14 @@ class _LandmarkSpill:
             workers = min(workers, len(paths))
             threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
             if workers > 1 and self.landmarks >= PARALLEL_LANDMARKS:
-                found = _pairs_in_processes(paths, workers, threads)
+                each = _pairs_in_processes(paths, workers, threads)
             else:
-                found = [_bucket_pairs(path, threads) for path in paths]
+                each = (_bucket_pairs(path, threads) for path in paths)
+            found = []
+            for bucket in each:
+                found.append(bucket)
+                if done is not None:
+                    done()
             return pl.concat(found) if found else pl.DataFrame(schema=_PAIRS)
         finally:
             shutil.rmtree(self.folder, ignore_errors=True)
@@ -421,15 +466,16 @@ def _bucket_pairs(path: Path, threads: int = 1) -> pl.DataFrame:
     return audio_pairs(pl.read_parquet(path), threads)
 
 
-def _pairs_in_processes(paths: list[Path], workers: int, threads: int) -> list[pl.DataFrame]:
-    """_bucket_pairs of each path in a pool of fresh processes (forkserver: never fork a
-    process running Polars' threads), each with its share of the cores."""
+def _pairs_in_processes(paths: list[Path], workers: int, threads: int) -> Iterator[pl.DataFrame]:
+    """_bucket_pairs of each path, in order as they finish, in a pool of fresh processes
+    (forkserver: never fork a process running Polars' threads), each with its share of the
+    cores."""
     ctx = multiprocessing.get_context("forkserver")
     before = os.environ.get("POLARS_MAX_THREADS")
     os.environ["POLARS_MAX_THREADS"] = str(threads)  # read by Polars when a worker imports it
     try:
         with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            return list(pool.map(partial(_bucket_pairs, threads=threads), paths))
+            yield from pool.map(partial(_bucket_pairs, threads=threads), paths)
     finally:
         if before is None:
             os.environ.pop("POLARS_MAX_THREADS", None)
