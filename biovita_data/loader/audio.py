@@ -29,9 +29,9 @@ from typing import Any, Literal
 import numpy as np
 import pyarrow as pa
 import soundfile as sf
-import soxr
 
 from biovita_data.core.cstderr import filtered_c_stderr
+from biovita_data.core.pcm import resample, to_mono
 
 TARGET_RATE = 48_000
 CLIP_SECONDS = 10.0
@@ -78,27 +78,6 @@ class Clip:
     source_rate: int
     source_channels: int
     source_frames: int
-
-
-def to_mono(x: np.ndarray) -> np.ndarray:
-    """Average the channels of a (frames, channels) array into float32 (frames,)."""
-    if x.ndim == 1:
-        return x.astype(np.float32, copy=False)
-    if x.shape[1] == 1:  # a view, no copy
-        return x.reshape(-1).astype(np.float32, copy=False)
-    out = np.array(x[:, 0], dtype=np.float32)  # column sums: much faster than mean(axis=1)
-    for c in range(1, x.shape[1]):
-        out += x[:, c]
-    if x.shape[1] > 1:
-        out *= np.float32(1.0 / x.shape[1])
-    return out
-
-
-def resample(x: np.ndarray, rate_in: int, rate_out: int, quality: str = "HQ") -> np.ndarray:
-    """Resample a mono float32 signal with soxr (a no-op when the rates match)."""
-    if rate_in == rate_out or x.size == 0:
-        return x
-    return soxr.resample(x, rate_in, rate_out, quality=quality).astype(np.float32, copy=False)
 
 
 def fit_length(x: np.ndarray, n: int) -> np.ndarray:

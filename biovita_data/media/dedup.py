@@ -46,11 +46,11 @@ from biovita_data.media.store import MediaStore
 
 STAGE = "dedup"
 # audio: a pair is near when NEAR_MATCHES landmarks agree at the best offset (+-1 frame) and
-# NEAR_SCORE of the smaller recording's do, or 2 x NEAR_MATCHES do. Measured (benchmarks/dedup.py
-# --copies 10; tests/test_dedup.py's world): copies agree on 19-268 (1st-50th percentile), other
-# recordings of one species of 3-40 s on at most 6, but long ones (1,600-2,800 landmarks each) on
-# up to 24, a share of 1.5 %: the share guards those.
-NEAR_MATCHES = 20
+# NEAR_SCORE of the smaller recording's do, or 2 x NEAR_MATCHES do. Measured with FAN_OUT 3
+# (benchmarks/dedup.py --copies 10 and the default world): copies agree on 23 or more in the
+# default world (3 or more in the tiny one's hardest 1 %), other recordings of one species of
+# 3-40 s on at most 4, 150 s ones (12,000 landmarks each) on at most 6, a share of 0.05 %.
+NEAR_MATCHES = 10
 NEAR_SCORE = 0.06
 MAX_POSTINGS = 50  # a landmark hash in more recordings than this says nothing (dropped)
 JOIN_AGREEMENTS = 1_000_000  # hash agreements a search thread holds at a time (~80 MB)
@@ -75,7 +75,8 @@ def read_media(out: Path, modality: str) -> Iterator[tuple[str, str, list[Segmen
     """(source, record_id, [(offset_s, bytes, fingerprint) per segment]) of every kept record,
     one shard at a time (materialize writes a record's segments into one shard): memory holds
     one shard. The fingerprints materialize stored are read instead of the bytes; the bytes
-    only for a shard that has files without one (an older shard, `--no-fingerprints`)."""
+    only for a shard that has files without one (an older shard, `--no-fingerprints`) or with
+    one of an older fingerprint version."""
     index_path = layout.media_index_path(out, modality)
     if not index_path.exists():
         return
@@ -87,7 +88,8 @@ def read_media(out: Path, modality: str) -> Iterator[tuple[str, str, list[Segmen
             pf = pq.ParquetFile(f)
             stored = "fingerprint" in pf.schema_arrow.names
             t = pf.read(columns=[*keys, "fingerprint"]) if stored else None
-            if t is None or t["fingerprint"].null_count:  # files to decode: their bytes too
+            if t is None or not all(map(fp.current, t["fingerprint"].to_pylist())):
+                # files to decode (none stored, or an older version): their bytes too
                 t = pf.read(columns=[*keys, "bytes", *(["fingerprint"] if stored else [])])
         rows = pl.from_arrow(t).join(
             index.filter(pl.col("shard") == shard).select("source", "record_id", "segment"),
@@ -104,7 +106,7 @@ def read_media(out: Path, modality: str) -> Iterator[tuple[str, str, list[Segmen
 def fingerprint_record(modality: str, segments: list[Segment]) -> fp.Fingerprint:
     """One record's fingerprint: the stored one, else of its decoded stored file; a segmented
     recording's joined from its segments' (fingerprint.join_segments)."""
-    parts = [(off, fp.unpack(made) if made else _decode(modality, data))
+    parts = [(off, fp.unpack(made) if fp.current(made) else _decode(modality, data))
              for off, data, made in segments]  # fmt: skip
     return parts[0][1] if modality == "image" else fp.join_segments(parts)
 
