@@ -2,7 +2,7 @@
 
 Fingerprints `--pool` recordings of the default sample world (real landmark statistics), then
 runs `biovita_data.media.dedup.audio_pairs` on blocks of growing size, each in a fresh process
-(peak RSS measured there, less the process's RSS before the search). CPU is fitted as a power
+(its peak RSS, VmHWM reset just before the search, less the RSS then). CPU is fitted as a power
 law of the block's landmark count, memory as a straight line in it (see below); both projected
 to the paper's corpus:
 - `--recordings` (1.3 M) recordings of `--seconds` mean length (landmarks per second measured);
