@@ -88,7 +88,7 @@ def read_media(out: Path, modality: str) -> Iterator[tuple[str, str, list[Segmen
             pf = pq.ParquetFile(f)
             stored = "fingerprint" in pf.schema_arrow.names
             t = pf.read(columns=[*keys, "fingerprint"]) if stored else None
-            if t is None or not all(map(fp.current, t["fingerprint"].to_pylist())):
+            if t is None or not _all_current(t["fingerprint"]):
                 # files to decode (none stored, or an older version): their bytes too
                 t = pf.read(columns=[*keys, "bytes", *(["fingerprint"] if stored else [])])
         rows = pl.from_arrow(t).join(
@@ -101,6 +101,12 @@ def read_media(out: Path, modality: str) -> Iterator[tuple[str, str, list[Segmen
             segment = (r["offset_s"] or 0.0, r.get("bytes"), r.get("fingerprint"))
             records.setdefault(key, []).append(segment)
         yield from ((s, rid, segs) for (s, rid), segs in records.items())
+
+
+def _all_current(stored: pa.ChunkedArray) -> bool:
+    """Every file of a shard has a stored fingerprint of this version (read by their tags)."""
+    tags = pc.binary_slice(stored, 0, 4)
+    return pc.all(pc.is_in(tags, value_set=pa.array(fp.CURRENT, stored.type))).as_py() is True
 
 
 def fingerprint_record(modality: str, segments: list[Segment]) -> fp.Fingerprint:

@@ -96,9 +96,12 @@ def packed(make: Callable[..., Fingerprint], *args: object) -> bytes | None:
         return None
 
 
+CURRENT = (_AUDIO_TAG, _IMAGE_TAG)  # the tags of this version's fingerprints
+
+
 def current(data: bytes | None) -> bool:
     """Whether stored fingerprint bytes are of this version (an older one is made again)."""
-    return data is not None and data[:4] in (_AUDIO_TAG, _IMAGE_TAG)
+    return data is not None and data[:4] in CURRENT
 
 
 def unpack(data: bytes) -> Fingerprint:
