@@ -1,12 +1,36 @@
-"""PCM helpers shared by materialize's fingerprints and the loader: mono mix, resampling.
+"""Sound helpers shared by materialize, its fingerprints and the loader: libsndfile on bytes,
+mono mix, resampling.
 
 No BLAS: a matrix product would start OpenBLAS's threads, which spin on every core for a while
 after each call, about doubling the CPU a worker process is charged for the same work."""
 
 from __future__ import annotations
 
+import io
+import os
+
 import numpy as np
+import soundfile as sf
 import soxr
+
+
+def open_sound(data: bytes) -> sf.SoundFile:
+    """libsndfile reading encoded bytes. On Linux from an in-memory file (memfd) by plain read(2)
+    calls; elsewhere through a BytesIO, whose reads are Python callbacks (a 25 s MP3 makes
+    ~2,000), each taking the GIL: 4-7 % more CPU in one thread, more beside download threads.
+    Raises what sf.SoundFile raises for bytes it cannot read."""
+    if not hasattr(os, "memfd_create"):
+        return sf.SoundFile(io.BytesIO(data))
+    fd = os.memfd_create("biovita-sound", os.MFD_CLOEXEC)
+    try:
+        view = memoryview(data)
+        while view:
+            view = view[os.write(fd, view) :]
+        os.lseek(fd, 0, os.SEEK_SET)
+    except BaseException:
+        os.close(fd)
+        raise
+    return sf.SoundFile(fd, closefd=True)  # libsndfile closes it, on failure too
 
 
 def to_mono(x: np.ndarray) -> np.ndarray:

@@ -16,6 +16,7 @@ import soundfile as sf
 
 from biovita_data.core.cstderr import filtered_c_stderr
 from biovita_data.core.layout import KEPT_AUDIO_FORMATS
+from biovita_data.core.pcm import open_sound
 from biovita_data.media.fingerprint import DECODE_BLOCK, AudioPrinter, audio_fingerprint, packed
 from biovita_data.media.records import ItemFailure, StoredFile
 
@@ -34,7 +35,7 @@ def store_audio(
     """The files to store for one downloaded recording (one, or its segments); ItemFailure."""
     with filtered_c_stderr():  # libmpg123's complaints about broken frames: counted, not shown
         try:
-            snd = sf.SoundFile(io.BytesIO(data))
+            snd = open_sound(data)
         except (sf.LibsndfileError, RuntimeError, TypeError, ValueError):
             samples, rate, subtype = _decode_av(data)
             return _as_flac(samples, rate, subtype, segment_seconds, fingerprints)
@@ -66,7 +67,7 @@ def _store_libsndfile(
         frames, peak = _scan(snd, printer)
     _check_length(frames, declared if known else 0, fmt)
     if frames > limit:  # the header understated the length: decode again, cutting
-        with sf.SoundFile(io.BytesIO(data)) as snd:
+        with open_sound(data) as snd:
             return _segments_streamed(snd, frames, fmt, subtype, segment_seconds, fingerprints)
     _check_sound(peak)
     return [

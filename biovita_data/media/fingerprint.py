@@ -362,14 +362,12 @@ def decode_audio(data: bytes) -> tuple[np.ndarray, int]:
     Read DECODE_BLOCK frames at a time, as materialize's verifying decode reads them:
     libsndfile's MP3 floats differ in the last bit between read sizes, which would change the
     exact hash of the same file."""
-    import io
-
     import soundfile as sf
 
     from biovita_data.core.cstderr import filtered_c_stderr
 
     try:
-        with filtered_c_stderr(), sf.SoundFile(io.BytesIO(data)) as snd:
+        with filtered_c_stderr(), pcm.open_sound(data) as snd:
             blocks = list(snd.blocks(DECODE_BLOCK, dtype="float32", always_2d=True))
             rate = snd.samplerate
         if not blocks:
