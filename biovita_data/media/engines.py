@@ -163,7 +163,7 @@ def run_shard(
     outcomes, stats = run_items(spec.items, ps, http, threads, cpu_threads)
     files, fails = assemble(spec, dict(enumerate(outcomes)))
     write_shard(store, spec, files, fails)
-    rows = shard_rows(files.drop_columns(["bytes"]), spec.index)
+    rows = shard_rows(files.without_payload(), spec.index)
     report = ShardReport(
         spec.modality,
         spec.index,

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
@@ -195,44 +195,73 @@ def is_done(store: MediaStore, spec: ShardSpec) -> bool:
     return meta.get(FINGERPRINT_KEY) == spec.fingerprint.encode() and TRANSIENT_KEY not in meta
 
 
-def assemble(spec: ShardSpec, outcomes: dict[int, ItemOutcome]) -> tuple[pa.Table, pa.Table]:
-    """The shard's MEDIA_FILE and FAILURE tables, rows in record order (segments in order)."""
+@dataclass
+class ShardFiles:
+    """A shard's MEDIA_FILE rows in record order (media bytes still the workers' own objects)
+    and its schema with the shard's metadata: written ROW_GROUP rows at a time, never copied
+    into one table of the whole shard (a second copy of every byte, in fresh memory)."""
+
+    rows: list[dict]
+    schema: pa.Schema
+
+    def parts(self) -> Iterator[pa.Table]:
+        """The rows as tables of ROW_GROUP rows (one Parquet row group each)."""
+        for a in range(0, len(self.rows), ROW_GROUP):
+            yield pa.Table.from_pylist(self.rows[a : a + ROW_GROUP], schema=self.schema)
+
+    def without_payload(self) -> pa.Table:
+        """Every column but the payload (MEDIA_PAYLOAD), with the schema's metadata."""
+        schema = pa.schema([f for f in self.schema if f.name not in MEDIA_PAYLOAD])
+        kept = [{k: r[k] for k in schema.names} for r in self.rows]
+        return to_table(kept, schema.with_metadata(self.schema.metadata))
+
+
+def assemble(spec: ShardSpec, outcomes: dict[int, ItemOutcome]) -> tuple[ShardFiles, pa.Table]:
+    """The shard's MEDIA_FILE rows and FAILURE table, rows in record order (segments in order)."""
     ordered = [outcomes[k] for k in range(len(spec.items))]
-    files = to_table((row for o in ordered for row in o.rows), MEDIA_FILE)
+    rows = [row for o in ordered for row in o.rows]
     fails = to_table((o.failure for o in ordered if o.failure), FAILURE)
     meta = {FINGERPRINT_KEY: spec.fingerprint.encode()}
-    sizes = json.dumps([len(row["bytes"]) for o in ordered for row in o.rows]).encode()
+    sizes = json.dumps([len(row["bytes"]) for row in rows]).encode()
     transient = sum(1 for o in ordered if o.failure and o.failure["reason"] in TRANSIENT)
     again = {TRANSIENT_KEY: str(transient).encode()} if transient else {}
-    files = files.replace_schema_metadata({**meta, SIZES_KEY: sizes, **again})
+    files = ShardFiles(rows, MEDIA_FILE.with_metadata({**meta, SIZES_KEY: sizes, **again}))
     return files, fails.replace_schema_metadata(meta)
 
 
-def write_shard(store: MediaStore, spec: ShardSpec, files: pa.Table, fails: pa.Table) -> None:
+def write_shard(store: MediaStore, spec: ShardSpec, files: ShardFiles, fails: pa.Table) -> None:
     """Failures first, the shard last: the shard object's existence marks the shard done."""
     store.write(
         store.failures(spec.modality, spec.index),
         lambda f: pq.write_table(fails, f, compression="zstd"),
     )
-    store.write(store.shard(spec.modality, spec.index), lambda f: write_media_parquet(files, f))
-
-
-def write_media_parquet(table: pa.Table, where: str | Path | IO[bytes]) -> None:
-    """Media bytes as Parquet: zstd, small row groups, no dictionary or stats on `bytes`.
-
-    Encoded media does not compress and is never filtered on, so dictionary encoding and
-    min/max statistics of the `bytes` column only cost time; row groups of ROW_GROUP rows let
-    readers fetch a few files without reading a whole shard.
-    """
-    others = [name for name in table.column_names if name not in MEDIA_PAYLOAD]
-    pq.write_table(
-        table,
-        where,
-        compression="zstd",
-        row_group_size=ROW_GROUP,
-        use_dictionary=others,
-        write_statistics=others,
+    store.write(
+        store.shard(spec.modality, spec.index),
+        lambda f: write_media_parquet(files.parts(), f, files.schema),
     )
+
+
+def write_media_parquet(
+    parts: pa.Table | Iterable[pa.Table],
+    where: str | Path | IO[bytes],
+    schema: pa.Schema | None = None,
+) -> None:
+    """Media rows as Parquet, from a table or from tables of ROW_GROUP rows of `schema`.
+
+    Row groups of ROW_GROUP rows let readers fetch a few files without reading a whole shard.
+    The media bytes are stored plainly (encoded media does not compress: zstd only cost time;
+    publish stores them so too), the rest zstd; the payload gets no dictionary and no min/max
+    statistics (it is never filtered on).
+    """
+    if isinstance(parts, pa.Table):
+        parts, schema = [parts], parts.schema
+    others = [name for name in schema.names if name not in MEDIA_PAYLOAD]
+    codecs = {name: "none" if name == "bytes" else "zstd" for name in schema.names}
+    with pq.ParquetWriter(
+        where, schema, compression=codecs, use_dictionary=others, write_statistics=others
+    ) as writer:
+        for part in parts:
+            writer.write_table(part, row_group_size=ROW_GROUP)
 
 
 def remove_partial(store: MediaStore, modality: str) -> None:
