@@ -458,7 +458,8 @@ class HttpClient:
             to_file = dest is not None and resp.status_code == 200
             if declared > self.max_bytes and not to_file:
                 raise FetchError(f"{declared} bytes exceed the size cap: {where}")
-            body = bytearray()
+            parts: list[bytes] = []  # joined once at the end: no copy per chunk
+            size = 0
             tmp = dest.with_name(f".{dest.name}.part") if to_file and dest else None
             try:
                 with open(tmp, "wb") if tmp else contextlib.nullcontext() as sink:
@@ -466,8 +467,9 @@ class HttpClient:
                         if sink is not None:
                             sink.write(chunk)
                             continue
-                        body += chunk
-                        if len(body) > self.max_bytes:
+                        parts.append(chunk)
+                        size += len(chunk)
+                        if size > self.max_bytes:
                             raise FetchError(f"body exceeds the size cap: {where}")
             except (
                 requests.ConnectionError,
@@ -483,6 +485,7 @@ class HttpClient:
                 if tmp is not None:
                     tmp.unlink(missing_ok=True)
                 raise
+            body = parts[0] if len(parts) == 1 else b"".join(parts)
             if resp.status_code != 200:
                 text = self.redact(body[:300].decode(errors="replace"))
                 raise FetchError(f"HTTP {resp.status_code} for {where}: {text}", resp.status_code)

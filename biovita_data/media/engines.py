@@ -218,7 +218,9 @@ def run_local(
     todo = iter(shards)
     window, cpu_threads = worker_plan(settings.n_workers, len(shards))
     ctx = multiprocessing.get_context("forkserver")  # never fork a process that runs threads
-    ctx.set_forkserver_preload(["biovita_data.media.engines"])
+    # pandas too: pyarrow imports it at its first table built from Python rows (every shard's),
+    # about 0.5 CPU-s that the forkserver then pays once instead of every worker
+    ctx.set_forkserver_preload(["biovita_data.media.engines", "pandas"])
     inflight: set[Future] = set()
     with ProcessPoolExecutor(window, mp_context=ctx) as pool:
         while True:
