@@ -308,6 +308,51 @@ def test_parallel_bucket_search_finds_what_one_process_does(
     assert dd.spill_buckets(1_000) == 64 and dd.spill_buckets(2_000_000) == 100
 
 
+def test_near_search_runs_as_many_processes_as_fit_in_memory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from biovita_data.media import dedup as dd
+
+    monkeypatch.setattr(os, "cpu_count", lambda: 16)
+    spill = dd._LandmarkSpill(tmp_path)
+    for k in range(32):  # 32 genera of 2 x 10^8 landmarks (counted, never written)
+        spill.per_block[f"genus{k}"] = 2 * 10**8
+        spill.per_bucket[spill.bucket(f"genus{k}")] += 2 * 10**8
+    spill.landmarks = 32 * 2 * 10**8
+    largest = max(spill.per_bucket.values())
+    one = dd.SEARCH_BASE_BYTES + 8 * largest + 52 * 2 * 10**8  # a process, its threads aside
+    per_thread = dd.JOIN_AGREEMENTS * dd.SEARCH_AGREEMENT_BYTES
+    wanted = len(spill.per_bucket)
+    assert spill.search_plan(16, available=10**15) == (min(16, wanted), 16 // min(16, wanted), "")
+    budget = 4 * (one + 4 * per_thread) / dd.MEMORY_SHARE  # four processes of four threads
+    processes, threads, note = spill.search_plan(16, available=int(budget) + 1)
+    assert (processes, threads) == (4, 4)
+    assert note.startswith("near search: 4 process(es) side by side, not 16: each holds about")
+    processes, threads, note = spill.search_plan(16, available=1)  # not even one fits: one
+    assert (processes, threads) == (1, 16) and "1 process(es)" in note
+    assert spill.search_plan(1, available=1) == (1, 16, "")  # one asked: nothing to lower
+    spill.landmarks = dd.PARALLEL_LANDMARKS - 1  # a small corpus is searched in this process
+    assert spill.search_plan(16, available=10**15) == (1, 16, "")
+
+
+def test_available_memory_within_the_cgroup_limit(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from biovita_data.core import memory
+
+    (tmp_path / "meminfo").write_text("MemTotal: 100 kB\nMemAvailable:    2097152 kB\n")
+    (tmp_path / "self").write_text("0::/job42\n")
+    (tmp_path / "cg" / "job42").mkdir(parents=True)
+    (tmp_path / "cg" / "job42" / "memory.max").write_text("1073741824\n")
+    (tmp_path / "cg" / "job42" / "memory.current").write_text("268435456\n")
+    monkeypatch.setattr(memory, "_MEMINFO", tmp_path / "meminfo")
+    monkeypatch.setattr(memory, "_SELF_CGROUP", tmp_path / "self")
+    monkeypatch.setattr(memory, "_CGROUP", tmp_path / "cg")
+    assert memory.available_memory() == (1 << 30) - (1 << 28)  # the job's limit, not the host
+    (tmp_path / "cg" / "job42" / "memory.max").write_text("max\n")
+    assert memory.available_memory() == 2 << 30  # no limit: MemAvailable
+
+
 def _same_print(a: fp.Fingerprint, b: fp.Fingerprint) -> bool:
     if a.hashes is None or b.hashes is None:
         return a.exact == b.exact and a.none == b.none and a.pdq == b.pdq

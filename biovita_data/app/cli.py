@@ -447,7 +447,11 @@ def stats_cmd(out: OutOption) -> None:
 def dedup_cmd(
     out: OutOption,
     workers: Annotated[
-        int | None, typer.Option(help="Processes for the near-copy search (default: cores).")
+        int | None,
+        typer.Option(
+            help="Processes for the near-copy search (default: cores; fewer when that many "
+            "would not fit in the memory available)."
+        ),
     ] = None,
 ) -> None:
     """Find copies of one recording or photo by content: OUT/manifests/duplicates.parquet;

@@ -23,6 +23,7 @@ import os
 import shutil
 import tempfile
 import zlib
+from collections import Counter
 from collections.abc import Callable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from biovita_data.core import layout
+from biovita_data.core.memory import available_memory
 from biovita_data.core.progress import LogProgress
 from biovita_data.core.schemas import DUPLICATES, FAILURE, MEDIA
 from biovita_data.core.tables import read_table, replace_failures, write_table
@@ -368,7 +370,10 @@ def _dedup_modality(
     if spill is not None:  # one bucket of landmarks at a time in each worker
         spill.flush()
         search = progress.add_task(f"dedup {m}: near search", total=len(spill.writers))
-        near = spill.pairs(workers, lambda: progress.advance(search))
+        processes, threads, note = spill.search_plan(workers)
+        if note:
+            progress.console.print(f"dedup {m}: {note}")
+        near = spill.pairs(processes, lambda: progress.advance(search), threads)
     if not prints:
         return []
     df = pl.DataFrame(prints, schema_overrides={"pdq": pl.Binary}).join(
@@ -398,6 +403,14 @@ SPILL_RECORDS = 500  # records fingerprinted between two writes to the spill
 # below this many landmarks (~2 h of audio) the buckets are searched in this process: starting
 # worker processes would cost more than the search
 PARALLEL_LANDMARKS = 1_000_000
+# What a searching process holds (landmark_search's figures, benchmarks/dedup_scale.py): its
+# bucket file as read (8 bytes a landmark), the largest block's arrays at their peak (52),
+# JOIN_AGREEMENTS agreements per thread (~80 bytes each), and Python with its libraries
+SEARCH_FILE_BYTES = 8
+SEARCH_BLOCK_BYTES = 52
+SEARCH_AGREEMENT_BYTES = 80
+SEARCH_BASE_BYTES = 400 << 20
+MEMORY_SHARE = 0.8  # of the memory available when the search starts
 _SPILL = pa.schema([("i", pa.int64()), ("block", pa.string()), ("n", pa.int64()),
                     ("hashes", pa.list_(pa.uint32())),  # 8 bytes a landmark
                     ("times", pa.list_(pa.int32()))])  # fmt: skip
@@ -413,10 +426,14 @@ class _LandmarkSpill:
         self.rows: list[dict] = []
         self.writers: dict[int, pq.ParquetWriter] = {}
         self.landmarks = 0
+        self.per_bucket: Counter[int] = Counter()  # landmarks of each bucket file
+        self.per_block: Counter[str | None] = Counter()  # landmarks of each block
 
     def add(self, i: int, block: str | None, hashes: np.ndarray, times: np.ndarray) -> None:
         row = {"i": i, "block": block, "n": len(hashes)}
         self.landmarks += len(hashes)
+        self.per_block[block] += len(hashes)
+        self.per_bucket[self.bucket(block)] += len(hashes)
         self.rows.append(
             {**row, "hashes": hashes.astype(np.uint32), "times": times.astype(np.int32)}
         )
@@ -427,9 +444,7 @@ class _LandmarkSpill:
         if not self.rows:
             return
         table = pa.Table.from_pylist(self.rows, schema=_SPILL)
-        buckets = [
-            zlib.crc32((b or "").encode()) % self.buckets for b in table["block"].to_pylist()
-        ]
+        buckets = [self.bucket(b) for b in table["block"].to_pylist()]
         for bucket in sorted(set(buckets)):
             part = table.filter(pa.array([x == bucket for x in buckets]))
             if bucket not in self.writers:
@@ -438,7 +453,45 @@ class _LandmarkSpill:
             self.writers[bucket].write_table(part)
         self.rows = []
 
-    def pairs(self, workers: int = 1, done: Callable[[], None] | None = None) -> pl.DataFrame:
+    def bucket(self, block: str | None) -> int:
+        """The spill file a block's landmarks go to (a block never spans two)."""
+        return zlib.crc32((block or "").encode()) % self.buckets
+
+    def search_plan(self, workers: int, available: int | None = None) -> tuple[int, int, str]:
+        """(processes, threads each, note): at most `workers` processes side by side, fewer when
+        that many would not fit in MEMORY_SHARE of the `available` bytes (None: what the
+        machine has now), each estimated at its largest bucket file and largest block; the
+        note says why when the count was lowered (else "")."""
+        cores = os.cpu_count() or 1
+        wanted = max(1, min(workers, len(self.per_bucket) or 1))
+        if wanted == 1 or self.landmarks < PARALLEL_LANDMARKS:
+            return 1, cores, ""
+        budget = MEMORY_SHARE * (available if available is not None else available_memory())
+        fixed = (
+            SEARCH_BASE_BYTES
+            + SEARCH_FILE_BYTES * max(self.per_bucket.values())
+            + SEARCH_BLOCK_BYTES * max(self.per_block.values())
+        )
+
+        def need(n: int) -> float:
+            return n * (fixed + max(1, cores // n) * JOIN_AGREEMENTS * SEARCH_AGREEMENT_BYTES)
+
+        fit = next((n for n in range(wanted, 0, -1) if need(n) <= budget), 1)
+        note = ""
+        if fit < wanted:
+            note = (
+                f"near search: {fit} process(es) side by side, not {wanted}: each holds about "
+                f"{need(1) / 2**30:.1f} GB (its largest bucket and block), "
+                f"{budget / 2**30:.1f} GB of memory to use"
+            )
+        return fit, max(1, cores // fit), note
+
+    def pairs(
+        self,
+        workers: int = 1,
+        done: Callable[[], None] | None = None,
+        threads: int | None = None,
+    ) -> pl.DataFrame:
         """audio_pairs over every bucket (blocks never span two), by `workers` processes side by
         side when the spill holds PARALLEL_LANDMARKS or more, each with its share of the cores
         as threads within a block (`--workers 1`: one block in memory at a time, every core
@@ -448,9 +501,9 @@ class _LandmarkSpill:
             for writer in self.writers.values():
                 writer.close()
             paths = [self.folder / f"bucket-{b:03d}.parquet" for b in sorted(self.writers)]
-            workers = min(workers, len(paths))
-            threads = max(1, (os.cpu_count() or 1) // max(workers, 1))
-            if workers > 1 and self.landmarks >= PARALLEL_LANDMARKS:
+            if threads is None:  # else the caller's search_plan
+                workers, threads, _ = self.search_plan(workers)
+            if workers > 1:
                 each = _pairs_in_processes(paths, workers, threads)
             else:
                 each = (_bucket_pairs(path, threads) for path in paths)
