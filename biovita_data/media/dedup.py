@@ -481,7 +481,8 @@ class _LandmarkSpill:
         if fit < wanted:
             note = (
                 f"near search: {fit} process(es) side by side, not {wanted}: each holds about "
-                f"{need(1) / 2**30:.1f} GB (its largest bucket and block), "
+                f"{need(wanted) / wanted / 2**30:.1f} GB (its largest bucket and block, its "
+                f"threads' agreements), "
                 f"{budget / 2**30:.1f} GB of memory to use"
             )
         return fit, max(1, cores // fit), note
