@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import gc
+import pickle
+from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +19,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from biovita_data.loader import BioVITADataset, collate, decode_clip  # noqa: E402
 from biovita_data.loader import audio as la  # noqa: E402
 from biovita_data.loader import dataset as ld  # noqa: E402
+from biovita_data.loader import shared_batches as sb  # noqa: E402
 from biovita_data.loader.index import (  # noqa: E402
     RowReader,
     build_index,
@@ -290,10 +294,15 @@ def test_an_audio_transform_gets_each_crop_as_before(folder: Path) -> None:
 
 
 def _worker_collate(batch: list[dict]) -> dict:
-    """collate, noting in the worker whether the audio rows were handed on without a stack."""
+    """collate, noting in the worker whether the audio rows were handed on without a stack (in
+    a segment of its pool), and how many segments the pool has."""
     rows = ld.rows_of([item["audio"] for item in batch])
     out = collate(batch)
-    out["handed_on"] = rows is not None and rows.is_shared() and out["audio"] is rows
+    pool = sb.worker_pool()
+    assert pool is not None
+    out["handed_on"] = rows is not None and out["audio"] is rows
+    out["handed_on"] &= pool.segment_of(rows) is not None
+    out["segments"] = len(pool.segments)
     return out
 
 
@@ -309,13 +318,74 @@ def test_workers_hand_their_batch_tensor_to_the_main_process(folder: Path) -> No
     assert torch.cat([b["index"] for b in batches]).tolist() == [k for k, _ in keys]
 
 
+def test_a_worker_reuses_its_batches_once_the_main_process_lets_them_go(folder: Path) -> None:
+    ds = BioVITADataset(folder, "train", seed=5)
+    keys = [(i % len(ds), 3) for i in range(40)]
+    want = torch.stack([ds[k]["audio"] for k in keys])
+    loader = DataLoader(
+        ds, batch_size=2, sampler=keys, num_workers=2, collate_fn=_worker_collate, prefetch_factor=2
+    )
+    seen = []
+    for batch in loader:  # each batch let go before the next: segments are reused
+        b = len(seen) * 2
+        assert torch.equal(batch["audio"], want[b : b + 2])
+        seen.append(batch["segments"])
+        del batch
+    assert max(seen) <= 5 < len(keys) // 4  # 10 batches per worker, at most 5 segments each
+    held = list(loader)  # every batch kept: none may be overwritten by a later one
+    assert all(b["handed_on"] for b in held)
+    assert torch.equal(torch.cat([b["audio"] for b in held]), want)
+    assert max(b["segments"] for b in held) >= 10
+
+
+def test_a_pooled_batch_is_free_only_when_both_sides_let_it_go() -> None:
+    pool = sb.BatchPool(limit=2)
+    t = pool.empty((3, 5000))
+    t.copy_(torch.arange(15000.0).reshape(3, 5000))
+    (segment,) = pool.segments
+    assert not segment.free()
+    payload = ForkingPickler.dumps(t)  # sent as the segment: no copy of the data
+    assert len(payload) < 1000 and segment.counts() == (1, 0)
+    del t
+    gc.collect()
+    assert not segment.free()  # the main process has not let it go
+    other = pool.empty((3, 5000))  # so a second segment
+    assert len(pool.segments) == 2 and other.data_ptr() != segment.address
+    got = pickle.loads(payload)  # the main process's side: a plain tensor over the segment
+    assert type(got) is torch.Tensor
+    assert torch.equal(got, torch.arange(15000.0).reshape(3, 5000))
+    row = got[2]
+    del got
+    gc.collect()
+    assert not segment.free()  # a view still holds the memory
+    third = pool.empty((1, 10))  # the limit reached: fresh shared memory
+    assert third.is_shared() and len(pool.segments) == 2
+    del row
+    gc.collect()
+    assert segment.free() and segment.counts() == (1, 1)
+    again = pool.empty((2, 5000))  # the smallest free segment that fits
+    assert again.data_ptr() == segment.address
+
+
+def test_a_view_of_a_pooled_batch_is_pickled_by_torch_and_frees_the_segment() -> None:
+    pool = sb.BatchPool()
+    t = pool.empty((2, 4096))
+    t.fill_(7.0)
+    (segment,) = pool.segments
+    view = t[1]  # not the start of the segment: torch moves the storage to fresh shared memory
+    payload = ForkingPickler.dumps(view)
+    assert t.data_ptr() != segment.address and torch.all(t == 7.0)
+    assert segment.free() and segment.counts() == (0, 0)
+    assert torch.equal(pickle.loads(payload), torch.full((4096,), 7.0))
+
+
 def test_prefault_keeps_the_contents() -> None:
     x = torch.arange(3 * 4096, dtype=torch.float32)
     shared = x.clone().share_memory_()
-    assert ld.prefault(shared) in (True, False)  # False on kernels before 5.14
+    assert sb.prefault(shared) in (True, False)  # False on kernels before 5.14
     assert torch.equal(shared, x)
-    assert ld.prefault(torch.empty(0)) is False
-    assert ld.prefault(x[1:]) is False  # not page-aligned
+    assert sb.prefault(torch.empty(0)) is False
+    assert sb.prefault(x[1:]) is False  # not page-aligned
 
 
 def test_the_dataset_loads_ffmpeg_before_workers_fork(

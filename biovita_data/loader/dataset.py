@@ -2,11 +2,8 @@
 
 from __future__ import annotations
 
-import functools
 import io
-import mmap
 import os
-import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -32,6 +29,11 @@ from biovita_data.loader.index import (
     split_files,
 )
 from biovita_data.loader.prompts import TEMPLATES
+from biovita_data.loader.shared_batches import (
+    POOLED_MIN_BYTES,
+    fresh_shared,
+    worker_pool,
+)
 from biovita_data.loader.species import SpeciesTable, read_species
 
 Mode = Literal["train", "eval"]
@@ -54,46 +56,14 @@ def decode_image(data: bytes, *, draft: int | None = None) -> Image.Image:
         return img.convert("RGB")
 
 
-_MADV_POPULATE_WRITE = 23  # Linux >= 5.14
-
-
-@functools.cache
-def _madvise() -> Any:
-    """libc's madvise(2) through ctypes, or None (not Linux, or no such symbol)."""
-    if sys.platform != "linux":
-        return None
-    import ctypes
-
-    try:
-        madvise = ctypes.CDLL(None, use_errno=True).madvise
-    except (OSError, AttributeError):
-        return None
-    madvise.argtypes = [ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int]
-    return madvise
-
-
-def prefault(tensor: torch.Tensor) -> bool:
-    """Ask Linux to back a page-aligned CPU tensor's memory now, in one call, instead of one page
-    fault per 4 KiB page on first write (fresh shared memory gets no huge pages); False where
-    the kernel (or libc) cannot, which changes nothing but the speed."""
-    size = tensor.numel() * tensor.element_size()
-    address = tensor.data_ptr()
-    madvise = _madvise()
-    if madvise is None or not size or address % mmap.PAGESIZE:
-        return False
-    return madvise(address, size, _MADV_POPULATE_WRITE) == 0
-
-
 def batch_tensor(rows: int, samples: int) -> torch.Tensor:
     """An empty float32 (rows, samples) tensor; in a DataLoader worker it lives in shared memory,
-    as default_collate's batches do, so it travels to the main process without a copy."""
+    as default_collate's batches do, so it travels to the main process without a copy (in a
+    segment of the worker's pool, reused once the main process has let it go)."""
     if get_worker_info() is None:
         return torch.empty(rows, samples)
-    elem = torch.empty(0)
-    storage = elem._typed_storage()._new_shared(rows * samples, device=elem.device)
-    out = elem.new(storage).resize_(rows, samples)
-    prefault(out)
-    return out
+    pool = worker_pool()
+    return fresh_shared((rows, samples)) if pool is None else pool.empty((rows, samples))
 
 
 def image_to_tensor(img: Image.Image) -> torch.Tensor:
@@ -113,8 +83,8 @@ class BioVITADataset(Dataset):
     choice comes from (seed, epoch, index), so the items do not depend on the worker layout.
 
     A DataLoader fetches a batch through `__getitems__`: without an audio_transform, the crops are
-    decoded straight into the rows of one (batch, n_samples) tensor (in shared memory in a worker)
-    that `collate` hands on as the batch's `audio` without stacking a copy.
+    decoded straight into the rows of one (batch, n_samples) tensor (in a worker, shared memory of
+    its pool, reused) that `collate` hands on as the batch's `audio` without stacking a copy.
     """
 
     def __init__(
@@ -350,6 +320,17 @@ def rows_of(values: Sequence[Any]) -> torch.Tensor | None:
     return base
 
 
+def stack(values: Sequence[torch.Tensor]) -> torch.Tensor:
+    """default_collate's stack of same-shape tensors; in a worker, a batch of 1 MiB or more goes
+    into a segment of the worker's pool (the images of a batch, say) instead of fresh shared
+    memory."""
+    first = values[0]
+    pool = worker_pool() if get_worker_info() is not None else None
+    if pool is None or len(values) * first.numel() * first.element_size() < POOLED_MIN_BYTES:
+        return default_collate(values)
+    return torch.stack(list(values), out=pool.empty((len(values), *first.shape), first.dtype))
+
+
 def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
     """Stack a list of items: tensors of one shape -> a batch tensor (the items' own batch
     tensor when they are its rows: no copy), ints -> int64, else a list."""
@@ -360,8 +341,8 @@ def collate(batch: Sequence[dict[str, Any]]) -> dict[str, Any]:
         if isinstance(first, torch.Tensor) and all(
             isinstance(v, torch.Tensor) and v.shape == first.shape for v in values
         ):
-            rows = rows_of(values)  # else in a worker: stacked into shared memory
-            out[key] = rows if rows is not None else default_collate(values)
+            rows = rows_of(values)
+            out[key] = rows if rows is not None else stack(values)
         elif all(isinstance(v, bool | np.bool_) for v in values):
             out[key] = torch.tensor(values, dtype=torch.bool)
         elif all(isinstance(v, int | np.integer) for v in values):

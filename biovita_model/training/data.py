@@ -242,7 +242,7 @@ def make_loader(
         dataset,
         batch_sampler=sampler,
         num_workers=workers,
-        collate_fn=collate,  # the loader's: in a worker, stacks into shared memory
+        collate_fn=collate,  # the loader's: in a worker, batches in reused shared memory
         worker_init_fn=worker_init if workers else None,
         persistent_workers=workers > 0,
         pin_memory=pin_memory,
