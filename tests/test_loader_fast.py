@@ -379,6 +379,14 @@ def test_a_view_of_a_pooled_batch_is_pickled_by_torch_and_frees_the_segment() ->
     assert torch.equal(pickle.loads(payload), torch.full((4096,), 7.0))
 
 
+def test_a_dtype_numpy_lacks_gets_fresh_shared_memory() -> None:
+    pool = sb.BatchPool()
+    t = pool.empty((4, 1 << 18), torch.bfloat16)
+    assert t.is_shared() and t.dtype == torch.bfloat16 and not pool.segments
+    u = pool.empty((2, 3), torch.bool)
+    assert u.dtype == torch.bool and len(pool.segments) == 1
+
+
 def test_prefault_keeps_the_contents() -> None:
     x = torch.arange(3 * 4096, dtype=torch.float32)
     shared = x.clone().share_memory_()

@@ -80,9 +80,19 @@ class Segment:
 
 
 def _view(memory: mmap.mmap, shape: tuple[int, ...], dtype: torch.dtype) -> np.ndarray:
-    np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
     count = int(np.prod(shape, dtype=np.int64))
-    return np.frombuffer(memory, dtype=np_dtype, count=count, offset=HEADER).reshape(shape)
+    return np.frombuffer(memory, dtype=numpy_dtype(dtype), count=count, offset=HEADER).reshape(
+        shape
+    )
+
+
+@functools.cache
+def numpy_dtype(dtype: torch.dtype) -> np.dtype | None:
+    """NumPy's dtype for a torch dtype; None where NumPy has none (bfloat16, say)."""
+    try:
+        return torch.empty(0, dtype=dtype).numpy().dtype
+    except TypeError:
+        return None
 
 
 class BatchPool:
@@ -98,7 +108,9 @@ class BatchPool:
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """An uninitialised tensor in a free segment (the smallest that fits, else a new one);
-        fresh shared memory when `limit` segments are in use."""
+        fresh shared memory when `limit` segments are in use or NumPy has no such dtype."""
+        if numpy_dtype(dtype) is None:
+            return fresh_shared(shape, dtype)
         nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
         fits = [s for s in self.segments if s.capacity >= nbytes and s.free()]
         if fits:
