@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gc
+import os
 import pickle
 from multiprocessing.reduction import ForkingPickler
 from pathlib import Path
@@ -379,12 +380,30 @@ def test_a_view_of_a_pooled_batch_is_pickled_by_torch_and_frees_the_segment() ->
     assert torch.equal(pickle.loads(payload), torch.full((4096,), 7.0))
 
 
+def test_only_the_process_that_attached_a_batch_counts_its_release() -> None:
+    pool = sb.BatchPool()
+    payload = ForkingPickler.dumps(pool.empty((2, 4096)))
+    (segment,) = pool.segments
+    got = pickle.loads(payload)
+    pid = os.fork()
+    if pid == 0:  # a child that inherited the batch and lets it go: no release counted
+        del got
+        gc.collect()
+        os._exit(0)
+    os.waitpid(pid, 0)
+    assert segment.counts() == (1, 0)
+    del got
+    gc.collect()
+    assert segment.counts() == (1, 1)
+
+
 def test_a_dtype_numpy_lacks_gets_fresh_shared_memory() -> None:
     pool = sb.BatchPool()
     t = pool.empty((4, 1 << 18), torch.bfloat16)
     assert t.is_shared() and t.dtype == torch.bfloat16 and not pool.segments
     u = pool.empty((2, 3), torch.bool)
     assert u.dtype == torch.bool and len(pool.segments) == 1
+    assert pool.empty((0, 5)).shape == (0, 5) and len(pool.segments) == 1
 
 
 def test_prefault_keeps_the_contents() -> None:

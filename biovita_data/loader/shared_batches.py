@@ -108,10 +108,11 @@ class BatchPool:
 
     def empty(self, shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """An uninitialised tensor in a free segment (the smallest that fits, else a new one);
-        fresh shared memory when `limit` segments are in use or NumPy has no such dtype."""
-        if numpy_dtype(dtype) is None:
-            return fresh_shared(shape, dtype)
+        fresh shared memory when `limit` segments are in use, NumPy has no such dtype or the
+        tensor is empty."""
         nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
+        if numpy_dtype(dtype) is None or not nbytes:
+            return fresh_shared(shape, dtype)
         fits = [s for s in self.segments if s.capacity >= nbytes and s.free()]
         if fits:
             return min(fits, key=lambda s: s.capacity).tensor(shape, dtype)
@@ -154,12 +155,15 @@ def attach(fd: Any, size: int, shape: tuple[int, ...], dtype: torch.dtype) -> to
     finally:
         os.close(handle)
     array = _view(memory, shape, dtype)
-    weakref.finalize(array, _release, memory)
+    weakref.finalize(array, _release, memory, os.getpid())
     return torch.from_numpy(array)
 
 
-def _release(memory: mmap.mmap) -> None:
-    _RELEASED.pack_into(memory, 8, _RELEASED.unpack_from(memory, 8)[0] + 1)
+def _release(memory: mmap.mmap, pid: int) -> None:
+    """Count a release, in the process that attached only (a forked child that inherited the
+    tensor and collects it has not held the batch)."""
+    if os.getpid() == pid:
+        _RELEASED.pack_into(memory, 8, _RELEASED.unpack_from(memory, 8)[0] + 1)
 
 
 _pools: weakref.WeakSet[BatchPool] = weakref.WeakSet()  # a process's tensors pickled by
