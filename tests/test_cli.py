@@ -69,7 +69,7 @@ def test_demo_tiny_builds_the_layout(tmp_path: Path) -> None:
     fails = pl.read_parquet(tmp_path / "manifests" / "failures.parquet")
     assert set(fails["reason"]) >= {"license_not_allowed", "restricted", "image_source_excluded"}
     build = json.loads((tmp_path / "build.json").read_text())
-    assert build["world"] == {"size": "tiny", "seed": 0}
+    assert build["world"] == {"size": "tiny", "seed": 0, "duplicates": False}
     assert set(build["stages"]) == {
         "fetch",
         "tol",
@@ -253,14 +253,23 @@ def test_import_official_through_the_cli(tmp_path: Path) -> None:
 
 
 def test_stage_commands_one_by_one(tmp_path: Path) -> None:
-    """fetch (via demo), then each stage as a user types it; errors are one clear line."""
+    """fetch (via demo, its world with planted copies), then each stage as a user types it;
+    errors are one clear line."""
     out = tmp_path / "b"
     assert runner.invoke(app, ["split", "--out", str(out)]).exit_code == 2  # nothing aligned
     result = runner.invoke(
-        app, ["demo", "--workdir", str(out), "--size", "tiny", "--train", "none"]
+        app, ["demo", "--workdir", str(out), "--size", "tiny", "--train", "none", "--duplicates"]
     )
     assert result.exit_code == 0, result.output
     assert not (out / "runs").exists()
+    assert json.loads((out / "build.json").read_text())["world"]["duplicates"] is True
+    from biovita_data.core import layout
+    from biovita_data.sample.duplicates import COPY_XC_BASE
+
+    dups = pl.read_parquet(layout.duplicates_path(out)).filter(pl.col("kind") != "metadata")
+    planted = dups.filter(pl.col("record_id").cast(pl.Int64, strict=False) >= COPY_XC_BASE)
+    assert planted.height >= 3  # the planted copies are found ...
+    assert "duplicate groups: none" not in " ".join(result.output.split())  # ... and reported
     before = (out / "bench" / "seen" / "tasks.parquet").read_bytes()
     # align again with a CSV backbone: no network needed
     from biovita_data.sample.world import World

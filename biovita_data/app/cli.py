@@ -683,6 +683,15 @@ def demo(
             "the `release diff` against the build before.",
         ),
     ] = False,
+    duplicates: Annotated[
+        bool,
+        typer.Option(
+            "--duplicates",
+            help="Plant known audio copies in the sample world (re-encoded, trimmed, gain, "
+            "resampled; exact ones in the other lossless container) and near-miss negatives, "
+            "for `dedup` to find.",
+        ),
+    ] = False,
 ) -> None:
     """Run the whole pipeline that exists, end to end, on the sample world (served in-process)."""
     from biovita_data.app.demo import run_demo, run_update_demo
@@ -691,7 +700,8 @@ def demo(
         if update:
             run_update_demo(workdir, console=console, results=cli_console())
             return
-        run_demo(workdir, size=size, seed=seed, train=train, console=console, results=cli_console())
+        run_demo(workdir, size=size, seed=seed, train=train, duplicates=duplicates,
+                 console=console, results=cli_console())  # fmt: skip
     except (ValueError, RuntimeError) as exc:
         _fail(str(exc))
 

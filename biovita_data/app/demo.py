@@ -73,6 +73,7 @@ def run_demo(
     size: str = "default",
     seed: int = 0,
     train: str = "demo",
+    duplicates: bool = False,
     console: Console,
     results: Console | None = None,
 ) -> dict:
@@ -80,8 +81,9 @@ def run_demo(
     where this build has it), draw the images from its TreeOfLife-200M view as the paper did,
     build manifests, traits (the public tables downloaded from the sample server), splits, bench
     and stats, materialize and publish into a local hub, load it back by repo id, then train a
-    tiny model (`train`: a `biovita-model train-tiny` preset, or "none") and evaluate it.
-    Progress goes to `console`; the closing table and next steps to `results` (default: it)."""
+    tiny model (`train`: a `biovita-model train-tiny` preset, or "none") and evaluate it. With
+    `duplicates` the world holds planted audio copies for `dedup` to find. Progress goes to
+    `console`; the closing table and next steps to `results` (default: it)."""
     if train not in TRAIN_PRESETS:
         raise ValueError(f"--train must be one of {TRAIN_PRESETS}, not {train!r}")
     t0 = time.monotonic()
@@ -97,9 +99,10 @@ def run_demo(
                       "'.\\[demo]')[/yellow]")  # fmt: skip
     stages: dict[str, dict] = {}
     with ExitStack() as stack:
-        env = sample_environment(stack, size, seed, "none")
+        env = sample_environment(stack, size, seed, "none", duplicates=duplicates)
         root = env["XENO_CANTO_API_URL"].rsplit("/xeno", 1)[0]
-        console.print(f"[bold]sample world[/bold] ({size}, seed {seed}) served at {root}")
+        planted = ", planted copies" if duplicates else ""
+        console.print(f"[bold]sample world[/bold] ({size}, seed {seed}{planted}) served at {root}")
         # `--source all`: every source this build knows, GBIF included where it exists
         settings = settings_from_env(taxa=TAXA, sources=list(SOURCES), throttle=False)
         t = time.monotonic()
@@ -121,13 +124,14 @@ def run_demo(
             publish = {"repo_id": DEMO_REPO_ID, "git_remote": localhub.init_repo(hub, DEMO_REPO_ID)}
         sections = world_sections(workdir, size, seed, publish)
         # the record so far, for the dataset card publish writes; completed at the end
-        write_json_atomic(build_record(size, seed, settings, stages, t0), workdir / "build.json")
+        record = build_record(size, seed, settings, stages, t0, duplicates)
+        write_json_atomic(record, workdir / "build.json")
         stages.update(run_build(workdir, sections, console, stages=BUILD_STAGES + RELEASE_STAGES))
     if use_hub:
         stages["load"] = load_back(workdir, hub, console)
     if train != "none":
         stages["train"] = train_model(workdir, train, seed, console)
-    build = build_record(size, seed, settings, stages, t0)
+    build = build_record(size, seed, settings, stages, t0, duplicates)
     write_json_atomic(build, workdir / "build.json")
     table = Table(title=f"biovita-data demo -> {workdir}")
     table.add_column("stage")
@@ -178,6 +182,7 @@ def run_update_demo(workdir: Path, *, console: Console, results: Console | None 
     world = build.get("world") or {}
     size, seed = world.get("size", "default"), int(world.get("seed", 0))
     epoch = int(world.get("epoch", 0)) + 1
+    duplicates = bool(world.get("duplicates", False))
     previous = workdir / "previous"
     shutil.rmtree(previous, ignore_errors=True)
     shutil.copytree(layout.manifests_dir(workdir), layout.manifests_dir(previous))
@@ -185,7 +190,7 @@ def run_update_demo(workdir: Path, *, console: Console, results: Console | None 
     t0 = time.monotonic()
     stages: dict[str, dict] = {}
     with ExitStack() as stack:
-        env = sample_environment(stack, size, seed, "none", epoch)
+        env = sample_environment(stack, size, seed, "none", epoch, duplicates)
         root = env["XENO_CANTO_API_URL"].rsplit("/xeno", 1)[0]
         console.print(f"[bold]sample world[/bold] ({size}, seed {seed}) at epoch {epoch}")
         t = time.monotonic()
@@ -219,12 +224,14 @@ def tol_settings(out: Path, size: str, seed: int, root: str) -> dict:
     return {**view, "taxa": TAXA, "per_species": 200, "seed": seed, "exclusive": True}
 
 
-def build_record(size: str, seed: int, settings: FetchSettings, stages: dict, t0: float) -> dict:
+def build_record(
+    size: str, seed: int, settings: FetchSettings, stages: dict, t0: float, duplicates: bool
+) -> dict:
     """build.json: what was built from which sample world, by which tool, stage by stage."""
     return {
         "tool": f"biovita {__version__}",
         "python": platform.python_version(),
-        "world": {"size": size, "seed": seed},
+        "world": {"size": size, "seed": seed, "duplicates": duplicates},
         "sources": [*settings.sources, "treeoflife-200m"],
         "taxa": TAXA,
         "snapshot": dt.datetime.now(dt.UTC).isoformat(timespec="seconds"),

@@ -84,14 +84,15 @@ def load_pipeline(path: Path) -> Pipeline:
 
 
 def sample_environment(
-    stack: ExitStack, size: str, seed: int, faults: str, epoch: int = 0
+    stack: ExitStack, size: str, seed: int, faults: str, epoch: int = 0, duplicates: bool = False
 ) -> dict[str, str]:
-    """Start the sample world's server for the duration of `stack`; returns its env vars."""
+    """Start the sample world's server for the duration of `stack` (with `duplicates`, its
+    planted copies and near-miss negatives); returns its env vars."""
     from biovita_data.crawl.http import ALLOW_LOOPBACK_ENV
     from biovita_data.sample.server import DEFAULT_XC_KEY, SampleServer
     from biovita_data.sample.world import World
 
-    server = stack.enter_context(SampleServer(World(size, seed, epoch), faults=faults))
+    server = stack.enter_context(SampleServer(World(size, seed, epoch, duplicates), faults=faults))
     # its media live on 127.0.0.1: the explicit allowance materialize needs to download them
     env = {**server.urls, "XENO_CANTO_API_KEY": DEFAULT_XC_KEY, ALLOW_LOOPBACK_ENV: "1"}
     saved = {k: os.environ.get(k) for k in env}
@@ -161,7 +162,7 @@ def run_pipeline(
         if p.sample is not None:
             world = section("sample", p.sample)
             size, seed = world.size, world.seed
-            env = sample_environment(stack, size, seed, world.faults, world.epoch)
+            env = sample_environment(stack, size, seed, world.faults, world.epoch, world.duplicates)
             traits = sections.setdefault("traits", {})
             if traits.get("tables") == "sample":
                 traits["tables"] = sample_release_tables(size, seed, out)

@@ -51,6 +51,7 @@ class SampleSection:
     seed: int = 0
     faults: str = "none"
     epoch: int = 0
+    duplicates: bool = False  # planted audio copies and near-miss negatives (`dedup` finds them)
 
 
 @dataclass

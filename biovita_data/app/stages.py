@@ -247,8 +247,10 @@ def describe(stage: str, result: Any) -> str:
             parts.append(f"{m.modality}: {m.kept} kept, {failed} failed")
         return "; ".join(parts)
     if stage == "dedup":
-        kinds = ", ".join(f"{k} {v}" for k, v in result.groups.items()) or "none"
-        return f"duplicate groups: {kinds}; pairs {result.pairs or '-'}"
+        from biovita_data.media.dedup import group_words
+
+        kinds, pairs = group_words(result)
+        return f"duplicate groups: {kinds}; per source pair: {pairs}"
     if stage == "publish":
         rows = {c: sum(v.values()) for c, v in result.rows.items()}
         where = result.target or str(result.folder)

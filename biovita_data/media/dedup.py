@@ -573,10 +573,16 @@ def _manifest_sources(out: Path, modality: str) -> list[str]:
     )
 
 
-def summary_line(result: DedupResult) -> str:
-    """One line: groups by kind, and content groups per source pair."""
+def group_words(result: DedupResult) -> tuple[str, str]:
+    """(groups by kind, content groups per source pair) in words."""
     kinds = ", ".join(f"{k} {v}" for k, v in result.groups.items()) or "none"
     pairs = ", ".join(f"{k.replace('|', ' + ')}: {v}" for k, v in result.pairs.items()) or "-"
+    return kinds, pairs
+
+
+def summary_line(result: DedupResult) -> str:
+    """One line: groups by kind, and content groups per source pair."""
+    kinds, pairs = group_words(result)
     return (
         f"dedup: {sum(result.records.values())} records fingerprinted, duplicate groups: {kinds} "
         f"({result.members} members); per source pair: {pairs}; "
