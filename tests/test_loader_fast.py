@@ -397,6 +397,26 @@ def test_only_the_process_that_attached_a_batch_counts_its_release() -> None:
     assert segment.counts() == (1, 1)
 
 
+def test_batch_reuse_can_be_turned_off(folder: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(sb.REUSE_ENV, "0")
+    assert sb.worker_pool() is None
+    ds = BioVITADataset(folder, "train", seed=5, with_image=False)
+    keys = [(i, 1) for i in range(6)]
+    loader = DataLoader(ds, batch_size=3, sampler=keys, num_workers=2, collate_fn=_plain_collate)
+    batches = list(loader)
+    assert all(b["shared"] and not b["pooled"] for b in batches)  # torch's shared memory
+    assert torch.equal(torch.cat([b["audio"] for b in batches]),
+                       torch.stack([ds[k]["audio"] for k in keys]))  # fmt: skip
+
+
+def _plain_collate(batch: list[dict]) -> dict:
+    """collate, noting in the worker whether the audio is torch's shared memory or pooled."""
+    out = collate(batch)
+    out["shared"] = out["audio"].is_shared()
+    out["pooled"] = sb._pool is not None and sb._pool[0] == os.getpid()
+    return out
+
+
 def test_a_dtype_numpy_lacks_gets_fresh_shared_memory() -> None:
     pool = sb.BatchPool()
     t = pool.empty((4, 1 << 18), torch.bfloat16)

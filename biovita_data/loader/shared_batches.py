@@ -169,13 +169,14 @@ def _release(memory: mmap.mmap, pid: int) -> None:
 _pools: weakref.WeakSet[BatchPool] = weakref.WeakSet()  # a process's tensors pickled by
 # `reduce_tensor` once it has one
 _pool: tuple[int, BatchPool] | None = None  # (the process it belongs to, the pool)
+REUSE_ENV = "BIOVITA_REUSE_BATCHES"  # "0": every batch in fresh shared memory, as torch does
 
 
 def worker_pool() -> BatchPool | None:
-    """This process's pool (a forked child makes its own; None where memfd is missing: not
-    Linux)."""
+    """This process's pool (a forked child makes its own); None where memfd is missing (not
+    Linux) or REUSE_ENV is "0"."""
     global _pool
-    if not hasattr(os, "memfd_create"):
+    if not hasattr(os, "memfd_create") or os.environ.get(REUSE_ENV, "1").strip() == "0":
         return None
     if _pool is None or _pool[0] != os.getpid():
         _pool = (os.getpid(), BatchPool())
