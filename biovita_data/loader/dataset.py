@@ -325,7 +325,7 @@ def stack(values: Sequence[torch.Tensor]) -> torch.Tensor:
     into a segment of the worker's pool (the images of a batch, say) instead of fresh shared
     memory."""
     first = values[0]
-    pool = worker_pool() if get_worker_info() is not None else None
+    pool = worker_pool() if get_worker_info() is not None and first.device.type == "cpu" else None
     if pool is None or len(values) * first.numel() * first.element_size() < POOLED_MIN_BYTES:
         return default_collate(values)
     return torch.stack(list(values), out=pool.empty((len(values), *first.shape), first.dtype))
