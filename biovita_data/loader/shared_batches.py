@@ -17,6 +17,7 @@ when it is free on both sides:
 from __future__ import annotations
 
 import functools
+import math
 import mmap
 import os
 import struct
@@ -31,8 +32,8 @@ import torch
 import torch.multiprocessing.reductions as torch_reductions
 
 HEADER = mmap.PAGESIZE  # the counters, then the data from the next page on
-_SENT = struct.Struct("<Q")  # offset 0, written by the worker
-_RELEASED = struct.Struct("<Q")  # offset 8, written by the main process
+_COUNT = struct.Struct("<Q")
+_SENT_AT, _RELEASED_AT = 0, 8  # the worker writes the first counter, the main process the second
 SEGMENTS_PER_WORKER = 32  # beyond this many in use at once a batch gets fresh shared memory
 POOLED_MIN_BYTES = 1 << 20  # collate stacks smaller tensors as default_collate does
 
@@ -61,7 +62,9 @@ class Segment:
 
     def counts(self) -> tuple[int, int]:
         """(sent, released)."""
-        return _SENT.unpack_from(self.memory, 0)[0], _RELEASED.unpack_from(self.memory, 8)[0]
+        sent = _COUNT.unpack_from(self.memory, _SENT_AT)[0]
+        released = _COUNT.unpack_from(self.memory, _RELEASED_AT)[0]
+        return sent, released
 
     def free(self) -> bool:
         sent, released = self.counts()
@@ -76,11 +79,16 @@ class Segment:
         return torch.from_numpy(array)
 
     def sent(self) -> None:
-        _SENT.pack_into(self.memory, 0, _SENT.unpack_from(self.memory, 0)[0] + 1)
+        _count(self.memory, _SENT_AT)
+
+
+def _count(memory: mmap.mmap, at: int) -> None:
+    """Add one to the counter at offset `at` of a segment's header."""
+    _COUNT.pack_into(memory, at, _COUNT.unpack_from(memory, at)[0] + 1)
 
 
 def _view(memory: mmap.mmap, shape: tuple[int, ...], dtype: torch.dtype) -> np.ndarray:
-    count = int(np.prod(shape, dtype=np.int64))
+    count = math.prod(shape)
     return np.frombuffer(memory, dtype=numpy_dtype(dtype), count=count, offset=HEADER).reshape(
         shape
     )
@@ -110,7 +118,7 @@ class BatchPool:
         """An uninitialised tensor in a free segment (the smallest that fits, else a new one);
         fresh shared memory when `limit` segments are in use, NumPy has no such dtype or the
         tensor is empty."""
-        nbytes = int(np.prod(shape, dtype=np.int64)) * torch.empty(0, dtype=dtype).element_size()
+        nbytes = math.prod(shape) * dtype.itemsize
         if numpy_dtype(dtype) is None or not nbytes:
             return fresh_shared(shape, dtype)
         fits = [s for s in self.segments if s.capacity >= nbytes and s.free()]
@@ -132,7 +140,7 @@ class BatchPool:
         if tensor.device.type != "cpu" or tensor.layout != torch.strided:
             return None
         address = tensor.data_ptr()
-        return next((s for s in self.segments if s.address == address and s.in_worker), None)
+        return next((s for s in self.segments if s.address == address), None)
 
 
 def reduce_tensor(tensor: torch.Tensor) -> tuple[Any, tuple[Any, ...]]:
@@ -163,7 +171,7 @@ def _release(memory: mmap.mmap, pid: int) -> None:
     """Count a release, in the process that attached only (a forked child that inherited the
     tensor and collects it has not held the batch)."""
     if os.getpid() == pid:
-        _RELEASED.pack_into(memory, 8, _RELEASED.unpack_from(memory, 8)[0] + 1)
+        _count(memory, _RELEASED_AT)
 
 
 _pools: weakref.WeakSet[BatchPool] = weakref.WeakSet()  # a process's tensors pickled by
@@ -186,8 +194,7 @@ def worker_pool() -> BatchPool | None:
 def fresh_shared(shape: tuple[int, ...], dtype: torch.dtype = torch.float32) -> torch.Tensor:
     """A new shared-memory tensor, as default_collate makes in a worker."""
     elem = torch.empty(0, dtype=dtype)
-    count = int(np.prod(shape, dtype=np.int64))
-    storage = elem._typed_storage()._new_shared(count, device=elem.device)
+    storage = elem._typed_storage()._new_shared(math.prod(shape), device=elem.device)
     out = elem.new(storage).resize_(shape)
     prefault(out)
     return out
