@@ -1,11 +1,15 @@
 """Photo materialize throughput against img2dataset: the same URLs, resize, processes, machine.
 
 N photo URLs (default 2,000) are served from a stdlib ThreadingHTTPServer on 127.0.0.1 in a child
-process: 64 distinct sample-world photos rendered at 1024 x 768 as JPEG (quality 90, ~90 KB),
-each URL's bytes made unique by a JPEG comment segment carrying its number (so no two downloads
-hash alike, and every one is decoded in full). Both tools download all N, decode, resize so the
-short side is 512 px (never upscaling), re-encode JPEG at quality 90, hash (sha256) and write
-Parquet shards of 500:
+process: DISTINCT sample-world photos rendered as JPEG (quality 90), each URL's bytes made unique
+by a JPEG comment segment carrying its number (so no two downloads hash alike, and every one is
+decoded in full). Their sizes (`--sizes`): `inaturalist` (the default) cycles through the
+`original_dimensions` of the 38 distinct photos in real iNaturalist API v1 responses
+(INATURALIST_ORIGINALS: 509 x 460 up to 2048 x 1739, 22 of them with a short side of 1,024 or
+more), because `original` is the size `fetch` asks iNaturalist for; `WxH` serves every photo at
+one size (`1024x768`: this benchmark's figures before 2026-12-07). Both tools download all N,
+decode, resize so the short side is 512 px (never upscaling), re-encode JPEG at quality 90, hash
+(sha256) and write Parquet shards of 500:
 
 - ours: `biovita_data.media.materialize` (engine local: download threads + `--processes` worker
   processes, without content fingerprints: img2dataset makes none) over an image manifest
@@ -46,13 +50,24 @@ import sys
 import tempfile
 import textwrap
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
 from harness import serve
 
-DISTINCT = 64
-SIZE = (1024, 768)
+# original_dimensions (width, height) of the 38 distinct photos in iNaturalist API v1 responses
+# (observations, an observation with sounds, taxa' default photos), recorded in 2026: iNaturalist
+# keeps originals at most 2,048 px on the long side, and most uploads are phone or camera photos.
+INATURALIST_ORIGINALS = (
+    (509, 460), (551, 473), (640, 480), (756, 567), (781, 925), (790, 557), (795, 1200),
+    (800, 600), (800, 640), (800, 714), (819, 797), (832, 704), (1024, 768), (1024, 768),
+    (1065, 795), (1080, 1080), (1188, 1188), (1200, 1200), (1280, 960), (1396, 1159),
+    (1445, 1057), (1480, 1163), (1536, 2048), (1580, 1064), (1711, 1679), (1724, 1146),
+    (2000, 2000), (2048, 1361), (2048, 1364), (2048, 1365), (2048, 1365), (2048, 1365),
+    (2048, 1371), (2048, 1536), (2048, 1536), (2048, 1536), (2048, 1536), (2048, 1739),
+)  # fmt: skip
+DISTINCT = 2 * len(INATURALIST_ORIGINALS)
 IMAGE_SIZE = 512
 QUALITY = 90
 SHARD = 500
@@ -62,15 +77,25 @@ STAGE_REPS = 3
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def photos() -> list[bytes]:
-    """DISTINCT sample-world photos (seeded, so every run serves the same bytes)."""
+def photo_sizes(spec: str) -> tuple[tuple[int, int], ...]:
+    """`inaturalist` or `WxH` as the sizes the photos cycle through."""
+    if spec == "inaturalist":
+        return INATURALIST_ORIGINALS
+    width, _, height = spec.partition("x")
+    if not (width.isdigit() and height.isdigit() and int(width) > 0 and int(height) > 0):
+        raise SystemExit(f"--sizes: 'inaturalist' or WIDTHxHEIGHT (such as 1024x768), not {spec!r}")
+    return ((int(width), int(height)),)
+
+
+def photos(sizes: tuple[tuple[int, int], ...]) -> list[bytes]:
+    """DISTINCT sample-world photos at `sizes` in turn (seeded: every run serves the same bytes)."""
     from biovita_data.sample import images
     from biovita_data.sample.taxonomy import generate_taxonomy
 
     species = generate_taxonomy("tiny", 0).species
     return [
-        images.render_image(species[i % len(species)].look, width=SIZE[0], height=SIZE[1],
-                            fmt="jpg", seed=1000 + i)
+        images.render_image(species[i % len(species)].look, width=sizes[i % len(sizes)][0],
+                            height=sizes[i % len(sizes)][1], fmt="jpg", seed=1000 + i)
         for i in range(DISTINCT)
     ]  # fmt: skip
 
@@ -81,9 +106,9 @@ def unique(jpeg: bytes, i: int) -> bytes:
     return jpeg[:2] + b"\xff\xfe" + (len(text) + 2).to_bytes(2, "big") + text + jpeg[2:]
 
 
-def bodies(n: int) -> list[bytes]:
+def bodies(n: int, sizes: tuple[tuple[int, int], ...]) -> list[bytes]:
     """The n served bodies: the DISTINCT photos in turn, each made unique."""
-    base = photos()
+    base = photos(sizes)
     return [unique(base[i % DISTINCT], i) for i in range(n)]
 
 
@@ -271,9 +296,9 @@ def quality(sources: list[bytes], outputs: list[bytes]) -> dict[str, float]:
     return {"psnr_db": round(float(np.mean(p)), 2), "ssim": round(float(np.mean(q)), 4)}
 
 
-def stages(python: str | None) -> dict:
+def stages(python: str | None, sizes: tuple[tuple[int, int], ...]) -> dict:
     """Where each tool's codec time goes, and the quality of what it stores."""
-    distinct = photos()
+    distinct = photos(sizes)
     ours, outputs = our_stages(distinct, STAGE_REPS)
     result: dict = {"ours": {k: round(v, 2) for k, v in ours.items()}}
     result["quality"] = {"ours": quality(distinct, outputs)}
@@ -328,15 +353,19 @@ def main() -> None:
     ap.add_argument("--repeat", type=int, default=2)
     default_python = os.environ.get("IMG2DATASET_PYTHON", sys.executable)
     ap.add_argument("--img2dataset-python", default=default_python)
+    ap.add_argument("--sizes", default="inaturalist", help="inaturalist or WIDTHxHEIGHT")
     ap.add_argument("--json", action="store_true", help="only the JSON line on stdout")
     args = ap.parse_args()
+    sizes = photo_sizes(args.sizes)
 
     version = img2dataset_version(args.img2dataset_python)
     if version is None:
         print(f"img2dataset is not importable by {args.img2dataset_python}", file=sys.stderr)
     parent, child = mp.Pipe()
     server = mp.get_context("spawn").Process(
-        target=serve, args=(child, bodies, args.images, "image/jpeg"), daemon=True
+        target=serve,
+        args=(child, partial(bodies, sizes=sizes), args.images, "image/jpeg"),
+        daemon=True,
     )
     server.start()
     root, mean_bytes = parent.recv()
@@ -354,14 +383,16 @@ def main() -> None:
         parent.send("stop")
         server.join(5)
     print("codec stages and quality", file=sys.stderr)
-    staged = stages(args.img2dataset_python if version else None)
+    staged = stages(args.img2dataset_python if version else None, sizes)
     best_ours = min(ours, key=lambda x: x["seconds"])
     ours_rate = args.images / best_ours["seconds"]
     result = {
         "benchmark": "images_vs_img2dataset",
         "images": args.images,
         "mean_kb": round(mean_bytes / 1024, 1),
-        "size": f"{SIZE[0]}x{SIZE[1]}",
+        "sizes": args.sizes,
+        "mean_megapixels": round(float(np.mean([w * h for w, h in sizes])) / 1e6, 2),
+        "share_short_side_2x": round(sum(min(x) >= 2 * IMAGE_SIZE for x in sizes) / len(sizes), 2),
         "short_side": IMAGE_SIZE,
         "processes": args.processes,
         "cores": os.cpu_count(),

@@ -201,3 +201,37 @@ def test_ray_workers_get_the_same_client_settings() -> None:
     assert (worker.deadline_s, worker.download_deadline_s) == (12.5, 99.0)
     assert worker.retries == 2 and worker.throttle is False
     assert worker.policies["h"] == HostPolicy(per_second=2.0, max_concurrency=2)
+
+
+def _as_proxy(h, srv) -> None:
+    _reply(h, 200, b"via proxy " + h.path.encode())
+
+
+@pytest.mark.parametrize("server", [_as_proxy], indirect=True)
+def test_the_environment_read_once_still_applies(server: Scripted, monkeypatch, tmp_path) -> None:
+    """The client reads requests' environment once per session, not per request: proxies,
+    NO_PROXY, a CA bundle and a netrc file still take effect as requests would apply them."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "NETRC", "CURL_CA_BUNDLE"):
+        for key in (name, name.lower()):
+            monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
+    monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "no-such-bundle.pem"))
+    client = HttpClient(retries=0)
+    session = client._session()
+    assert (session.trust_env, session.verify) == (False, str(tmp_path / "no-such-bundle.pem"))
+    with pytest.raises(OSError, match=r"no-such-bundle\.pem"):  # the bundle is the one used
+        client.get("https://127.0.0.1:9/x")
+
+    monkeypatch.setenv("HTTP_PROXY", server.url)
+    monkeypatch.setenv("NO_PROXY", "bypassed.invalid")
+    client = HttpClient(retries=0)
+    assert client._session().trust_env
+    assert client.get("http://example.invalid/photo.jpg") == (
+        b"via proxy http://example.invalid/photo.jpg"
+    )
+    with pytest.raises(FetchError):  # NO_PROXY: resolved directly, and there is no such host
+        client.get("http://bypassed.invalid/photo.jpg")
+
+    monkeypatch.delenv("HTTP_PROXY")
+    (tmp_path / ".netrc").write_text("machine example.invalid login a password b\n")
+    assert HttpClient()._session().trust_env
