@@ -308,6 +308,30 @@ def test_parallel_bucket_search_finds_what_one_process_does(
     assert dd.spill_buckets(1_000) == 64 and dd.spill_buckets(2_000_000) == 100
 
 
+def test_ray_engine_finds_what_the_local_engine_does(deduped: Path, tmp_path: Path) -> None:
+    """`dedup --engine ray`: the near search's buckets as Ray tasks (their files through the
+    object store) give the same duplicates.parquet as the local processes."""
+    import shutil
+
+    pytest.importorskip("ray", reason="ray[data] is not installed (the distributed extra)")
+    out = tmp_path / "out"
+    shutil.copytree(deduped, out)
+    local = pl.read_parquet(layout.duplicates_path(deduped))
+    assert local.filter(pl.col("kind") == "near").height >= 2  # the Ray search has work to show
+    runner = CliRunner()
+    result = runner.invoke(app, ["dedup", "--out", str(out), "--engine", "ray", "--workers", "2"])
+    assert result.exit_code == 0, result.output
+    assert "duplicate groups" in result.output
+    assert pl.read_parquet(layout.duplicates_path(out)).equals(local)
+    assert not list(out.glob(".dedup-*"))  # the spill is removed
+    for args, words in (
+        (["--engine", "spark"], "engine"),
+        (["--ray-address", "auto"], "ray_address needs engine='ray'"),
+    ):
+        bad = runner.invoke(app, ["dedup", "--out", str(out), *args])
+        assert bad.exit_code != 0 and words in bad.output, bad.output
+
+
 def test_near_search_runs_as_many_processes_as_fit_in_memory(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -453,12 +453,23 @@ def dedup_cmd(
             "would not fit in the memory available)."
         ),
     ] = None,
+    engine: Annotated[
+        str,
+        typer.Option(
+            help="local (processes on this machine) or ray (the near search's buckets as Ray "
+            "tasks on any node)."
+        ),
+    ] = "local",
+    ray_address: Annotated[
+        str | None, typer.Option(help="A Ray cluster address (default: a local Ray).")
+    ] = None,
 ) -> None:
     """Find copies of one recording or photo by content: OUT/manifests/duplicates.parquet;
     copies found: split again (a group is one unit) and the bench drawn again."""
     from biovita_data.app.stages import run_dedup
 
-    _stage(run_dedup, out, {"workers": workers}, cli_console())
+    cfg = {"workers": workers, "engine": engine, "ray_address": ray_address}
+    _stage(run_dedup, out, cfg, cli_console())
 
 
 @app.command("materialize")

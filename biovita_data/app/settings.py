@@ -81,6 +81,8 @@ class StatsSection:
 @dataclass
 class DedupSection:
     workers: int | None = None  # processes for the near audio search; None: cores
+    engine: Literal["local", "ray"] = "local"  # ray: the near search's buckets as Ray tasks
+    ray_address: str | None = None  # a Ray cluster for engine ray; None: a local Ray
 
 
 @dataclass

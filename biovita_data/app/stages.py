@@ -161,7 +161,9 @@ def run_dedup(out: Path, cfg: dict, console: Console):
     from biovita_data.media.dedup import dedup, summary_line
 
     s = section("dedup", cfg)
-    result = dedup(out, workers=s.workers, console=console)
+    result = dedup(
+        out, workers=s.workers, engine=s.engine, ray_address=s.ray_address, console=console
+    )
     console.print(summary_line(result))
     if any(k != "metadata" for k in result.groups):
         split_json = layout.manifests_dir(out) / "split.json"

@@ -11,7 +11,10 @@ fingerprints its decoded content here, and groups records by
 Candidates come from an inverted index (audio: landmark hash -> records of one genus, hashes in
 more than MAX_POSTINGS records dropped; photos: the pairs within one species), never all pairs.
 The landmarks are spilled to disk by genus while fingerprinting, so memory holds one shard of
-media and one bucket of landmarks. A record without a usable fingerprint gets a
+media and one bucket of landmarks. The buckets are searched side by side by worker processes
+(engine `local`) or as Ray tasks on a cluster's nodes (engine `ray`: each bucket's file travels
+through Ray's object store, so the nodes need no shared folder). A record without a usable
+fingerprint gets a
 `no_fingerprint` row in failures.parquet (stage dedup) and is matched by its exact hash only.
 """
 
@@ -47,6 +50,7 @@ from biovita_data.media import landmark_search
 from biovita_data.media.store import MediaStore
 
 STAGE = "dedup"
+ENGINES = ("local", "ray")
 # audio: a pair is near when NEAR_MATCHES landmarks agree at the best offset (+-1 frame) and
 # NEAR_SCORE of the smaller recording's do, or 2 x NEAR_MATCHES do. Measured with FAN_OUT 3
 # (benchmarks/dedup.py --copies 10 and the default world): copies agree on 23 or more in the
@@ -223,7 +227,11 @@ def content_groups(
 ) -> list[dict]:
     """DUPLICATES rows of one modality's exact and near groups (`near`: the near pairs when
     already searched, e.g. from a landmark spill)."""
-    exact = prints.group_by("exact").agg(pl.col("i").sort()).filter(pl.col("i").list.len() > 1)
+    exact = (  # in the order of first appearance: the same rows, in the same order, every run
+        prints.group_by("exact", maintain_order=True)
+        .agg(pl.col("i").sort())
+        .filter(pl.col("i").list.len() > 1)
+    )
     edges = [(ids[0], j, 1.0, "exact") for ids in exact["i"].to_list() for j in ids[1:]]
     copy_of = {j: ids[0] for ids in exact["i"].to_list() for j in ids[1:]}
     if near is None:
@@ -294,13 +302,22 @@ def dedup(
     *,
     modalities: tuple[str, ...] = ("audio", "image"),
     workers: int | None = None,
+    engine: str = "local",
+    ray_address: str | None = None,
     console: Console | None = None,
 ) -> DedupResult:
     """Fingerprint the materialized media; write duplicates.parquet and the no-fingerprint notes.
     `workers`: processes searching the landmark spill's buckets side by side (None: cores);
-    progress on `console` (in a log: a plain line every 5 % or 30 s)."""
+    `engine` "ray": the buckets are Ray tasks instead, on the cluster at `ray_address` (None: a
+    local Ray of `workers` CPUs); progress on `console` (in a log: a plain line every 5 % or
+    30 s)."""
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    if ray_address and engine != "ray":
+        raise ValueError("ray_address needs engine='ray'")
+    search = Search(workers or os.cpu_count() or 1, engine, ray_address)
     if not any(layout.media_index_path(out, m).exists() for m in modalities):
         raise FileNotFoundError(f"{out / 'media'}: no materialized media (run materialize first)")
     result = DedupResult()
@@ -311,7 +328,7 @@ def dedup(
     console = console or Console(quiet=True)
     with LogProgress(console=console, transient=False) as progress:  # records, then buckets
         for m in modalities:
-            rows += _dedup_modality(out, m, workers or os.cpu_count() or 1, notes, result, progress)
+            rows += _dedup_modality(out, m, search, notes, result, progress)
     table = pa.Table.from_pylist(rows, schema=DUPLICATES)
     write_table(table, layout.duplicates_path(out))
     sources = sorted({n["source"] for n in notes} | set(_sources(out)))
@@ -329,10 +346,19 @@ def dedup(
     return result
 
 
+@dataclass(frozen=True)
+class Search:
+    """Where the near audio search runs: `workers` local processes, or Ray tasks."""
+
+    workers: int
+    engine: str = "local"
+    ray_address: str | None = None
+
+
 def _dedup_modality(
     out: Path,
     m: str,
-    workers: int,
+    search: Search,
     notes: list[dict],
     result: DedupResult,
     progress: LogProgress,
@@ -369,11 +395,14 @@ def _dedup_modality(
     near = None
     if spill is not None:  # one bucket of landmarks at a time in each worker
         spill.flush()
-        search = progress.add_task(f"dedup {m}: near search", total=len(spill.writers))
-        processes, threads, note = spill.search_plan(workers)
-        if note:
-            progress.console.print(f"dedup {m}: {note}")
-        near = spill.pairs(processes, lambda: progress.advance(search), threads)
+        task = progress.add_task(f"dedup {m}: near search", total=len(spill.writers))
+        if search.engine == "ray":
+            near = spill.pairs_on_ray(search, lambda: progress.advance(task))
+        else:
+            processes, threads, note = spill.search_plan(search.workers)
+            if note:
+                progress.console.print(f"dedup {m}: {note}")
+            near = spill.pairs(processes, lambda: progress.advance(task), threads)
     if not prints:
         return []
     df = pl.DataFrame(prints, schema_overrides={"pdq": pl.Binary}).join(
@@ -467,11 +496,7 @@ class _LandmarkSpill:
         if wanted == 1 or self.landmarks < PARALLEL_LANDMARKS:
             return 1, cores, ""
         budget = MEMORY_SHARE * (available if available is not None else available_memory())
-        fixed = (
-            SEARCH_BASE_BYTES
-            + SEARCH_FILE_BYTES * max(self.per_bucket.values())
-            + SEARCH_BLOCK_BYTES * max(self.per_block.values())
-        )
+        fixed = self.search_bytes(threads=0)
 
         def need(n: int) -> float:
             return n * (fixed + max(1, cores // n) * JOIN_AGREEMENTS * SEARCH_AGREEMENT_BYTES)
@@ -487,6 +512,71 @@ class _LandmarkSpill:
             )
         return fit, max(1, cores // fit), note
 
+    def search_bytes(self, threads: int, bucket: int | None = None) -> int:
+        """What one searching process holds for `bucket` (None: the largest bucket and block)
+        with `threads` threads' agreements."""
+        if bucket is None:
+            landmarks, block = max(self.per_bucket.values()), max(self.per_block.values())
+        else:
+            landmarks = self.per_bucket[bucket]
+            block = max(n for b, n in self.per_block.items() if self.bucket(b) == bucket)
+        return (
+            SEARCH_BASE_BYTES
+            + SEARCH_FILE_BYTES * landmarks
+            + SEARCH_BLOCK_BYTES * block
+            + threads * JOIN_AGREEMENTS * SEARCH_AGREEMENT_BYTES
+        )
+
+    def closed_paths(self) -> list[Path]:
+        """The bucket files, flushed and closed."""
+        self.flush()
+        for writer in self.writers.values():
+            writer.close()
+        return [self.folder / f"bucket-{b:03d}.parquet" for b in sorted(self.writers)]
+
+    def pairs_on_ray(self, search: Search, done: Callable[[], None] | None = None) -> pl.DataFrame:
+        """audio_pairs over every bucket, each a Ray task on whichever node has the CPUs and the
+        memory it asks for (search_bytes of its bucket, at most the largest node's memory); a
+        bucket's file goes to its node through the object store, at most one round of the
+        cluster's CPUs at a time; the pairs in bucket order, as `pairs` gives them; then the
+        folder removed."""
+        import ray
+
+        from biovita_data.media.engines import ray_connected
+
+        try:
+            paths = self.closed_paths()
+            with ray_connected(search.ray_address, search.workers):
+                nodes = [n["Resources"] for n in ray.nodes() if n.get("Alive")]
+                node_cpus = max(int(n.get("CPU", 1)) for n in nodes)
+                node_memory = max(int(n.get("memory", 0)) for n in nodes)
+                total = sum(int(n.get("CPU", 1)) for n in nodes)
+                threads = max(1, min(node_cpus, total // max(1, len(paths))))
+                task = ray.remote(_bucket_pairs_of)
+                found: dict[ray.ObjectRef, int] = {}
+                results: dict[int, pl.DataFrame] = {}
+                buckets = iter(sorted(self.writers))
+                for k, bucket in enumerate(buckets):
+                    if len(found) >= max(1, total // threads):
+                        ready, _ = ray.wait(list(found), num_returns=1)
+                        results[found.pop(ready[0])] = ray.get(ready[0])
+                        if done is not None:
+                            done()
+                    memory = min(self.search_bytes(threads, bucket), node_memory or 2**62)
+                    ref = task.options(num_cpus=threads, memory=memory).remote(
+                        ray.put(paths[k].read_bytes()), threads
+                    )
+                    found[ref] = k
+                while found:
+                    ready, _ = ray.wait(list(found), num_returns=1)
+                    results[found.pop(ready[0])] = ray.get(ready[0])
+                    if done is not None:
+                        done()
+            ordered = [results[k] for k in sorted(results)]
+            return pl.concat(ordered) if ordered else pl.DataFrame(schema=_PAIRS)
+        finally:
+            shutil.rmtree(self.folder, ignore_errors=True)
+
     def pairs(
         self,
         workers: int = 1,
@@ -498,10 +588,7 @@ class _LandmarkSpill:
         as threads within a block (`--workers 1`: one block in memory at a time, every core
         on it); `done` is called after each bucket; then the folder removed."""
         try:
-            self.flush()
-            for writer in self.writers.values():
-                writer.close()
-            paths = [self.folder / f"bucket-{b:03d}.parquet" for b in sorted(self.writers)]
+            paths = self.closed_paths()
             if threads is None:  # else the caller's search_plan
                 workers, threads, _ = self.search_plan(workers)
             if workers > 1:
@@ -526,6 +613,11 @@ def spill_buckets(records: int) -> int:
 
 def _bucket_pairs(path: Path, threads: int = 1) -> pl.DataFrame:
     return audio_pairs(pl.read_parquet(path), threads)
+
+
+def _bucket_pairs_of(data: bytes, threads: int) -> pl.DataFrame:
+    """_bucket_pairs of a bucket file's bytes (a Ray task's argument)."""
+    return audio_pairs(pl.read_parquet(io.BytesIO(data)), threads)
 
 
 def _pairs_in_processes(paths: list[Path], workers: int, threads: int) -> Iterator[pl.DataFrame]:

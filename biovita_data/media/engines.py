@@ -12,6 +12,7 @@ assembled and encoded the same way.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import multiprocessing
@@ -260,19 +261,7 @@ def run_ray(
     (`worker_plan`)."""
     import ray
 
-    started = False
-    if not ray.is_initialized():
-        where = {"address": settings.ray_address} if settings.ray_address else {}
-        cpus = {} if settings.ray_address else {"num_cpus": settings.n_workers}
-        ray.init(
-            **where,
-            **cpus,
-            include_dashboard=False,
-            log_to_driver=False,
-            logging_level=logging.WARNING,
-        )
-        started = True
-    try:
+    with ray_connected(settings.ray_address, settings.n_workers):
         ray.data.DataContext.get_current().enable_progress_bars = False
         spec, threads = _worker_share(settings, http)
         collect = Collector(http, on, received)
@@ -290,9 +279,23 @@ def run_ray(
         )
         for row in ds.iter_rows():
             yield collect.add(row["report"])
+
+
+@contextlib.contextmanager
+def ray_connected(address: str | None, local_cpus: int) -> Iterator[None]:
+    """Ray as the caller left it, or else connected for the block: to the cluster at `address`,
+    or a local Ray of `local_cpus` CPUs (shut down after)."""
+    import ray
+
+    if ray.is_initialized():
+        yield
+        return
+    where = {"address": address} if address else {"num_cpus": local_cpus}
+    ray.init(**where, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    try:
+        yield
     finally:
-        if started:
-            ray.shutdown()
+        ray.shutdown()
 
 
 ENGINES = {"local": run_local, "ray": run_ray}
