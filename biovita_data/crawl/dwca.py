@@ -385,7 +385,8 @@ def _join_part(
         *[pl.lit(None, pl.String).alias(t) for t in MEDIA_TERMS if t not in med.columns]
     )
     grouped = med.group_by("gbifID").agg(pl.struct(*MEDIA_TERMS).sort_by("_order").alias("media"))
-    joined = occ.join(grouped, on="gbifID", how="inner")
+    # in the occurrence file's order: an inner join may follow the (unordered) grouped side
+    joined = occ.join(grouped, on="gbifID", how="inner", maintain_order="left")
     orphans = med.join(occ.select("gbifID"), on="gbifID", how="anti")
     if len(orphans):
         yield [], [
