@@ -16,7 +16,7 @@ def test_dwca_occurrences_come_in_file_order(tmp_path: Path, monkeypatch) -> Non
     the media grouped by gbifID), each with its media in the extension's order."""
     n = 5000
     rng = np.random.default_rng(1)
-    ids = [str(i) for i in rng.permutation(10**8)[:n]]
+    ids = [str(10_000_000 + i) for i in rng.permutation(n)]
     occ = pl.DataFrame({"gbifID": ids})
     # media: every occurrence once, a third twice more, all in another order than the core's
     med_ids = [ids[i] for i in rng.permutation(n)] + ids[: n // 3] + ids[: n // 3]

@@ -553,25 +553,25 @@ class _LandmarkSpill:
                 total = sum(int(n.get("CPU", 1)) for n in nodes)
                 threads = max(1, min(node_cpus, total // max(1, len(paths))))
                 task = ray.remote(_bucket_pairs_of)
-                found: dict[ray.ObjectRef, int] = {}
+                running: dict[ray.ObjectRef, int] = {}
                 results: dict[int, pl.DataFrame] = {}
-                buckets = iter(sorted(self.writers))
-                for k, bucket in enumerate(buckets):
-                    if len(found) >= max(1, total // threads):
-                        ready, _ = ray.wait(list(found), num_returns=1)
-                        results[found.pop(ready[0])] = ray.get(ready[0])
-                        if done is not None:
-                            done()
+
+                def collect() -> None:
+                    ready, _ = ray.wait(list(running), num_returns=1)
+                    results[running.pop(ready[0])] = ray.get(ready[0])
+                    if done is not None:
+                        done()
+
+                for k, bucket in enumerate(sorted(self.writers)):
+                    if len(running) >= max(1, total // threads):
+                        collect()
                     memory = min(self.search_bytes(threads, bucket), node_memory or 2**62)
                     ref = task.options(num_cpus=threads, memory=memory).remote(
                         ray.put(paths[k].read_bytes()), threads
                     )
-                    found[ref] = k
-                while found:
-                    ready, _ = ray.wait(list(found), num_returns=1)
-                    results[found.pop(ready[0])] = ray.get(ready[0])
-                    if done is not None:
-                        done()
+                    running[ref] = k
+                while running:
+                    collect()
             ordered = [results[k] for k in sorted(results)]
             return pl.concat(ordered) if ordered else pl.DataFrame(schema=_PAIRS)
         finally:
