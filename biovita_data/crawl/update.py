@@ -353,7 +353,10 @@ def merge(
     )
     gone = (
         gone.join(
-            lic.unique(subset=["modality", "record_id"]), on=["modality", "record_id"], how="left"
+            # a record's first licence failure names it (keep="any" may pick another each run)
+            lic.unique(subset=["modality", "record_id"], keep="first"),
+            on=["modality", "record_id"],
+            how="left",
         )
         .join(hits.select(*KEY, "t_reason"), on=KEY, how="left")
         .with_columns(
