@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import os
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -308,7 +309,9 @@ def test_parallel_bucket_search_finds_what_one_process_does(
     assert dd.spill_buckets(1_000) == 64 and dd.spill_buckets(2_000_000) == 100
 
 
-def test_ray_engine_finds_what_the_local_engine_does(deduped: Path, tmp_path: Path) -> None:
+def test_ray_engine_finds_what_the_local_engine_does(
+    deduped: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`dedup --engine ray`: the near search's buckets as Ray tasks (their files through the
     object store) give the same duplicates.parquet as the local processes."""
     import shutil
@@ -330,6 +333,9 @@ def test_ray_engine_finds_what_the_local_engine_does(deduped: Path, tmp_path: Pa
     ):
         bad = runner.invoke(app, ["dedup", "--out", str(out), *args])
         assert bad.exit_code != 0 and words in bad.output, bad.output
+    monkeypatch.setitem(sys.modules, "ray", None)  # Ray not installed: how to get it, no traceback
+    bad = runner.invoke(app, ["dedup", "--out", str(out), "--engine", "ray"])
+    assert bad.exit_code == 2 and "pip install 'biovita[distributed]'" in bad.output, bad.output
 
 
 def test_near_search_runs_as_many_processes_as_fit_in_memory(

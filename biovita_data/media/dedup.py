@@ -540,10 +540,9 @@ class _LandmarkSpill:
         bucket's file goes to its node through the object store, at most one round of the
         cluster's CPUs at a time; the pairs in bucket order, as `pairs` gives them; then the
         folder removed."""
-        import ray
+        from biovita_data.media.engines import ray_connected, ray_module
 
-        from biovita_data.media.engines import ray_connected
-
+        ray = ray_module()
         try:
             paths = self.closed_paths()
             with ray_connected(search.ray_address, search.workers):

@@ -259,8 +259,7 @@ def run_ray(
     """Each shard is one row of a Ray Dataset, done and written by whichever node is free; with
     fewer shards than workers, as many tasks as shards, each with the idle cores' CPU threads
     (`worker_plan`)."""
-    import ray
-
+    ray = ray_module()
     with ray_connected(settings.ray_address, settings.n_workers):
         ray.data.DataContext.get_current().enable_progress_bars = False
         spec, threads = _worker_share(settings, http)
@@ -281,12 +280,23 @@ def run_ray(
             yield collect.add(row["report"])
 
 
+def ray_module():
+    """`ray`, or a ValueError saying how to install it (the `distributed` extra)."""
+    try:
+        import ray
+    except ImportError:
+        raise ValueError(
+            "engine 'ray' needs Ray, which is not installed: pip install 'biovita[distributed]' "
+            "(in a clone: pip install -e '.[distributed]')"
+        ) from None
+    return ray
+
+
 @contextlib.contextmanager
 def ray_connected(address: str | None, local_cpus: int) -> Iterator[None]:
     """Ray as the caller left it, or else connected for the block: to the cluster at `address`,
     or a local Ray of `local_cpus` CPUs (shut down after)."""
-    import ray
-
+    ray = ray_module()
     if ray.is_initialized():
         yield
         return
