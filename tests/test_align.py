@@ -339,6 +339,56 @@ def test_min_counts_and_image_cap(crawled: Path, server: SampleServer, tmp_path:
     assert set(capped["record_id"]).isdisjoint(image["record_id"])
 
 
+def test_image_cap_moves_no_other_photo_when_photos_come_and_go(
+    crawled: Path, server: SampleServer, tmp_path: Path
+) -> None:
+    """The cap's seeded photos are chosen by a keyed hash per photo and kept from one build to
+    the next: a photo withdrawn from one species changes no other species' photos, its place
+    goes to the next in the species' queue, and when it comes back the photos kept meanwhile
+    stay (an update downloads nothing it does not need)."""
+    import shutil
+
+    import pyarrow.parquet as pq
+
+    shutil.copytree(crawled, tmp_path, dirs_exist_ok=True)
+    settings = _settings(server, min_audio=5, min_images=3, max_images_per_species=4)
+
+    def kept() -> dict[int, set[tuple[str, str]]]:
+        image = pl.read_parquet(layout.media_manifest_path(tmp_path, "image"))
+        groups = image.group_by("species_id").agg(pl.struct("source", "record_id"))
+        return {sid: {(r["source"], r["record_id"]) for r in rs} for sid, rs in groups.rows()}
+
+    align(tmp_path, settings, console=QUIET)
+    before = kept()
+    species = pl.read_parquet(layout.species_path(tmp_path))
+    capped = species.filter(pl.col("n_image_available") > 4)["species_id"].sort().to_list()
+    assert len(capped) >= 5 and len(before) > len(capped)
+    target = capped[len(capped) // 2]
+    source, record_id = sorted(before[target])[0]
+    gone = (pl.col("record_id") == record_id) & (pl.col("modality") == "image")
+    files = sorted(layout.raw_root(tmp_path).glob("*/records.parquet"))
+    raws = {p: pl.read_parquet(p) for p in files}
+    assert sum(raw.filter(gone).height for raw in raws.values()) >= 1
+    for path, raw in raws.items():  # withdrawn: by every route (the API and the Open Data)
+        pq.write_table(raw.filter(~gone).to_arrow(), path)
+
+    align(tmp_path, settings, console=QUIET)
+    after = kept()
+    assert {s: v for s, v in after.items() if s != target} == {
+        s: v for s, v in before.items() if s != target
+    }
+    assert len(after[target]) == 4 and before[target] - {(source, record_id)} < after[target]
+    assert record_id not in {r for _, r in after[target]}
+
+    for path, raw in raws.items():  # back again: the photo kept meanwhile stays
+        pq.write_table(raw.to_arrow(), path)
+    align(tmp_path, settings, console=QUIET)
+    assert kept() == after
+    fails = pl.read_parquet(tmp_path / "manifests" / "failures.parquet")
+    capped_now = fails.filter(reason="over_image_cap")
+    assert (source, record_id) in set(capped_now.select("source", "record_id").rows())
+
+
 # ---- names ---------------------------------------------------------------------------------
 
 

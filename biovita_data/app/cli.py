@@ -304,7 +304,12 @@ def align_cmd(
     min_audio: Annotated[int, typer.Option(help="Recordings a species needs.")] = ALIGN.min_audio,
     min_images: Annotated[int, typer.Option(help="Photos a species needs.")] = ALIGN.min_images,
     max_images: Annotated[
-        int | None, typer.Option("--max-images", help="Cap photos per species (seeded).")
+        int | None,
+        typer.Option(
+            "--max-images",
+            help="Cap photos per species (seeded, a hash per photo; a rebuild of the same seed "
+            "keeps the photos it kept).",
+        ),
     ] = None,
     seed: Annotated[int, typer.Option(help="Seed of the photo cap.")] = ALIGN.seed,
     no_throttle: NoThrottleOption = False,

@@ -11,12 +11,12 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import numpy as np
 import polars as pl
 from rich.console import Console
 from rich.table import Table
 
 from biovita_data.core import layout
+from biovita_data.core.draws import keyed_hash
 from biovita_data.core.schemas import FAILURE, MEDIA, RAW_RECORD, SPECIES, UNMATCHED
 from biovita_data.core.tables import read_table, replace_failures, write_json_atomic, write_table
 from biovita_data.crawl.http import HttpClient
@@ -164,12 +164,31 @@ def resolve_records(raw: pl.DataFrame, bb: Backbone) -> tuple[pl.DataFrame, pl.D
     return df, names
 
 
-def _seeded_order(df: pl.DataFrame, seed: int) -> pl.Series:
-    """A seeded random key per row, independent of the input's row order."""
-    df = df.with_row_index("_i").sort("species_id", "source", "record_id")
-    rng = np.random.default_rng(seed)
-    keys = pl.Series("_r", rng.random(df.height))
-    return df.with_columns(keys).sort("_i")["_r"]
+def _cap_queue(df: pl.DataFrame, seed: int, kept: pl.DataFrame | None) -> pl.DataFrame:
+    """`df` with `_first` (the photo was kept by the previous align of this seed) and `_h` (a
+    keyed hash of seed, source and record_id): a species' photos queue for the cap by
+    (not _first, _h), so a photo added, withdrawn or renamed moves no other photo's place, and a
+    rebuild keeps the photos it kept before while it can."""
+    df = df.with_columns(_h=keyed_hash(seed, "image", df["source"], df["record_id"]))
+    if kept is None:
+        return df.with_columns(_first=pl.lit(False))
+    flags = kept.unique().with_columns(_first=pl.lit(True))
+    joined = df.join(flags, on=["source", "record_id"], how="left", maintain_order="left")
+    return joined.with_columns(pl.col("_first").fill_null(False))
+
+
+def _previously_kept(out: Path, seed: int) -> pl.DataFrame | None:
+    """(source, record_id) of the photos the previous align in OUT kept, when it used `seed`."""
+    report = layout.manifests_dir(out) / "align_report.json"
+    manifest = layout.media_manifest_path(out, "image")
+    if not (report.exists() and manifest.exists()):
+        return None
+    try:
+        if json.loads(report.read_text())["settings"].get("seed") != seed:
+            return None
+    except (ValueError, KeyError, TypeError):
+        return None
+    return pl.read_parquet(manifest, columns=["source", "record_id"])
 
 
 def align(
@@ -231,15 +250,23 @@ def align(
 
     cap_fail = pl.DataFrame(schema=dup_fail.schema)
     if settings.max_images_per_species is not None:
-        df = df.with_columns(_r=_seeded_order(df, settings.seed))
-        rank = pl.col("_r").rank("ordinal").over("species_id", "modality")
-        over = (pl.col("modality") == "image") & (rank > settings.max_images_per_species)
-        cap_fail = _failures(
-            df.filter(over),
-            "over_image_cap",
-            pl.lit(f"a seeded {settings.max_images_per_species} photos per species are kept"),
+        cap = settings.max_images_per_species
+        photos = df.filter(pl.col("modality") == "image").filter(
+            pl.len().over("species_id") > cap  # only these species have photos to leave out
         )
-        df = df.filter(~over).drop("_r")
+        queue = _cap_queue(photos, settings.seed, _previously_kept(out, settings.seed))
+        over = (
+            queue.sort(["_first", "_h"], descending=[True, False])
+            .filter(pl.int_range(pl.len()).over("species_id") >= cap)
+            .select("source", "modality", "record_id")
+        )
+        key = ["source", "modality", "record_id"]
+        cap_fail = _failures(
+            df.join(over, on=key, how="semi", maintain_order="left"),
+            "over_image_cap",
+            pl.lit(f"a seeded {cap} photos per species are kept (the previous build's first)"),
+        )
+        df = df.join(over, on=key, how="anti", maintain_order="left")
 
     lineage = bb.species_frame(df["species_id"].unique().to_list())
     df = df.join(lineage.select("species_id", "scientific_name"), on="species_id")

@@ -14,7 +14,6 @@ whose species changed (re-identified, a taxon split or lump) moves only as far a
 
 from __future__ import annotations
 
-import hashlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from rich.console import Console
 from rich.table import Table
 
 from biovita_data.core import layout
+from biovita_data.core.draws import keyed_hash
 from biovita_data.core.schemas import ASSIGNMENT, DUPLICATES, MEDIA, SPECIES
 from biovita_data.core.tables import read_table, write_json_atomic, write_table
 from biovita_data.curate.settings import SplitSettings
@@ -85,17 +85,6 @@ def _merge_duplicates(media: pl.DataFrame, dups: pl.DataFrame) -> pl.DataFrame:
         .with_columns(unit=pl.coalesce("_root", "unit"))
         .drop("_root")
     )
-
-
-def keyed_hash(seed: int, modality: str, species: pl.Series, units: pl.Series) -> pl.Series:
-    """A 64-bit hash of (seed, modality, species, unit) per row: the order new units join test."""
-    values = [
-        int.from_bytes(
-            hashlib.blake2b(f"{seed}\x1f{modality}\x1f{s}\x1f{u}".encode(), digest_size=8).digest()
-        )
-        for s, u in zip(species.to_list(), units.to_list(), strict=True)
-    ]
-    return pl.Series("_h", values, dtype=pl.UInt64)
 
 
 def load_previous(out: Path, previous: Path | None = None) -> tuple[pl.DataFrame | None, str]:
