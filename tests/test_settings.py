@@ -37,6 +37,9 @@ def _pipeline(tmp_path: Path, body: str, head: str = HEAD) -> Path:
         ("[bench]\ncandidates = [1]\n", "[bench] candidates: input should be a valid integer"),
         ('[publish]\nmedia = "embed"\n', "[publish] repo_id: field required"),
         ('[publish]\nrepo_id = "a/b"\nmedia = "zip"\n', "[publish] media: input should be"),
+        ('[sample]\nduplicates = "yes"\n', "[sample] duplicates: true or false, got 'yes'"),
+        ('[publish]\nrepo_id = "a/b"\nlarge_upload = 1\n', "[publish] large_upload: true or"),
+        ('[align]\nthrottle = "false"\n', "[align] throttle: true or false, got 'false'"),
     ],
 )
 def test_pipeline_file_refuses_what_it_does_not_know(

@@ -10,6 +10,8 @@ it (pydantic checks the types).
 from __future__ import annotations
 
 import dataclasses
+import types
+import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -128,6 +130,10 @@ def section(name: str, cfg: Any) -> Any:
         raise SettingsError(
             f"[{name}] {unknown[0]}: unknown setting (known: {', '.join(known) or 'none'})"
         )
+    hints = typing.get_type_hints(cls)
+    for key, value in cfg.items():  # pydantic would take "yes", "off" or 1 for a bool
+        if value is not None and not isinstance(value, bool) and _is_bool(hints[key]):
+            raise SettingsError(f"[{name}] {key}: true or false, got {value!r}")
     from pydantic import TypeAdapter, ValidationError
 
     try:
@@ -140,6 +146,14 @@ def section(name: str, cfg: Any) -> Any:
         got = f", got {err['input']!r}" if err["type"] != "missing" else ""
         msg = err["msg"][:1].lower() + err["msg"][1:]
         raise SettingsError(f"[{name}] {where}: {msg}{got}") from None
+
+
+def _is_bool(hint: Any) -> bool:
+    """Whether a field's type is bool or bool | None."""
+    return hint is bool or (
+        typing.get_origin(hint) in (typing.Union, types.UnionType)
+        and set(typing.get_args(hint)) == {bool, type(None)}
+    )
 
 
 def check_pipeline(data: dict[str, Any], source: str) -> dict[str, Any]:
