@@ -192,7 +192,8 @@ def run_update_demo(workdir: Path, *, console: Console, results: Console | None 
     with ExitStack() as stack:
         env = sample_environment(stack, size, seed, "none", epoch, duplicates)
         root = env["XENO_CANTO_API_URL"].rsplit("/xeno", 1)[0]
-        console.print(f"[bold]sample world[/bold] ({size}, seed {seed}) at epoch {epoch}")
+        planted = ", planted copies" if duplicates else ""
+        console.print(f"[bold]sample world[/bold] ({size}, seed {seed}{planted}) at epoch {epoch}")
         t = time.monotonic()
         summary = update(workdir, console=console)
         stages["update"] = {
