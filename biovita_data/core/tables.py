@@ -63,11 +63,13 @@ def write_table(table: pa.Table | pl.DataFrame, path: Path) -> Path:
     return path
 
 
-def read_table(path: Path, schema: pa.Schema) -> pa.Table:
-    """Read a table, or an empty one with `schema` when the file does not exist."""
+def read_table(path: Path, schema: pa.Schema, columns: list[str] | None = None) -> pa.Table:
+    """Read a table (only `columns`, when given), or an empty one with `schema` when the file
+    does not exist."""
     if not path.exists():
-        return schema.empty_table()
-    return pq.read_table(path, schema=schema)
+        table = schema.empty_table()
+        return table.select(columns) if columns is not None else table
+    return pq.read_table(path, schema=schema, columns=columns)
 
 
 def write_json_atomic(obj: object, path: Path) -> None:

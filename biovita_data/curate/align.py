@@ -67,7 +67,8 @@ def load_raw(out: Path) -> pl.DataFrame:
         path = layout.raw_records_path(out, source)
         if path.exists():
             # read with the declared schema: a file written before a column was added has nulls
-            frames.append(pl.from_arrow(read_table(path, RAW_RECORD)).select(RAW_COLUMNS).lazy())
+            table = read_table(path, RAW_RECORD, columns=RAW_COLUMNS)  # not the other 22
+            frames.append(pl.from_arrow(table).lazy())
     if not frames:
         raise FileNotFoundError(
             f"no raw records under {layout.raw_root(out)}: "
@@ -202,11 +203,16 @@ def align(
     console = console or Console()
     raw = load_raw(out)
     raw, dup_fail = _dedupe_routes(raw)
+    sources = sorted(set(raw["source"].unique().to_list()))
     bb = build_backbone(raw, out, settings, http)
     df, _ = resolve_records(raw, bb)
+    del raw  # every record is in df now: half the stage's peak memory at the paper's scale
 
+    # a filter or join copies every record (~1 GB at the paper's scale): only when it drops some
     unresolved = df.filter(pl.col("species_id").is_null())
-    df = df.filter(pl.col("species_id").is_not_null()).drop("normalized", "reason", "closest")
+    if unresolved.height:
+        df = df.filter(pl.col("species_id").is_not_null())
+    df = df.drop("normalized", "reason", "closest")
     unmatched_fail = _failures(
         unresolved,
         "unmatched_name",
@@ -246,13 +252,18 @@ def align(
             pl.lit(settings.min_audio), pl.lit(settings.min_images),
         ),
     )  # fmt: skip
-    df = df.join(ok.select("species_id"), on="species_id", how="semi")
+    if short.height:
+        df = df.join(ok.select("species_id"), on="species_id", how="semi", maintain_order="left")
 
     cap_fail = pl.DataFrame(schema=dup_fail.schema)
     if settings.max_images_per_species is not None:
         cap = settings.max_images_per_species
-        photos = df.filter(pl.col("modality") == "image").filter(
-            pl.len().over("species_id") > cap  # only these species have photos to leave out
+        photos = (
+            df.lazy()
+            .filter(pl.col("modality") == "image")
+            .select("species_id", "source", "modality", "record_id")
+            .filter(pl.len().over("species_id") > cap)  # only these have photos to leave out
+            .collect()
         )
         queue = _cap_queue(photos, settings.seed, _previously_kept(out, settings.seed))
         over = (
@@ -266,7 +277,8 @@ def align(
             "over_image_cap",
             pl.lit(f"a seeded {cap} photos per species are kept (the previous build's first)"),
         )
-        df = df.join(over, on=key, how="anti", maintain_order="left")
+        if over.height:
+            df = df.join(over, on=key, how="anti", maintain_order="left")
 
     lineage = bb.species_frame(df["species_id"].unique().to_list())
     df = df.join(lineage.select("species_id", "scientific_name"), on="species_id")
@@ -308,7 +320,6 @@ def align(
     )
     write_table(merged.to_arrow().cast(UNMATCHED), layout.unmatched_path(out))
     fails = pl.concat([dup_fail, unmatched_fail, short_fail, cap_fail], how="vertical_relaxed")
-    sources = sorted(set(raw["source"].unique().to_list()))
     replace_failures(out, "align", sources, fails.to_arrow().cast(FAILURE))
 
     one_source = counts.filter((pl.col("n_audio") == 0) | (pl.col("n_image_available") == 0))
