@@ -156,6 +156,28 @@ def test_other_column_names_missing_provenance_and_unknown_licences(tmp_path: Pa
         import_tol(tmp_path / "bad.parquet", tmp_path / "p.parquet", out, taxa=["Turdus"])
 
 
+def test_an_image_listed_under_two_names_is_named_as_drawn(tmp_path: Path) -> None:
+    """A uuid the catalog lists under two corpus species is one image, drawn for the first in
+    name order; its record carries that species' name (not whichever catalog row came first),
+    so it counts for the species it was drawn for."""
+    cat = pl.DataFrame(
+        {
+            "uuid": ["u0", "u1", "u0", "u2"],
+            "source_url": [f"https://img.example.org/p/{i}.jpeg" for i in (0, 1, 0, 2)],
+            "scientific_name": ["Turdus philomelos", "Turdus philomelos", "Turdus merula",
+                                "Turdus merula"],
+            "genus": ["Turdus"] * 4,
+        }
+    )  # fmt: skip
+    prov = pl.DataFrame({"uuid": ["u0", "u1", "u2"], "license_name": ["cc-by"] * 3})
+    cat.write_parquet(tmp_path / "c.parquet")
+    prov.write_parquet(tmp_path / "p.parquet")
+    out = tmp_path / "out"
+    import_tol(tmp_path / "c.parquet", tmp_path / "p.parquet", out, taxa=["Turdus"])
+    names = dict(_records(out).select("record_id", "raw_scientific_name").rows())
+    assert names == {"u0": "Turdus merula", "u1": "Turdus philomelos", "u2": "Turdus merula"}
+
+
 def test_exclusive_moves_other_photos_to_failures(tmp_path: Path, tiny_world) -> None:
     """--exclusive: the crawled photos leave their source's records as failures, once."""
     from biovita_data.core.schemas import FAILURE, RAW_RECORD

@@ -171,9 +171,13 @@ def _candidates(catalog: Path, cols: dict[str, str], names, taxa, seed: int):
     return rows.select("_sp", "_rank", "_uuid"), species
 
 
-def _details(catalog: Path, provenance: Path, cols, pcols, rows: pl.DataFrame) -> pl.DataFrame:
+def _details(
+    catalog: Path, provenance: Path, cols, pcols, rows: pl.DataFrame, species: pl.DataFrame
+) -> pl.DataFrame:
     """The full catalog row and its provenance for each chosen uuid (the filters run inside the
-    scans, so only the chosen rows are decoded in full; the rest is done on those rows)."""
+    scans, so only the chosen rows are decoded in full; the rest is done on those rows). A uuid
+    listed under several corpus names gets the row of the first in name order: the species it
+    was drawn for (`_candidates`)."""
     wanted = rows["_uuid"].implode()
     fields = [f for f in DETAIL_FIELDS if f in cols]
     cat = (
@@ -186,7 +190,12 @@ def _details(catalog: Path, provenance: Path, cols, pcols, rows: pl.DataFrame) -
         _name_expr(cols).alias("_name"),
         *[pl.col(cols[f]).cast(pl.String).alias(f) for f in fields],
         *[pl.lit(None, pl.String).alias(f) for f in DETAIL_FIELDS if f not in cols],
-    ).unique("uuid", keep="first")
+    )
+    twice = cat["uuid"].is_duplicated()
+    if twice.any():  # rare: only these rows are sorted, the others are not copied
+        listed = cat.filter(twice & pl.col("_name").is_in(species["_name"].implode()))
+        first = listed.sort("_name", maintain_order=True).unique("uuid", keep="first")
+        cat = pl.concat([cat.filter(~twice), first])
     prov = (
         pl.scan_parquet(provenance)
         .filter(_uuid(provenance, pcols["uuid"]).is_in(wanted))
@@ -346,8 +355,9 @@ def import_tol(
     for _ in range(MAX_ROUNDS):
         if frontier.is_empty():
             break
-        evaluated.append(_evaluate(_details(catalog, provenance, cols, pcols, frontier), allowed,
-                                   query))  # fmt: skip
+        evaluated.append(
+            _evaluate(_details(catalog, provenance, cols, pcols, frontier, species), allowed, query)
+        )  # the details frame is not kept: it holds every column of the drawn rows
         done = pl.concat([e.select("_sp", "_rank", "_ok") for e in evaluated])
         got = done.group_by("_sp").agg(
             pl.col("_ok").sum().alias("_good"), pl.col("_rank").max().alias("_last")
