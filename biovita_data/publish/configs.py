@@ -121,16 +121,19 @@ def write_species(folder: Path, species: pl.DataFrame, names: list[str], max_byt
     return ConfigResult({"train": writer.rows}, {"train": [_rel(f) for f in files]})
 
 
-def _manifest(out: Path, modality: str, species: pl.DataFrame) -> pl.DataFrame:
-    """A MEDIA manifest joined to the species' label and lineage."""
+def _manifest(
+    out: Path, modality: str, species: pl.DataFrame, columns: list[str] | None = None
+) -> pl.DataFrame:
+    """A MEDIA manifest (only `columns`, when given) joined to the species' label and lineage."""
     path = layout.media_manifest_path(out, modality)
     if not path.exists():
         raise FileNotFoundError(f"{path} does not exist: run the manifest stages first")
-    df = pl.from_arrow(read_table(path, MEDIA))
+    df = pl.from_arrow(read_table(path, MEDIA, columns=columns))
     assert isinstance(df, pl.DataFrame)
     taxa = species.select(TAXON_COLUMNS)
-    df = df.with_columns(pl.col("background_species").list.join("; "))  # a plain Value column
-    return df.with_row_index("_order").join(taxa, on="species_id", how="inner").sort("_order")
+    if "background_species" in df.columns:
+        df = df.with_columns(pl.col("background_species").list.join("; "))  # a plain Value
+    return df.join(taxa, on="species_id", how="inner", maintain_order="left")  # no extra copy
 
 
 def media_shards(store: MediaStore, modality: str) -> list[str]:
@@ -320,14 +323,18 @@ def write_media_urls(
     out: Path, folder: Path, modality: str, species: pl.DataFrame, names: list[str], max_bytes: int
 ) -> MediaResult:
     """An `audio`/`image` config without bytes: one row per manifest record, with its URL."""
-    manifest = _manifest(out, modality, species)
+    cols, writers = _writers(folder, modality, "urls", names, max_bytes)
+    used = {c for c, _ in cols} | {"split", "source", "record_id", "species_id", "license"}
+    used.add("duration_s")
+    manifest = _manifest(out, modality, species, [c for c in MEDIA.names if c in used])
     copies = withheld_copies(out, modality)
     everything = manifest.height
-    manifest = manifest.join(copies, on=["source", "record_id"], how="anti", maintain_order="left")
-    cols, writers = _writers(folder, modality, "urls", names, max_bytes)
-    for split, writer in writers.items():
-        part = manifest.filter(pl.col("split") == split)
-        writer.write(_to_arrow(part.select([c for c, _ in cols])))
+    if copies.height:  # a join copies every record (~1 GB of photos at the paper's scale)
+        key = ["source", "record_id"]
+        manifest = manifest.join(copies, on=key, how="anti", maintain_order="left")
+    for split, writer in writers.items():  # one split's published columns copied at a time
+        part = manifest.lazy().filter(pl.col("split") == split).select([c for c, _ in cols])
+        writer.write(_to_arrow(part.collect()))
     unsplit = manifest.filter(~pl.col("split").is_in(list(MEDIA_SPLITS)).fill_null(False))
     skipped = {"no_split": unsplit.height, "exact_copy": everything - manifest.height}
     result = MediaResult(skipped=skipped)
