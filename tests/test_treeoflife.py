@@ -94,6 +94,48 @@ def test_the_draw_is_seeded_and_reproducible(tmp_path: Path, tiny_world) -> None
     assert _records(tmp_path / "a").equals(runs["b"])
 
 
+def test_draw_keys_are_the_same_on_every_machine_and_version() -> None:
+    """The draw's keys are pinned values: no library upgrade reshuffles a seeded draw."""
+    from biovita_data.core.draws import uuid_keys
+
+    same = ["8f14e45f-ceea-467a-9575-7a1c6a2e4b21", "8F14E45FCEEA467A95757A1C6A2E4B21"]
+    assert uuid_keys(pl.Series([*same, "u0"]), 0).to_list() == [
+        6015432870255919567, 6015432870255919567, 2463591911506514800
+    ]  # fmt: skip
+    assert uuid_keys(pl.Series(same[:1]), 1).to_list() == [17524911362667803612]
+
+
+def test_a_reimport_keeps_its_draw_when_the_catalog_grows(tmp_path: Path, tiny_world) -> None:
+    """A photo added to the catalog whose key would put it first does not displace the photos
+    a re-import of the same seed drew before (an update downloads nothing new for that species);
+    a fresh import does draw it."""
+    import uuid
+
+    from biovita_data.core.draws import uuid_keys
+
+    cat, prov = write_tol_view(tiny_world, "http://127.0.0.1:9", tmp_path / "tol")
+    out = tmp_path / "out"
+    import_tol(cat, prov, out, per_species=2, seed=1, taxa=TAXA)
+    first = _records(out)
+    name = first["raw_scientific_name"].sort()[0]
+    drawn = first.filter(pl.col("raw_scientific_name") == name)["record_id"]
+    assert drawn.len() == 2
+    lowest = min(uuid_keys(drawn, 1).to_list())
+    new = next(u for k in range(10_000) if uuid_keys(pl.Series([u := str(uuid.uuid5(
+        uuid.NAMESPACE_URL, f"new-photo-{k}"))]), 1)[0] < lowest)  # fmt: skip
+    catalog, provenance = pl.read_parquet(cat), pl.read_parquet(prov)
+    extra = catalog.filter(pl.col("uuid") == drawn[0]).with_columns(uuid=pl.lit(new))
+    pl.concat([catalog, extra]).write_parquet(cat)
+    extra = provenance.filter(pl.col("uuid") == drawn[0]).with_columns(uuid=pl.lit(new))
+    pl.concat([provenance, extra]).write_parquet(prov)
+
+    import_tol(cat, prov, out, per_species=2, seed=1, taxa=TAXA)
+    assert _records(out).equals(first)  # every species' draw as before
+    fresh = tmp_path / "fresh"
+    import_tol(cat, prov, fresh, per_species=2, seed=1, taxa=TAXA)
+    assert new in set(_records(fresh)["record_id"])
+
+
 def test_corpus_species_come_from_the_crawled_audio(tmp_path: Path, tiny_world) -> None:
     cat, prov = write_tol_view(tiny_world, "http://127.0.0.1:9", tmp_path / "tol")
     out = tmp_path / "out"

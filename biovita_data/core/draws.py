@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 
+import numpy as np
 import polars as pl
 
 
@@ -18,3 +19,36 @@ def keyed_hash(seed: int, modality: str, first: pl.Series, second: pl.Series) ->
         for a, b in zip(first.to_list(), second.to_list(), strict=True)
     ]
     return pl.Series("_h", values, dtype=pl.UInt64)
+
+
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+
+
+def _mix(x: np.ndarray) -> np.ndarray:
+    """splitmix64's finaliser, elementwise on uint64 (wrapping arithmetic)."""
+    with np.errstate(over="ignore"):
+        x = x + _GOLDEN
+        x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
+        x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
+        return x ^ (x >> np.uint64(31))
+
+
+def uuid_keys(uuids: pl.Series, seed: int) -> pl.Series:
+    """A seeded 64-bit key per uuid, the same on every machine and library version: a canonical
+    UUID's 128 bits (any case, with or without dashes) mixed with the seed in vectorised
+    splitmix64 steps; any other text through keyed_hash (BLAKE2b)."""
+    hexed = uuids.str.replace_all("-", "", literal=True).str.to_lowercase()
+    canonical = hexed.str.contains(r"^[0-9a-f]{32}$").fill_null(False).to_numpy()
+    quarters = [
+        hexed.str.slice(8 * k, 8).str.to_integer(base=16, strict=False).fill_null(0).to_numpy()
+        for k in range(4)
+    ]
+    q = [np.asarray(part, dtype=np.uint64) for part in quarters]
+    hi, lo = (q[0] << np.uint64(32)) | q[1], (q[2] << np.uint64(32)) | q[3]
+    salt = _mix(np.array([seed & (2**64 - 1)], dtype=np.uint64))[0]
+    keys = _mix(_mix(hi ^ salt) ^ lo)
+    other = ~canonical
+    if other.any():
+        rest = uuids.filter(pl.Series(other))
+        keys[other] = keyed_hash(seed, "uuid", rest, pl.Series([""] * len(rest))).to_numpy()
+    return pl.Series("_key", keys, dtype=pl.UInt64)

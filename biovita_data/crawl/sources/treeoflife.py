@@ -3,19 +3,23 @@
 For each species of the corpus (the names the audio sources crawled, or `--taxa`), up to N
 images are drawn at random, seeded: every catalog row of the species gets a key from its uuid
 and the seed, and the draw walks the species' rows in key order, taking usable rows until it has
-N. A drawn row whose licence is unknown or not allowed, whose provenance is missing or whose URL
-is unusable is a `failures` row; the walk goes on past it. Column names differ between releases,
-so each field is read from the first of its known names the file has. The catalog is scanned
+N. A re-import into the same OUT with the same seed walks the images it drew before first, so a
+catalog that grew or shrank changes only the species it touched. A drawn row whose licence is
+unknown or not allowed, whose provenance is missing or whose URL is unusable is a `failures`
+row; the walk goes on past it. Column names differ between releases, so each field is read from
+the first of its known names the file has. The catalog is scanned
 lazily (predicate pushdown, streaming): the first pass keeps only the candidate rows' uuid,
 species number and key; the second reads the drawn rows in full (a uuid filter inside the scans
 of catalog and provenance). Usually one pass over each suffices; a species short of N after
 its failures gets another window (at most MAX_ROUNDS).
 
-The key is Polars' seeded hash of the uuid: the same seed and Polars version draw the same rows.
+The key is `core.draws.uuid_keys`: the uuid's bits mixed with the seed, the same on every machine
+and library version (Polars' own hash changes between versions).
 """
 
 from __future__ import annotations
 
+import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -25,6 +29,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from biovita_data.core import layout
+from biovita_data.core.draws import uuid_keys
 from biovita_data.core.names import parse_name
 from biovita_data.core.schemas import FAILURE, RAW_RECORD
 from biovita_data.core.tables import replace_failures, write_json_atomic, write_table
@@ -152,21 +157,28 @@ def _uuid(catalog: Path, column: str) -> pl.Expr:
     return pl.col(column) if dtype == pl.String else pl.col(column).cast(pl.String)
 
 
-def _candidates(catalog: Path, cols: dict[str, str], names, taxa, seed: int):
+def _candidates(
+    catalog: Path, cols: dict[str, str], names, taxa, seed: int, before: pl.Series | None = None
+):
     """Every candidate row as (species index, rank in its species' random order, uuid), and
-    the species (`_sp`, `_name`). Rows without a uuid cannot be told apart and are skipped."""
+    the species (`_sp`, `_name`). Rows without a uuid cannot be told apart and are skipped. The
+    uuids in `before` (the previous draw of this seed) come first in their species' order."""
     uuid = _uuid(catalog, cols["uuid"])
     rows = (
         _targets(pl.scan_parquet(catalog), cols, names, taxa)
         .filter(pl.col("_name").is_not_null() & uuid.is_not_null())
-        .select("_name", uuid.alias("_uuid"), uuid.hash(seed).alias("_key"))
+        .select("_name", uuid.alias("_uuid"))
         .collect(engine="streaming")
     )
+    again = pl.col("_uuid").is_in(before.implode()) if before is not None else pl.lit(False)
+    rows = rows.with_columns(_key=uuid_keys(rows["_uuid"], seed), _new=~again)
     # species as small integers, the name strings dropped
     species = rows.select(pl.col("_name").unique().sort()).with_row_index("_sp")
     rows = rows.join(species, on="_name").drop("_name")
     # a uuid listed twice is one image: kept once (its first species in name order)
-    rows = rows.sort("_sp", "_key", "_uuid").unique("_uuid", keep="first", maintain_order=True)
+    rows = rows.sort("_sp", "_new", "_key", "_uuid").unique(
+        "_uuid", keep="first", maintain_order=True
+    )
     rows = rows.with_columns(_rank=pl.int_range(pl.len(), dtype=pl.UInt32).over("_sp"))
     return rows.select("_sp", "_rank", "_uuid"), species
 
@@ -347,7 +359,8 @@ def import_tol(
             "(`biovita-data fetch`) or name the taxa with --taxa"
         )
     query = f"taxa={','.join(taxa)}" if taxa else "corpus"
-    candidates, species = _candidates(catalog, cols, names, list(taxa), seed)
+    before = _previous_draw(out, seed)
+    candidates, species = _candidates(catalog, cols, names, list(taxa), seed, before)
     available = candidates.group_by("_sp").agg(pl.len().alias("_n"))
     evaluated: list[pl.DataFrame] = []
     # a margin past N for rows that fail, so that one pass over the files usually does
@@ -413,6 +426,19 @@ def import_tol(
         dropped=dict(sorted(dropped.items())),
         seconds=time.monotonic() - start,
     )
+
+
+def _previous_draw(out: Path, seed: int) -> pl.Series | None:
+    """The uuids the previous import into OUT drew, when it used `seed` (else None)."""
+    summary, records = tol_dir(out) / "import.json", tol_dir(out) / "records.parquet"
+    if not (summary.exists() and records.exists()):
+        return None
+    try:
+        if json.loads(summary.read_text()).get("seed") != seed:
+            return None
+    except (ValueError, AttributeError):
+        return None
+    return pl.read_parquet(records, columns=["record_id"])["record_id"]
 
 
 def _cast(table):
