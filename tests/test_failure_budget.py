@@ -249,3 +249,45 @@ def test_ray_engine_with_an_object_store_fails_on_a_dead_host_and_resumes(
     assert result.by_modality("audio").kept > 0
     assert "host_unreachable" not in set(_failures(out)["reason"])
     assert not list((out / "media").rglob("shard-*.parquet"))  # all of it in the bucket
+
+
+def test_a_pipeline_keeps_the_budgets_of_fetch_and_import_tol(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`run PIPELINE` stops with exit 3 and one line when a source's fetch or the TreeOfLife-200M
+    import fails more than its section's `max_failed` (policy exclusions aside), as the
+    commands' --max-failed do; within the budget it goes on."""
+    import biovita_data.crawl.fetch as fetch_module
+    from biovita_data.app.stages import run_tol
+    from biovita_data.crawl.sources.base import SourceResult
+
+    crawled = [SourceResult("xeno-canto", kept=2, dropped={"malformed": 6, "restricted": 2})]
+    monkeypatch.setattr(fetch_module, "fetch", lambda *a, **k: crawled)
+    pipeline = tmp_path / "p.toml"
+    pipeline.write_text('[fetch]\ntaxa = ["Aves"]\nmax_failed = 0.5\n')
+    result = CliRunner().invoke(app, ["run", str(pipeline), "--out", str(tmp_path / "out")])
+    assert result.exit_code == EXIT_OVER_BUDGET, result.output
+    assert "fetch xeno-canto: 6 of 10 items failed (60% > --max-failed 0.5): malformed 6" in (
+        result.output
+    )
+    assert not (tmp_path / "out" / "manifests").exists()  # stopped before align
+    pipeline.with_name("q.toml").write_text('[fetch]\ntaxa = ["Aves"]\nmax_failed = 2\n')
+    bad = CliRunner().invoke(app, ["run", str(pipeline.with_name("q.toml")), "--out", "x"])
+    assert bad.exit_code == 2 and "--max-failed must be a share" in bad.output
+
+    # import-tol: of 6 drawn rows 3 fail (an unknown licence, no provenance, a bad URL); a
+    # licence not allowed is a policy exclusion, counted among the items but not as failed
+    cat = pl.DataFrame({
+        "uuid": [f"u{i}" for i in range(6)],
+        "source_url": [f"https://img.example.org/p/{i}.jpeg" for i in range(5)] + ["ftp://x"],
+        "scientific_name": ["Turdus merula"] * 6, "genus": ["Turdus"] * 6,
+    })  # fmt: skip
+    licences = ["cc-by", "whatever 4.0", "cc-by-nd", "cc0", "cc-by"]
+    prov = pl.DataFrame({"uuid": ["u0", "u1", "u2", "u3", "u5"], "license": licences})
+    cat.write_parquet(tmp_path / "c.parquet")
+    prov.write_parquet(tmp_path / "p.parquet")
+    tol = {"catalog": str(tmp_path / "c.parquet"), "provenance": str(tmp_path / "p.parquet"),
+           "taxa": ["Turdus"]}  # fmt: skip
+    with pytest.raises(BudgetExceeded, match=r"import-tol: 3 of 6 items failed \(50% > --max-f"):
+        run_tol(tmp_path / "tol", {**tol, "max_failed": 0.4}, QUIET)
+    assert run_tol(tmp_path / "tol", {**tol, "max_failed": 0.5}, QUIET).kept == 2

@@ -56,11 +56,11 @@ MaxFailedOption = Annotated[
 
 def _check_budget(what: str, kept: int, dropped: dict[str, int], max_failed: float) -> None:
     """Exit 3 with one line when the failed share of kept + dropped exceeds `max_failed`."""
-    from biovita_data.core.budget import EXIT_OVER_BUDGET, over_budget
+    from biovita_data.core.budget import EXIT_OVER_BUDGET, budget_line
 
-    line = over_budget(what, kept + sum(dropped.values()), dropped, max_failed)
+    line = budget_line(what, kept, dropped, max_failed)
     if line:
-        error_line(f"{line}. What was kept stays in OUT (--max-failed 1.0 accepts the losses)")
+        error_line(line)
         raise typer.Exit(EXIT_OVER_BUDGET)
 
 

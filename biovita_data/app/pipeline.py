@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from biovita_data.app.settings import check_pipeline, section
+from biovita_data.core.budget import BudgetExceeded, budget_line
 from biovita_data.crawl.fetch import FetchSettings, settings_from_env
 from biovita_data.crawl.licenses import DEFAULT_ALLOWED, parse_allowed
 
@@ -179,7 +180,11 @@ def run_pipeline(
             seconds["update"] = {"seconds": round(time.monotonic() - t, 2)}
         elif fetch:
             t = time.monotonic()
-            run_fetch(p.fetch_settings(), out, console=console)
+            fetched = run_fetch(p.fetch_settings(), out, console=console)
+            budget = section("fetch", p.fetch).max_failed
+            for r in fetched:  # as `fetch --max-failed`: the raw records stay, a rerun resumes
+                if line := budget_line(f"fetch {r.source}", r.kept, r.dropped, budget):
+                    raise BudgetExceeded(line)
             seconds["fetch"] = {"seconds": round(time.monotonic() - t, 2)}
         if "tol" in sections:
             t = time.monotonic()

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from biovita_data.core.budget import DEFAULT_MAX_FAILED, check_max_failed
 from biovita_data.curate.settings import AlignSettings, BenchSettings, SplitSettings
 from biovita_data.media.settings import MaterializeSettings
 
@@ -45,6 +46,10 @@ class FetchSection:
     urls: dict[Literal["xeno_canto", "inaturalist", "open_data", "gbif"], str] = field(
         default_factory=dict
     )
+    max_failed: float = DEFAULT_MAX_FAILED  # per source: a larger failed share stops the run
+
+    def __post_init__(self) -> None:
+        check_max_failed(self.max_failed)
 
 
 @dataclass
@@ -65,6 +70,10 @@ class TolSection:
     taxa: list[str] = field(default_factory=list)
     licenses: list[str] | str | None = None
     exclusive: bool = False
+    max_failed: float = DEFAULT_MAX_FAILED  # a larger failed share of the drawn rows stops the run
+
+    def __post_init__(self) -> None:
+        check_max_failed(self.max_failed)
 
 
 @dataclass

@@ -14,6 +14,7 @@ from rich.console import Console
 
 from biovita_data.app.settings import section
 from biovita_data.core import layout
+from biovita_data.core.budget import BudgetExceeded, budget_line
 from biovita_data.crawl.http import HttpClient
 from biovita_data.curate.align import AlignSettings, align, name_resolver, saved_settings
 
@@ -115,6 +116,8 @@ def run_tol(out: Path, cfg: dict, console: Console):
         exclusive=s.exclusive,
     )
     console.print(f"tol: {describe('tol', result)}")
+    if line := budget_line("import-tol", result.kept, result.dropped, s.max_failed):
+        raise BudgetExceeded(line)
     return result
 
 

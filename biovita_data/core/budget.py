@@ -50,6 +50,15 @@ def _top(counts: Mapping[str, int], n: int = 3) -> str:
     return shown + (f", {len(items) - n} more" if len(items) > n else "")
 
 
+def budget_line(what: str, kept: int, dropped: Mapping[str, int], max_failed: float) -> str | None:
+    """over_budget of a stage that kept `kept` items and dropped `dropped` (reason -> items),
+    with what to do about it; None within the budget."""
+    line = over_budget(what, kept + sum(dropped.values()), dropped, max_failed)
+    if line is None:
+        return None
+    return f"{line}. What was kept stays in OUT (--max-failed 1.0 accepts the losses)"
+
+
 def over_budget(
     what: str,
     total: int,
