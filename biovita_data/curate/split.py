@@ -81,7 +81,7 @@ def _merge_duplicates(media: pl.DataFrame, dups: pl.DataFrame) -> pl.DataFrame:
         schema={"unit": pl.String, "_root": pl.String},
     )
     return (
-        media.join(mapping, on="unit", how="left")
+        media.join(mapping, on="unit", how="left", maintain_order="left")
         .with_columns(unit=pl.coalesce("_root", "unit"))
         .drop("_root")
     )
@@ -168,7 +168,11 @@ def _assign(
     species; a unit with surviving train/test members keeps their side (the majority; a tie ->
     test); each seen species' new units join test, in keyed-hash order, until its test units
     reach round(units x fraction) (at least one when it has two or more), else train."""
-    df = items.join(groups, on="species_id", how="left")
+    # decided on four narrow columns, then `split` added to the items (a wide join, filter or
+    # sort of every item costs ~1 GB of photos at the paper's scale)
+    df = items.select("_i", "species_id", "unit", "prev_split").join(
+        groups, on="species_id", how="left", maintain_order="left"
+    )
     seen = df.filter(pl.col("split_group") == "seen")
     # a unit's species for the quota: the one most of its seen members belong to (tie: smallest)
     owner = (
@@ -208,11 +212,12 @@ def _assign(
     units = units.join(fresh, on="unit", how="left").select(
         "unit", _side=pl.coalesce("_kept", "_new")
     )
-    df = df.join(units, on="unit", how="left")
+    df = df.join(units, on="unit", how="left", maintain_order="left")
     split = (
         pl.when(pl.col("split_group") == "unseen").then(pl.lit("unseen")).otherwise(pl.col("_side"))
     )
-    return df.with_columns(split=split).sort("_i")
+    items = items.with_columns(split=df.select(split=split)["split"])
+    return items if items["_i"].is_sorted() else items.sort("_i")
 
 
 def _moved_reason(redraw: bool) -> pl.Expr:
@@ -265,7 +270,8 @@ def split(
             before = prev.filter(pl.col("modality") == m).select(
                 "source", "record_id", prev_species="species_id", prev_split="split"
             )
-            media = media.join(before, on=["source", "record_id"], how="left")
+            key = ["source", "record_id"]
+            media = media.join(before, on=key, how="left", maintain_order="left")
         else:
             media = media.with_columns(
                 prev_species=pl.lit(None, pl.Int64), prev_split=pl.lit(None, pl.String)
