@@ -47,10 +47,10 @@ from biovita_data.core.schemas import DUPLICATES, FAILURE, MEDIA
 from biovita_data.core.tables import read_table, replace_failures, write_table
 from biovita_data.media import fingerprint as fp
 from biovita_data.media import landmark_search
+from biovita_data.media.settings import check_engine
 from biovita_data.media.store import MediaStore
 
 STAGE = "dedup"
-ENGINES = ("local", "ray")
 # audio: a pair is near when NEAR_MATCHES landmarks agree at the best offset (+-1 frame) and
 # NEAR_SCORE of the smaller recording's do, or 2 x NEAR_MATCHES do. Measured with FAN_OUT 3
 # (benchmarks/dedup.py --copies 10 and the default world): copies agree on 23 or more in the
@@ -313,10 +313,7 @@ def dedup(
     30 s)."""
     if workers is not None and workers < 1:
         raise ValueError(f"workers must be at least 1, not {workers}")
-    if engine not in ENGINES:
-        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
-    if ray_address and engine != "ray":
-        raise ValueError("ray_address needs engine='ray'")
+    check_engine(engine, ray_address)
     search = Search(workers or os.cpu_count() or 1, engine, ray_address)
     if not any(layout.media_index_path(out, m).exists() for m in modalities):
         raise FileNotFoundError(f"{out / 'media'}: no materialized media (run materialize first)")

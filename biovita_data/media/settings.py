@@ -13,6 +13,14 @@ MODALITIES = ("audio", "image")
 FORMAT_VERSION = 1
 
 
+def check_engine(engine: str, ray_address: str | None) -> None:
+    """ValueError unless `engine` is one of ENGINES and a Ray address comes with engine ray."""
+    if engine not in ENGINES:
+        raise ValueError(f"engine must be one of {ENGINES}, not {engine!r}")
+    if ray_address and engine != "ray":
+        raise ValueError("ray_address needs engine='ray'")
+
+
 @dataclass
 class MaterializeSettings:
     """Settings of the materialize stage (the CLI's options, one field each)."""
@@ -39,10 +47,7 @@ class MaterializeSettings:
     max_failed: float = 0.5
 
     def __post_init__(self) -> None:
-        if self.engine not in ENGINES:
-            raise ValueError(f"engine must be one of {ENGINES}, not {self.engine!r}")
-        if self.ray_address and self.engine != "ray":
-            raise ValueError("ray_address needs engine='ray'")
+        check_engine(self.engine, self.ray_address)
         bad = [m for m in self.modalities if m not in MODALITIES]
         if bad or not self.modalities:
             raise ValueError(f"modalities must be a non-empty subset of {MODALITIES}, got {bad}")
