@@ -4,6 +4,8 @@ random permutation, so adding or withdrawing one record leaves every other recor
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 import numpy as np
 import polars as pl
@@ -52,3 +54,20 @@ def uuid_keys(uuids: pl.Series, seed: int) -> pl.Series:
         rest = uuids.filter(pl.Series(other))
         keys[other] = keyed_hash(seed, "uuid", rest, pl.Series([""] * len(rest))).to_numpy()
     return pl.Series("_key", keys, dtype=pl.UInt64)
+
+
+def previous_draw(
+    report: Path, seed_at: tuple[str, ...], seed: int, data: Path, columns: list[str]
+) -> pl.DataFrame | None:
+    """`columns` of `data` as the previous run left them, when its JSON `report` holds `seed`
+    under the keys `seed_at` (a draw of the same seed that a rebuild walks first); None when
+    either file is missing, the report is unreadable or its seed is another."""
+    if not (report.exists() and data.exists()):
+        return None
+    try:
+        value = json.loads(report.read_text())
+        for key in seed_at:
+            value = value[key]
+    except (ValueError, KeyError, TypeError):
+        return None
+    return pl.read_parquet(data, columns=columns) if value == seed else None

@@ -16,7 +16,7 @@ from rich.console import Console
 from rich.table import Table
 
 from biovita_data.core import layout
-from biovita_data.core.draws import keyed_hash
+from biovita_data.core.draws import keyed_hash, previous_draw
 from biovita_data.core.schemas import FAILURE, MEDIA, RAW_RECORD, SPECIES, UNMATCHED
 from biovita_data.core.tables import read_table, replace_failures, write_json_atomic, write_table
 from biovita_data.crawl.http import HttpClient
@@ -178,20 +178,6 @@ def _cap_queue(df: pl.DataFrame, seed: int, kept: pl.DataFrame | None) -> pl.Dat
     return joined.with_columns(pl.col("_first").fill_null(False))
 
 
-def _previously_kept(out: Path, seed: int) -> pl.DataFrame | None:
-    """(source, record_id) of the photos the previous align in OUT kept, when it used `seed`."""
-    report = layout.manifests_dir(out) / "align_report.json"
-    manifest = layout.media_manifest_path(out, "image")
-    if not (report.exists() and manifest.exists()):
-        return None
-    try:
-        if json.loads(report.read_text())["settings"].get("seed") != seed:
-            return None
-    except (ValueError, KeyError, TypeError):
-        return None
-    return pl.read_parquet(manifest, columns=["source", "record_id"])
-
-
 def align(
     out: Path,
     settings: AlignSettings,
@@ -265,7 +251,11 @@ def align(
             .filter(pl.len().over("species_id") > cap)  # only these have photos to leave out
             .collect()
         )
-        queue = _cap_queue(photos, settings.seed, _previously_kept(out, settings.seed))
+        kept = previous_draw(  # the photos the previous align of this seed kept
+            layout.manifests_dir(out) / "align_report.json", ("settings", "seed"), settings.seed,
+            layout.media_manifest_path(out, "image"), ["source", "record_id"],
+        )  # fmt: skip
+        queue = _cap_queue(photos, settings.seed, kept)
         over = (
             queue.sort(["_first", "_h"], descending=[True, False])
             .filter(pl.int_range(pl.len()).over("species_id") >= cap)

@@ -19,7 +19,6 @@ and library version (Polars' own hash changes between versions).
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from collections.abc import Sequence
@@ -29,7 +28,7 @@ import polars as pl
 import pyarrow.parquet as pq
 
 from biovita_data.core import layout
-from biovita_data.core.draws import uuid_keys
+from biovita_data.core.draws import previous_draw, uuid_keys
 from biovita_data.core.names import parse_name
 from biovita_data.core.schemas import FAILURE, RAW_RECORD
 from biovita_data.core.tables import replace_failures, write_json_atomic, write_table
@@ -359,7 +358,11 @@ def import_tol(
             "(`biovita-data fetch`) or name the taxa with --taxa"
         )
     query = f"taxa={','.join(taxa)}" if taxa else "corpus"
-    before = _previous_draw(out, seed)
+    drawn = previous_draw(  # the uuids the previous import of this seed drew
+        tol_dir(out) / "import.json", ("seed",), seed, tol_dir(out) / "records.parquet",
+        ["record_id"],
+    )  # fmt: skip
+    before = None if drawn is None else drawn["record_id"]
     candidates, species = _candidates(catalog, cols, names, list(taxa), seed, before)
     available = candidates.group_by("_sp").agg(pl.len().alias("_n"))
     evaluated: list[pl.DataFrame] = []
@@ -426,19 +429,6 @@ def import_tol(
         dropped=dict(sorted(dropped.items())),
         seconds=time.monotonic() - start,
     )
-
-
-def _previous_draw(out: Path, seed: int) -> pl.Series | None:
-    """The uuids the previous import into OUT drew, when it used `seed` (else None)."""
-    summary, records = tol_dir(out) / "import.json", tol_dir(out) / "records.parquet"
-    if not (summary.exists() and records.exists()):
-        return None
-    try:
-        if json.loads(summary.read_text()).get("seed") != seed:
-            return None
-    except (ValueError, AttributeError):
-        return None
-    return pl.read_parquet(records, columns=["record_id"])["record_id"]
 
 
 def _cast(table):
