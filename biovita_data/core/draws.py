@@ -41,11 +41,11 @@ def uuid_keys(uuids: pl.Series, seed: int) -> pl.Series:
     splitmix64 steps; any other text through keyed_hash (BLAKE2b)."""
     hexed = uuids.str.replace_all("-", "", literal=True).str.to_lowercase()
     canonical = hexed.str.contains(r"^[0-9a-f]{32}$").fill_null(False).to_numpy()
-    quarters = [
+    q = [  # the 32 hex digits as four 32-bit numbers
         hexed.str.slice(8 * k, 8).str.to_integer(base=16, strict=False).fill_null(0).to_numpy()
+        .astype(np.uint64)
         for k in range(4)
-    ]
-    q = [np.asarray(part, dtype=np.uint64) for part in quarters]
+    ]  # fmt: skip
     hi, lo = (q[0] << np.uint64(32)) | q[1], (q[2] << np.uint64(32)) | q[3]
     salt = _mix(np.array([seed & (2**64 - 1)], dtype=np.uint64))[0]
     keys = _mix(_mix(hi ^ salt) ^ lo)

@@ -324,8 +324,8 @@ def write_media_urls(
 ) -> MediaResult:
     """An `audio`/`image` config without bytes: one row per manifest record, with its URL."""
     cols, writers = _writers(folder, modality, "urls", names, max_bytes)
-    used = {c for c, _ in cols} | {"split", "source", "record_id", "species_id", "license"}
-    used.add("duration_s")
+    record_columns = {"split", "source", "record_id", "species_id", "license", "duration_s"}
+    used = {c for c, _ in cols} | record_columns  # published, and result.records below
     manifest = _manifest(out, modality, species, [c for c in MEDIA.names if c in used])
     copies = withheld_copies(out, modality)
     everything = manifest.height
