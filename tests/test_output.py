@@ -140,3 +140,25 @@ def test_demo_results_go_to_stdout(monkeypatch, tmp_path: Path) -> None:
     assert res.exit_code == 0, res.output
     assert got["results"].stderr is False and got["console"].stderr is True
     assert "next: biovita-model eval" in res.stdout
+
+
+def test_progress_in_a_log_prints_every_30_seconds_while_a_task_does_not_advance() -> None:
+    """One long step (a genus block of the near search) still shows a sign of life in a log."""
+    import time
+
+    buf = io.StringIO()
+    console = Console(file=buf, force_terminal=False)
+    with LogProgress(TextColumn("{task.description}"), console=console, every_s=0.2) as progress:
+        progress.add_task("dedup audio: near search", total=3)
+        time.sleep(0.9)
+    lines = [
+        ln for ln in buf.getvalue().splitlines() if ln.startswith("dedup audio: near search: ")
+    ]
+    assert len(lines) >= 2 and all(
+        ln.startswith("dedup audio: near search: 0/3 (0 %)") for ln in lines
+    )
+    with LogProgress(TextColumn("{task.description}"), console=console, every_s=0.2) as progress:
+        task = progress.add_task("done at once", total=1)
+        progress.advance(task)
+        time.sleep(0.5)
+    assert buf.getvalue().count("done at once: ") == 1  # a finished task is not repeated

@@ -1,8 +1,10 @@
 """Progress a user can follow in a log: a rich Progress that, when it does not write to a
-terminal (output to a file, CI), prints a plain line every few percent or every 30 s."""
+terminal (output to a file, CI), prints a plain line every few percent or every 30 s, the
+latter also while a task does not advance (one long step: a genus block of dedup's search)."""
 
 from __future__ import annotations
 
+import threading
 from typing import Any
 
 from rich.progress import Progress, Task, TaskID
@@ -55,6 +57,26 @@ class LogProgress(Progress):
         self.plain = not self.console.is_terminal and not self.disable
         self._every_percent, self._every_s, self._unit = every_percent, every_s, unit
         self._last: dict[TaskID, tuple[float, float]] = {}  # task -> (time, percent) last printed
+        self._quiet: threading.Event | None = None  # set to stop the heartbeat
+
+    def start(self) -> None:
+        super().start()
+        if self.plain and self._quiet is None:  # a line every `every_s` even with no advance
+            self._quiet = threading.Event()
+            threading.Thread(target=self._heartbeat, args=(self._quiet,), daemon=True).start()
+
+    def stop(self) -> None:
+        if self._quiet is not None:
+            self._quiet.set()
+            self._quiet = None
+        super().stop()
+
+    def _heartbeat(self, quiet: threading.Event) -> None:
+        while not quiet.wait(min(1.0, self._every_s / 4)):
+            with self._lock:
+                running = [t.id for t in self._tasks.values() if not t.finished]
+            for task_id in running:
+                self._log(task_id)
 
     def add_task(self, *args: Any, **kwargs: Any) -> TaskID:
         task_id = super().add_task(*args, **kwargs)
@@ -74,6 +96,10 @@ class LogProgress(Progress):
         return 100.0 * task.completed / task.total if task.total else 0.0
 
     def _log(self, task_id: TaskID) -> None:
+        with self._lock:  # the heartbeat's thread and the caller's may both print
+            self._log_locked(task_id)
+
+    def _log_locked(self, task_id: TaskID) -> None:
         if not self.plain or task_id not in self._tasks:
             return
         now, pct = self.get_time(), self._percent(task_id)
