@@ -300,3 +300,43 @@ def test_release_diff_equals_ground_truth(epochs: dict, world1: World) -> None:
     assert "takedown" not in by_reason
     assert result["moved_split"]["other"] == 0
     assert result["added"]["total"] > 0 and result["changed"]["total"] > 0
+
+
+def test_an_update_that_fails_too_much_exits_3_and_keeps_what_it_merged(
+    epochs: dict, env: pytest.MonkeyPatch, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    """`update --max-failed` as `fetch --max-failed`: when more of what a source's re-crawl
+    parsed failed (policy exclusions aside) than the budget allows: exit 3 and one line, with
+    everything merged and written all the same."""
+    import pyarrow as pa
+
+    from biovita_data.core.schemas import FAILURE, RAW_RECORD
+    from biovita_data.core.tables import read_table
+
+    out = tmp_path / "out"
+    shutil.copytree(epochs["new"], out)
+    listed = read_table(layout.raw_records_path(out, "xeno-canto"), RAW_RECORD).slice(0, 1)
+
+    def xc_delta(src, queries, raw, delta, relist) -> None:  # 1 record listed, 3 + 2 failed
+        delta.rows.append(listed)
+        reasons = ["malformed"] * 3 + ["license_not_allowed"] * 2
+        delta.failures.append(pa.table({
+            "stage": ["fetch"] * 5, "source": ["xeno-canto"] * 5, "modality": ["audio"] * 5,
+            "record_id": [f"bad{i}" for i in range(5)], "name": ["Turdus merula"] * 5,
+            "reason": reasons, "detail": ["test"] * 5,
+        }, schema=FAILURE))  # fmt: skip
+
+    monkeypatch.setitem(upd.DELTAS, "xeno-canto", (xc_delta, "record_id"))
+    monkeypatch.setitem(upd.DELTAS, "inaturalist", (lambda *a: None, "observation_id"))
+    within = runner.invoke(app, ["update", str(out), "--no-throttle"])  # 3 of 6: 50 %, not more
+    assert within.exit_code == 0, within.output
+    over = runner.invoke(app, ["update", str(out), "--no-throttle", "--max-failed", "0.4"])
+    assert over.exit_code == 3, over.output
+    assert "update xeno-canto: 3 of 6 items failed (50% > --max-failed 0.4): malformed 3" in (
+        over.output
+    )
+    failures = pl.read_parquet(layout.failures_path(out)).filter(pl.col("stage") == "fetch")
+    assert {f"bad{i}" for i in range(5)} <= set(failures["record_id"])  # merged all the same
+    assert json.loads(layout.update_state_path(out).read_text())["status"] == "done"
+    bad = runner.invoke(app, ["update", str(out), "--max-failed", "2"])
+    assert bad.exit_code == 2 and "--max-failed must be a share" in bad.output

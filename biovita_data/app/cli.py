@@ -633,15 +633,18 @@ def update(
         typer.Option("--relist", help="List every query again in full (finds any licence change)."),
     ] = False,
     no_throttle: NoThrottleOption = False,
+    max_failed: MaxFailedOption = DEFAULT_MAX_FAILED,
 ) -> None:
     """Fetch only what changed since OUT's last crawl and merge it into OUT/raw: new, changed and
     withdrawn records; removed ones go to OUT/raw/removed.parquet. Then rerun the stages."""
+    from biovita_data.core.budget import EXIT_OVER_BUDGET, BudgetExceeded
     from biovita_data.crawl.fetch import settings_from_env
     from biovita_data.crawl.http import FetchError
     from biovita_data.crawl.sources.xeno_canto import MissingKey
     from biovita_data.crawl.update import UpdateError, crawl_record
     from biovita_data.crawl.update import update as run_update
 
+    _budget_option(max_failed)
     try:
         stored = crawl_record(out)["settings"]
         settings = settings_from_env(
@@ -654,9 +657,13 @@ def update(
             settings=settings,
             crawl=not no_crawl,
             relist=relist,
+            max_failed=max_failed,
         )
     except (UpdateError, MissingKey) as exc:
         _fail(str(exc))
+    except BudgetExceeded as exc:  # what was merged stays in OUT/raw
+        error_line(str(exc))
+        raise typer.Exit(EXIT_OVER_BUDGET) from None
     except FetchError as exc:
         _fail(f"{exc} (OUT/raw is as before this source; run the same command to resume)")
 

@@ -176,7 +176,8 @@ def run_pipeline(
             from biovita_data.crawl.update import update as run_update
 
             t = time.monotonic()
-            run_update(out, console=console, settings=p.fetch_settings())
+            budget = section("fetch", p.fetch).max_failed  # [fetch]'s, as for a fetch
+            run_update(out, console=console, settings=p.fetch_settings(), max_failed=budget)
             seconds["update"] = {"seconds": round(time.monotonic() - t, 2)}
         elif fetch:
             t = time.monotonic()

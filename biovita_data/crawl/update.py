@@ -30,6 +30,7 @@ from rich.console import Console
 from rich.table import Table
 
 from biovita_data.core import layout
+from biovita_data.core.budget import DEFAULT_MAX_FAILED, BudgetExceeded, budget_line, failed_counts
 from biovita_data.core.schemas import FAILURE, RAW_KEY, RAW_RECORD, REMOVED
 from biovita_data.core.tables import read_table, replace_failures, write_json_atomic, write_table
 from biovita_data.crawl.fetch import FetchSettings, _natural, build_sources, settings_from_env
@@ -135,6 +136,8 @@ class SourceUpdate:
     kept: int = 0
     requests: int = 0
     full_listings: int = 0
+    listed: int = 0  # records this crawl parsed (new, changed or listed again)
+    failed: dict[str, int] = field(default_factory=dict)  # this crawl's failures by reason
 
 
 def _now() -> str:
@@ -389,6 +392,8 @@ def merge(
         kept=len(new),
         requests=delta.requests,
         full_listings=len(delta.full_queries),
+        listed=len(rows),
+        failed=dict(fails.group_by("reason").len().iter_rows()) if len(fails) else {},
     )
     # failures: this crawl's, plus older ones of records it did not list again
     allf = pl.concat([fails, old_fails], how="vertical_relaxed")
@@ -453,8 +458,12 @@ def update(
     settings: FetchSettings | None = None,
     crawl: bool = True,
     relist: bool = False,
+    max_failed: float = DEFAULT_MAX_FAILED,
 ) -> dict:
-    """Re-crawl every source of OUT's last crawl from where it stands; merge; apply takedowns."""
+    """Re-crawl every source of OUT's last crawl from where it stands; merge; apply takedowns.
+
+    BudgetExceeded, once all is merged and written, when more than `max_failed` of what a
+    source's re-crawl parsed failed (as `fetch --max-failed`)."""
     console = console or Console(stderr=True)
     record = crawl_record(out)
     stored = record["settings"]
@@ -539,15 +548,21 @@ def update(
     console.print(summary_table(results, summary))
     for rid in unknown:
         console.print(f"[yellow]takedown: {rid} is not a record of {out} (kept on the list)")
+    for r in results:
+        if line := budget_line(f"update {r.source}", r.listed, r.failed, max_failed):
+            raise BudgetExceeded(line)
     return summary
 
 
 def summary_table(results: list[SourceUpdate], summary: dict) -> Table:
     table = Table(title="update summary")
-    for col in ("source", "added", "changed", "removed (by reason)", "kept", "requests"):
+    for col in ("source", "added", "changed", "removed (by reason)", "kept", "failed", "requests"):
         table.add_column(col)
     for r in results:
         removed = ", ".join(f"{k}: {v}" for k, v in sorted(r.removed.items())) or "-"
-        table.add_row(r.source, str(r.added), str(r.changed), removed, str(r.kept), str(r.requests))
+        failed = str(sum(failed_counts(r.failed).values()))
+        table.add_row(
+            r.source, str(r.added), str(r.changed), removed, str(r.kept), failed, str(r.requests)
+        )
     table.caption = f"requests {summary['requests']}; {summary['seconds']:.1f} s"
     return table
