@@ -28,11 +28,13 @@ much less: `ratio_cpu` = img2dataset's CPU ms per image / ours (each tool's leas
 rounds). Target: ratio_cpu >= 2.0 (and ours >= 1.2 x img2dataset's images/s).
 
 Where the time goes (`stages`): each tool's codec steps alone on the DISTINCT photos, in one
-process, a few times each: ours (`store_image`'s Pillow steps: open + draft + decode, BOX resize,
-JPEG encode, and store_image whole) and img2dataset's (OpenCV imdecode, INTER_AREA resize,
-imencode, run by its interpreter); the rest of a tool's CPU per image is download, hashing,
-writing and start-up. `quality`: PSNR (dB, RGB) and SSIM (luma, 7 x 7 windows) of each tool's
-stored 512 px JPEG against a reference resize (Pillow LANCZOS of the full decode, unquantized).
+process, a few times each: ours (`store_image`'s steps for an RGB JPEG: Pillow reads the
+header, OpenCV decodes at the JPEG's DCT scale nearest above 512 px, resizes (bilinear below a
+factor of 2) and encodes; and store_image whole) and img2dataset's (OpenCV imdecode,
+INTER_AREA resize, imencode, run by its interpreter); the rest of a tool's CPU per image is
+download, hashing, writing and start-up. `quality`: PSNR (dB, RGB) and SSIM (luma, 7 x 7
+windows) of each tool's stored 512 px JPEG against a reference resize (Pillow LANCZOS of the full
+decode, unquantized).
 stdout: a summary line, then one JSON line (with --json only the JSON line); stderr: progress.
 
     python3 benchmarks/images_vs_img2dataset.py [--images 2000] [--processes 2] [--repeat 2]
@@ -218,26 +220,29 @@ THEIR_STAGES = textwrap.dedent(
 
 
 def our_stages(photos: list[bytes], reps: int) -> tuple[dict[str, float], list[bytes]]:
-    """CPU ms per photo of store_image's steps (Pillow) and of store_image whole; its outputs."""
+    """CPU ms per photo of store_image's steps (an RGB JPEG's: OpenCV) and of store_image
+    whole; its outputs."""
     import io
 
     from PIL import Image
 
-    from biovita_data.media.image import RESAMPLE, store_image, target_size
+    from biovita_data.media.image import dct_scale, opencv, resized, store_image, target_size
 
+    cv2, read_flags = opencv()
     spent = {"decode": 0.0, "resize": 0.0, "encode": 0.0, "store_image": 0.0}
     outputs: list[bytes] = []
     for r in range(reps):
         for data in photos:
             t0 = time.process_time()
-            im = Image.open(io.BytesIO(data))
-            size = target_size(*im.size, IMAGE_SIZE)
-            im.draft("RGB", size)
-            im.load()
+            size = Image.open(io.BytesIO(data)).size  # the header: format, size, EXIF
+            out_size = target_size(*size, IMAGE_SIZE)
+            pixels = cv2.imdecode(
+                np.frombuffer(data, np.uint8), read_flags[dct_scale(size, out_size)]
+            )
             t1 = time.process_time()
-            im = im.resize(size, RESAMPLE)
+            pixels = resized(pixels, out_size)
             t2 = time.process_time()
-            im.save(io.BytesIO(), "JPEG", quality=QUALITY)
+            cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, QUALITY])
             t3 = time.process_time()
             stored = store_image(data, IMAGE_SIZE, QUALITY).data
             t4 = time.process_time()
