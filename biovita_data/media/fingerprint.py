@@ -321,28 +321,35 @@ def _best_offset(values: np.ndarray, freq: np.ndarray) -> tuple[int, int]:
 
 # ----------------------------------------------------------------------------------- images
 def image_fingerprint(im) -> Fingerprint:
-    """The fingerprint of a decoded PIL image (any mode): pixel SHA-256 and PDQ."""
+    """The fingerprint of a decoded photo: pixel SHA-256 and PDQ. `im`: a PIL image (any mode)
+    or its pixels as an (h, w, 3) uint8 RGB array (no conversion then)."""
     from PIL import Image
 
-    rgb = im if im.mode == "RGB" else im.convert("RGB")
-    pixels = np.asarray(rgb)
-    exact = hashlib.sha256(struct.pack("<II", *rgb.size) + pixels.tobytes()).digest()
-    if min(rgb.size) < MIN_IMAGE_SIDE:
-        return Fingerprint("image", exact, none=f"too small ({rgb.width}x{rgb.height} px)")
+    if isinstance(im, np.ndarray):
+        pixels, rgb = np.ascontiguousarray(im), None
+    else:
+        rgb = im if im.mode == "RGB" else im.convert("RGB")
+        pixels = np.asarray(rgb)
+    height, width = pixels.shape[:2]
+    exact = hashlib.sha256(struct.pack("<II", width, height))
+    exact.update(pixels)  # the pixel bytes, hashed in place
+    if min(width, height) < MIN_IMAGE_SIDE:
+        return Fingerprint("image", exact.digest(), none=f"too small ({width}x{height} px)")
     import pdqhash
 
-    if max(rgb.size) > PDQ_SIDE:  # PDQ averages down to 64 x 64 anyway: 4x that is plenty
-        scale = PDQ_SIDE / max(rgb.size)
-        size = (max(1, round(rgb.width * scale)), max(1, round(rgb.height * scale)))
+    if max(width, height) > PDQ_SIDE:  # PDQ averages down to 64 x 64 anyway: 4x that is plenty
+        scale = PDQ_SIDE / max(width, height)
+        size = (max(1, round(width * scale)), max(1, round(height * scale)))
+        rgb = rgb if rgb is not None else Image.fromarray(pixels)
         pixels = np.asarray(rgb.resize(size, Image.Resampling.BOX))
     bits, quality = pdqhash.compute(pixels)
     if quality < PDQ_MIN_QUALITY:
-        return Fingerprint("image", exact, none=f"too flat (PDQ quality {quality})")
+        return Fingerprint("image", exact.digest(), none=f"too flat (PDQ quality {quality})")
     h, w = pixels.shape[:2]
     dy, dx = round(h * CENTRE_CUT), round(w * CENTRE_CUT)
     centre, _ = pdqhash.compute(np.ascontiguousarray(pixels[dy : h - dy, dx : w - dx]))
     pdq = np.packbits(np.concatenate([bits, centre]).astype(np.uint8)).tobytes()
-    return Fingerprint("image", exact, pdq=pdq)
+    return Fingerprint("image", exact.digest(), pdq=pdq)
 
 
 def pdq_distance(a: bytes, b: bytes) -> int:

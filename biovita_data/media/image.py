@@ -82,7 +82,7 @@ def _store_jpeg(
     if pixels is None:
         return None
     if out_size == size:  # the original bytes, verified by the decode above
-        print_ = packed(image_fingerprint, _rgb_image(pixels)) if fingerprints else None
+        print_ = packed(image_fingerprint, _rgb_pixels(pixels)) if fingerprints else None
         return StoredFile(
             data, "jpg", transcoded=False, width=width, height=height, fingerprint=print_
         )
@@ -90,7 +90,7 @@ def _store_jpeg(
     ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
     if not ok:
         return None
-    print_ = packed(image_fingerprint, _rgb_image(pixels)) if fingerprints else None
+    print_ = packed(image_fingerprint, _rgb_pixels(pixels)) if fingerprints else None
     return StoredFile(
         encoded.tobytes(),
         "jpg",
@@ -173,9 +173,10 @@ def opencv() -> tuple[ModuleType, dict[int, int]]:
     }
 
 
-def _rgb_image(bgr: np.ndarray) -> Image.Image:
-    """OpenCV's BGR pixels as a Pillow RGB image (for the fingerprint)."""
-    return Image.fromarray(np.ascontiguousarray(bgr[..., ::-1]))
+def _rgb_pixels(bgr: np.ndarray) -> np.ndarray:
+    """OpenCV's BGR pixels in RGB order (for the fingerprint)."""
+    cv2, _ = opencv()
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
 def _rgb(im: Image.Image) -> Image.Image:
