@@ -680,3 +680,89 @@ def test_export_media_needs_a_bench_and_media(tmp_path: Path) -> None:
 
     with pytest.raises(FileNotFoundError, match="bench id indexes"):
         export_bench_media(tmp_path, tmp_path / "files")
+
+
+def _by_identity(out: Path, subset: str) -> dict[tuple, tuple]:
+    """Each task row keyed by (level, task, the query's identity), with its candidate taxa in
+    order and each candidate's target items by identity (pool ids shift when items come or go)."""
+    who = {
+        m: [f"{s}:{r}" for s, r in _index(out, subset, m).select("source", "record_id").rows()]
+        for m in ("audio", "image")
+    }
+    who["text"] = _index(out, subset, "text")["species"].to_list()
+    rows = {}
+    for row in _tasks(out, subset).iter_rows(named=True):
+        task = TASK_BY_CODE[row["task"]]
+        key = (row["taxon_level"], row["task"], who[task.query][row["query_payload_id"]])
+        groups = tuple(frozenset(who[task.target][i] for i in ids)
+                       for ids in row["candidates_target_ids"])  # fmt: skip
+        rows[key] = (tuple(row["candidates_taxa"]), groups)
+    return rows
+
+
+def test_a_rebuild_after_an_update_changes_only_what_it_touches(tmp_path: Path) -> None:
+    """Bench draws by keys: withdrawing a recording and adding a photo change only the rows that
+    ask or show them; a new species changes only the candidate lists it enters (one taxon in,
+    one out, the order of the rest kept); everything else is asked as before."""
+    out = make_world(tmp_path, classes=4, families=3, genera=3, species=4, n_test=3)
+    build_bench(out, candidates=10)
+    before = _by_identity(out, "seen")
+    audio = pl.read_parquet(layout.media_manifest_path(out, "audio"))
+    gone = audio.filter(pl.col("split") == "test").row(0, named=True)
+    images = pl.read_parquet(layout.media_manifest_path(out, "image"))
+    new = {**images.filter(pl.col("split") == "test").row(5, named=True), "record_id": "new-1"}
+    write_table(
+        audio.filter(pl.col("record_id") != gone["record_id"]).to_arrow().cast(MEDIA),
+        layout.media_manifest_path(out, "audio"),
+    )
+    write_table(
+        pl.concat([images, pl.DataFrame([new], schema=images.schema)]).to_arrow().cast(MEDIA),
+        layout.media_manifest_path(out, "image"),
+    )
+    build_bench(out, candidates=10)
+    after = _by_identity(out, "seen")
+    gone_id, new_id = f"{gone['source']}:{gone['record_id']}", f"{new['source']}:new-1"
+    for level, task in {k[:2] for k in before}:
+        b = {k[2] for k in before if k[:2] == (level, task)}
+        a = {k[2] for k in after if k[:2] == (level, task)}
+        # past 25 queries of one taxon the keys choose: the new photo may take one's place,
+        # the withdrawn recording may give its place to one
+        assert len(b - a - {gone_id}) <= (new_id in a) and len(a - b - {new_id}) <= (gone_id in b)
+    assert any(k[2] == gone_id for k in before) and any(k[2] == new_id for k in after)
+    both = before.keys() & after.keys()
+    assert len(both) > 1000
+    assert all(before[k][0] == after[k][0] for k in both)  # the same candidates, same order
+    touched = {k for k in both if before[k][1] != after[k][1]}
+    for k in touched:  # a group changed only where it held the withdrawn item or takes the new
+        changed = [a ^ b for a, b in zip(before[k][1], after[k][1], strict=True) if a != b]
+        assert changed and all(d <= {gone_id, new_id} for d in changed)
+    assert len(touched) < 0.2 * len(both)
+
+    # a new seen species with test items of every modality: only the lists it enters change
+    species = pl.read_parquet(layout.species_path(out))
+    first = species.filter(pl.col("split_group") == "seen").row(0, named=True)
+    name = f"{first['genus']} novus"
+    extra = {**first, "species_id": 9999, "scientific_name": name, "species": name}
+    write_table(
+        pl.concat([species, pl.DataFrame([extra], schema=species.schema)]).to_arrow().cast(SPECIES),
+        layout.species_path(out),
+    )
+    for modality in ("audio", "image"):
+        manifest = pl.read_parquet(layout.media_manifest_path(out, modality))
+        template = {**manifest.row(0, named=True), "species_id": 9999, "split": "test"}
+        rows = [{**template, "scientific_name": name, "record_id": f"nov-{modality}-{j}"}
+                for j in range(3)]  # fmt: skip
+        grown = pl.concat([manifest, pl.DataFrame(rows, schema=manifest.schema)])
+        write_table(grown.to_arrow().cast(MEDIA), layout.media_manifest_path(out, modality))
+    build_bench(out, candidates=10)
+    grown = _by_identity(out, "seen")
+    species_rows = [k for k in after if k[0] == "species" and k in grown]
+    entered = 0
+    for k in species_rows:
+        old, now = after[k][0], grown[k][0]
+        if old == now:
+            continue
+        entered += 1
+        assert name in now and len(set(old) - set(now)) == 1  # one taxon in, one out
+        assert [t for t in now if t != name] == [t for t in old if t in now]  # order kept
+    assert 0 < entered < 0.3 * len(species_rows)

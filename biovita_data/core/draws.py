@@ -35,6 +35,18 @@ def _mix(x: np.ndarray) -> np.ndarray:
         return x ^ (x >> np.uint64(31))
 
 
+def salt(seed: int, *parts: str) -> np.uint64:
+    """A 64-bit salt of the seed and names (BLAKE2b), to derive one draw's keys from another's."""
+    text = "\x1f".join([str(seed), *parts]).encode()
+    return np.uint64(int.from_bytes(hashlib.blake2b(text, digest_size=8).digest()))
+
+
+def salted(keys: np.ndarray, salt_: np.uint64) -> np.ndarray:
+    """Keys for another draw: each uint64 key mixed with a salt (splitmix64), as independent of
+    the original order as of each other."""
+    return _mix(keys ^ salt_)
+
+
 def uuid_keys(uuids: pl.Series, seed: int) -> pl.Series:
     """A seeded 64-bit key per uuid, the same on every machine and library version: a canonical
     UUID's 128 bits (any case, with or without dashes) mixed with the seed in vectorised

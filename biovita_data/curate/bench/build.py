@@ -6,12 +6,19 @@ scientific name). At each level (species, genus, family) a taxon's target group 
 of at most `max_images` / `max_clips` / `max_texts` pool items, fixed per subset, level and target
 modality, so each group is rendered to JSON once. A query gets the correct taxon and up to
 `candidates - 1` seeded distractors drawn from the taxa with a nonempty target group.
+
+Every seeded choice is by keys, not positions (core/draws): each item has a 64-bit key of the
+seed, its modality, source and record id (a text: its name), each taxon one of its name; a group
+holds its taxon's items of least key, the caps keep the queries of least key, and a query's
+distractors are the taxa of least key mixed from its key and theirs. So a rebuild after an update
+asks the same queries with the same candidates wherever the items and taxa involved are still
+there: an item or taxon that comes or goes changes only the groups, queries and candidate lists
+it enters or leaves (pool ids, numbered in order, still shift).
 """
 
 from __future__ import annotations
 
 import json
-import zlib
 from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -22,6 +29,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from biovita_data.core import layout
+from biovita_data.core.draws import keyed_hash, salt, salted
 from biovita_data.core.schemas import BENCH_MEDIA_INDEX, BENCH_TASK, BENCH_TEXT_INDEX
 from biovita_data.core.tables import atomic_path, write_json_atomic, write_table
 from biovita_data.curate.bench.csv_layout import (
@@ -126,10 +134,8 @@ def _read_media(out: Path, modality: str) -> pl.DataFrame:
     return df.join(copies, on=["source", "record_id"], how="anti", maintain_order="left")
 
 
-def _rng(seed: int, *parts: str) -> np.random.Generator:
-    """A generator keyed by the seed and names (crc32: stable across processes, unlike hash())."""
-    key = [seed, *(zlib.crc32(p.encode()) for p in parts)]
-    return np.random.default_rng(np.random.SeedSequence(key))
+_ROW_BLOCK = 256  # query rows whose candidate keys are computed at a time (rows x taxa)
+_NEVER = np.uint64(2**64 - 1)
 
 
 # ---- the pool of one subset -----------------------------------------------------------------
@@ -141,9 +147,10 @@ class _Pool:
     media: dict[str, pl.DataFrame]  # modality -> BENCH_MEDIA_INDEX rows, by id
     text: pl.DataFrame  # BENCH_TEXT_INDEX rows, by id
     species_of: dict[str, np.ndarray]  # modality -> species_id per item id
+    keys: dict[str, np.ndarray]  # modality -> the seeded uint64 key per item id
 
 
-def _pool(subset: str, species: pl.DataFrame, media: dict[str, pl.DataFrame]) -> _Pool:
+def _pool(subset: str, species: pl.DataFrame, media: dict[str, pl.DataFrame], seed: int) -> _Pool:
     members = species.filter(pl.col("split_group") == subset)
     frames: dict[str, pl.DataFrame] = {}
     for modality in MEDIA_MODALITIES:
@@ -183,7 +190,13 @@ def _pool(subset: str, species: pl.DataFrame, media: dict[str, pl.DataFrame]) ->
     )
     species_of = {m: frames[m]["species_id"].to_numpy() for m in MEDIA_MODALITIES}
     species_of["text"] = text["species_id"].to_numpy()
-    return _Pool(subset, frames, text, species_of)
+    keys = {
+        m: keyed_hash(seed, m, frames[m]["source"], frames[m]["record_id"]).to_numpy()
+        for m in MEDIA_MODALITIES
+    }
+    names = text["species"]
+    keys["text"] = keyed_hash(seed, "text", names, pl.Series([""] * len(names))).to_numpy()
+    return _Pool(subset, frames, text, species_of, keys)
 
 
 @dataclass
@@ -195,9 +208,10 @@ class _Level:
     classes: pa.Array  # string, the class of each taxon
     taxa_json: np.ndarray  # object: JSON string of each taxon name
     codes: dict[str, np.ndarray]  # modality -> int64 code per item id
+    keys: np.ndarray  # uint64: the seeded key of each taxon (of its name)
 
 
-def _level(pool: _Pool, level: str) -> _Level:
+def _level(pool: _Pool, level: str, seed: int) -> _Level:
     taxa = (
         pool.text.filter(pl.col(level).is_not_null())
         .group_by(level)
@@ -224,6 +238,7 @@ def _level(pool: _Pool, level: str) -> _Level:
         classes=pa.array(taxa["class"].to_list(), pa.string()),
         taxa_json=np.array([json.dumps(n, ensure_ascii=False) for n in names], dtype=object),
         codes=codes_by_modality,
+        keys=keyed_hash(seed, level, taxa[level], pl.Series([""] * taxa.height)).to_numpy(),
     )
 
 
@@ -237,11 +252,11 @@ class _Groups:
     json: np.ndarray  # object: "[id,id,...]" per taxon
 
 
-def _ranked(codes: np.ndarray, n_taxa: int, rng: np.random.Generator) -> tuple[np.ndarray, ...]:
-    """Items with a taxon, in a seeded random order within each taxon: (item, code, rank)."""
+def _ranked(codes: np.ndarray, n_taxa: int, keys: np.ndarray) -> tuple[np.ndarray, ...]:
+    """Items with a taxon, by key within each taxon: (item, code, rank)."""
     items = np.flatnonzero(codes >= 0)
     c = codes[items]
-    order = np.lexsort((rng.random(items.size), c))
+    order = np.lexsort((keys[items], c))
     items, c = items[order], c[order]
     first = np.zeros(n_taxa + 1, dtype=np.int64)
     np.cumsum(np.bincount(c, minlength=n_taxa), out=first[1:])
@@ -249,8 +264,8 @@ def _ranked(codes: np.ndarray, n_taxa: int, rng: np.random.Generator) -> tuple[n
     return items, c, rank
 
 
-def _groups(codes: np.ndarray, n_taxa: int, cap: int, rng: np.random.Generator) -> _Groups:
-    items, c, rank = _ranked(codes, n_taxa, rng)
+def _groups(codes: np.ndarray, n_taxa: int, cap: int, keys: np.ndarray) -> _Groups:
+    items, c, rank = _ranked(codes, n_taxa, keys)
     keep = rank < cap
     items, c = items[keep], c[keep]
     order = np.lexsort((items, c))
@@ -264,51 +279,63 @@ def _groups(codes: np.ndarray, n_taxa: int, cap: int, rng: np.random.Generator) 
     return _Groups(start, length, flat, rendered)
 
 
-def _sample_distinct(rng: np.random.Generator, rows: int, n: int, k: int) -> np.ndarray:
-    """`rows` independent uniform k-subsets of range(n) (Floyd's algorithm, vectorised by row)."""
-    out = np.empty((rows, k), dtype=np.int64)
-    for i, j in enumerate(range(n - k, n)):
-        t = rng.integers(0, j + 1, size=rows)
-        if i:
-            t = np.where((out[:, :i] == t[:, None]).any(axis=1), j, t)
-        out[:, i] = t
-    return out
+def _least_keys(
+    correct: np.ndarray, query_keys: np.ndarray, taxon_keys: np.ndarray, k: int, order: np.uint64
+) -> np.ndarray:
+    """Each query's row of candidates (positions in taxon_keys): its correct taxon and the k
+    other taxa of least key mixed from the query's and the taxon's, ordered by a second such key
+    (so the correct taxon is anywhere); a taxon that comes or goes changes only the rows it
+    enters or leaves."""
+    rows = np.empty((correct.size, k + 1), dtype=np.int64)
+    for a in range(0, correct.size, _ROW_BLOCK):
+        q, right = query_keys[a : a + _ROW_BLOCK, None], correct[a : a + _ROW_BLOCK]
+        score = salted(q ^ taxon_keys[None, :], np.uint64(0))
+        score[np.arange(right.size), right] = _NEVER  # never its own distractor
+        chosen = np.concatenate(
+            [right[:, None], np.argpartition(score, k - 1, axis=1)[:, :k]], axis=1
+        )
+        place = salted(salted(q, order) ^ taxon_keys[chosen], np.uint64(0))
+        rows[a : a + _ROW_BLOCK] = np.take_along_axis(chosen, np.argsort(place, axis=1), axis=1)
+    return rows
 
 
 @dataclass
 class _TaskRows:
     query_ids: np.ndarray  # int64, sorted
     query_codes: np.ndarray  # int64 correct taxon codes
-    candidates: np.ndarray  # int64 (rows, k) taxon codes, shuffled
+    candidates: np.ndarray  # int64 (rows, k) taxon codes, in keyed order
     skipped: int
     capped: int
     target_taxa: int
 
 
 def _task_rows(
-    queries: tuple[np.ndarray, np.ndarray],
+    queries: tuple[np.ndarray, np.ndarray, np.ndarray],
     target: _Groups,
+    taxon_keys: np.ndarray,
     settings: BenchSettings,
-    rng_queries: np.random.Generator,
-    rng_candidates: np.random.Generator,
+    salt_of: tuple[np.uint64, np.uint64, np.uint64, np.uint64],
 ) -> _TaskRows:
-    q_ids, q_codes = queries
+    """The task's queries (ids, taxon codes, keys) capped, each with its candidates; salt_of:
+    the salts of the per-taxon order, the per-task cap, the distractors and their order."""
+    q_ids, q_codes, q_keys = queries
+    by_taxon, by_cap, distract, order = salt_of
     n_taxa = target.length.size
     usable = q_codes >= 0
     usable[usable] = target.length[q_codes[usable]] > 0
     skipped = int((~usable).sum())
-    q_ids, q_codes = q_ids[usable], q_codes[usable]
-    # Caps: a seeded order within each taxon; keep the first per taxon, then round-robin over
-    # taxa (all rank-0 queries, in seeded order, then rank 1, ...) up to the per-task cap.
-    pos, _, rank = _ranked(q_codes, n_taxa, rng_queries)
+    q_ids, q_codes, q_keys = q_ids[usable], q_codes[usable], q_keys[usable]
+    # Caps: by key within each taxon; keep the first per taxon, then round-robin over taxa
+    # (all rank-0 queries by key, then rank 1, ...) up to the per-task cap.
+    pos, _, rank = _ranked(q_codes, n_taxa, salted(q_keys, by_taxon))
     keep = rank < settings.max_queries_per_taxon
     pos, rank = pos[keep], rank[keep]
     if pos.size > settings.max_queries_per_task:
-        order = np.lexsort((rng_queries.random(pos.size), rank))
-        pos = pos[order[: settings.max_queries_per_task]]
+        cap_keys = salted(q_keys[pos], by_cap)
+        pos = pos[np.lexsort((cap_keys, rank))[: settings.max_queries_per_task]]
     capped = int(q_ids.size - pos.size)
     pos = pos[np.argsort(q_ids[pos], kind="stable")]
-    q_ids, q_codes = q_ids[pos], q_codes[pos]
+    q_ids, q_codes, q_keys = q_ids[pos], q_codes[pos], q_keys[pos]
 
     available = np.flatnonzero(target.length > 0)
     where = np.full(n_taxa, -1, dtype=np.int64)
@@ -316,9 +343,8 @@ def _task_rows(
     k = min(settings.candidates, available.size) - 1  # distractors per query
     correct = where[q_codes]
     if k > 0 and q_ids.size:
-        d = _sample_distinct(rng_candidates, q_ids.size, available.size - 1, k)
-        d += d >= correct[:, None]  # skip the correct taxon's position
-        grid = rng_candidates.permuted(np.concatenate([correct[:, None], d], axis=1), axis=1)
+        keys = salted(q_keys, distract)
+        grid = _least_keys(correct, keys, taxon_keys[available], k, order)
     else:
         grid = correct[:, None]
     return _TaskRows(q_ids, q_codes, available[grid], skipped, capped, int(available.size))
@@ -405,7 +431,7 @@ def _build_subset(
     out: Path, subset: str, species: pl.DataFrame, media: dict[str, pl.DataFrame], s: BenchSettings
 ) -> tuple[Path, dict[str, int], list[TaskStats]]:
     bench = layout.bench_dir(out, subset)
-    pool = _pool(subset, species, media)
+    pool = _pool(subset, species, media, s.seed)
     _write_indexes(bench, pool)
     stats: list[TaskStats] = []
     parquet = tasks_parquet_path(bench)
@@ -414,32 +440,35 @@ def _build_subset(
         pq.ParquetWriter(tmp, BENCH_TASK, compression="zstd") as writer,
     ):
         for level_name in LEVELS:
-            level = _level(pool, level_name)
+            level = _level(pool, level_name, s.seed)
             n_taxa = len(level.taxa)
             groups = {
                 m: _groups(
-                    level.codes[m], n_taxa, s.group_cap(m), _rng(s.seed, subset, level_name, m)
+                    level.codes[m],
+                    n_taxa,
+                    s.group_cap(m),
+                    salted(pool.keys[m], salt(s.seed, level_name, m, "group")),
                 )
                 for m in ("audio", "image", "text")
             }
-            # a text query: one per taxon, the first of the seeded order its group uses
-            items, c, rank = _ranked(
-                level.codes["text"], n_taxa, _rng(s.seed, subset, level_name, "text")
-            )
+            # a text query: one per taxon, the first by the key its group uses
+            text_keys = salted(pool.keys["text"], salt(s.seed, level_name, "text", "group"))
+            items, c, rank = _ranked(level.codes["text"], n_taxa, text_keys)
             text_queries = (items[rank == 0], c[rank == 0])
             for task in TASKS:
                 if task.query == "text":
-                    queries = text_queries
+                    q_ids, q_codes = text_queries
                 else:
-                    codes = level.codes[task.query]
-                    queries = (np.arange(codes.size, dtype=np.int64), codes)
+                    q_codes = level.codes[task.query]
+                    q_ids = np.arange(q_codes.size, dtype=np.int64)
                 target = groups[task.target]
+                parts = (level_name, task.code)
                 rows = _task_rows(
-                    queries,
+                    (q_ids, q_codes, pool.keys[task.query][q_ids]),
                     target,
+                    level.keys,
                     s,
-                    _rng(s.seed, subset, level_name, task.code, "queries"),
-                    _rng(s.seed, subset, level_name, task.code, "candidates"),
+                    tuple(salt(s.seed, *parts, p) for p in ("queries", "cap", "distract", "order")),
                 )
                 _write_csv(
                     task_csv_path(bench, level_name, task),
