@@ -6,6 +6,7 @@ import csv
 import io
 import json
 import re
+import shutil
 from collections import Counter
 from pathlib import Path
 
@@ -31,6 +32,7 @@ from biovita_data.curate.bench import (
     task_csv_path,
     tasks_parquet_path,
 )
+from biovita_data.curate.release import bench_diff, snapshot_release
 
 # ---- a synthetic world ------------------------------------------------------------------------
 
@@ -704,9 +706,10 @@ def test_a_rebuild_after_an_update_changes_only_what_it_touches(tmp_path: Path) 
     """Bench draws by keys: withdrawing a recording and adding a photo change only the rows that
     ask or show them; a new species changes only the candidate lists it enters (one taxon in,
     one out, the order of the rest kept); everything else is asked as before."""
-    out = make_world(tmp_path, classes=4, families=3, genera=3, species=4, n_test=3)
+    out = make_world(tmp_path / "out", classes=4, families=3, genera=3, species=4, n_test=3)
     build_bench(out, candidates=10)
     before = _by_identity(out, "seen")
+    shutil.copytree(out / "bench", tmp_path / "old" / "bench")
     audio = pl.read_parquet(layout.media_manifest_path(out, "audio"))
     gone = audio.filter(pl.col("split") == "test").row(0, named=True)
     images = pl.read_parquet(layout.media_manifest_path(out, "image"))
@@ -737,6 +740,17 @@ def test_a_rebuild_after_an_update_changes_only_what_it_touches(tmp_path: Path) 
         changed = [a ^ b for a, b in zip(before[k][1], after[k][1], strict=True) if a != b]
         assert changed and all(d <= {gone_id, new_id} for d in changed)
     assert len(touched) < 0.2 * len(both)
+    # `release diff` counts the same (by identity), and keeps a tagged release's rows for it
+    seen = bench_diff(tmp_path / "old", out)["seen"]
+    assert seen == {"kept": len(both), "same_candidates": len(both),
+                    "added": len(after.keys() - before.keys()),
+                    "gone": len(before.keys() - after.keys())}  # fmt: skip
+    unseen = bench_diff(tmp_path / "old", out)["unseen"]
+    assert (
+        unseen["kept"] == unseen["same_candidates"] > 0 and unseen["added"] == unseen["gone"] == 0
+    )
+    release = snapshot_release(out, "v1")
+    assert (release / "bench" / "seen" / "bench_rows.parquet").is_file()
 
     # a new seen species with test items of every modality: only the lists it enters change
     species = pl.read_parquet(layout.species_path(out))
@@ -766,3 +780,7 @@ def test_a_rebuild_after_an_update_changes_only_what_it_touches(tmp_path: Path) 
         assert name in now and len(set(old) - set(now)) == 1  # one taxon in, one out
         assert [t for t in now if t != name] == [t for t in old if t in now]  # order kept
     assert 0 < entered < 0.3 * len(species_rows)
+    since = bench_diff(release, out)["seen"]
+    changed_lists = sum(after[k][0] != grown[k][0] for k in after.keys() & grown.keys())
+    assert since["kept"] - since["same_candidates"] == changed_lists >= entered
+    assert since["added"] == len(grown.keys() - after.keys()) > 0

@@ -11,7 +11,10 @@ A diff compares the manifests of OLD and NEW by item key (source, modality, reco
   to its new one;
 - moved_split: items in both whose split differs: species_changed (its species, or the species'
   seen/unseen group, changed) or other (which a stable split never produces);
-- traits_changed: trait values of species in both that differ (null-aware).
+- traits_changed: trait values of species in both that differ (null-aware);
+- bench (when both sides have one): per subset, the queries (by the item or name asked, not the
+  pool id) asked again, with the same candidate taxa in the same order, added and gone. A
+  tagged release keeps its bench's rows (BENCH_ROWS: level, task, query, candidates) for this.
 """
 
 from __future__ import annotations
@@ -31,12 +34,21 @@ from biovita_data.core import layout
 from biovita_data.core.schemas import FAILURE, MEDIA, REMOVED, SPECIES
 from biovita_data.core.tables import read_table, write_json_atomic
 from biovita_data.core.vocab import TRAIT_COLUMNS
+from biovita_data.curate.bench import (
+    SUBSETS,
+    TASK_BY_CODE,
+    index_parquet_path,
+    tasks_parquet_path,
+)
 
 KEY = ["source", "modality", "record_id"]
 ITEM_COLUMNS = [*KEY, "species_id", "license", "latitude", "longitude", "media_url", "split"]
 CHANGES = ("licence", "identification", "coordinates", "media_url")
 REMOVAL_REASONS = ("withdrawn", "licence", "takedown", "dropped_by_align", "dropped_by_fetch",
                    "absent_from_sources")  # fmt: skip
+# a bench's rows by identity, kept in a release snapshot (the tasks themselves hold every
+# candidate's group and are far larger)
+BENCH_ROWS = "bench_rows.parquet"
 # what a tagged release keeps of OUT (small tables, no media): enough to diff against it later
 SNAPSHOT_FILES = (
     "manifests/species.parquet",
@@ -255,8 +267,61 @@ def diff(old: Path, new: Path) -> dict[str, Any]:
             ),
         },
         "per_species": per,
+        "bench": bench_diff(old, new),
     }
     return result
+
+
+def bench_rows(folder: Path, subset: str) -> pl.DataFrame | None:
+    """A bench subset's rows as (taxon_level, task, query, candidates): the query by identity
+    (`source:record_id`, or the name a text query asks); None when the folder has no bench."""
+    bench = layout.bench_dir(folder, subset)
+    kept = bench / BENCH_ROWS
+    if kept.is_file():
+        return pl.read_parquet(kept)
+    tasks = tasks_parquet_path(bench)
+    if not tasks.is_file():
+        return None
+    rows = pl.read_parquet(
+        tasks, columns=["task", "taxon_level", "query_payload_id", "candidates_taxa"]
+    ).with_columns(
+        modality=pl.col("task").replace_strict({c: t.query for c, t in TASK_BY_CODE.items()})
+    )
+    names = []
+    for modality in ("audio", "image", "text"):
+        index = pl.read_parquet(index_parquet_path(bench, modality))
+        who = (
+            pl.col("species")
+            if modality == "text"
+            else pl.concat_str("source", pl.lit(":"), "record_id")
+        )
+        names.append(index.select(pl.lit(modality).alias("modality"), "id", query=who))
+    return rows.join(
+        pl.concat(names),
+        left_on=["modality", "query_payload_id"],
+        right_on=["modality", "id"],
+        how="left",
+        maintain_order="left",
+    ).select("taxon_level", "task", "query", candidates="candidates_taxa")
+
+
+def bench_diff(old: Path, new: Path) -> dict[str, dict[str, int]] | None:
+    """Per subset: queries asked again (kept), with the same candidates in the same order
+    (same_candidates), added and gone; None unless both folders have a bench."""
+    out: dict[str, dict[str, int]] = {}
+    on = ["taxon_level", "task", "query"]
+    for subset in SUBSETS:
+        a, b = bench_rows(old, subset), bench_rows(new, subset)
+        if a is None or b is None:
+            return None
+        both = a.join(b, on=on, suffix="_new")
+        out[subset] = {
+            "kept": both.height,
+            "same_candidates": int((both["candidates"] == both["candidates_new"]).sum()),
+            "added": b.join(a, on=on, how="anti").height,
+            "gone": a.join(b, on=on, how="anti").height,
+        }
+    return out
 
 
 def _summary(folder: Path, items: pl.DataFrame, species: pl.DataFrame) -> dict[str, Any]:
@@ -351,6 +416,10 @@ def totals_rows(d: dict[str, Any]) -> list[tuple[str, str]]:
                                  f"{d['traits_changed']['species']} species"),
         ("species", f"+{len(sp['added'])} -{len(sp['removed'])}, "
                     f"{len(sp['group_changed'])} changed seen/unseen"),
+    ] + [
+        (f"bench {subset} queries", f"{b['kept']} asked again ({b['same_candidates']} with the "
+                                    f"same candidates), {b['added']} new, {b['gone']} gone")
+        for subset, b in (d.get("bench") or {}).items()
     ]  # fmt: skip
 
 
@@ -460,6 +529,12 @@ def snapshot_release(out: Path, tag: str) -> Path:
         if src.is_file():
             (tmp / name).parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(src, tmp / name)
+    for subset in SUBSETS:
+        rows = bench_rows(Path(out), subset)
+        if rows is not None:
+            path = layout.bench_dir(tmp, subset) / BENCH_ROWS
+            path.parent.mkdir(parents=True, exist_ok=True)
+            rows.write_parquet(path, compression="zstd")
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)
