@@ -300,6 +300,11 @@ def test_release_diff_equals_ground_truth(epochs: dict, world1: World) -> None:
     assert "takedown" not in by_reason
     assert result["moved_split"]["other"] == 0
     assert result["added"]["total"] > 0 and result["changed"]["total"] > 0
+    # the bench asks again what it still can, with the same candidates where no taxon it
+    # shows came or went (a split, a lump and a species turning unseen change the taxa of many
+    # lists in this tiny world: 127 of 228 and 94 of 146 rows kept; positional draws kept 36 %)
+    for subset, b in result["bench"].items():
+        assert b["kept"] > 0 and b["same_candidates"] >= 0.5 * b["kept"], (subset, b)
 
 
 def test_an_update_that_fails_too_much_exits_3_and_keeps_what_it_merged(
