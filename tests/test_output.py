@@ -76,6 +76,17 @@ def test_progress_in_a_log_prints_every_five_percent_with_rate_and_time_left() -
     assert lines[-1].startswith("stage 1: 200/200 (100 %)")
 
 
+def test_progress_in_a_log_of_a_fast_task_prints_a_line_a_second_at_most() -> None:
+    buf, clock = io.StringIO(), [0.0]
+    with _progress(Console(file=buf, force_terminal=False), clock) as progress:
+        task = progress.add_task("dedup image", total=66)
+        for _ in range(66):  # the whole task in 1.98 s: not a line per 5 %
+            clock[0] += 0.03
+            progress.advance(task)
+    lines = [line for line in buf.getvalue().splitlines() if line.startswith("dedup image:")]
+    assert [line.split(" (")[0] for line in lines] == ["dedup image: 34/66", "dedup image: 66/66"]
+
+
 def test_progress_in_a_log_prints_every_30_seconds_when_slow() -> None:
     buf, clock = io.StringIO(), [0.0]
     with _progress(Console(file=buf, force_terminal=False), clock) as progress:

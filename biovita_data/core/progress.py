@@ -11,6 +11,7 @@ from rich.progress import Progress, Task, TaskID
 
 EVERY_PERCENT = 5.0
 EVERY_SECONDS = 30.0
+MIN_GAP_SECONDS = 1.0  # a task's lines at least this far apart (but the last): a fast one, one
 
 
 def _duration(seconds: float | None) -> str:
@@ -43,7 +44,8 @@ def plain_line(task: Task, unit: str = "") -> str:
 
 class LogProgress(Progress):
     """A rich Progress; in a log (no terminal) also a plain line per task every `every_percent`
-    of its total or `every_s` seconds, with rate and time left, and one when it completes."""
+    of its total (MIN_GAP_SECONDS apart at least) or `every_s` seconds, with rate and time left,
+    and one when it completes."""
 
     def __init__(
         self,
@@ -106,6 +108,8 @@ class LogProgress(Progress):
         last_t, last_pct = self._last.get(task_id, (now, 0.0))
         task = self._tasks[task_id]
         finished = bool(task.total) and task.completed >= task.total and last_pct < 100.0
-        if finished or pct - last_pct >= self._every_percent or now - last_t >= self._every_s:
+        gap = now - last_t
+        step = pct - last_pct >= self._every_percent and gap >= MIN_GAP_SECONDS
+        if finished or step or gap >= self._every_s:
             self._last[task_id] = (now, pct)
             self.console.print(plain_line(task, self._unit), markup=False, highlight=False)
