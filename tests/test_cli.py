@@ -130,6 +130,7 @@ def test_demo_tiny_builds_the_layout(tmp_path: Path) -> None:
     again = runner.invoke(app, ["demo", "--workdir", str(tmp_path), "--update"])
     assert again.exit_code == 0, again.output
     assert "update to epoch 1" in again.output and "records removed" in again.output
+    assert "bench seen queries" in again.output  # the bench rows kept beside the manifests
     from biovita_data.curate.release import diff
 
     d = diff(tmp_path / "previous", tmp_path)

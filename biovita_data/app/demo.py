@@ -168,11 +168,11 @@ def run_demo(
 def run_update_demo(workdir: Path, *, console: Console, results: Console | None = None) -> dict:
     """`demo --update`: the world of the demo in `workdir` one epoch (30 days) later: fetch only
     what changed (`update`), rebuild align .. publish (folder), print `release diff` against the
-    build before. The build before keeps its manifests in WORKDIR/previous/."""
+    build before. The build before keeps its manifests and bench rows in WORKDIR/previous/."""
     import shutil
 
     from biovita_data.crawl.update import update
-    from biovita_data.curate.release import diff, print_diff
+    from biovita_data.curate.release import diff, keep_for_diff, print_diff
 
     workdir = workdir.resolve()
     record = workdir / "build.json"
@@ -185,8 +185,7 @@ def run_update_demo(workdir: Path, *, console: Console, results: Console | None 
     duplicates = bool(world.get("duplicates", False))
     previous = workdir / "previous"
     shutil.rmtree(previous, ignore_errors=True)
-    shutil.copytree(layout.manifests_dir(workdir), layout.manifests_dir(previous))
-    shutil.copy2(record, previous / "build.json")
+    keep_for_diff(workdir, previous)
     t0 = time.monotonic()
     stages: dict[str, dict] = {}
     with ExitStack() as stack:

@@ -517,6 +517,22 @@ def prepare_release(out: Path, tag: str, previous: Path | None = None) -> Releas
     return ReleaseInfo(tag, prev[0] if prev else None, prev[1] if prev else None, changelog)
 
 
+def keep_for_diff(out: Path, target: Path) -> None:
+    """Copy into `target` what a later `release diff` against OUT reads: SNAPSHOT_FILES (no
+    media) and the bench's rows (BENCH_ROWS)."""
+    for name in SNAPSHOT_FILES:
+        src = out / name
+        if src.is_file():
+            (target / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, target / name)
+    for subset in SUBSETS:
+        rows = bench_rows(out, subset)
+        if rows is not None:
+            path = layout.bench_dir(target, subset) / BENCH_ROWS
+            path.parent.mkdir(parents=True, exist_ok=True)
+            rows.write_parquet(path, compression="zstd")
+
+
 def snapshot_release(out: Path, tag: str) -> Path:
     """Keep OUT's manifests (no media) as OUT/releases/<tag>/ and list the tag in index.json."""
     root = releases_dir(out)
@@ -524,17 +540,7 @@ def snapshot_release(out: Path, tag: str) -> Path:
     tmp = root / f".{tag}.partial"
     if tmp.exists():
         shutil.rmtree(tmp)
-    for name in SNAPSHOT_FILES:
-        src = Path(out) / name
-        if src.is_file():
-            (tmp / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(src, tmp / name)
-    for subset in SUBSETS:
-        rows = bench_rows(Path(out), subset)
-        if rows is not None:
-            path = layout.bench_dir(tmp, subset) / BENCH_ROWS
-            path.parent.mkdir(parents=True, exist_ok=True)
-            rows.write_parquet(path, compression="zstd")
+    keep_for_diff(Path(out), tmp)
     if target.exists():
         shutil.rmtree(target)
     tmp.rename(target)
