@@ -136,6 +136,7 @@ def _read_media(out: Path, modality: str) -> pl.DataFrame:
 
 _ROW_BLOCK = 256  # query rows whose candidate keys are computed at a time (rows x taxa)
 _NEVER = np.uint64(2**64 - 1)
+_TASK_DRAWS = ("queries", "cap", "distract", "order")  # a task's keyed choices, salted apart
 
 
 # ---- the pool of one subset -----------------------------------------------------------------
@@ -314,7 +315,7 @@ def _task_rows(
     target: _Groups,
     taxon_keys: np.ndarray,
     settings: BenchSettings,
-    salt_of: tuple[np.uint64, np.uint64, np.uint64, np.uint64],
+    salt_of: tuple[np.uint64, ...],
 ) -> _TaskRows:
     """The task's queries (ids, taxon codes, keys) capped, each with its candidates; salt_of:
     the salts of the per-taxon order, the per-task cap, the distractors and their order."""
@@ -462,13 +463,12 @@ def _build_subset(
                     q_codes = level.codes[task.query]
                     q_ids = np.arange(q_codes.size, dtype=np.int64)
                 target = groups[task.target]
-                parts = (level_name, task.code)
                 rows = _task_rows(
                     (q_ids, q_codes, pool.keys[task.query][q_ids]),
                     target,
                     level.keys,
                     s,
-                    tuple(salt(s.seed, *parts, p) for p in ("queries", "cap", "distract", "order")),
+                    tuple(salt(s.seed, level_name, task.code, p) for p in _TASK_DRAWS),
                 )
                 _write_csv(
                     task_csv_path(bench, level_name, task),
