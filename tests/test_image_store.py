@@ -110,3 +110,16 @@ def test_a_rotated_jpeg_is_stored_upright_through_pillow() -> None:
     stored = store_image(data, 512, 90)
     assert (stored.width, stored.height) == (512, 683) and stored.transcoded
     assert Image.open(io.BytesIO(stored.data)).getexif().get(0x0112, 1) == 1
+
+
+def test_damaged_data_is_stored_as_pillow_would_and_libjpeg_stays_quiet(
+    capfd: pytest.CaptureFixture[str],
+) -> None:
+    """A JPEG with a run of zeros inside its entropy-coded data: libjpeg decodes it with a
+    warning (Pillow too, silently); the warning reaches no stderr."""
+    data = bytearray(_rendered(1200, 900))
+    middle = len(data) // 2
+    data[middle : middle + 200] = bytes(200)
+    stored = store_image(bytes(data), 512, 90)
+    assert (stored.width, stored.height) == (683, 512) and stored.transcoded
+    assert "JPEG" not in capfd.readouterr().err
