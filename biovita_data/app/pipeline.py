@@ -172,17 +172,16 @@ def run_pipeline(
                 root = env["XENO_CANTO_API_URL"].rsplit("/xeno", 1)[0]
                 tol.update(sample_tol_view(size, seed, root, out))
         seconds = {}
+        budget = section("fetch", p.fetch).max_failed  # [fetch]'s, for a fetch or an update
         if update:  # only what changed since OUT's last crawl (crawl.update)
             from biovita_data.crawl.update import update as run_update
 
             t = time.monotonic()
-            budget = section("fetch", p.fetch).max_failed  # [fetch]'s, as for a fetch
             run_update(out, console=console, settings=p.fetch_settings(), max_failed=budget)
             seconds["update"] = {"seconds": round(time.monotonic() - t, 2)}
         elif fetch:
             t = time.monotonic()
             fetched = run_fetch(p.fetch_settings(), out, console=console)
-            budget = section("fetch", p.fetch).max_failed
             for r in fetched:  # as `fetch --max-failed`: the raw records stay, a rerun resumes
                 if line := budget_line(f"fetch {r.source}", r.kept, r.dropped, budget):
                     raise BudgetExceeded(line)

@@ -11,14 +11,17 @@ import numpy as np
 import polars as pl
 
 
-def keyed_hash(seed: int, modality: str, first: pl.Series, second: pl.Series) -> pl.Series:
+def keyed_hash(
+    seed: int, modality: str, first: pl.Series, second: pl.Series | None = None
+) -> pl.Series:
     """A 64-bit hash (BLAKE2b) of (seed, modality, first, second) per row, stable across runs,
-    machines and library versions (Polars' own hash is not)."""
+    machines and library versions (Polars' own hash is not); no `second`: an empty one."""
+    seconds = second.to_list() if second is not None else [""] * len(first)
     values = [
         int.from_bytes(
             hashlib.blake2b(f"{seed}\x1f{modality}\x1f{a}\x1f{b}".encode(), digest_size=8).digest()
         )
-        for a, b in zip(first.to_list(), second.to_list(), strict=True)
+        for a, b in zip(first.to_list(), seconds, strict=True)
     ]
     return pl.Series("_h", values, dtype=pl.UInt64)
 
@@ -59,12 +62,12 @@ def uuid_keys(uuids: pl.Series, seed: int) -> pl.Series:
         for k in range(4)
     ]  # fmt: skip
     hi, lo = (q[0] << np.uint64(32)) | q[1], (q[2] << np.uint64(32)) | q[3]
-    salt = _mix(np.array([seed & (2**64 - 1)], dtype=np.uint64))[0]
-    keys = _mix(_mix(hi ^ salt) ^ lo)
+    seeded = _mix(np.array([seed & (2**64 - 1)], dtype=np.uint64))[0]
+    keys = _mix(_mix(hi ^ seeded) ^ lo)
     other = ~canonical
     if other.any():
         rest = uuids.filter(pl.Series(other))
-        keys[other] = keyed_hash(seed, "uuid", rest, pl.Series([""] * len(rest))).to_numpy()
+        keys[other] = keyed_hash(seed, "uuid", rest).to_numpy()
     return pl.Series("_key", keys, dtype=pl.UInt64)
 
 

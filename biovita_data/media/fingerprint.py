@@ -331,10 +331,11 @@ def image_fingerprint(im) -> Fingerprint:
         rgb = im if im.mode == "RGB" else im.convert("RGB")
         pixels = np.asarray(rgb)
     height, width = pixels.shape[:2]
-    exact = hashlib.sha256(struct.pack("<II", width, height))
-    exact.update(pixels)  # the pixel bytes, hashed in place
+    digest = hashlib.sha256(struct.pack("<II", width, height))
+    digest.update(pixels)  # the pixel bytes, hashed in place
+    exact = digest.digest()
     if min(width, height) < MIN_IMAGE_SIDE:
-        return Fingerprint("image", exact.digest(), none=f"too small ({width}x{height} px)")
+        return Fingerprint("image", exact, none=f"too small ({width}x{height} px)")
     import pdqhash
 
     if max(width, height) > PDQ_SIDE:  # PDQ averages down to 64 x 64 anyway: 4x that is plenty
@@ -344,12 +345,12 @@ def image_fingerprint(im) -> Fingerprint:
         pixels = np.asarray(rgb.resize(size, Image.Resampling.BOX))
     bits, quality = pdqhash.compute(pixels)
     if quality < PDQ_MIN_QUALITY:
-        return Fingerprint("image", exact.digest(), none=f"too flat (PDQ quality {quality})")
+        return Fingerprint("image", exact, none=f"too flat (PDQ quality {quality})")
     h, w = pixels.shape[:2]
     dy, dx = round(h * CENTRE_CUT), round(w * CENTRE_CUT)
     centre, _ = pdqhash.compute(np.ascontiguousarray(pixels[dy : h - dy, dx : w - dx]))
     pdq = np.packbits(np.concatenate([bits, centre]).astype(np.uint8)).tobytes()
-    return Fingerprint("image", exact.digest(), pdq=pdq)
+    return Fingerprint("image", exact, pdq=pdq)
 
 
 def pdq_distance(a: bytes, b: bytes) -> int:

@@ -83,19 +83,18 @@ def _store_jpeg(
     if pixels is None:
         return None
     if out_size == size:  # the original bytes, verified by the decode above
-        print_ = packed(image_fingerprint, _rgb_pixels(pixels)) if fingerprints else None
-        return StoredFile(
-            data, "jpg", transcoded=False, width=width, height=height, fingerprint=print_
-        )
-    pixels = resized(pixels, out_size)
-    ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
-    if not ok:
-        return None
+        stored, transcoded = data, False
+    else:
+        pixels = resized(pixels, out_size)
+        ok, encoded = cv2.imencode(".jpg", pixels, [cv2.IMWRITE_JPEG_QUALITY, quality])
+        if not ok:
+            return None
+        stored, transcoded = encoded.tobytes(), True
     print_ = packed(image_fingerprint, _rgb_pixels(pixels)) if fingerprints else None
     return StoredFile(
-        encoded.tobytes(),
+        stored,
         "jpg",
-        transcoded=True,
+        transcoded=transcoded,
         width=out_size[0],
         height=out_size[1],
         fingerprint=print_,

@@ -195,8 +195,7 @@ def _pool(subset: str, species: pl.DataFrame, media: dict[str, pl.DataFrame], se
         m: keyed_hash(seed, m, frames[m]["source"], frames[m]["record_id"]).to_numpy()
         for m in MEDIA_MODALITIES
     }
-    names = text["species"]
-    keys["text"] = keyed_hash(seed, "text", names, pl.Series([""] * len(names))).to_numpy()
+    keys["text"] = keyed_hash(seed, "text", text["species"]).to_numpy()
     return _Pool(subset, frames, text, species_of, keys)
 
 
@@ -239,7 +238,7 @@ def _level(pool: _Pool, level: str, seed: int) -> _Level:
         classes=pa.array(taxa["class"].to_list(), pa.string()),
         taxa_json=np.array([json.dumps(n, ensure_ascii=False) for n in names], dtype=object),
         codes=codes_by_modality,
-        keys=keyed_hash(seed, level, taxa[level], pl.Series([""] * taxa.height)).to_numpy(),
+        keys=keyed_hash(seed, level, taxa[level]).to_numpy(),
     )
 
 
