@@ -1,4 +1,5 @@
-"""A materialize run with fewer shards than workers still puts every worker's core to work."""
+"""Materialize's engines: a run with fewer shards than workers still puts every worker's core to
+work; a shard's row groups hold its rows as Arrow would convert them."""
 
 from __future__ import annotations
 
@@ -177,3 +178,29 @@ def test_run_ray_gives_a_lone_shard_every_core(monkeypatch) -> None:
     assert _FakeRay.options[0]["concurrency"] == 2 and ran == [(0, 1), (1, 1), (2, 1)]
     monkeypatch.setattr(engines.os, "cpu_count", lambda: 1)  # a node of one core: one thread
     assert run([ShardSpec("audio", 0, _items(3), "fp")]) == [b"report 0"] and ran == [(0, 1)]
+
+
+def test_shard_parts_hold_the_rows_as_arrow_would_convert_them() -> None:
+    """The payload column joined into one buffer: the same table as Arrow's own conversion,
+    row group by row group, empty payloads and the last short group included."""
+    from biovita_data.core.schemas import MEDIA_FILE
+    from biovita_data.media.shards import ROW_GROUP, ShardFiles
+
+    rows = []
+    for k in range(ROW_GROUP + 5):
+        payload = bytes([k % 251]) * (k * 37 % 1000) if k % 7 else b""
+        rows.append(
+            {"source": "xeno-canto", "record_id": str(k), "modality": "audio", "segment": 0,
+             "n_segments": 1, "path": f"audio/xeno-canto/{k}.mp3", "bytes": payload,
+             "sha256": "0" * 64, "file_format": "mp3", "transcoded": False,
+             "source_sha256": "0" * 64, "offset_s": 0.0, "duration_s": 1.0,
+             "sample_rate": 22050, "channels": 1, "width": None, "height": None,
+             "fingerprint": b"fp" if k % 2 else None}
+        )  # fmt: skip
+    schema = MEDIA_FILE.with_metadata({b"k": b"v"})
+    parts = list(ShardFiles(rows, schema).parts())
+    assert [len(p) for p in parts] == [ROW_GROUP, 5]
+    for a, part in zip((0, ROW_GROUP), parts, strict=True):
+        part.validate(full=True)
+        assert part.schema.equals(schema, check_metadata=True)
+        assert part.equals(pa.Table.from_pylist(rows[a : a + ROW_GROUP], schema=schema))

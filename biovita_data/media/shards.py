@@ -16,6 +16,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
 
+import numpy as np
 import polars as pl
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -205,15 +206,32 @@ class ShardFiles:
     schema: pa.Schema
 
     def parts(self) -> Iterator[pa.Table]:
-        """The rows as tables of ROW_GROUP rows (one Parquet row group each)."""
+        """The rows as tables of ROW_GROUP rows (one Parquet row group each).
+
+        The media bytes are joined into one exactly sized buffer that the column then views:
+        Arrow's builder would copy them growing its buffer by doubling, into fresh memory each
+        time, which cost a fresh worker 0.5-1 CPU-ms a recording (benchmarks/README.md)."""
+        rest = pa.schema([f for f in self.schema if f.name != "bytes"])
         for a in range(0, len(self.rows), ROW_GROUP):
-            yield pa.Table.from_pylist(self.rows[a : a + ROW_GROUP], schema=self.schema)
+            rows = self.rows[a : a + ROW_GROUP]
+            table = pa.Table.from_pylist(rows, schema=rest)
+            payload = joined_binary([r["bytes"] for r in rows])
+            columns = [payload if n == "bytes" else table[n] for n in self.schema.names]
+            yield pa.Table.from_arrays(columns, schema=self.schema)
 
     def without_payload(self) -> pa.Table:
         """Every column but the payload (MEDIA_PAYLOAD), with the schema's metadata."""
         schema = pa.schema([f for f in self.schema if f.name not in MEDIA_PAYLOAD])
         kept = [{k: r[k] for k in schema.names} for r in self.rows]
         return to_table(kept, schema.with_metadata(self.schema.metadata))
+
+
+def joined_binary(values: list[bytes]) -> pa.Array:
+    """A large_binary array of `values` (no nulls) over one buffer of their bytes joined."""
+    offsets = np.zeros(len(values) + 1, np.int64)
+    np.cumsum([len(v) for v in values], out=offsets[1:])
+    buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))]
+    return pa.Array.from_buffers(pa.large_binary(), len(values), buffers)
 
 
 def assemble(spec: ShardSpec, outcomes: dict[int, ItemOutcome]) -> tuple[ShardFiles, pa.Table]:
