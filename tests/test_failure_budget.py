@@ -149,7 +149,7 @@ def test_breaker_counts_connection_failures_only() -> None:
     port = _free_port()  # nothing listens here
     http = HttpClient(throttle=False, retries=1, backoff_s=0.0, host_failures=3)
     url = f"http://127.0.0.1:{port}/x.mp3"
-    with pytest.raises(FetchError, match="giving up after 1 retries: ConnectionError"):
+    with pytest.raises(FetchError, match="giving up after 1 retries: connection refused for http"):
         http.get(url)  # 2 connection failures: below the threshold
     with pytest.raises(HostUnreachable, match=f"127.0.0.1:{port} unreachable.*connection refused"):
         http.get(url)  # the third opens the breaker

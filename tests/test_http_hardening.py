@@ -22,6 +22,7 @@ class Scripted:
 
     def __init__(self, handle) -> None:
         self.paths: list[str] = []
+        self.peers: list[tuple[str, int]] = []  # each request's client address (connection)
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -32,6 +33,7 @@ class Scripted:
 
             def do_GET(self) -> None:
                 outer.paths.append(self.path)
+                outer.peers.append(self.client_address)
                 handle(self, outer)
 
         self.httpd = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
@@ -208,30 +210,44 @@ def _as_proxy(h, srv) -> None:
 
 
 @pytest.mark.parametrize("server", [_as_proxy], indirect=True)
-def test_the_environment_read_once_still_applies(server: Scripted, monkeypatch, tmp_path) -> None:
-    """The client reads requests' environment once per session, not per request: proxies,
-    NO_PROXY, a CA bundle and a netrc file still take effect as requests would apply them."""
-    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "NETRC", "CURL_CA_BUNDLE"):
+def test_the_environment_is_read_once_and_applied(server: Scripted, monkeypatch, tmp_path) -> None:
+    """The client reads the environment once, at its first request, and applies it as
+    requests would: the CA bundle it names, proxies and NO_PROXY."""
+    for name in ("HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY", "CURL_CA_BUNDLE"):
         for key in (name, name.lower()):
             monkeypatch.delenv(key, raising=False)
-    monkeypatch.setenv("HOME", str(tmp_path))  # no ~/.netrc
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "no-such-bundle.pem"))
     client = HttpClient(retries=0)
-    session = client._session()
-    assert (session.trust_env, session.verify) == (False, str(tmp_path / "no-such-bundle.pem"))
     with pytest.raises(OSError, match=r"no-such-bundle\.pem"):  # the bundle is the one used
+        client.get("https://127.0.0.1:9/x")
+    monkeypatch.delenv("REQUESTS_CA_BUNDLE")  # read once: the client keeps what it read
+    with pytest.raises(OSError, match=r"no-such-bundle\.pem"):
         client.get("https://127.0.0.1:9/x")
 
     monkeypatch.setenv("HTTP_PROXY", server.url)
     monkeypatch.setenv("NO_PROXY", "bypassed.invalid")
     client = HttpClient(retries=0)
-    assert client._session().trust_env
     assert client.get("http://example.invalid/photo.jpg") == (
         b"via proxy http://example.invalid/photo.jpg"
     )
     with pytest.raises(FetchError):  # NO_PROXY: resolved directly, and there is no such host
         client.get("http://bypassed.invalid/photo.jpg")
 
-    monkeypatch.delenv("HTTP_PROXY")
-    (tmp_path / ".netrc").write_text("machine example.invalid login a password b\n")
-    assert HttpClient()._session().trust_env
+
+def _echo_path(h, srv) -> None:
+    _reply(h, 200, h.path.encode())
+
+
+@pytest.mark.parametrize("server", [_echo_path], indirect=True)
+def test_params_are_encoded_as_requests_did_and_one_connection_is_kept(server: Scripted) -> None:
+    """Query parameters join the URL's own query (None dropped, a list repeated, reserved
+    characters escaped, the fragment never sent), and a client's GETs to one host reuse one
+    kept-alive connection."""
+    client = HttpClient(retries=0, throttle=False, allow_loopback=True)
+    params = {"query": "Turdus merula", "page": 2, "ids": [3, 4], "none": None, "odd": "a&b=c/d"}
+    assert client.get(f"{server.url}/q?fixed=1#frag", params) == (
+        b"/q?fixed=1&query=Turdus+merula&page=2&ids=3&ids=4&odd=a%26b%3Dc%2Fd"
+    )
+    for k in range(5):
+        assert client.get(f"{server.url}/media/{k}.mp3", guard=True) == f"/media/{k}.mp3".encode()
+    assert len(server.peers) == 6 and len(set(server.peers)) == 1

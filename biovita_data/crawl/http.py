@@ -34,15 +34,24 @@ from email.utils import parsedate_to_datetime
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus, urljoin, urlsplit
-from urllib.request import getproxies
 
-import requests
+import urllib3
 from pyrate_limiter import Limiter, Rate
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
+from urllib3.exceptions import (
+    ConnectTimeoutError,
+    LocationValueError,
+    NameResolutionError,
+    NewConnectionError,
+    ProtocolError,
+    ProxyError,
+    ReadTimeoutError,
+    SSLError,
+)
 from urllib3.exceptions import HTTPError as Urllib3Error
-from urllib3.exceptions import NameResolutionError, NewConnectionError
 
 from biovita_data import __version__
+from biovita_data.crawl.transport import Transport
 
 USER_AGENT = (
     f"biovita/{__version__} (+https://github.com/biovita/biovita; biodiversity corpus builder)"
@@ -147,20 +156,31 @@ def check_address(url: str, allow_loopback: bool = False) -> None:
         )
 
 
-def _connect_failure(exc: requests.RequestException) -> str | None:
-    """The kind of a failure to reach a host at all (the breaker counts these), else None."""
-    if isinstance(exc, requests.exceptions.SSLError):
-        return "TLS failure"
-    if isinstance(exc, requests.exceptions.ConnectTimeout):
-        return "connect timeout"
-    if isinstance(exc, requests.exceptions.ProxyError):
+def _connect_failure(exc: Urllib3Error) -> str | None:
+    """The kind of a failure to reach a host at all (the breaker counts these), else None.
+
+    A proxy's failure is not the host's. urllib3's NewConnectionError is a ConnectTimeoutError
+    too, so the order of the checks matters."""
+    if isinstance(exc, ProxyError):
         return None
-    reason = getattr(exc.args[0], "reason", None) if exc.args else None
-    if isinstance(reason, NameResolutionError):
+    if isinstance(exc, SSLError):
+        return "TLS failure"
+    if isinstance(exc, NameResolutionError):
         return "DNS failure"
-    if isinstance(reason, NewConnectionError):
-        return "connection refused" if "refused" in str(reason).lower() else "connection failed"
+    if isinstance(exc, NewConnectionError):
+        return "connection refused" if "refused" in str(exc).lower() else "connection failed"
+    if isinstance(exc, ConnectTimeoutError):
+        return "connect timeout"
     return None
+
+
+def _failure(exc: Urllib3Error) -> str:
+    """A transport failure in words, for messages."""
+    if isinstance(exc, ReadTimeoutError):
+        return "read timeout"
+    if isinstance(exc, ProtocolError):
+        return f"connection broken ({exc.args[1] if len(exc.args) > 1 else exc})"
+    return _connect_failure(exc) or type(exc).__name__
 
 
 class _Retryable(Exception):
@@ -177,19 +197,6 @@ def check_url(url: str, came_from: str | None = None) -> str:
     if came_from and urlsplit(came_from).scheme == "https" and parts.scheme == "http":
         raise FetchError(f"redirect from https to http refused: {url.split('?', 1)[0][:120]}")
     return url
-
-
-def settle_environment(session: requests.Session) -> None:
-    """Read the environment requests would rescan on every request (a third of its own CPU a
-    call) once: the CA bundle (REQUESTS_CA_BUNDLE, else CURL_CA_BUNDLE) becomes the session's
-    `verify`; the per-request lookups stay on only where they can matter: proxies (`*_proxy`,
-    whose NO_PROXY depends on the URL) or a netrc file (NETRC, ~/.netrc, ~/_netrc)."""
-    bundle = os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE")
-    if bundle:
-        session.verify = bundle
-    netrc = os.environ.get("NETRC")
-    places = [netrc] if netrc is not None else ["~/.netrc", "~/_netrc"]
-    session.trust_env = bool(getproxies()) or any(Path(p).expanduser().exists() for p in places)
 
 
 def secret_forms(secret: str) -> list[str]:
@@ -265,7 +272,7 @@ class HttpClient:
         self.stats: Counter = Counter()
         self._failing: dict[str, int] = {}  # host:port -> connection failures in a row
         self.unreachable: dict[str, str] = {}  # host:port given up -> the kind of failure
-        self._local = threading.local()
+        self._transport: Transport | None = None  # made at the first request (environment)
         self._lock = threading.Lock()
         self._limiters: dict[str, Limiter] = {}
         self._slots: dict[str, threading.BoundedSemaphore] = {}
@@ -278,14 +285,13 @@ class HttpClient:
             return text
         return re.sub("|".join(map(re.escape, forms)), "***", text, flags=re.IGNORECASE)
 
-    def _session(self) -> requests.Session:
-        s = getattr(self._local, "session", None)
-        if s is None:
-            s = requests.Session()
-            s.headers["User-Agent"] = USER_AGENT
-            settle_environment(s)
-            self._local.session = s
-        return s
+    def transport(self) -> Transport:
+        """The client's connection pools, made from the environment at the first request."""
+        with self._lock:
+            if self._transport is None:
+                headers = urllib3.util.make_headers(accept_encoding=True, user_agent=USER_AGENT)
+                self._transport = Transport({**headers, "Accept": "*/*"})
+            return self._transport
 
     def _gates(self, policy: str) -> tuple[Limiter | None, threading.BoundedSemaphore]:
         with self._lock:
@@ -360,7 +366,7 @@ class HttpClient:
                     check_address(target, self.allow_loopback)
                 with self._acquire(gate):
                     resp = self._request(target, query, start + deadline_s)
-                    if resp.status_code not in REDIRECT_STATUS or "Location" not in resp.headers:
+                    if resp.status not in REDIRECT_STATUS or "Location" not in resp.headers:
                         return self._body(resp, target, dest, start + deadline_s)
                     resp.close()
                 nxt = check_url(urljoin(target, resp.headers["Location"]), came_from=target)
@@ -420,7 +426,7 @@ class HttpClient:
                 key,
             )
 
-    def _request(self, url: str, params: dict | None, deadline: float) -> requests.Response:
+    def _request(self, url: str, params: dict | None, deadline: float) -> urllib3.BaseHTTPResponse:
         """One GET, redirects not followed, headers read; the body is left to `_body`."""
         where = url.split("?", 1)[0]
         left = deadline - time.monotonic()
@@ -430,47 +436,41 @@ class HttpClient:
         with self._lock:
             self.stats["requests"] += 1
         try:
-            resp = self._session().get(
-                url,
-                params=params,
-                timeout=(min(connect, left), min(read, left)),
-                stream=True,
-                allow_redirects=False,
-            )
-        except (requests.ConnectionError, requests.Timeout) as exc:
+            resp = self.transport().get(url, params, (min(connect, left), min(read, left)))
+        except (LocationValueError, ValueError) as exc:  # a URL or header urllib3 refuses
+            raise FetchError(f"{type(exc).__name__} for {where}: {exc}") from None
+        except Urllib3Error as exc:
             kind = _connect_failure(exc)
             if kind is not None:
                 self._connection_failed(url, kind)
-            raise _Retryable(f"{type(exc).__name__} for {where}") from None
-        except requests.RequestException as exc:
-            raise FetchError(f"{type(exc).__name__} for {where}: {exc}") from None
+            raise _Retryable(f"{_failure(exc)} for {where}") from None
         with self._lock:
             self._failing.pop(host_key(url), None)  # the host answered
         return resp
 
-    def _chunks(self, resp: requests.Response, where: str, deadline: float):
+    def _chunks(self, resp: urllib3.BaseHTTPResponse, where: str, deadline: float):
         """The body as it arrives (not a fixed chunk size), checking the deadline in between."""
-        read1 = getattr(resp.raw, "read1", None)
-        if read1 is None:  # not a urllib3 2 response (a test double): no deadline between reads
-            yield from resp.iter_content(1 << 20)
-            return
         while True:
             if time.monotonic() > deadline:
                 raise FetchError(f"deadline exceeded while reading the body of {where}")
-            chunk = read1(1 << 20, decode_content=True)
+            chunk = resp.read1(1 << 20, decode_content=True)
             if not chunk:
                 return
             yield chunk
 
-    def _body(self, resp: requests.Response, url: str, dest: Path | None, deadline: float) -> bytes:
-        """Read a response to the end: retryable statuses, size cap, streamed or in memory."""
+    def _body(
+        self, resp: urllib3.BaseHTTPResponse, url: str, dest: Path | None, deadline: float
+    ) -> bytes:
+        """Read a response to the end: retryable statuses, size cap, streamed or in memory.
+        A response read to its end gives its connection back to the pool; any other is closed."""
         where = url.split("?", 1)[0]
+        whole = False
         try:
-            if resp.status_code in RETRY_STATUS:
+            if resp.status in RETRY_STATUS:
                 ra = _retry_after(resp.headers.get("Retry-After"))
-                raise _Retryable(f"HTTP {resp.status_code} for {where}", ra)
+                raise _Retryable(f"HTTP {resp.status} for {where}", ra)
             declared = int(resp.headers.get("Content-Length") or 0)
-            to_file = dest is not None and resp.status_code == 200
+            to_file = dest is not None and resp.status == 200
             if declared > self.max_bytes and not to_file:
                 raise FetchError(f"{declared} bytes exceed the size cap: {where}")
             parts: list[bytes] = []  # joined once at the end: no copy per chunk
@@ -486,29 +486,28 @@ class HttpClient:
                         size += len(chunk)
                         if size > self.max_bytes:
                             raise FetchError(f"body exceeds the size cap: {where}")
-            except (
-                requests.ConnectionError,
-                requests.exceptions.ChunkedEncodingError,
-                requests.Timeout,
-                Urllib3Error,
-                OSError,
-            ) as exc:
+            except (Urllib3Error, OSError) as exc:
                 if tmp is not None:
                     tmp.unlink(missing_ok=True)
-                raise _Retryable(f"truncated body ({type(exc).__name__}) for {where}") from None
+                what = _failure(exc) if isinstance(exc, Urllib3Error) else type(exc).__name__
+                raise _Retryable(f"truncated body ({what}) for {where}") from None
             except FetchError:
                 if tmp is not None:
                     tmp.unlink(missing_ok=True)
                 raise
+            whole = True
             body = parts[0] if len(parts) == 1 else b"".join(parts)
-            if resp.status_code != 200:
+            if resp.status != 200:
                 text = self.redact(body[:300].decode(errors="replace"))
-                raise FetchError(f"HTTP {resp.status_code} for {where}: {text}", resp.status_code)
+                raise FetchError(f"HTTP {resp.status} for {where}: {text}", resp.status)
             if tmp is not None and dest is not None:
                 os.replace(tmp, dest)
             return bytes(body)
         finally:
-            resp.close()
+            if whole:
+                resp.release_conn()
+            else:
+                resp.close()
 
     def get_json(self, url: str, params: dict | None = None, *, policy: str | None = None) -> Any:
         body = self.get(url, params, policy=policy)

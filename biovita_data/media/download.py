@@ -5,8 +5,6 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, replace
 
-import requests
-
 from biovita_data.crawl.http import (
     HOST_FAILURES,
     BlockedAddress,
@@ -41,8 +39,6 @@ def fetch_item(http: HttpClient, item: WorkItem) -> bytes:
         last = exc.status or next(iter(_STATUS.findall(str(exc))[-1:]), None)
         status = f"status {last}: " if last else ""
         raise ItemFailure("http_error", f"{status}{exc}") from None
-    except requests.RequestException as exc:  # a URL requests refuses (scheme, host, ...)
-        raise ItemFailure("http_error", f"{type(exc).__name__}: {exc}") from None
     if not data:
         raise ItemFailure("undecodable", "empty response body")
     return data

@@ -1,0 +1,106 @@
+"""The wire under HttpClient: urllib3 connection pools, set up from the environment once.
+
+requests cost about 1.1 CPU-ms a GET on the benchmark machine and urllib3 alone 0.35-0.45
+(benchmarks/README.md); over millions of media downloads that is hours of CPU, so the client
+talks to urllib3 itself and does here the little of requests it relied on, reading the
+environment once per client instead of on every request:
+
+- TLS: the CA bundle of REQUESTS_CA_BUNDLE, else CURL_CA_BUNDLE, else certifi's (as requests);
+- proxies: HTTP_PROXY / HTTPS_PROXY / ALL_PROXY and NO_PROXY (socks:// needs PySocks, as it
+  does for requests);
+- query parameters encoded as requests encodes them (None values dropped, lists repeated);
+- gzip / deflate bodies decoded.
+
+Not carried over: credentials from a netrc file and cookies, which no source uses (keys come
+from the environment, see crawl/sources).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from urllib.parse import SplitResult, urlencode, urlsplit, urlunsplit
+from urllib.request import getproxies, proxy_bypass_environment
+
+import certifi
+import urllib3
+
+POOL_SIZE = 64  # connections kept per host: above any policy's concurrency
+
+
+def ca_bundle_from_env() -> str | None:
+    """The CA bundle the environment names for requests-style clients, if any."""
+    return os.environ.get("REQUESTS_CA_BUNDLE") or os.environ.get("CURL_CA_BUNDLE") or None
+
+
+def with_params(url: str, params: Mapping[str, object] | None) -> str:
+    """`url` with `params` appended to its query (the fragment dropped: never sent)."""
+    parts = urlsplit(url)
+    pairs = [
+        (k, v)
+        for k, vs in (params or {}).items()
+        for v in (vs if isinstance(vs, list | tuple) else [vs])
+        if v is not None
+    ]
+    query = "&".join(q for q in (parts.query, urlencode(pairs)) if q)
+    return urlunsplit(parts._replace(query=query, fragment=""))
+
+
+class Transport:
+    """GETs through one pool manager per proxy (thread-safe: shared by a client's threads)."""
+
+    def __init__(self, headers: Mapping[str, str]) -> None:
+        self.headers = dict(headers)
+        self.bundle = ca_bundle_from_env()
+        self.proxies = getproxies()  # scheme -> proxy URL; "no": NO_PROXY
+        self._managers: dict[str | None, urllib3.PoolManager] = {}
+        self._lock = threading.Lock()
+
+    def proxy_for(self, parts: SplitResult) -> str | None:
+        """The proxy a URL goes through, or None (none set, or NO_PROXY names its host)."""
+        proxy = self.proxies.get(parts.scheme) or self.proxies.get("all")
+        if not proxy or proxy_bypass_environment(parts.hostname or "", self.proxies):
+            return None
+        return proxy
+
+    def get(
+        self, url: str, params: Mapping[str, object] | None, timeout: tuple[float, float]
+    ) -> urllib3.BaseHTTPResponse:
+        """One GET, headers read, the body left to stream; redirects not followed, no retries
+        (the client does both). urllib3's errors propagate (HTTPError and subclasses)."""
+        target = with_params(url, params)
+        return self._manager(urlsplit(target)).request(
+            "GET",
+            target,
+            timeout=urllib3.Timeout(connect=timeout[0], read=timeout[1]),
+            preload_content=False,
+            redirect=False,
+            retries=False,
+        )
+
+    def _manager(self, parts: SplitResult) -> urllib3.PoolManager:
+        if parts.scheme == "https" and self.bundle and not os.path.exists(self.bundle):
+            raise OSError(
+                f"the CA bundle {self.bundle} (REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE) does not exist"
+            )
+        proxy = self.proxy_for(parts)
+        with self._lock:
+            manager = self._managers.get(proxy)
+            if manager is None:
+                manager = self._managers[proxy] = self._make(proxy)
+        return manager
+
+    def _make(self, proxy: str | None) -> urllib3.PoolManager:
+        settings = {
+            "maxsize": POOL_SIZE,
+            "headers": self.headers,
+            "ca_certs": self.bundle or certifi.where(),
+        }
+        if proxy is None:
+            return urllib3.PoolManager(**settings)
+        if proxy.startswith("socks"):
+            from urllib3.contrib.socks import SOCKSProxyManager  # PySocks, as requests needs
+
+            return SOCKSProxyManager(proxy, **settings)
+        return urllib3.ProxyManager(proxy, **settings)
