@@ -251,3 +251,73 @@ def test_params_are_encoded_as_requests_did_and_one_connection_is_kept(server: S
     for k in range(5):
         assert client.get(f"{server.url}/media/{k}.mp3", guard=True) == f"/media/{k}.mp3".encode()
     assert len(server.peers) == 6 and len(set(server.peers)) == 1
+
+
+def _self_signed(tmp_path: Path) -> tuple[Path, Path]:
+    """A certificate for 127.0.0.1 (subject alternative name) and its key, as PEM files."""
+    import datetime as dt
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.x509.oid import NameOID
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "127.0.0.1")])
+    now = dt.datetime.now(dt.UTC)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - dt.timedelta(minutes=5))
+        .not_valid_after(now + dt.timedelta(hours=1))
+        .add_extension(
+            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]),
+            critical=False,
+        )
+        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
+        .sign(key, hashes.SHA256())
+    )
+    cert_path, key_path = tmp_path / "cert.pem", tmp_path / "key.pem"
+    cert_path.write_bytes(cert.public_bytes(serialization.Encoding.PEM))
+    key_path.write_bytes(
+        key.private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.NoEncryption(),
+        )
+    )
+    return cert_path, key_path
+
+
+def test_https_trusts_the_bundle_the_environment_names_and_counts_tls_failures(
+    monkeypatch, tmp_path
+) -> None:
+    """A self-signed server: trusted through REQUESTS_CA_BUNDLE, refused with certifi's bundle
+    (a TLS failure, which the circuit breaker counts like a refused connection)."""
+    import ssl
+
+    from biovita_data.crawl.http import HostUnreachable
+
+    cert, key = _self_signed(tmp_path)
+    srv = Scripted(lambda h, s: _reply(h, 200, b"over TLS " + h.path.encode()))
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    context.load_cert_chain(cert, key)
+    srv.httpd.socket = context.wrap_socket(srv.httpd.socket, server_side=True)
+    url = f"https://127.0.0.1:{srv.port}/a.mp3"
+    try:
+        monkeypatch.delenv("CURL_CA_BUNDLE", raising=False)
+        monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(cert))
+        assert HttpClient(retries=0, allow_loopback=True).get(url, guard=True) == b"over TLS /a.mp3"
+
+        monkeypatch.delenv("REQUESTS_CA_BUNDLE")
+        client = HttpClient(retries=0, host_failures=2, allow_loopback=True)
+        with pytest.raises(FetchError, match=r"TLS failure for https://127\.0\.0\.1"):
+            client.get(url)
+        with pytest.raises(HostUnreachable, match=r"unreachable: 2 connections .*TLS failure"):
+            client.get(url)
+    finally:
+        srv.close()
