@@ -217,12 +217,13 @@ def test_the_environment_is_read_once_and_applied(server: Scripted, monkeypatch,
         for key in (name, name.lower()):
             monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("REQUESTS_CA_BUNDLE", str(tmp_path / "no-such-bundle.pem"))
-    client = HttpClient(retries=0)
-    with pytest.raises(OSError, match=r"no-such-bundle\.pem"):  # the bundle is the one used
-        client.get("https://127.0.0.1:9/x")
+    client = HttpClient(retries=2, backoff_s=0.0)
+    with pytest.raises(FetchError, match=r"no-such-bundle\.pem .*does not exist"):
+        client.get("https://127.0.0.1:9/x")  # the bundle is the one used
     monkeypatch.delenv("REQUESTS_CA_BUNDLE")  # read once: the client keeps what it read
-    with pytest.raises(OSError, match=r"no-such-bundle\.pem"):
+    with pytest.raises(FetchError, match=r"no-such-bundle\.pem"):
         client.get("https://127.0.0.1:9/x")
+    assert client.stats["requests"] == 2 and not client.stats["retries"]  # never retried
 
     monkeypatch.setenv("HTTP_PROXY", server.url)
     monkeypatch.setenv("NO_PROXY", "bypassed.invalid")

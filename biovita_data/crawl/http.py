@@ -51,7 +51,7 @@ from urllib3.exceptions import (
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from biovita_data import __version__
-from biovita_data.crawl.transport import Transport
+from biovita_data.crawl.transport import MissingBundle, Transport
 
 USER_AGENT = (
     f"biovita/{__version__} (+https://github.com/biovita/biovita; biodiversity corpus builder)"
@@ -439,6 +439,8 @@ class HttpClient:
             resp = self.transport().get(url, params, (min(connect, left), min(read, left)))
         except (LocationValueError, ValueError) as exc:  # a URL or header urllib3 refuses
             raise FetchError(f"{type(exc).__name__} for {where}: {exc}") from None
+        except MissingBundle as exc:  # a setting to mend, not a host to retry or give up
+            raise FetchError(f"{exc}: {where} not requested") from None
         except Urllib3Error as exc:
             kind = _connect_failure(exc)
             if kind is not None:

@@ -47,6 +47,10 @@ def with_params(url: str, params: Mapping[str, object] | None) -> str:
     return urlunsplit(parts._replace(query=query, fragment=""))
 
 
+class MissingBundle(OSError):
+    """The environment names a CA bundle that does not exist (no TLS request can be verified)."""
+
+
 class Transport:
     """GETs through one pool manager per proxy (thread-safe: shared by a client's threads)."""
 
@@ -68,7 +72,8 @@ class Transport:
         self, url: str, params: Mapping[str, object] | None, timeout: tuple[float, float]
     ) -> urllib3.BaseHTTPResponse:
         """One GET, headers read, the body left to stream; redirects not followed, no retries
-        (the client does both). urllib3's errors propagate (HTTPError and subclasses)."""
+        (the client does both). urllib3's errors propagate (HTTPError and subclasses), and
+        MissingBundle for an https URL when the environment's CA bundle is missing."""
         target = with_params(url, params)
         return self._manager(urlsplit(target)).request(
             "GET",
@@ -81,7 +86,7 @@ class Transport:
 
     def _manager(self, parts: SplitResult) -> urllib3.PoolManager:
         if parts.scheme == "https" and self.bundle and not os.path.exists(self.bundle):
-            raise OSError(
+            raise MissingBundle(
                 f"the CA bundle {self.bundle} (REQUESTS_CA_BUNDLE / CURL_CA_BUNDLE) does not exist"
             )
         proxy = self.proxy_for(parts)
