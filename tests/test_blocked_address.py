@@ -15,7 +15,8 @@ import pytest
 from rich.console import Console
 
 from biovita_data.core import layout
-from biovita_data.crawl.http import ALLOW_LOOPBACK_ENV, BlockedAddress, HttpClient, check_address
+from biovita_data.crawl.guard import ALLOW_LOOPBACK_ENV
+from biovita_data.crawl.http import BlockedAddress, HttpClient, check_address
 from biovita_data.media import MaterializeSettings, materialize
 from biovita_data.media.download import fetch_item
 from biovita_data.media.records import ItemFailure
@@ -162,3 +163,64 @@ def test_materialize_without_the_allowance_refuses_loopback_media(
     assert failures["detail"].str.contains("127.0.0.1, a loopback address: refused").all()
     assert failures["detail"].str.contains(f"set {ALLOW_LOOPBACK_ENV}=1").all()
     assert result.by_modality("image").kept == 0
+
+
+class _Ok(BaseHTTPRequestHandler):
+    """Every GET answers 200 "ok" on a kept-alive connection."""
+
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self) -> None:
+        self.send_response(200)
+        self.send_header("Content-Length", "2")
+        self.end_headers()
+        self.wfile.write(b"ok")
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_a_guarded_connection_goes_to_the_address_it_checked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """DNS rebinding: a name answers loopback (allowed here) once and a private address after.
+    The guarded client resolves it once, when its connection opens, connects to that checked
+    answer, and reuses the connection without another lookup."""
+    answers: list[str] = []
+    real = socket.getaddrinfo
+
+    def getaddrinfo(host, port, *args, **kwargs):
+        if host != "rebind.example":
+            return real(host, port, *args, **kwargs)
+        answers.append("10.1.2.3" if answers else "127.0.0.1")
+        return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[-1], port))]
+
+    monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
+    thread.start()
+    try:
+        http = HttpClient(throttle=False, retries=0, timeout=(2.0, 5.0), allow_loopback=True)
+        url = f"http://rebind.example:{httpd.server_address[1]}"
+        assert [http.get(f"{url}/{k}.jpg", guard=True) for k in range(3)] == [b"ok"] * 3
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join()
+    assert answers == ["127.0.0.1"]
+
+
+def test_a_guarded_host_answering_a_blocked_address_is_never_connected_to(
+    fake_dns, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The refusal comes before any connection: no socket is opened to the metadata address."""
+    import urllib3.util.connection as u3
+
+    opened: list[object] = []
+    real = u3.create_connection
+    monkeypatch.setattr(u3, "create_connection", lambda *a, **k: opened.append(a) or real(*a, **k))
+    http = HttpClient(throttle=False, retries=0, allow_loopback=True)
+    with pytest.raises(BlockedAddress, match=r"169\.254\.169\.254, a link-local address: refused"):
+        http.get("http://metadata.example/latest/meta-data/", guard=True)
+    assert opened == [] and http.stats["requests"] == 0

@@ -804,7 +804,7 @@ def sample_serve(
     the variables to export."""
     import shlex
 
-    from biovita_data.crawl.http import ALLOW_LOOPBACK_ENV
+    from biovita_data.crawl.guard import ALLOW_LOOPBACK_ENV
     from biovita_data.sample.server import DEFAULT_XC_KEY, SampleServer
     from biovita_data.sample.world import World
 

@@ -89,7 +89,7 @@ def sample_environment(
 ) -> dict[str, str]:
     """Start the sample world's server for the duration of `stack` (with `duplicates`, its
     planted copies and near-miss negatives); returns its env vars."""
-    from biovita_data.crawl.http import ALLOW_LOOPBACK_ENV
+    from biovita_data.crawl.guard import ALLOW_LOOPBACK_ENV
     from biovita_data.sample.server import DEFAULT_XC_KEY, SampleServer
     from biovita_data.sample.world import World
 

@@ -10,9 +10,11 @@ client gives that host up: every later request to it fails at once with HostUnre
 retried. The count is per client, so shared by the threads of a materialize worker. Answers with
 a retryable status (429, 5xx, Retry-After) keep the usual backoff and reset the count.
 
-Address guard (`guard=True`, media URLs taken from catalogs and API answers): the host is
-resolved before every hop and a loopback, link-local (169.254.169.254), private, shared,
-multicast, reserved or unspecified address is refused with BlockedAddress. Loopback is allowed
+Address guard (`guard=True`, media URLs taken from catalogs and API answers): at every hop the
+host is resolved when its connection opens, a loopback, link-local (169.254.169.254), private,
+shared, multicast, reserved or unspecified address is refused with BlockedAddress, and the
+connection goes to the very addresses checked (crawl/guard.py; through a proxy the name is
+checked beforehand). Loopback is allowed
 only by an explicit setting: `HttpClient(allow_loopback=True)`, or BIOVITA_ALLOW_LOOPBACK=1 in
 the environment (which the loopback test world's servers, pipelines and demo set, and the tests).
 """
@@ -20,7 +22,6 @@ the environment (which the loopback test world's servers, pipelines and demo set
 from __future__ import annotations
 
 import contextlib
-import ipaddress
 import json
 import os
 import random
@@ -51,6 +52,11 @@ from urllib3.exceptions import (
 from urllib3.exceptions import HTTPError as Urllib3Error
 
 from biovita_data import __version__
+from biovita_data.crawl.guard import (
+    Refused,
+    allow_loopback_from_env,
+    checked_addresses,
+)
 from biovita_data.crawl.transport import MissingBundle, Transport
 
 USER_AGENT = (
@@ -60,7 +66,6 @@ RETRY_STATUS = {408, 425, 429, 500, 502, 503, 504}
 REDIRECT_STATUS = {301, 302, 303, 307, 308}
 MAX_REDIRECTS = 10
 HOST_FAILURES = 5  # connection failures in a row after which a host is given up (per client)
-ALLOW_LOOPBACK_ENV = "BIOVITA_ALLOW_LOOPBACK"  # "1": guarded calls may reach 127.0.0.1 / ::1
 
 
 @dataclass(frozen=True)
@@ -112,48 +117,19 @@ def host_key(url: str) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def allow_loopback_from_env() -> bool:
-    """BIOVITA_ALLOW_LOOPBACK=1 (or true/yes): the explicit loopback allowance."""
-    return os.environ.get(ALLOW_LOOPBACK_ENV, "").strip().lower() in ("1", "true", "yes")
-
-
-def address_kind(ip: ipaddress.IPv4Address | ipaddress.IPv6Address) -> str | None:
-    """Why an address is not a public one (loopback, link-local, ...), or None."""
-    mapped = getattr(ip, "ipv4_mapped", None)
-    if mapped is not None:
-        ip = mapped
-    checks = (
-        ("loopback", ip.is_loopback),
-        ("link-local", ip.is_link_local),
-        ("multicast", ip.is_multicast),
-        ("unspecified", ip.is_unspecified),
-        ("private", ip.is_private),
-        ("reserved", ip.is_reserved),
-        ("non-global", not ip.is_global),
-    )
-    return next((kind for kind, hit in checks if hit), None)
-
-
 def check_address(url: str, allow_loopback: bool = False) -> None:
-    """BlockedAddress unless every address the URL's host resolves to is a public one.
+    """BlockedAddress unless every address the URL's host resolves to is a public one: the
+    check ahead of a guarded GET through a proxy (without one, the connection itself checks
+    the addresses it connects to: crawl/guard.py).
 
     A name that does not resolve passes: the request itself then fails (a DNS failure)."""
     parts = urlsplit(url)
-    host = parts.hostname or ""
     try:
-        infos = socket.getaddrinfo(host, parts.port or 80, type=socket.SOCK_STREAM)
+        checked_addresses(parts.hostname or "", parts.port or 80, allow_loopback)
+    except Refused as exc:
+        raise BlockedAddress(f"{exc} ({url.split('?', 1)[0][:120]})") from None
     except (socket.gaierror, UnicodeError, OSError):
         return
-    for *_, sockaddr in infos:
-        ip = ipaddress.ip_address(str(sockaddr[0]).split("%", 1)[0])
-        kind = address_kind(ip)
-        if kind is None or (kind == "loopback" and allow_loopback):
-            continue
-        hint = f" (set {ALLOW_LOOPBACK_ENV}=1 to allow it)" if kind == "loopback" else ""
-        raise BlockedAddress(
-            f"{host} resolves to {ip}, a {kind} address: refused{hint} "
-            f"({url.split('?', 1)[0][:120]})"
-        )
 
 
 def _connect_failure(exc: Urllib3Error) -> str | None:
@@ -290,7 +266,7 @@ class HttpClient:
         with self._lock:
             if self._transport is None:
                 headers = urllib3.util.make_headers(accept_encoding=True, user_agent=USER_AGENT)
-                self._transport = Transport({**headers, "Accept": "*/*"})
+                self._transport = Transport({**headers, "Accept": "*/*"}, self.allow_loopback)
             return self._transport
 
     def _gates(self, policy: str) -> tuple[Limiter | None, threading.BoundedSemaphore]:
@@ -362,10 +338,10 @@ class HttpClient:
             target, query, gate = url, params, name
             for _ in range(MAX_REDIRECTS + 1):
                 self._check_host(target)
-                if guard:
+                if guard and self.transport().proxied(target):
                     check_address(target, self.allow_loopback)
                 with self._acquire(gate):
-                    resp = self._request(target, query, start + deadline_s)
+                    resp = self._request(target, query, start + deadline_s, guard)
                     if resp.status not in REDIRECT_STATUS or "Location" not in resp.headers:
                         return self._body(resp, target, dest, start + deadline_s)
                     resp.close()
@@ -426,26 +402,37 @@ class HttpClient:
                 key,
             )
 
-    def _request(self, url: str, params: dict | None, deadline: float) -> urllib3.BaseHTTPResponse:
-        """One GET, redirects not followed, headers read; the body is left to `_body`."""
+    def _request(
+        self, url: str, params: dict | None, deadline: float, guard: bool = False
+    ) -> urllib3.BaseHTTPResponse:
+        """One GET, redirects not followed, headers read; the body is left to `_body`.
+        `guard`: connect only to public addresses (BlockedAddress when the host resolves to
+        any other; not counted as a request: nothing was sent)."""
         where = url.split("?", 1)[0]
         left = deadline - time.monotonic()
         if left <= 0:
             raise FetchError(f"deadline exceeded before the request for {where}")
         connect, read = self.timeout
-        with self._lock:
-            self.stats["requests"] += 1
+        sent = True
         try:
-            resp = self.transport().get(url, params, (min(connect, left), min(read, left)))
+            resp = self.transport().get(url, params, (min(connect, left), min(read, left)), guard)
+        except Refused as exc:
+            sent = False
+            raise BlockedAddress(f"{exc} ({where[:120]})") from None
         except (LocationValueError, ValueError) as exc:  # a URL or header urllib3 refuses
             raise FetchError(f"{type(exc).__name__} for {where}: {exc}") from None
         except MissingBundle as exc:  # a setting to mend, not a host to retry or give up
+            sent = False
             raise FetchError(f"{exc}: {where} not requested") from None
         except Urllib3Error as exc:
             kind = _connect_failure(exc)
             if kind is not None:
                 self._connection_failed(url, kind)
             raise _Retryable(f"{_failure(exc)} for {where}") from None
+        finally:
+            if sent:
+                with self._lock:
+                    self.stats["requests"] += 1
         with self._lock:
             self._failing.pop(host_key(url), None)  # the host answered
         return resp
