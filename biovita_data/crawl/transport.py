@@ -56,7 +56,8 @@ class MissingBundle(OSError):
 
 
 class Transport:
-    """GETs through one pool manager per proxy (thread-safe: shared by a client's threads)."""
+    """GETs through one pool manager per proxy and guard (thread-safe: shared by a client's
+    threads; guarded GETs never share an unguarded connection)."""
 
     def __init__(self, headers: Mapping[str, str], allow_loopback: bool = False) -> None:
         self.headers = dict(headers)
