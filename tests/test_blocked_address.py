@@ -4,6 +4,7 @@ allowance (BIOVITA_ALLOW_LOOPBACK=1, which conftest sets for the sample world)."
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 from collections.abc import Iterator
@@ -98,16 +99,25 @@ class _Redirect(BaseHTTPRequestHandler):
         pass
 
 
-@pytest.fixture
-def redirector() -> Iterator[str]:
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Redirect)
+@contextlib.contextmanager
+def _serving(handler: type[BaseHTTPRequestHandler]) -> Iterator[int]:
+    """A loopback server of `handler` for the block; yields its port."""
+    httpd = ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
     thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
     thread.start()
     try:
-        yield f"http://127.0.0.1:{httpd.server_address[1]}"
+        yield httpd.server_address[1]
     finally:
         httpd.shutdown()
+        httpd.server_close()
         thread.join()
+
+
+@pytest.fixture
+def redirector() -> Iterator[str]:
+    with _serving(_Redirect) as port:
+        yield f"http://127.0.0.1:{port}"
 
 
 def _item(url: str) -> WorkItem:
@@ -196,18 +206,10 @@ def test_a_guarded_connection_goes_to_the_address_it_checked(
         return [(socket.AF_INET, socket.SOCK_STREAM, 6, "", (answers[-1], port))]
 
     monkeypatch.setattr(socket, "getaddrinfo", getaddrinfo)
-    httpd = ThreadingHTTPServer(("127.0.0.1", 0), _Ok)
-    httpd.daemon_threads = True
-    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05})
-    thread.start()
-    try:
+    with _serving(_Ok) as port:
         http = HttpClient(throttle=False, retries=0, timeout=(2.0, 5.0), allow_loopback=True)
-        url = f"http://rebind.example:{httpd.server_address[1]}"
+        url = f"http://rebind.example:{port}"
         assert [http.get(f"{url}/{k}.jpg", guard=True) for k in range(3)] == [b"ok"] * 3
-    finally:
-        httpd.shutdown()
-        httpd.server_close()
-        thread.join()
     assert answers == ["127.0.0.1"]
 
 

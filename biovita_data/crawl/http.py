@@ -41,7 +41,6 @@ from pyrate_limiter import Limiter, Rate
 from tenacity import RetryCallState, Retrying, retry_if_exception, stop_after_attempt
 from urllib3.exceptions import (
     ConnectTimeoutError,
-    LocationValueError,
     NameResolutionError,
     NewConnectionError,
     ProtocolError,
@@ -419,7 +418,7 @@ class HttpClient:
         except Refused as exc:
             sent = False
             raise BlockedAddress(f"{exc} ({where[:120]})") from None
-        except (LocationValueError, ValueError) as exc:  # a URL or header urllib3 refuses
+        except ValueError as exc:  # a URL (LocationValueError) or header urllib3 refuses
             raise FetchError(f"{type(exc).__name__} for {where}: {exc}") from None
         except MissingBundle as exc:  # a setting to mend, not a host to retry or give up
             sent = False
