@@ -31,6 +31,23 @@ def _spec() -> HttpSpec:
     return HttpSpec.of(HttpClient({}, throttle=False, retries=0), "test-fast-engines")
 
 
+class _Taken:
+    """run_items' `take`: keeps the outcomes and lets go of the leading ones done."""
+
+    def __init__(self) -> None:
+        self.outcomes: dict[int, ItemOutcome] = {}
+        self.released = 0
+
+    def __call__(self, k: int, outcome: ItemOutcome) -> int:
+        self.outcomes[k] = outcome
+        while self.released in self.outcomes:
+            self.released += 1
+        return self.released
+
+    def in_order(self) -> list[ItemOutcome]:
+        return [self.outcomes[k] for k in sorted(self.outcomes)]
+
+
 PLANS = [(2, 1, (1, 2)), (2, 2, (2, 1)), (2, 7, (2, 1)), (3, 2, (2, 2)), (4, 1, (1, 4))]
 
 
@@ -56,7 +73,9 @@ def test_run_items_processes_on_several_threads_when_told(monkeypatch) -> None:
     monkeypatch.setattr(engines, "_download", fake_download)
     monkeypatch.setattr(engines, "process_item", fake_process)
     items = _items(6)
-    outcomes, _ = engines.run_items(items, ProcessSettings(), _spec(), 2, cpu_threads=2)
+    taken = _Taken()
+    engines.run_items(items, ProcessSettings(), _spec(), 2, taken, cpu_threads=2)
+    outcomes = taken.in_order()
     assert [o.item.record_id for o in outcomes] == [i.record_id for i in items]  # record order
     assert [o.downloaded for o in outcomes] == [len(b"bytes of ") + len(i.record_id) for i in items]
     assert len(seen) == 2
@@ -71,8 +90,35 @@ def test_run_items_keeps_one_cpu_thread_by_default(monkeypatch) -> None:
 
     monkeypatch.setattr(engines, "_download", lambda http, item: b"x")
     monkeypatch.setattr(engines, "process_item", fake_process)
-    outcomes, _ = engines.run_items(_items(8), ProcessSettings(), _spec(), 4)
-    assert len(outcomes) == 8 and seen == {threading.get_ident()}
+    taken = _Taken()
+    engines.run_items(_items(8), ProcessSettings(), _spec(), 4, taken)
+    assert len(taken.outcomes) == 8 and seen == {threading.get_ident()}
+
+
+def test_run_items_downloads_at_most_a_window_past_the_first_record_not_let_go(
+    monkeypatch,
+) -> None:
+    """Record 0 hangs: downloads go on up to the window past it and then wait, so a worker never
+    holds more than a window of media however fast the other downloads are."""
+    gate = threading.Event()
+    started: list[int] = []
+
+    def fake_download(http, item):
+        started.append(int(item.record_id))
+        if item.record_id == "0":
+            gate.wait(10)
+        return b"x"
+
+    monkeypatch.setattr(engines, "_download", fake_download)
+    monkeypatch.setattr(
+        engines, "process_item", lambda item, data, ps: ItemOutcome(item, downloaded=len(data))
+    )
+    taken = _Taken()
+    threading.Timer(0.5, gate.set).start()
+    engines.run_items(_items(30), ProcessSettings(), _spec(), 2, taken, window=6)
+    assert sorted(started) == list(range(30)) and taken.released == 30
+    before_gate = started[: started.index(6)] if 6 in started else started
+    assert sorted(before_gate) == list(range(6))  # 6 only once record 0 was let go
 
 
 class _InlinePool:
@@ -180,14 +226,29 @@ def test_run_ray_gives_a_lone_shard_every_core(monkeypatch) -> None:
     assert run([ShardSpec("audio", 0, _items(3), "fp")]) == [b"report 0"] and ran == [(0, 1)]
 
 
-def test_shard_parts_hold_the_rows_as_arrow_would_convert_them() -> None:
-    """The payload column joined into one buffer: the same table as Arrow's own conversion,
-    row group by row group, empty payloads and the last short group included."""
-    from biovita_data.core.schemas import MEDIA_FILE
-    from biovita_data.media.shards import ROW_GROUP, ShardFiles
+def test_shard_writer_writes_row_groups_in_record_order_as_records_finish(tmp_path) -> None:
+    """Outcomes arriving out of order: each row group is written once the records before its
+    last row are done, and the file holds the rows as Arrow's own conversion would, empty
+    payloads and the last short group included; its footer carries the fingerprint and sizes,
+    and a file cut short before `finish` carries no fingerprint."""
+    import json
+    import random
 
+    import pyarrow.parquet as pq
+
+    from biovita_data.core.schemas import MEDIA_FILE
+    from biovita_data.media.shards import (
+        FINGERPRINT_KEY,
+        ROW_GROUP,
+        SIZES_KEY,
+        ShardWriter,
+        shard_metadata,
+    )
+
+    n = ROW_GROUP + 5
+    items = _items(n + 1)  # the last record fails
     rows = []
-    for k in range(ROW_GROUP + 5):
+    for k in range(n):
         payload = bytes([k % 251]) * (k * 37 % 1000) if k % 7 else b""
         rows.append(
             {"source": "xeno-canto", "record_id": str(k), "modality": "audio", "segment": 0,
@@ -197,10 +258,35 @@ def test_shard_parts_hold_the_rows_as_arrow_would_convert_them() -> None:
              "sample_rate": 22050, "channels": 1, "width": None, "height": None,
              "fingerprint": b"fp" if k % 2 else None}
         )  # fmt: skip
-    schema = MEDIA_FILE.with_metadata({b"k": b"v"})
-    parts = list(ShardFiles(rows, schema).parts())
-    assert [len(p) for p in parts] == [ROW_GROUP, 5]
-    for a, part in zip((0, ROW_GROUP), parts, strict=True):
-        part.validate(full=True)
-        assert part.schema.equals(schema, check_metadata=True)
-        assert part.equals(pa.Table.from_pylist(rows[a : a + ROW_GROUP], schema=schema))
+    outcomes = [ItemOutcome(items[k], rows=[dict(rows[k])], downloaded=k) for k in range(n)]
+    failure = {"stage": "materialize", "source": "xeno-canto", "modality": "audio",
+               "record_id": str(n), "name": None, "reason": "silent", "detail": "x"}  # fmt: skip
+    outcomes.append(ItemOutcome(items[n], failure=failure))
+    spec = ShardSpec("audio", 0, items, "the-fingerprint")
+    order = list(range(n + 1))
+    random.Random(3).shuffle(order)
+    path = tmp_path / "shard.parquet"
+    shard = ShardWriter(spec, str(path))
+    for k in order:
+        released = shard.add(k, outcomes[k])
+        assert released == next((j for j in range(n + 1) if j not in order[: order.index(k) + 1]),
+                                n + 1)  # fmt: skip
+        assert len(shard.sizes) == released // ROW_GROUP * ROW_GROUP  # whole groups, in order
+    cut = ShardWriter(spec, str(tmp_path / "cut.parquet"))
+    for k in range(ROW_GROUP):
+        cut.add(k, outcomes[k])
+    cut._writer.close()  # a worker killed here never writes the footer keys
+    assert FINGERPRINT_KEY not in shard_metadata(str(tmp_path / "cut.parquet"))
+
+    index, fails = shard.finish()
+    stored = pq.ParquetFile(path)
+    assert [stored.metadata.row_group(g).num_rows for g in range(2)] == [ROW_GROUP, 5]
+    table = stored.read()
+    table.validate(full=True)
+    assert table.equals(pa.Table.from_pylist(rows, schema=MEDIA_FILE))
+    meta = shard_metadata(str(path))
+    assert meta[FINGERPRINT_KEY] == b"the-fingerprint"
+    assert json.loads(meta[SIZES_KEY]) == [len(r["bytes"]) for r in rows] == shard.sizes
+    assert index.column_names == [c for c in MEDIA_FILE.names if c not in ("bytes", "fingerprint")]
+    assert index["record_id"].to_pylist() == [str(k) for k in range(n)]
+    assert fails["record_id"].to_pylist() == [str(n)] and shard.downloaded == sum(range(n))

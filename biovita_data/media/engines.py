@@ -2,12 +2,14 @@
 
 `run_shard` runs in a worker process: its threads download (I/O), its own thread decodes,
 converts and hashes as downloads arrive (CPU; with fewer shards than workers, `cpu_threads`
-threads do, as libsndfile, Pillow and hashlib release the GIL, so that every core works), then
-it writes the finished shard straight to the media store (OUT/media, a shared folder or an
-object store) and returns only a small report (index rows without bytes, failures, counters).
-No downloaded byte ever reaches the driver. `local` maps shards over a process pool, `ray` over
-a Ray Dataset (`map_batches`, any node); both write the same bytes, because the shard is
-assembled and encoded the same way.
+threads do, as libsndfile, Pillow and hashlib release the GIL, so that every core works), and
+it writes the shard straight to the media store (OUT/media, a shared folder or an object store)
+row group by row group as its records are done (downloads run at most WINDOW records ahead, so
+a worker holds a few row groups of media, not a shard), commits it when complete, and returns
+only a small report (index rows without bytes, failures, counters). No downloaded byte ever
+reaches the driver. `local` maps shards over a process pool, `ray` over a Ray Dataset
+(`map_batches`, any node); both write the same bytes, because the shard is assembled and
+encoded the same way.
 """
 
 from __future__ import annotations
@@ -29,21 +31,22 @@ from concurrent.futures import (
     Future,
     ProcessPoolExecutor,
     ThreadPoolExecutor,
-    as_completed,
 )
 from concurrent.futures import wait as wait_futures
 from dataclasses import dataclass, field
+from queue import SimpleQueue
 
 import polars as pl
 import pyarrow as pa
 
+from biovita_data.core.heap import keep_freed_memory
 from biovita_data.crawl.http import HttpClient
 from biovita_data.media.download import HttpSpec, fetch_item
 from biovita_data.media.index import shard_rows
 from biovita_data.media.process import process_item
 from biovita_data.media.records import ItemFailure, ItemOutcome, failed
 from biovita_data.media.settings import MaterializeSettings, ProcessSettings, WorkItem
-from biovita_data.media.shards import ShardSpec, assemble, write_shard
+from biovita_data.media.shards import ROW_GROUP, ShardSpec, ShardWriter, write_failures
 from biovita_data.media.store import MediaStore
 
 # Called as shards finish: (modality, records, bytes downloaded).
@@ -82,6 +85,8 @@ class Received:
     nodes: set[str] = field(default_factory=set)  # where the shards were done
 
 
+# downloads start at most this many records past the first one not yet written (run_items)
+WINDOW = 2 * ROW_GROUP
 _CLIENTS: dict[HttpSpec, HttpClient] = {}
 _POOLS: dict[int, ThreadPoolExecutor] = {}
 
@@ -98,15 +103,20 @@ def run_items(
     ps: ProcessSettings,
     http: HttpSpec,
     threads: int,
+    take: Callable[[int, ItemOutcome], int],
     cpu_threads: int = 1,
-) -> tuple[list[ItemOutcome], Counter]:
-    """The records' outcomes in record order, and the HTTP client's counters for them.
+    window: int = WINDOW,
+) -> Counter:
+    """Hand each record's outcome to `take(k, outcome)` (in this thread) as it is done; the HTTP
+    client's counters for them.
 
-    `threads` threads download (fetch_item); each download is processed as it arrives
-    (process_item): by this thread alone when cpu_threads is 1, so CPU work never
-    oversubscribes the worker's core, else by cpu_threads threads (the worker has that many
-    cores to itself: `worker_plan`). The client (rate limits, keep-alive sessions) and the
-    threads live as long as the worker process.
+    `threads` threads download (fetch_item), records in order, never more than `window` past
+    the first record `take` has not let go (it returns how many leading records it has), so a
+    worker holds a few row groups of media, however fast the downloads are. Each download is
+    processed as it arrives (process_item): by this thread alone when cpu_threads is 1, so CPU
+    work never oversubscribes the worker's core, else by cpu_threads threads (the worker has
+    that many cores to itself: `worker_plan`). The client (rate limits, keep-alive sessions)
+    and the threads live as long as the worker process.
     """
     client = _CLIENTS.get(http)
     if client is None:  # a new run: its own client (rate limits, circuit breaker) from scratch
@@ -115,32 +125,40 @@ def run_items(
     pool = _POOLS.get(threads)
     if pool is None:
         pool = _POOLS[threads] = ThreadPoolExecutor(threads, "materialize-io")
-    before = Counter(client.stats)
-    futures = {pool.submit(_download, client, item): k for k, item in enumerate(items)}
-    outcomes: list[ItemOutcome | None] = [None] * len(items)
-    if cpu_threads <= 1:
-        for fut in as_completed(futures):
-            k = futures[fut]
-            outcomes[k] = _process(items[k], fut.result(), ps)
-    else:
+    cpu = None
+    if cpu_threads > 1:
         cpu = _POOLS.get(-cpu_threads)  # keyed apart from the download pools
         if cpu is None:
             cpu = _POOLS[-cpu_threads] = ThreadPoolExecutor(cpu_threads, "materialize-cpu")
-        work = {cpu.submit(_process, items[k], f.result(), ps): k for f, k in _arrivals(futures)}
-        for fut in as_completed(work):
-            outcomes[work[fut]] = fut.result()
-    return outcomes, Counter(client.stats) - before  # type: ignore[return-value]
+    before = Counter(client.stats)
+    finished: SimpleQueue[tuple[int, Future, bool]] = SimpleQueue()  # (k, future, processed)
+
+    def notify(k: int, processed: bool) -> Callable[[Future], None]:
+        return lambda fut: finished.put((k, fut, processed))
+
+    started = released = outstanding = 0
+    ahead = max(window, 2 * threads)
+    while True:
+        while started < min(len(items), released + ahead):
+            fut = pool.submit(_download, client, items[started])
+            fut.add_done_callback(notify(started, False))
+            started, outstanding = started + 1, outstanding + 1
+        if not outstanding:
+            return Counter(client.stats) - before  # type: ignore[return-value]
+        k, fut, processed = finished.get()
+        outstanding -= 1
+        if processed:
+            released = take(k, fut.result())
+        elif cpu is None:
+            released = take(k, _process(items[k], fut.result(), ps))
+        else:
+            cpu.submit(_process, items[k], fut.result(), ps).add_done_callback(notify(k, True))
+            outstanding += 1
 
 
 def _process(item: WorkItem, data: bytes | ItemFailure, ps: ProcessSettings) -> ItemOutcome:
     """A download's outcome: processed when it is bytes, else the failure it is."""
     return process_item(item, data, ps) if isinstance(data, bytes) else failed(item, data)
-
-
-def _arrivals(futures: dict[Future, int]) -> Iterator[tuple[Future, int]]:
-    """(download future, record number) in the order the downloads finish."""
-    for fut in as_completed(futures):
-        yield fut, futures[fut]
 
 
 def worker_plan(n_workers: int, n_shards: int) -> tuple[int, int]:
@@ -159,21 +177,29 @@ def run_shard(
     store: MediaStore,
     cpu_threads: int = 1,
 ) -> bytes:
-    """Do a shard, write it (and its failures) to the store; the ShardReport, pickled and
-    compressed."""
-    outcomes, stats = run_items(spec.items, ps, http, threads, cpu_threads)
-    files, fails = assemble(spec, dict(enumerate(outcomes)))
-    write_shard(store, spec, files, fails)
-    rows = shard_rows(files.without_payload(), spec.index)
+    """Do a shard, writing it to the store as its records are done (ShardWriter; its failures
+    just before it is committed); the ShardReport, pickled and compressed."""
+    keep_freed_memory()  # every row group reuses the last one's memory (core/heap.py)
+    done: dict = {}
+
+    def write(f) -> None:
+        shard = ShardWriter(spec, f)
+        done["stats"] = run_items(spec.items, ps, http, threads, shard.add, cpu_threads)
+        done["rows"], done["fails"] = shard.finish()
+        done["sizes"], done["downloaded"] = shard.sizes, shard.downloaded
+        write_failures(store, spec, done["fails"])  # before the shard exists: it marks it done
+
+    store.write(store.shard(spec.modality, spec.index), write)
+    rows = shard_rows(done["rows"], spec.index, done["sizes"])
     report = ShardReport(
         spec.modality,
         spec.index,
         len(spec.items),
         rows,
-        fails,
-        sum(o.downloaded for o in outcomes),
+        done["fails"],
+        done["downloaded"],
         int(rows["size"].sum() or 0),
-        stats,
+        done["stats"],
         _node(),
     )
     return zlib.compress(pickle.dumps(report))  # hex digests and repeated paths: about 2x
@@ -211,7 +237,7 @@ def run_local(
     on: OnProgress,
     received: Received,
 ) -> Iterator[ShardReport]:
-    """Shards over a process pool, one per worker at a time (a shard is held in its memory);
+    """Shards over a process pool, one per worker at a time;
     with fewer shards than workers, fewer processes with more CPU threads each (`worker_plan`)."""
     ps = settings.process()
     spec, threads = _worker_share(settings, http)

@@ -90,13 +90,14 @@ def _live(rows: pl.DataFrame, spec: ShardSpec) -> pl.DataFrame:
 def _read_shard_index(store: MediaStore, spec: ShardSpec) -> pl.DataFrame:
     """A stored shard's rows without their bytes (a column projection: bytes are never read)."""
     with store.open(store.shard(spec.modality, spec.index)) as f:
-        table = pq.read_table(f, columns=_META_COLUMNS)
-    return shard_rows(table, spec.index)
+        shard = pq.ParquetFile(f)
+        sizes = json.loads((shard.metadata.metadata or {})[SIZES_KEY])
+        table = shard.read(columns=_META_COLUMNS)
+    return shard_rows(table, spec.index, sizes)
 
 
-def shard_rows(table: pa.Table, shard: int) -> pl.DataFrame:
+def shard_rows(table: pa.Table, shard: int, sizes: list[int]) -> pl.DataFrame:
     """A shard table's index rows: its columns but the payload, each row's size, the shard."""
-    sizes = json.loads((table.schema.metadata or {})[SIZES_KEY])
     table = table.select(_META_COLUMNS)
     return pl.from_arrow(table).with_columns(
         pl.Series("size", sizes, pl.Int64), pl.lit(shard, pl.Int32).alias("shard")

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import IO
@@ -190,96 +190,121 @@ def is_done(store: MediaStore, spec: ShardSpec) -> bool:
         return False
     try:
         with store.open(path) as f:
-            meta = pq.read_schema(f).metadata or {}
+            meta = shard_metadata(f)
     except (OSError, pa.ArrowInvalid):
         return False
     return meta.get(FINGERPRINT_KEY) == spec.fingerprint.encode() and TRANSIENT_KEY not in meta
 
 
-@dataclass
-class ShardFiles:
-    """A shard's MEDIA_FILE rows in record order (media bytes still the workers' own objects)
-    and its schema with the shard's metadata: written ROW_GROUP rows at a time, never copied
-    into one table of the whole shard (a second copy of every byte, in fresh memory)."""
+class ShardWriter:
+    """A shard's Parquet file written while its records are done: ROW_GROUP rows at a time in
+    record order, each group as soon as every record before its last row is done, whose bytes
+    are then let go. A worker so holds a few row groups of media, never a whole shard (fresh
+    memory for each shard's bytes was also a VM's dearest part of materialize: core/heap.py).
 
-    rows: list[dict]
-    schema: pa.Schema
+    The footer's keys (the shard's fingerprint, its rows' sizes, transient failures) are added
+    at `finish`, after the last row: a file cut short carries no fingerprint, so it is never
+    taken for a finished shard."""
 
-    def parts(self) -> Iterator[pa.Table]:
-        """The rows as tables of ROW_GROUP rows (one Parquet row group each).
+    def __init__(self, spec: ShardSpec, where: str | Path | IO[bytes] | pa.NativeFile) -> None:
+        self.spec = spec
+        self._writer = _parquet_writer(where, MEDIA_FILE)
+        self._done: dict[int, ItemOutcome] = {}
+        self._ready: list[dict] = []  # rows of records done in order, not yet written
+        self.released = 0  # records 0 .. released-1 are done and handed on
+        self.rows: list[dict] = []  # every row written, without its payload
+        self.sizes: list[int] = []  # len(bytes) of every row written
+        self.failures: list[dict] = []
+        self.downloaded = 0
 
-        The media bytes are joined into one exactly sized buffer that the column then views:
-        Arrow's builder would copy them growing its buffer by doubling, into fresh memory each
-        time, which cost a fresh worker 0.5-1 CPU-ms a recording (benchmarks/README.md)."""
-        rest = pa.schema([f for f in self.schema if f.name != "bytes"])
-        for a in range(0, len(self.rows), ROW_GROUP):
-            rows = self.rows[a : a + ROW_GROUP]
-            table = pa.Table.from_pylist(rows, schema=rest)
-            payload = joined_binary([r["bytes"] for r in rows])
-            columns = [payload if n == "bytes" else table[n] for n in self.schema.names]
-            yield pa.Table.from_arrays(columns, schema=self.schema)
+    def add(self, k: int, outcome: ItemOutcome) -> int:
+        """Take record k's outcome; write what is complete. Returns `released`."""
+        self._done[k] = outcome
+        while self.released in self._done:
+            done = self._done.pop(self.released)
+            self.released += 1
+            self.downloaded += done.downloaded
+            self._ready += done.rows
+            if done.failure:
+                self.failures.append(done.failure)
+        while len(self._ready) >= ROW_GROUP:
+            self._write(self._ready[:ROW_GROUP])
+            del self._ready[:ROW_GROUP]
+        return self.released
 
-    def without_payload(self) -> pa.Table:
-        """Every column but the payload (MEDIA_PAYLOAD), with the schema's metadata."""
-        schema = pa.schema([f for f in self.schema if f.name not in MEDIA_PAYLOAD])
-        kept = [{k: r[k] for k in schema.names} for r in self.rows]
-        return to_table(kept, schema.with_metadata(self.schema.metadata))
+    def _write(self, rows: list[dict]) -> None:
+        rest = pa.Table.from_pylist(rows, schema=_WITHOUT_BYTES)
+        payload = joined_binary([r["bytes"] for r in rows])
+        columns = [payload if n == "bytes" else rest[n] for n in MEDIA_FILE.names]
+        self._writer.write_table(pa.Table.from_arrays(columns, schema=MEDIA_FILE), ROW_GROUP)
+        self.sizes += [len(r["bytes"]) for r in rows]
+        self.rows += [{k: v for k, v in r.items() if k not in MEDIA_PAYLOAD} for r in rows]
+
+    def finish(self) -> tuple[pa.Table, pa.Table]:
+        """Write the last rows and the footer (the file is then complete; its store commits it):
+        (the shard's rows without payload, its FAILURE rows), both in record order."""
+        if self.released != len(self.spec.items):
+            raise RuntimeError(f"shard {self.spec.index}: {self.released} records done of "
+                               f"{len(self.spec.items)}")  # fmt: skip
+        if self._ready:
+            self._write(self._ready)
+            self._ready = []
+        fails = to_table(self.failures, FAILURE)
+        transient = sum(1 for f in self.failures if f["reason"] in TRANSIENT)
+        meta = {FINGERPRINT_KEY: self.spec.fingerprint.encode(),
+                SIZES_KEY: json.dumps(self.sizes).encode()}  # fmt: skip
+        if transient:
+            meta[TRANSIENT_KEY] = str(transient).encode()
+        self._writer.add_key_value_metadata(meta)
+        self._writer.close()
+        fingerprint = {FINGERPRINT_KEY: meta[FINGERPRINT_KEY]}
+        return to_table(self.rows, _INDEXED), fails.replace_schema_metadata(fingerprint)
+
+
+_WITHOUT_BYTES = pa.schema([f for f in MEDIA_FILE if f.name != "bytes"])
+_INDEXED = pa.schema([f for f in MEDIA_FILE if f.name not in MEDIA_PAYLOAD])
+
+
+def shard_metadata(where: str | IO[bytes] | pa.NativeFile) -> dict[bytes, bytes]:
+    """A stored shard's footer keys (FINGERPRINT_KEY, SIZES_KEY, TRANSIENT_KEY), read alone."""
+    return pq.read_metadata(where).metadata or {}
 
 
 def joined_binary(values: list[bytes]) -> pa.Array:
-    """A large_binary array of `values` (no nulls) over one buffer of their bytes joined."""
+    """A large_binary array of `values` (no nulls) over one buffer of their bytes joined: Arrow's
+    builder would copy them growing its buffer by doubling, into fresh memory each time, which
+    cost a fresh worker 0.5-1 CPU-ms a recording (benchmarks/README.md)."""
     offsets = np.zeros(len(values) + 1, np.int64)
     np.cumsum([len(v) for v in values], out=offsets[1:])
     buffers = [None, pa.py_buffer(offsets), pa.py_buffer(b"".join(values))]
     return pa.Array.from_buffers(pa.large_binary(), len(values), buffers)
 
 
-def assemble(spec: ShardSpec, outcomes: dict[int, ItemOutcome]) -> tuple[ShardFiles, pa.Table]:
-    """The shard's MEDIA_FILE rows and FAILURE table, rows in record order (segments in order)."""
-    ordered = [outcomes[k] for k in range(len(spec.items))]
-    rows = [row for o in ordered for row in o.rows]
-    fails = to_table((o.failure for o in ordered if o.failure), FAILURE)
-    meta = {FINGERPRINT_KEY: spec.fingerprint.encode()}
-    sizes = json.dumps([len(row["bytes"]) for row in rows]).encode()
-    transient = sum(1 for o in ordered if o.failure and o.failure["reason"] in TRANSIENT)
-    again = {TRANSIENT_KEY: str(transient).encode()} if transient else {}
-    files = ShardFiles(rows, MEDIA_FILE.with_metadata({**meta, SIZES_KEY: sizes, **again}))
-    return files, fails.replace_schema_metadata(meta)
-
-
-def write_shard(store: MediaStore, spec: ShardSpec, files: ShardFiles, fails: pa.Table) -> None:
-    """Failures first, the shard last: the shard object's existence marks the shard done."""
+def write_failures(store: MediaStore, spec: ShardSpec, fails: pa.Table) -> None:
+    """A shard's FAILURE rows: written before its shard is committed (whose existence marks the
+    shard done)."""
     store.write(
         store.failures(spec.modality, spec.index),
         lambda f: pq.write_table(fails, f, compression="zstd"),
     )
-    store.write(
-        store.shard(spec.modality, spec.index),
-        lambda f: write_media_parquet(files.parts(), f, files.schema),
-    )
 
 
-def write_media_parquet(
-    parts: pa.Table | Iterable[pa.Table],
-    where: str | Path | IO[bytes],
-    schema: pa.Schema | None = None,
-) -> None:
-    """Media rows as Parquet, from a table or from tables of ROW_GROUP rows of `schema`.
+def write_media_parquet(table: pa.Table, where: str | Path | IO[bytes]) -> None:
+    """Media rows (MEDIA_FILE columns) as Parquet, as a shard stores them."""
+    with _parquet_writer(where, table.schema) as writer:
+        writer.write_table(table, row_group_size=ROW_GROUP)
 
-    Row groups of ROW_GROUP rows let readers fetch a few files without reading a whole shard.
+
+def _parquet_writer(where: str | Path | IO[bytes] | pa.NativeFile, schema: pa.Schema):
+    """Row groups of ROW_GROUP rows let readers fetch a few files without reading a whole shard.
     The media bytes are stored plainly (encoded media does not compress: zstd only cost time;
     publish stores them so too), the rest zstd; the payload gets no dictionary and no min/max
-    statistics (it is never filtered on).
-    """
-    if isinstance(parts, pa.Table):
-        parts, schema = [parts], parts.schema
+    statistics (it is never filtered on)."""
     others = [name for name in schema.names if name not in MEDIA_PAYLOAD]
     codecs = {name: "none" if name == "bytes" else "zstd" for name in schema.names}
-    with pq.ParquetWriter(
+    return pq.ParquetWriter(
         where, schema, compression=codecs, use_dictionary=others, write_statistics=others
-    ) as writer:
-        for part in parts:
-            writer.write_table(part, row_group_size=ROW_GROUP)
+    )
 
 
 def remove_partial(store: MediaStore, modality: str) -> None:
