@@ -34,6 +34,18 @@ SCRIPT = textwrap.dedent(
         with filtered_c_stderr():  # nested (another decoding thread)
             c_print("[src/libmpg123/parse.c:skip_junk():1260] error: Giving up\\n")
     c_print("after: C stderr restored\\n")
+    with filtered_c_stderr():  # the capture was emptied: nothing above comes out again
+        c_print("second use\\n")
+    import os
+    pid = os.fork()
+    if pid == 0:  # a forked child captures into its own file, not its parent's
+        with filtered_c_stderr():
+            c_print("child: kept\\n")
+            c_print("[src/libmpg123/layer3.c:INT123_do_layer3():1774] error: child\\n")
+        os._exit(0)
+    os.waitpid(pid, 0)
+    with filtered_c_stderr():
+        c_print("parent again\\n")
     print("python: done", file=sys.stderr)
     """
 )
@@ -48,4 +60,10 @@ def test_only_the_decoder_is_silenced() -> None:
     assert "another C library: a real problem" in lines
     assert "python thread: traceback" in lines  # written while the filter was active
     assert "after: C stderr restored" in lines
+    assert lines.count("another C library: a real problem") == 1
+    assert [line for line in lines if line in ("second use", "child: kept", "parent again")] == [
+        "second use",
+        "child: kept",
+        "parent again",
+    ]
     assert lines[-1] == "python: done"

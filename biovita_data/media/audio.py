@@ -85,8 +85,9 @@ def _store_libsndfile(
 
 
 def _scan(snd: sf.SoundFile, printer: AudioPrinter | None = None) -> tuple[int, float]:
-    """Decode every frame (float32, native rate, one reused buffer): frame count and peak;
-    each block also fed to `printer` when one is given."""
+    """Decode every frame (float32, native rate, one reused buffer): frame count and peak (only
+    until it reaches SILENCE_PEAK: all that is asked of it, and most first blocks do); each
+    block also fed to `printer` when one is given."""
     buf = np.empty((DECODE_BLOCK, snd.channels), np.float32)  # the reads dedup's decode makes
     frames, peak = 0, 0.0
     while True:
@@ -94,7 +95,8 @@ def _scan(snd: sf.SoundFile, printer: AudioPrinter | None = None) -> tuple[int, 
         if not len(block):
             return frames, peak
         frames += len(block)
-        peak = max(peak, float(block.max()), -float(block.min()))
+        if not peak >= SILENCE_PEAK:  # NaN samples keep it below: a silent failure as before
+            peak = max(peak, float(block.max()), -float(block.min()))
         if printer is not None:
             printer.add(block)
 
