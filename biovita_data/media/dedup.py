@@ -20,6 +20,7 @@ fingerprint gets a
 
 from __future__ import annotations
 
+import contextlib
 import io
 import multiprocessing
 import os
@@ -617,15 +618,22 @@ def _bucket_pairs_of(data: bytes, threads: int) -> pl.DataFrame:
 
 
 def _pairs_in_processes(paths: list[Path], workers: int, threads: int) -> Iterator[pl.DataFrame]:
-    """_bucket_pairs of each path, in order as they finish, in a pool of fresh processes
-    (forkserver: never fork a process running Polars' threads), each with its share of the
-    cores."""
-    ctx = multiprocessing.get_context("forkserver")
+    """_bucket_pairs of each path, in order as they finish, in a pool of fresh processes, each
+    with its share of the cores."""
+    with worker_pool(workers, threads) as pool:
+        yield from pool.map(partial(_bucket_pairs, threads=threads), paths)
+
+
+@contextlib.contextmanager
+def worker_pool(workers: int, threads: int) -> Iterator[ProcessPoolExecutor]:
+    """`workers` fresh interpreters whose Polars runs `threads` threads. Spawned, not forked from
+    materialize's forkserver: Polars sizes its pool once, and the server's is sized for every
+    core (never fork a process running Polars' threads either)."""
     before = os.environ.get("POLARS_MAX_THREADS")
     os.environ["POLARS_MAX_THREADS"] = str(threads)  # read by Polars when a worker imports it
     try:
-        with ProcessPoolExecutor(workers, mp_context=ctx) as pool:
-            yield from pool.map(partial(_bucket_pairs, threads=threads), paths)
+        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+            yield pool
     finally:
         if before is None:
             os.environ.pop("POLARS_MAX_THREADS", None)

@@ -17,7 +17,6 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
-import multiprocessing
 import os
 import pickle
 import socket
@@ -39,6 +38,7 @@ from queue import SimpleQueue
 import polars as pl
 import pyarrow as pa
 
+from biovita_data.core import forkserver
 from biovita_data.core.heap import keep_freed_memory
 from biovita_data.crawl.http import HttpClient
 from biovita_data.media.download import HttpSpec, fetch_item
@@ -244,10 +244,9 @@ def run_local(
     collect = Collector(http, on, received)
     todo = iter(shards)
     window, cpu_threads = worker_plan(settings.n_workers, len(shards))
-    ctx = multiprocessing.get_context("forkserver")  # never fork a process that runs threads
-    # pandas too: pyarrow imports it at its first table built from Python rows (every shard's),
-    # about 0.5 CPU-s that the forkserver then pays once instead of every worker
-    ctx.set_forkserver_preload(["biovita_data.media.engines", "pandas"])
+    # never fork a process that runs threads; pandas preloaded too: pyarrow imports it at its
+    # first table built from Python rows (every shard's), ~0.5 CPU-s paid once, not per worker
+    ctx = forkserver.context(["biovita_data.media.engines", "pandas"])
     inflight: set[Future] = set()
     with ProcessPoolExecutor(window, mp_context=ctx) as pool:
         while True:
