@@ -50,7 +50,7 @@ def _run_main_in_server() -> None:
     process.current_process()._inheriting = True  # as multiprocessing's own preload does
     try:
         spawn.import_main_path(path)
-    except Exception as exc:  # the workers run it themselves then, and report what fails
+    except (Exception, SystemExit) as exc:  # the workers then run it as before, failing alike
         log.debug("main script %s not run in the forkserver: %s", path, exc)
     finally:
         del process.current_process()._inheriting
