@@ -4,12 +4,13 @@ Workers write their finished shards here themselves; the driver only reads shard
 metadata columns back. Credentials and endpoints come from the standard environment of each
 process (AWS_ENDPOINT_URL, AWS_ACCESS_KEY_ID, GOOGLE_APPLICATION_CREDENTIALS, ...), never from
 arguments. A write commits atomically: a local file is written to a temp name and renamed; an
-object store's object appears only once its upload completed (one PUT, or a completed multipart
-upload); any other fsspec filesystem gets a temp name and a move.
+object store's object appears only once its multipart upload is completed after the write
+succeeded (a write that raises aborts it); any other fsspec filesystem gets a temp name and a move.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import uuid
@@ -108,8 +109,7 @@ class MediaStore:
         protocol = self.fs.protocol
         protocols = {protocol} if isinstance(protocol, str) else set(protocol)
         if protocols & ATOMIC_PUT:
-            with self.fs.open(path, "wb") as f:
-                write(f)
+            _write_committed(self.fs, path, write)
             return
         folder, name = path.rsplit("/", 1)
         tmp = f"{folder}/.{name}.{uuid.uuid4().hex}.tmp"
@@ -121,6 +121,27 @@ class MediaStore:
         finally:
             if self.fs.exists(tmp):
                 self.fs.rm(tmp)
+
+
+def _write_committed(fs: Any, path: str, write: Callable[[IO[bytes]], None]) -> None:
+    """Upload without committing, then commit: a `write` that raises leaves no object at `path`
+    (its multipart upload aborted), where closing the file would have completed it. A file
+    class that cannot defer its commit (no `commit` of its own) is written as before."""
+    from fsspec.spec import AbstractBufferedFile
+
+    f = fs.open(path, "wb", autocommit=False)
+    if type(f).commit is AbstractBufferedFile.commit:  # commit is a no-op: close commits
+        with f:
+            write(f)
+        return
+    try:
+        with f:  # uploads what is buffered, completes nothing
+            write(f)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the write's own error is the one to report
+            f.discard()
+        raise
+    f.commit()
 
 
 def _write_local(path: Path, write: Callable[[IO[bytes] | pa.NativeFile], None]) -> None:
