@@ -11,10 +11,12 @@ the server would: each worker then finds it already run and skips it.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import sys
+from collections.abc import Iterator
 from multiprocessing import forkserver, process, spawn
 from multiprocessing.context import ForkServerContext
 
@@ -29,17 +31,25 @@ def context(preload: list[str]) -> ForkServerContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__, *preload])
     main = spawn.get_preparation_data("main").get("init_main_from_path")
-    before = os.environ.get(ENV)
-    if main:
-        os.environ[ENV] = main
-    try:
+    with environ(ENV, main):
         forkserver.ensure_running()
+    return ctx
+
+
+@contextlib.contextmanager
+def environ(name: str, value: str | None) -> Iterator[None]:
+    """`name` set to `value` in this process's environment (left as it is when None) for the
+    duration, for the processes started meanwhile to inherit; then restored."""
+    before = os.environ.get(name)
+    if value is not None:
+        os.environ[name] = value
+    try:
+        yield
     finally:
         if before is None:
-            os.environ.pop(ENV, None)
+            os.environ.pop(name, None)
         else:
-            os.environ[ENV] = before
-    return ctx
+            os.environ[name] = before
 
 
 def _run_main_in_server() -> None:

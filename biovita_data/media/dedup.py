@@ -42,6 +42,7 @@ import pyarrow.parquet as pq
 from rich.console import Console
 
 from biovita_data.core import layout
+from biovita_data.core.forkserver import environ
 from biovita_data.core.memory import available_memory
 from biovita_data.core.progress import LogProgress
 from biovita_data.core.schemas import DUPLICATES, FAILURE, MEDIA
@@ -629,16 +630,12 @@ def worker_pool(workers: int, threads: int) -> Iterator[ProcessPoolExecutor]:
     """`workers` fresh interpreters whose Polars runs `threads` threads. Spawned, not forked from
     materialize's forkserver: Polars sizes its pool once, and the server's is sized for every
     core (never fork a process running Polars' threads either)."""
-    before = os.environ.get("POLARS_MAX_THREADS")
-    os.environ["POLARS_MAX_THREADS"] = str(threads)  # read by Polars when a worker imports it
-    try:
-        with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-            yield pool
-    finally:
-        if before is None:
-            os.environ.pop("POLARS_MAX_THREADS", None)
-        else:
-            os.environ["POLARS_MAX_THREADS"] = before
+    spawn = multiprocessing.get_context("spawn")
+    with (
+        environ("POLARS_MAX_THREADS", str(threads)),  # read by Polars when a worker imports it
+        ProcessPoolExecutor(workers, mp_context=spawn) as pool,
+    ):
+        yield pool
 
 
 def _species(out: Path, modality: str) -> pl.DataFrame:

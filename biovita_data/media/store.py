@@ -126,14 +126,9 @@ class MediaStore:
 def _write_committed(fs: Any, path: str, write: Callable[[IO[bytes]], None]) -> None:
     """Upload without committing, then commit: a `write` that raises leaves no object at `path`
     (its multipart upload aborted), where closing the file would have completed it. A file
-    class that cannot defer its commit (no `commit` of its own) is written as before."""
-    from fsspec.spec import AbstractBufferedFile
-
+    class that cannot defer its commit ignores autocommit and commits on close, as before (its
+    discard and commit are fsspec's no-ops)."""
     f = fs.open(path, "wb", autocommit=False)
-    if type(f).commit is AbstractBufferedFile.commit:  # commit is a no-op: close commits
-        with f:
-            write(f)
-        return
     try:
         with f:  # uploads what is buffered, completes nothing
             write(f)
