@@ -16,7 +16,10 @@ same recordings costs (soundfile, float32, from an in-memory file as materialize
 this process): no verifying materialize can spend less. It is measured just before and just
 after each round's run and their mean taken, because this VM's speed drifts by 10-20 % from one
 minute to the next; `floor_ratio` = the median over rounds of a round's CPU ms per clip over its
-floor (target <= 1.1). The I/O floor: receiving and writing the same bodies as plainly as
+floor (target <= 1.1); `floor_ratio_workers` is the same of the worker processes alone (the
+forkserver included) and `driver_cpu_ms_per_clip` what this process spent on the run beside them
+(planning, progress, collecting reports, the index), so that what is left over the floor can be
+placed. The I/O floor: receiving and writing the same bodies as plainly as
 possible (`io_floor`), which no downloading materialize avoids either. --shard-size (default:
 materialize's 500) sets the records per shard: with --shard-size >= --clips the run has one
 shard, fewer than the workers, and `cores_used` shows whether every worker still works. stdout:
@@ -169,12 +172,14 @@ def run(
         result = materialize(out, settings, console=Console(stderr=True), http=http)
         seconds = time.perf_counter() - t0
         cpu_s = cpu.stop()
+        workers_s = cpu.descendants_s
         m = result.by_modality("audio")
         index = pq.read_table(out / "media" / "audio" / "index.parquet")
         kept_original = sum(not t for t in index["transcoded"].to_pylist())
     return {
         "seconds": seconds,
         "cpu_s": cpu_s,
+        "workers_s": workers_s,
         "kept": m.kept,
         "failed": m.failed,
         "kept_original": kept_original,
@@ -218,6 +223,9 @@ def main() -> None:
     per_core = args.clips / best["seconds"] / cores
     cpu_ms = float(np.median([1000 * x["cpu_s"] / args.clips for x in runs]))
     ratios = [1000 * x["cpu_s"] / args.clips / f for x, f in zip(runs, floors, strict=True)]
+    worker_ratios = [
+        1000 * x["workers_s"] / args.clips / f for x, f in zip(runs, floors, strict=True)
+    ]
     floor = float(np.median(floors))
     io = float(np.median(io_floors))
     out = {
@@ -236,6 +244,10 @@ def main() -> None:
         "decode_floors": [round(f, 2) for f in floors],
         "floor_ratio": round(float(np.median(ratios)), 3),
         "floor_ratios": [round(x, 3) for x in ratios],
+        "floor_ratio_workers": round(float(np.median(worker_ratios)), 3),
+        "driver_cpu_ms_per_clip": round(
+            float(np.median([1000 * (x["cpu_s"] - x["workers_s"]) / args.clips for x in runs])), 2
+        ),
         "io_floor_cpu_ms_per_clip": round(io, 2),
         "floor_ratio_with_io": round(
             float(np.median([r * f / (f + io) for r, f in zip(ratios, floors, strict=True)])), 3

@@ -92,6 +92,7 @@ class TreeCpu:
         self.base = self._scan()
         self.last = dict(self.base)
         self.own = 0.0  # the sampling thread's CPU seconds (time.thread_time, read in it)
+        self.descendants_s = 0.0  # set by stop()
         self.stopped = threading.Event()
         self.thread = threading.Thread(target=self._loop, daemon=True)
         self.thread.start()
@@ -106,9 +107,12 @@ class TreeCpu:
         self.own = time.thread_time()
 
     def stop(self) -> float:
-        """Stop sampling; the CPU seconds used since the clock started."""
+        """Stop sampling; the CPU seconds used since the clock started (`descendants_s`: the
+        part of them that this process's descendants used, its own being the rest)."""
         self.stopped.set()
         self.thread.join()
         self.last.update(self._scan())
-        ticks = sum(t - self.base.get(p, 0) for p, t in self.last.items())
-        return max(0.0, ticks / self.tick - self.own)
+        spent = {p: t - self.base.get(p, 0) for p, t in self.last.items()}
+        me = os.getpid()
+        self.descendants_s = sum(t for p, t in spent.items() if p != me) / self.tick
+        return max(0.0, sum(spent.values()) / self.tick - self.own)
