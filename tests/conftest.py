@@ -9,6 +9,7 @@ from collections.abc import Iterator
 import pytest
 import requests
 
+from biovita_data.core import environ
 from biovita_data.sample.server import SampleServer
 from biovita_data.sample.world import World
 
@@ -63,19 +64,15 @@ def moto_s3() -> Iterator[str]:
         "AWS_DEFAULT_REGION": "us-east-1",
         "AWS_ENDPOINT_URL": endpoint,
     }
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    s3fs.S3FileSystem.clear_instance_cache()
     try:
-        # moto keeps its state per process, not per server: start from an empty S3
-        requests.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
-        s3fs.S3FileSystem().mkdir("media")
-        yield endpoint
+        with environ.scoped(env):
+            s3fs.S3FileSystem.clear_instance_cache()
+            try:
+                # moto keeps its state per process, not per server: start from an empty S3
+                requests.post(f"{endpoint}/moto-api/reset", timeout=10).raise_for_status()
+                s3fs.S3FileSystem().mkdir("media")
+                yield endpoint
+            finally:
+                s3fs.S3FileSystem.clear_instance_cache()
     finally:
-        s3fs.S3FileSystem.clear_instance_cache()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
         server.stop()

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from biovita_data.app.cli import app
 from biovita_data.app.stages import run_build
-from biovita_data.core import layout
+from biovita_data.core import environ, layout
 from biovita_data.core.budget import EXIT_OVER_BUDGET, BudgetExceeded, over_budget
 from biovita_data.crawl.fetch import fetch, settings_from_env
 from biovita_data.crawl.http import FetchError, HostUnreachable, HttpClient
@@ -42,26 +42,23 @@ def built(tiny_world: World, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     the manifests' media URLs point at a host that no longer answers. Returns (OUT, its port)."""
     out = tmp_path_factory.mktemp("dead-host")
     server = SampleServer(tiny_world, port=0).start()
-    saved = {k: os.environ.get(k) for k in ("XENO_CANTO_API_KEY", "INATURALIST_API_URL")}
+    # both restored afterwards; INATURALIST_API_URL is set only once the crawl is done
+    keys = {"XENO_CANTO_API_KEY": "sample-world-key", "INATURALIST_API_URL": None}
     try:
-        os.environ["XENO_CANTO_API_KEY"] = "sample-world-key"
-        settings = settings_from_env(
-            taxa=TAXA,
-            sources=["xeno-canto", "inaturalist"],
-            throttle=False,
-            xeno_canto_url=server.urls["XENO_CANTO_API_URL"],
-            inaturalist_url=server.urls["INATURALIST_API_URL"],
-        )
-        fetch(settings, out, console=QUIET)
-        os.environ["INATURALIST_API_URL"] = server.urls["INATURALIST_API_URL"]
-        run_build(out, {"align": {"throttle": False}}, QUIET, stages=("align", "split", "bench"))
+        with environ.scoped(keys):
+            settings = settings_from_env(
+                taxa=TAXA,
+                sources=["xeno-canto", "inaturalist"],
+                throttle=False,
+                xeno_canto_url=server.urls["XENO_CANTO_API_URL"],
+                inaturalist_url=server.urls["INATURALIST_API_URL"],
+            )
+            fetch(settings, out, console=QUIET)
+            os.environ["INATURALIST_API_URL"] = server.urls["INATURALIST_API_URL"]
+            stages = ("align", "split", "bench")
+            run_build(out, {"align": {"throttle": False}}, QUIET, stages=stages)
     finally:
         server.stop()
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return out, int(server.root.rsplit(":", 1)[1])
 
 

@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import polars as pl
 from rich.console import Console
 
 from biovita_data.app.stages import run_build
-from biovita_data.core import layout
+from biovita_data.core import environ, layout
 from biovita_data.crawl.fetch import fetch, settings_from_env
 from biovita_data.crawl.http import HttpClient
 from biovita_data.media import MaterializeSettings, materialize
@@ -21,30 +20,17 @@ QUIET = Console(quiet=True)
 
 def test_gbif_audio_aligns_and_dead_host_downloads_fail(tiny_world: World, tmp_path: Path) -> None:
     out = tmp_path
-    with SampleServer(tiny_world, port=0) as srv:
-        saved = {k: os.environ.get(k) for k in srv.urls}
-        os.environ.update(srv.urls)
-        try:
-            settings = settings_from_env(
-                taxa=["Aves"], sources=["inaturalist", "gbif"], throttle=False
-            )
-            fetch(settings, out, console=QUIET)
-            run_build(out, {"align": {"throttle": False, "min_audio": 1}}, QUIET,
-                      stages=("align", "split"))  # fmt: skip
-            materialize(
-                out,
-                MaterializeSettings(
-                    workers=1, shard_size=50, throttle=False, modalities=("audio",)
-                ),
-                console=QUIET,
-                http=HttpClient(throttle=False, retries=1, backoff_s=0.01),
-            )
-        finally:
-            for k, v in saved.items():
-                if v is None:
-                    os.environ.pop(k, None)
-                else:
-                    os.environ[k] = v
+    with SampleServer(tiny_world, port=0) as srv, environ.scoped(srv.urls):
+        settings = settings_from_env(taxa=["Aves"], sources=["inaturalist", "gbif"], throttle=False)
+        fetch(settings, out, console=QUIET)
+        run_build(out, {"align": {"throttle": False, "min_audio": 1}}, QUIET,
+                  stages=("align", "split"))  # fmt: skip
+        materialize(
+            out,
+            MaterializeSettings(workers=1, shard_size=50, throttle=False, modalities=("audio",)),
+            console=QUIET,
+            http=HttpClient(throttle=False, retries=1, backoff_s=0.01),
+        )
     raw = pl.read_parquet(layout.raw_records_path(out, "gbif"))
     aligned = pl.read_parquet(layout.media_manifest_path(out, "audio")).filter(
         pl.col("source") == "gbif"

@@ -13,6 +13,7 @@ from typing import Any
 from rich.console import Console
 
 from biovita_data.app.settings import check_pipeline, section
+from biovita_data.core import environ
 from biovita_data.core.budget import BudgetExceeded, budget_line
 from biovita_data.crawl.fetch import FetchSettings, settings_from_env
 from biovita_data.crawl.licenses import DEFAULT_ALLOWED, parse_allowed
@@ -96,17 +97,7 @@ def sample_environment(
     server = stack.enter_context(SampleServer(World(size, seed, epoch, duplicates), faults=faults))
     # its media live on 127.0.0.1: the explicit allowance materialize needs to download them
     env = {**server.urls, "XENO_CANTO_API_KEY": DEFAULT_XC_KEY, ALLOW_LOOPBACK_ENV: "1"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-
-    def restore() -> None:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
-
-    stack.callback(restore)
+    stack.enter_context(environ.scoped(env))
     return env
 
 

@@ -11,14 +11,14 @@ the server would: each worker then finds it already run and skips it.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import multiprocessing
 import os
 import sys
-from collections.abc import Iterator
 from multiprocessing import forkserver, process, spawn
 from multiprocessing.context import ForkServerContext
+
+from biovita_data.core import environ
 
 ENV = "BIOVITA_FORKSERVER_MAIN"  # the main script's path, set only while the server starts
 
@@ -31,25 +31,9 @@ def context(preload: list[str]) -> ForkServerContext:
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload([__name__, *preload])
     main = spawn.get_preparation_data("main").get("init_main_from_path")
-    with environ(ENV, main):
+    with environ.scoped({ENV: main}):
         forkserver.ensure_running()
     return ctx
-
-
-@contextlib.contextmanager
-def environ(name: str, value: str | None) -> Iterator[None]:
-    """`name` set to `value` in this process's environment (left as it is when None) for the
-    duration, for the processes started meanwhile to inherit; then restored."""
-    before = os.environ.get(name)
-    if value is not None:
-        os.environ[name] = value
-    try:
-        yield
-    finally:
-        if before is None:
-            os.environ.pop(name, None)
-        else:
-            os.environ[name] = before
 
 
 def _run_main_in_server() -> None:

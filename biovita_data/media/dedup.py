@@ -41,8 +41,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 from rich.console import Console
 
-from biovita_data.core import layout
-from biovita_data.core.forkserver import environ
+from biovita_data.core import environ, layout
 from biovita_data.core.memory import available_memory
 from biovita_data.core.progress import LogProgress
 from biovita_data.core.schemas import DUPLICATES, FAILURE, MEDIA
@@ -631,8 +630,9 @@ def worker_pool(workers: int, threads: int) -> Iterator[ProcessPoolExecutor]:
     materialize's forkserver: Polars sizes its pool once, and the server's is sized for every
     core (never fork a process running Polars' threads either)."""
     spawn = multiprocessing.get_context("spawn")
+    polars = {"POLARS_MAX_THREADS": str(threads)}  # read by Polars when a worker imports it
     with (
-        environ("POLARS_MAX_THREADS", str(threads)),  # read by Polars when a worker imports it
+        environ.scoped(polars),
         ProcessPoolExecutor(workers, mp_context=spawn) as pool,
     ):
         yield pool
