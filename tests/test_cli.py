@@ -224,6 +224,11 @@ def test_sample_serve_prints_urls_and_serves(tmp_path: Path) -> None:
             f"{info['XENO_CANTO_API_URL']}/recordings", params={"query": "grp:birds"}, timeout=10
         )
         assert r.status_code == 401
+        # what it prints is everything a build from it needs: the key it accepts, the allowance
+        assert info["BIOVITA_ALLOW_LOOPBACK"] == "1"
+        params = {"query": "grp:birds", "key": info["XENO_CANTO_API_KEY"]}
+        r = requests.get(f"{info['XENO_CANTO_API_URL']}/recordings", params=params, timeout=10)
+        assert r.status_code == 200 and int(r.json()["numRecordings"]) > 0
     finally:
         proc.terminate()
         proc.wait(timeout=10)

@@ -18,7 +18,7 @@ from typer.testing import CliRunner
 
 from biovita_data.app.cli import app
 from biovita_data.app.stages import run_build
-from biovita_data.core import layout
+from biovita_data.core import environ, layout
 from biovita_data.crawl.fetch import fetch, settings_from_env
 from biovita_data.crawl.http import HttpClient
 from biovita_data.media import MaterializeSettings, dedup, materialize
@@ -127,23 +127,21 @@ def deduped(dup_world: World, tmp_path_factory: pytest.TempPathFactory) -> Itera
     server = SampleServer(dup_world, port=0).start()
     out = tmp_path_factory.mktemp("dedup")
     try:
-        os.environ["XENO_CANTO_API_KEY"] = "sample-world-key"
-        settings = settings_from_env(
-            taxa=["Aves", "Amphibia"],
-            sources=["xeno-canto"],
-            throttle=False,
-            xeno_canto_url=server.urls["XENO_CANTO_API_URL"],
-            inaturalist_url=server.urls["INATURALIST_API_URL"],
-        )
-        fetch(settings, out, console=QUIET)
-        os.environ["INATURALIST_API_URL"] = server.urls["INATURALIST_API_URL"]
-        run_build(out, {"align": {"throttle": False, "min_images": 0}}, QUIET, stages=("align",))
-        ms = MaterializeSettings(workers=2, shard_size=50, throttle=False, modalities=("audio",))
-        materialize(out, ms, console=QUIET, http=HttpClient(throttle=False, retries=2))
-        result = CliRunner().invoke(app, ["dedup", "--out", str(out)])
-        assert result.exit_code == 0, result.output
-        assert "duplicate groups" in result.output
-        yield out
+        with environ.scoped(server.environment):  # restored once the module is done
+            settings = settings_from_env(
+                taxa=["Aves", "Amphibia"], sources=["xeno-canto"], throttle=False
+            )
+            fetch(settings, out, console=QUIET)
+            align = {"align": {"throttle": False, "min_images": 0}}
+            run_build(out, align, QUIET, stages=("align",))
+            ms = MaterializeSettings(
+                workers=2, shard_size=50, throttle=False, modalities=("audio",)
+            )
+            materialize(out, ms, console=QUIET, http=HttpClient(throttle=False, retries=2))
+            result = CliRunner().invoke(app, ["dedup", "--out", str(out)])
+            assert result.exit_code == 0, result.output
+            assert "duplicate groups" in result.output
+            yield out
     finally:
         server.stop()
 

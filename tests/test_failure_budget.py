@@ -3,7 +3,6 @@ per-host circuit breaker), no bench drawn from nothing, no empty publish, no sil
 
 from __future__ import annotations
 
-import os
 import shutil
 import socket
 from pathlib import Path
@@ -42,19 +41,12 @@ def built(tiny_world: World, tmp_path_factory: pytest.TempPathFactory) -> tuple[
     the manifests' media URLs point at a host that no longer answers. Returns (OUT, its port)."""
     out = tmp_path_factory.mktemp("dead-host")
     server = SampleServer(tiny_world, port=0).start()
-    # both restored afterwards; INATURALIST_API_URL is set only once the crawl is done
-    keys = {"XENO_CANTO_API_KEY": "sample-world-key", "INATURALIST_API_URL": None}
     try:
-        with environ.scoped(keys):
+        with environ.scoped(server.environment):  # restored afterwards
             settings = settings_from_env(
-                taxa=TAXA,
-                sources=["xeno-canto", "inaturalist"],
-                throttle=False,
-                xeno_canto_url=server.urls["XENO_CANTO_API_URL"],
-                inaturalist_url=server.urls["INATURALIST_API_URL"],
+                taxa=TAXA, sources=["xeno-canto", "inaturalist"], throttle=False
             )
             fetch(settings, out, console=QUIET)
-            os.environ["INATURALIST_API_URL"] = server.urls["INATURALIST_API_URL"]
             stages = ("align", "split", "bench")
             run_build(out, {"align": {"throttle": False}}, QUIET, stages=stages)
     finally:

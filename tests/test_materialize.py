@@ -24,7 +24,7 @@ from PIL import Image
 from rich.console import Console
 
 from biovita_data.app.stages import run_build
-from biovita_data.core import layout
+from biovita_data.core import environ, layout
 from biovita_data.crawl.fetch import fetch, settings_from_env
 from biovita_data.crawl.http import HttpClient
 from biovita_data.media import MaterializeSettings, materialize
@@ -61,21 +61,17 @@ def server(tiny_world: World) -> Iterator[SampleServer]:
 
 
 @pytest.fixture(scope="module")
-def built(server: SampleServer, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """OUT with both APIs crawled from the tiny world, then align and split (no media yet)."""
+def built(server: SampleServer, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """OUT with both APIs crawled from the tiny world, then align and split (no media yet); the
+    server's environment stays set for the module's tests and is restored after them."""
     out = tmp_path_factory.mktemp("built")
-    os.environ["XENO_CANTO_API_KEY"] = "sample-world-key"
-    settings = settings_from_env(
-        taxa=TAXA,
-        sources=["xeno-canto", "inaturalist"],
-        throttle=False,
-        xeno_canto_url=server.urls["XENO_CANTO_API_URL"],
-        inaturalist_url=server.urls["INATURALIST_API_URL"],
-    )
-    fetch(settings, out, console=QUIET)
-    os.environ["INATURALIST_API_URL"] = server.urls["INATURALIST_API_URL"]
-    run_build(out, {"align": {"throttle": False}}, QUIET, stages=("align", "split"))
-    return out
+    with environ.scoped(server.environment):
+        settings = settings_from_env(
+            taxa=TAXA, sources=["xeno-canto", "inaturalist"], throttle=False
+        )
+        fetch(settings, out, console=QUIET)
+        run_build(out, {"align": {"throttle": False}}, QUIET, stages=("align", "split"))
+        yield out
 
 
 def _copy(src: Path, dst: Path) -> Path:

@@ -804,8 +804,7 @@ def sample_serve(
     the variables to export."""
     import shlex
 
-    from biovita_data.crawl.guard import ALLOW_LOOPBACK_ENV
-    from biovita_data.sample.server import DEFAULT_XC_KEY, SampleServer
+    from biovita_data.sample.server import SampleServer
     from biovita_data.sample.world import World
 
     if output_format not in ("env", "json"):
@@ -820,8 +819,7 @@ def sample_serve(
         )
     except ValueError as exc:
         _fail(str(exc))
-    # the sample world's media are on loopback: the explicit allowance materialize needs
-    info = {**server.urls, "XENO_CANTO_API_KEY": DEFAULT_XC_KEY, ALLOW_LOOPBACK_ENV: "1"}
+    info = server.environment
     if gbif_max_offset != 100_000:
         info["GBIF_MAX_OFFSET"] = str(gbif_max_offset)
     if output_format == "json":

@@ -90,13 +90,11 @@ def sample_environment(
 ) -> dict[str, str]:
     """Start the sample world's server for the duration of `stack` (with `duplicates`, its
     planted copies and near-miss negatives); returns its env vars."""
-    from biovita_data.crawl.guard import ALLOW_LOOPBACK_ENV
-    from biovita_data.sample.server import DEFAULT_XC_KEY, SampleServer
+    from biovita_data.sample.server import SampleServer
     from biovita_data.sample.world import World
 
     server = stack.enter_context(SampleServer(World(size, seed, epoch, duplicates), faults=faults))
-    # its media live on 127.0.0.1: the explicit allowance materialize needs to download them
-    env = {**server.urls, "XENO_CANTO_API_KEY": DEFAULT_XC_KEY, ALLOW_LOOPBACK_ENV: "1"}
+    env = server.environment
     stack.enter_context(environ.scoped(env))
     return env
 

@@ -72,6 +72,14 @@ class SampleServer:
             "GBIF_API_URL": f"{self.root}/gbif/v1",
         }
 
+    @property
+    def environment(self) -> dict[str, str]:
+        """Everything a build from this server reads from the environment: its URLs, the
+        Xeno-canto key it accepts and the loopback allowance its media downloads need."""
+        from biovita_data.crawl.guard import ALLOW_LOOPBACK_ENV
+
+        return {**self.urls, "XENO_CANTO_API_KEY": self.xc_key, ALLOW_LOOPBACK_ENV: "1"}
+
     def start(self) -> SampleServer:
         # a short poll interval: stop() waits up to one interval for the serving loop to end
         self._thread = threading.Thread(
