@@ -276,6 +276,19 @@ def test_stage_commands_one_by_one(tmp_path: Path) -> None:
     planted = dups.filter(pl.col("record_id").cast(pl.Int64, strict=False) >= COPY_XC_BASE)
     assert planted.height >= 3  # the planted copies are found ...
     assert "duplicate groups: none" not in " ".join(result.output.split())  # ... and reported
+    # the summary's rows say what dedup's second split left on disk, not the first split's
+    rows = json.loads((out / "build.json").read_text())["stages"]
+    split = json.loads((out / "manifests" / "split.json").read_text())
+    moved = sum(split["moved"].values())
+    assert moved == split["moved"]["unit_merged"] >= 1  # the tiny world's copies join a group
+    assert f"split again: {moved} items moved" in rows["dedup"]["result"]
+    test_clips = pl.read_parquet(out / "manifests" / "audio.parquet")["split"].eq("test").sum()
+    assert rows["split"]["result"].startswith(f"test: {test_clips} clips")
+    assert rows["split"]["result"].endswith("(after dedup)")
+    queries = sum(
+        pl.read_parquet(out / "bench" / s / "tasks.parquet").height for s in ("seen", "unseen")
+    )
+    assert f", {queries} queries" in rows["bench"]["result"]  # drawn again after the new split
     before = (out / "bench" / "seen" / "tasks.parquet").read_bytes()
     # align again with a CSV backbone: no network needed
     from biovita_data.sample.world import World

@@ -172,7 +172,9 @@ def run_dedup(out: Path, cfg: dict, console: Console):
         split_json = layout.manifests_dir(out) / "split.json"
         saved = json.loads(split_json.read_text()) if split_json.exists() else {}
         split_cfg = saved.get("settings", {})
-        run_split(out, {k: v for k, v in split_cfg.items() if k in SPLIT_KEYS}, console)
+        result.split = run_split(
+            out, {k: v for k, v in split_cfg.items() if k in SPLIT_KEYS}, console
+        )
         redraw_bench(out, console)
     return result
 
@@ -255,7 +257,11 @@ def describe(stage: str, result: Any) -> str:
         from biovita_data.media.dedup import group_words
 
         kinds, pairs = group_words(result)
-        return f"duplicate groups: {kinds}; per source pair: {pairs}"
+        line = f"duplicate groups: {kinds}; per source pair: {pairs}"
+        if result.split is not None:
+            moved = sum(result.split.moved.values())
+            line += f"; split again: {moved} item{'s' * (moved != 1)} moved to join a group"
+        return line
     if stage == "publish":
         rows = {c: sum(v.values()) for c, v in result.rows.items()}
         where = result.target or str(result.folder)
@@ -293,7 +299,11 @@ def run_build(
         t = time.monotonic()
         result = RUNNERS[stage](out, cfg, console)
         done[stage] = {"seconds": round(time.monotonic() - t, 2), "result": describe(stage, result)}
-        if stage == "materialize" and "bench" in done:  # materialize drew the bench again
+        resplit = getattr(result, "split", None)  # dedup split again (copies are one unit)
+        if resplit is not None and "split" in done:
+            done["split"]["result"] = describe("split", resplit) + " (after dedup)"
+        # materialize drew the bench again, and so did dedup when it split again
+        if stage in ("materialize", "dedup") and "bench" in done:
             done["bench"]["result"] = describe_bench_on_disk(out)
     return done
 

@@ -33,6 +33,7 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import polars as pl
@@ -50,6 +51,9 @@ from biovita_data.media import fingerprint as fp
 from biovita_data.media import landmark_search
 from biovita_data.media.settings import check_engine
 from biovita_data.media.store import MediaStore
+
+if TYPE_CHECKING:
+    from biovita_data.curate.split import SplitResult
 
 STAGE = "dedup"
 # audio: a pair is near when NEAR_MATCHES landmarks agree at the best offset (+-1 frame) and
@@ -73,6 +77,7 @@ class DedupResult:
     members: int = 0
     no_fingerprint: int = 0
     pairs: dict[str, int] = field(default_factory=dict)  # "a|b" sources -> groups spanning them
+    split: SplitResult | None = None  # the split run again once content groups were found
 
 
 Segment = tuple[float, bytes | None, bytes | None]  # offset_s, stored bytes, packed fingerprint
