@@ -552,3 +552,17 @@ def test_load_by_path_with_other_datasets_version(published: Path, hub_env: dict
     python = os.environ["BIOVITA_DATASETS_COMPAT_PYTHON"]
     report = _run_load(python, str(published), {**hub_env, "HF_HUB_OFFLINE": "1"})
     _check_report(report, _expected_report(published))
+
+
+def test_long_tail_plot_of_a_corpus_without_records_warns_nothing(tmp_path: Path) -> None:
+    """A card's long-tail figure for species that have no stored record yet: drawn without a
+    legend (matplotlib warns of a legend with no line), a PNG all the same."""
+    import warnings
+
+    from biovita_data.publish.plots import plot_long_tail
+
+    counts = pl.DataFrame({"species_id": [1, 2], "audio": [0, 0], "image": [0, 0]})
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        path = plot_long_tail(counts, tmp_path / "tail.png")
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

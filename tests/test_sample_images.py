@@ -157,7 +157,7 @@ def test_family_shapes_give_different_silhouettes(seed: int) -> None:
         assert iou < 0.8, (a, b, iou)
 
 
-@pytest.mark.parametrize(("pattern", "count"), itertools.product(PATTERNS, (2, 8)))
+@pytest.mark.parametrize(("pattern", "count"), list(itertools.product(PATTERNS, (2, 8))))
 def test_species_pattern_covers_part_of_the_body(pattern: str, count: int) -> None:
     look = LookParams("ellipse", MAGENTA, pattern, CYAN, 37.0, count)
     rgb = _rgb(render_image(look, width=256, height=256, fmt="png", seed=5))

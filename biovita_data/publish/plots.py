@@ -78,6 +78,7 @@ def plot_long_tail(counts: pl.DataFrame, path: Path) -> Path:
     ax.set_ylabel("records per species")
     ax.set_title(f"long tail over {counts.height} species")
     ax.grid(alpha=0.3)
-    ax.legend()
+    if ax.get_legend_handles_labels()[0]:  # a corpus without any stored record draws no line
+        ax.legend()
     fig.tight_layout()
     return _save(fig, path)
