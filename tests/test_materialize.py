@@ -497,3 +497,18 @@ def test_ray_cluster_workers_write_shards_to_s3(built: Path, local_run, cluster,
 
     remote = published(out, tmp_path / "hf-s3")  # reads the shards from s3://media/run
     assert remote and remote == published(local_run[0], tmp_path / "hf-local")
+
+
+def test_silence_check_reads_steps_until_loud_and_skips_nan_steps() -> None:
+    """The peak is taken PEAK_STEP frames at a time: a sound late in a long block still counts,
+    a step with NaN adds nothing (a recording NaN throughout fails as silent)."""
+    from biovita_data.media.audio import PEAK_STEP, SILENCE_PEAK, _peak
+
+    block = np.zeros((3 * PEAK_STEP, 2), np.float32)
+    assert _peak(block, 0.0) == 0.0
+    block[-1, 1] = -0.25  # the last frame of the last step
+    assert _peak(block, 0.0) == 0.25
+    block[0, 0] = np.nan  # the first step holds NaN: the later steps still count
+    assert _peak(block, 0.0) == 0.25
+    assert not _peak(np.full((PEAK_STEP, 1), np.nan, np.float32), 0.0) >= SILENCE_PEAK
+    assert _peak(block, 0.5) == 0.5  # loud already: nothing read

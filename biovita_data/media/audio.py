@@ -22,6 +22,7 @@ from biovita_data.media.records import ItemFailure, StoredFile
 
 # A recording none of whose samples reaches -60 dBFS carries no sound: a failure (`silent`).
 SILENCE_PEAK = 10 ** (-60 / 20)
+PEAK_STEP = 1 << 17  # frames the silence check reads at a time (most recordings: just the first)
 # Formats whose header states the exact frame count: fewer decoded frames means a broken file.
 _EXACT_LENGTH = frozenset({"flac", "wav"})
 _HIGH_RES = frozenset({"PCM_24", "PCM_32", "FLOAT", "DOUBLE"})  # stored as 24-bit FLAC
@@ -85,9 +86,8 @@ def _store_libsndfile(
 
 
 def _scan(snd: sf.SoundFile, printer: AudioPrinter | None = None) -> tuple[int, float]:
-    """Decode every frame (float32, native rate, one reused buffer): frame count and peak (only
-    until it reaches SILENCE_PEAK: all that is asked of it, and most first blocks do); each
-    block also fed to `printer` when one is given."""
+    """Decode every frame (float32, native rate, one reused buffer of DECODE_BLOCK frames):
+    frame count and peak (`_peak`); each block also fed to `printer` when one is given."""
     buf = np.empty((DECODE_BLOCK, snd.channels), np.float32)  # the reads dedup's decode makes
     frames, peak = 0, 0.0
     while True:
@@ -95,10 +95,21 @@ def _scan(snd: sf.SoundFile, printer: AudioPrinter | None = None) -> tuple[int, 
         if not len(block):
             return frames, peak
         frames += len(block)
-        if not peak >= SILENCE_PEAK:  # NaN samples keep it below: a silent failure as before
-            peak = max(peak, float(block.max()), -float(block.min()))
+        peak = _peak(block, peak)
         if printer is not None:
             printer.add(block)
+
+
+def _peak(block: np.ndarray, peak: float) -> float:
+    """The running peak magnitude after `block`, read PEAK_STEP frames at a time and only until
+    it reaches SILENCE_PEAK (all the silence check asks). A step with NaN samples adds nothing:
+    a recording that is NaN throughout fails as silent."""
+    for a in range(0, len(block), PEAK_STEP):
+        if peak >= SILENCE_PEAK:
+            break
+        step = block[a : a + PEAK_STEP]
+        peak = max(peak, float(step.max()), -float(step.min()))
+    return peak
 
 
 def _read_all(snd: sf.SoundFile) -> np.ndarray:
@@ -195,7 +206,7 @@ def _segments_streamed(
         block = snd.read(-1 if last else b - a, dtype="float32", always_2d=True)
         if not len(block):
             break
-        peak = max(peak, float(block.max()), -float(block.min()))
+        peak = _peak(block, peak)
         files.append(_flac_file(block, rate, subtype, frames / rate, fingerprints))
         frames += len(block)
     _check_length(frames, declared, fmt)

@@ -48,7 +48,9 @@ MIN_SECONDS = 1.0  # shorter recordings get no landmarks (their exact hash still
 MIN_LANDMARKS = 20  # fewer than this: no landmarks (too little structure to tell copies)
 CLIP_LEVEL = 0.999  # samples at or above this |value| are clipped ...
 CLIP_SHARE = 0.05  # ... and a recording with more than 5 % of them gets no landmarks
-DECODE_BLOCK = 1 << 17  # frames per read of every decode that is fingerprinted
+# frames per read of every decode that is fingerprinted (materialize's verifying decode, dedup's):
+# at most 8 MB of stereo float32; 8x fewer calls and GIL round trips than 1 << 17
+DECODE_BLOCK = 1 << 20
 MIN_IMAGE_SIDE = 32  # px: smaller photos get no perceptual hash
 PDQ_MIN_QUALITY = 30  # PDQ's own quality below which its hash is unreliable (flat images)
 # PDQ of the photo scaled to this long side (area average): 2 ms instead of 5-11 ms a photo,
