@@ -299,9 +299,9 @@ def run_build(
         t = time.monotonic()
         result = RUNNERS[stage](out, cfg, console)
         done[stage] = {"seconds": round(time.monotonic() - t, 2), "result": describe(stage, result)}
-        resplit = getattr(result, "split", None)  # dedup split again (copies are one unit)
-        if resplit is not None and "split" in done:
-            done["split"]["result"] = describe("split", resplit) + " (after dedup)"
+        if stage == "dedup" and result.split is not None and "split" in done:
+            # dedup split again (a group of copies is one unit): the split row shows that one
+            done["split"]["result"] = describe("split", result.split) + " (after dedup)"
         # materialize drew the bench again, and so did dedup when it split again
         if stage in ("materialize", "dedup") and "bench" in done:
             done["bench"]["result"] = describe_bench_on_disk(out)
