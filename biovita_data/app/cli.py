@@ -39,7 +39,7 @@ def main(
     """BioVITA data pipeline: sources -> manifests -> media -> dataset -> loader."""
 
 
-def _fail(message: str) -> None:
+def _fail(message: str | BaseException) -> None:
     error_line(message)
     raise typer.Exit(2)
 
@@ -70,7 +70,7 @@ def _licenses(text: str) -> tuple[str, ...]:
     try:
         return parse_allowed(text)
     except ValueError as exc:
-        _fail(str(exc))
+        _fail(exc)
         raise
 
 
@@ -153,7 +153,7 @@ def fetch(
     try:
         results = run_fetch(settings, out, console=console, restart=restart)
     except (TaxonNotFound, MissingKey) as exc:
-        _fail(str(exc))  # nothing was crawled: no resume advice
+        _fail(exc)  # nothing was crawled: no resume advice
     except FetchError as exc:
         kept = (out / "raw").is_dir()
         advice = f" (crawl state kept under {out}/raw: run the same command to resume)"
@@ -168,7 +168,7 @@ def _budget_option(value: float) -> None:
     try:
         check_max_failed(value)
     except ValueError as exc:
-        _fail(str(exc))
+        _fail(exc)
 
 
 def _check_date(option: str, value: str | None) -> None:
@@ -195,7 +195,7 @@ def import_official_cmd(
     try:
         res = import_official(metadata, out)
     except (OSError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(exc)
     dropped = ", ".join(f"{k}: {v}" for k, v in sorted(res.dropped.items())) or "none"
     console.print(f"imported {res.kept} recordings into {out}/raw/official; dropped {dropped}")
     _check_budget("import-official", res.kept, res.dropped, max_failed)
@@ -234,7 +234,7 @@ def import_tol_cmd(
             allowed=allowed, exclusive=exclusive,
         )  # fmt: skip
     except (OSError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(exc)
     dropped = ", ".join(f"{k}: {v}" for k, v in sorted(res.dropped.items())) or "none"
     console.print(
         f"imported {res.kept} images into {out}/raw/treeoflife_200m; dropped {dropped} "
@@ -263,7 +263,7 @@ def import_dwca_cmd(
     try:
         res = import_dwca(download, out, allowed=allowed, media=media)
     except (OSError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(exc)
     dropped = ", ".join(f"{k}: {v}" for k, v in sorted(res.dropped.items())) or "none"
     console.print(f"imported {res.kept} media records into {out}/raw/gbif; dropped {dropped}")
     _check_budget("import-dwca", res.kept, res.dropped, max_failed)
@@ -279,9 +279,9 @@ def _stage(fn, *args) -> object:
     try:
         return fn(*args)
     except (OSError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(exc)
     except BudgetExceeded as exc:
-        error_line(str(exc))
+        error_line(exc)
         raise typer.Exit(EXIT_OVER_BUDGET) from None
     except Exception as exc:
         from biovita_data.crawl.http import FetchError
@@ -615,7 +615,7 @@ def publish_cmd(
             allow_empty=allow_empty,
         )
     except (PublishError, OSError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(exc)
 
 
 @app.command()
@@ -660,9 +660,9 @@ def update(
             max_failed=max_failed,
         )
     except (UpdateError, MissingKey) as exc:
-        _fail(str(exc))
+        _fail(exc)
     except BudgetExceeded as exc:  # what was merged stays in OUT/raw
-        error_line(str(exc))
+        error_line(exc)
         raise typer.Exit(EXIT_OVER_BUDGET) from None
     except FetchError as exc:
         _fail(f"{exc} (OUT/raw is as before this source; run the same command to resume)")
@@ -682,7 +682,7 @@ def run(
     try:
         p = load_pipeline(pipeline)
     except (OSError, ValueError) as exc:
-        _fail(str(exc))
+        _fail(exc)
     _stage(lambda: run_pipeline(p, out or p.out, console, update=update))
 
 
@@ -726,7 +726,7 @@ def demo(
         run_demo(workdir, size=size, seed=seed, train=train, duplicates=duplicates,
                  console=console, results=cli_console())  # fmt: skip
     except (ValueError, RuntimeError) as exc:
-        _fail(str(exc))
+        _fail(exc)
 
 
 @release_app.command("diff")
@@ -742,7 +742,7 @@ def release_diff_cmd(
     try:
         result = diff(old, new)
     except (ReleaseError, OSError) as exc:
-        _fail(str(exc))
+        _fail(exc)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
     else:
@@ -775,7 +775,7 @@ def hub_cmd(
     except KeyboardInterrupt:
         pass
     except localhub.HubError as exc:
-        _fail(str(exc))
+        _fail(exc)
 
 
 @sample_app.command("serve")
@@ -818,7 +818,7 @@ def sample_serve(
             gbif_max_offset=gbif_max_offset,
         )
     except ValueError as exc:
-        _fail(str(exc))
+        _fail(exc)
     info = server.environment
     if gbif_max_offset != 100_000:
         info["GBIF_MAX_OFFSET"] = str(gbif_max_offset)

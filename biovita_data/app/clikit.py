@@ -132,13 +132,23 @@ def debug_option() -> typer.models.OptionInfo:
     )
 
 
-def error_line(message: str) -> None:
+def error_text(exc: BaseException) -> str:
+    """An exception as a user reads it: an OS error as `PATH: what went wrong` (no `[Errno N]`)."""
+    if isinstance(exc, OSError) and exc.strerror and exc.filename is not None:
+        path = f"{exc.filename} -> {exc.filename2}" if exc.filename2 is not None else exc.filename
+        return f"{path}: {exc.strerror}"
+    return str(exc) or type(exc).__name__
+
+
+def error_line(message: str | BaseException) -> None:
     """Print `error: MESSAGE` on one line of stderr (markup in MESSAGE is not interpreted)."""
+    if isinstance(message, BaseException):
+        message = error_text(message)
     text = " ".join(part.strip() for part in str(message).splitlines() if part.strip())
     _err.print(f"[red]error:[/red] {rich_escape(text)}", soft_wrap=True)
 
 
-def fail(message: str, code: int = 2) -> NoReturn:
+def fail(message: str | BaseException, code: int = 2) -> NoReturn:
     """End the command: `error: MESSAGE` on one line, exit `code` (2: a usage error)."""
     error_line(message)
     raise typer.Exit(code)
@@ -190,7 +200,7 @@ class CliGroup(TyperGroup):
                 raise
             else:
                 name = "" if isinstance(exc, _USER_ERRORS) else f"{type(exc).__name__}: "
-                error_line(f"{name}{exc or type(exc).__name__} (--debug shows the traceback)")
+                error_line(f"{name}{error_text(exc)} (--debug shows the traceback)")
                 code = 1
         else:
             code = rv if isinstance(rv, int) else 0
