@@ -9,7 +9,7 @@ from pathlib import Path
 from rich.table import Table
 
 from biovita_data.app.clikit import CliConsole
-from biovita_model.training.report import StageProgress, print_summary, set_verbose
+from biovita_model.training.report import StageProgress, print_summary, set_verbose, summary_line
 
 
 @dataclass
@@ -68,3 +68,20 @@ def test_summary_is_one_line_and_the_table_needs_verbose() -> None:
             "stage 1 -> RUNS/stage1: 3 epochs, 30 steps in 1m15s; "
             "mean loss 1.9000 (epoch 1) -> 1.7000 (epoch 3); 12.5 items/s"
         )
+
+
+def test_stage_2_summary_names_the_parts_while_lambda_rises() -> None:
+    """A stage-2 mean loss that grows only because λ does is shown with its falling parts."""
+    ramp = [(0.5, 2.1, 2.6, 1.5), (1.0, 0.8, 1.2, 1.4)]  # (λ, ATC, AIC, ITC) of two epochs
+    history = [
+        {"epoch": e, "step": e, "loss": atc + lam * (aic + itc), "seconds": 1.0,
+         "items_per_s": 9.0, "atc": atc, "aic": aic, "itc": itc, "lambda": lam}
+        for e, (lam, atc, aic, itc) in enumerate(ramp, 1)
+    ]  # fmt: skip
+    line = summary_line(_Result(stage="2", history=history))
+    assert (
+        "mean loss 4.1500 (epoch 1) -> 3.4000 (epoch 2) as λ in ATC + λ (AIC + ITC) rose " in line
+    )
+    assert "0.50 -> 1.00: ATC 2.1000 -> 0.8000, AIC 2.6000 -> 1.2000, ITC 1.5000 -> 1.4000" in line
+    flat = [dict(h, **{"lambda": 1.0}) for h in history]  # λ at its top: the loss alone
+    assert "ATC" not in summary_line(_Result(stage="2", history=flat))

@@ -137,6 +137,10 @@ def test_stages_freeze_what_they_should(world: Path, tmp_path: Path) -> None:
     assert load_model(s2).frozen == {"image"}
     summary = json.loads((s2 / "train_summary.json").read_text())
     assert summary["stage"] == "2" and len(summary["history"]) == 1
+    epoch = summary["history"][0]  # the epoch's parts: the means of its steps' parts
+    for k in ("atc", "aic", "itc"):
+        assert epoch[k] == pytest.approx(sum(r[k] for r in records) / len(records), rel=1e-6)
+    assert epoch["lambda"] == records[-1]["lambda"]
     # Stage 2 without --train-text: both towers frozen, prompts and photos embedded once
     kw = {"stage": "2", "epochs": 1, "init": str(s1), "train_text": False, "cache_inputs": True}
     s2f = train(_cfg(world, tmp_path / "s2f", **kw)).run_dir

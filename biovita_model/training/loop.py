@@ -439,7 +439,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
             task = progress.add_task(
                 f"epoch {epoch + 1}/{cfg.epochs}", total=steps_per_epoch, loss=0.0
             )
-            t_epoch, losses = time.monotonic(), []
+            t_epoch, losses, parts = time.monotonic(), [], []
             for records in _epoch_steps(
                 module, model, loader, optimizer, scheduler, scaler, cfg, info, step, ramp,
                 steps_per_epoch, frozen,
@@ -447,6 +447,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
                 step += 1
                 records.update(step=step, epoch=epoch, seconds=round(time.monotonic() - t_run, 3))
                 losses.append(records["loss"])
+                parts.append({k: records[k] for k in (*LOSS_PARTS, "lambda") if k in records})
                 if step % cfg.log_every == 0:
                     log.write(records)
                 progress.update(task, advance=1, loss=records["loss"])
@@ -462,6 +463,7 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
                     "items_per_s": round(len(losses) * cfg.batch_size * cfg.grad_accum / seconds, 1)
                     if seconds > 0
                     else 0.0,
+                    **epoch_parts(parts),
                 }
             )
             _save(model, optimizer, scheduler, scaler, cfg, info, epoch + 1, step, history)
@@ -474,6 +476,17 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
         print_summary(console, result, summary_table(result, cfg))
     barrier()
     return result
+
+
+LOSS_PARTS = ("atc", "aic", "itc")  # forward_loss's parts, in the order a summary names them
+
+
+def epoch_parts(steps: list[dict[str, float]]) -> dict[str, float]:
+    """An epoch's mean of each loss part over its steps, and stage 2's weight at its last step."""
+    out = {k: float(np.mean([r[k] for r in steps])) for k in LOSS_PARTS if steps and k in steps[0]}
+    if steps and "lambda" in steps[-1]:
+        out["lambda"] = float(steps[-1]["lambda"])
+    return out
 
 
 def _epoch_steps(
@@ -590,15 +603,18 @@ def _summary(result: TrainResult, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def summary_table(result: TrainResult, cfg: TrainConfig) -> Table:
-    """Per epoch: steps, mean loss, items/s, seconds."""
+    """Per epoch: steps, mean loss (and its parts in stage 2, with λ), items/s, seconds."""
     table = Table(title=f"stage {result.stage} -> {result.run_dir}")
-    for col in ("epoch", "step", "mean loss", "items/s", "seconds"):
-        table.add_column(col, justify="right")
+    first = result.history[0] if result.history else {}
+    extra = [k for k in (*LOSS_PARTS, "lambda") if "lambda" in first and k in first]
+    for col in ("epoch", "step", "mean loss", *extra, "items/s", "seconds"):
+        table.add_column(col.upper() if col in LOSS_PARTS else col, justify="right")
     for h in result.history:
         table.add_row(
             str(h["epoch"]),
             str(h["step"]),
             f"{h['loss']:.4f}",
+            *(f"{h[k]:.4f}" if k in h else "" for k in extra),
             f"{h['items_per_s']:.1f}",
             f"{h['seconds']:.1f}",
         )

@@ -68,7 +68,8 @@ class StageProgress(LogProgress):
 
 
 def summary_line(result: Any) -> str:
-    """`stage 1 -> RUN: 30 epochs, 360 steps in 4m12s; loss 4.2100 -> 2.0300; 85 items/s`."""
+    """`stage 1 -> RUN: 30 epochs, 360 steps in 4m12s; loss 4.2100 -> 2.0300; 85 items/s`
+    (stage 2 also names its loss's parts while λ rises)."""
     history = result.history
     epochs = f"{result.epochs} epochs"
     if result.resumed_from:
@@ -76,10 +77,26 @@ def summary_line(result: Any) -> str:
     parts = [f"stage {result.stage} -> {result.run_dir}: {epochs}, {result.steps} steps in "
              f"{_duration(result.seconds)}"]  # fmt: skip
     if history:
-        parts.append(f"mean loss {history[0]['loss']:.4f} (epoch {history[0]['epoch']}) -> "
-                     f"{history[-1]['loss']:.4f} (epoch {history[-1]['epoch']})")  # fmt: skip
-        parts.append(f"{history[-1]['items_per_s']:.1f} items/s")
+        first, last = history[0], history[-1]
+        parts.append(f"mean loss {first['loss']:.4f} (epoch {first['epoch']}) -> "
+                     f"{last['loss']:.4f} (epoch {last['epoch']}){_ramp(first, last)}")  # fmt: skip
+        parts.append(f"{last['items_per_s']:.1f} items/s")
     return "; ".join(parts)
+
+
+def _ramp(first: dict[str, Any], last: dict[str, Any]) -> str:
+    """Stage 2's loss is ATC + λ (AIC + ITC) with λ rising: its mean can grow while every part
+    falls, so the parts are named beside it when λ moved."""
+    if "lambda" not in first or first["lambda"] == last.get("lambda"):
+        return ""
+    moves = ", ".join(
+        f"{k.upper()} {first[k]:.4f} -> {last[k]:.4f}"
+        for k in ("atc", "aic", "itc")
+        if k in first and k in last
+    )
+    return (
+        f" as λ in ATC + λ (AIC + ITC) rose {first['lambda']:.2f} -> {last['lambda']:.2f}: {moves}"
+    )
 
 
 def print_summary(console: Console, result: Any, table: Any) -> None:
