@@ -68,6 +68,11 @@ def test_demo_tiny_builds_the_layout(tmp_path: Path) -> None:
         assert set(df["modality"]) <= {"audio"}
     fails = pl.read_parquet(tmp_path / "manifests" / "failures.parquet")
     assert set(fails["reason"]) >= {"license_not_allowed", "restricted", "image_source_excluded"}
+    moved = fails.filter(pl.col("reason") == "image_source_excluded")
+    n_moved = moved.filter(pl.col("source") == "inat-open-data").height
+    assert f"kept nothing ({n_moved} photos moved to failures: not the image source)" in " ".join(
+        result.output.split()
+    )
     build = json.loads((tmp_path / "build.json").read_text())
     assert build["world"] == {"size": "tiny", "seed": 0, "duplicates": False}
     assert set(build["stages"]) == {

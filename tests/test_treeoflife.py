@@ -11,7 +11,7 @@ import requests
 from typer.testing import CliRunner
 
 from biovita_data.app.cli import app
-from biovita_data.crawl.sources.treeoflife import import_tol
+from biovita_data.crawl.sources.treeoflife import excluded_images, import_tol
 from biovita_data.sample.treeoflife import photo_uuid, tol_photos, write_tol_view
 from biovita_data.sample.world import is_allowed
 
@@ -248,5 +248,6 @@ def test_exclusive_moves_other_photos_to_failures(tmp_path: Path, tiny_world) ->
         ("2", "image_source_excluded"),
         ("9", "license_not_allowed"),
     ]
+    assert excluded_images(out) == {"inaturalist": 2}  # what the demo's summary reports
     summary = json.loads((out / "raw" / "treeoflife_200m" / "import.json").read_text())
     assert summary["species_wanted"] == 1 and _records(out).height == 2

@@ -29,6 +29,7 @@ from biovita_data.app.stages import (
 from biovita_data.core import layout
 from biovita_data.core.tables import write_json_atomic
 from biovita_data.crawl.fetch import SOURCES, FetchSettings, fetch, settings_from_env
+from biovita_data.crawl.sources.treeoflife import excluded_images
 from biovita_data.publish import CONFIGS, SPLITS, localhub
 
 TAXA = ["Aves", "Amphibia", "Mammalia", "Insecta"]
@@ -137,11 +138,14 @@ def run_demo(
     table.add_column("stage")
     table.add_column("wrote")
     table.add_column("result")
+    moved = excluded_images(workdir)
     for src in stages["fetch"]["records"]:
         dropped = sum(stages["fetch"]["dropped"][src].values())
         path = layout.raw_records_path(workdir, src)
         kept = pl.read_parquet(path, columns=["modality"])["modality"].value_counts(sort=True)
         now = ", ".join(f"{n} {m}" for m, n in kept.iter_rows()) or "nothing"
+        if moved.get(src):
+            now += f" ({moved[src]} photos moved to failures: not the image source)"
         table.add_row("fetch", str(path.relative_to(workdir)), f"kept {now}; {dropped} dropped")
     tol_dropped = dropped_words(stages["tol"]["dropped"])
     table.add_row(

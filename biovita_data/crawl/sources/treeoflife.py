@@ -447,6 +447,16 @@ def _cast(table):
 EXCLUDED = "image_source_excluded"
 
 
+def excluded_images(out: Path) -> dict[str, int]:
+    """Per source: the image records `exclude_other_images` moved to failures."""
+    path = layout.failures_path(out)
+    if not path.exists():
+        return {}
+    fails = pl.read_parquet(path, columns=["stage", "source", "reason"])
+    moved = fails.filter((pl.col("stage") == "fetch") & (pl.col("reason") == EXCLUDED))
+    return dict(moved.group_by("source").len().iter_rows())
+
+
 def exclude_other_images(out: Path) -> dict[str, int]:
     """Make TreeOfLife-200M the only image source, as in the paper: the other sources' image
     records leave their records.parquet and become `failures` rows (stage fetch, reason
