@@ -86,6 +86,10 @@ def stage1_loss(out: Mapping[str, torch.Tensor], *, gather: bool = True) -> torc
     return atc_loss(out["audio"], out["text"], _scale(out, "audio_text"), gather=gather)
 
 
+# the parts a stage's loss reports (stage2_loss's keys), in the order summaries name them
+LOSS_PARTS = ("atc", "aic", "itc")
+
+
 def stage2_loss(
     out: Mapping[str, torch.Tensor], lam: float, *, gather: bool = True
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:

@@ -10,7 +10,14 @@ from typing import Annotated
 
 import typer
 
-from biovita_data.app.clikit import cli_app, cli_console, debug_option, error_line, version_option
+from biovita_data.app.clikit import (
+    cli_app,
+    cli_console,
+    debug_option,
+    error_line,
+    fail,
+    version_option,
+)
 from biovita_data.app.settings import PublishSection, TolSection
 from biovita_data.core.budget import DEFAULT_MAX_FAILED
 from biovita_data.curate.settings import AlignSettings, BenchSettings, SplitSettings
@@ -39,11 +46,6 @@ def main(
     """BioVITA data pipeline: sources -> manifests -> media -> dataset -> loader."""
 
 
-def _fail(message: str | BaseException) -> None:
-    error_line(message)
-    raise typer.Exit(2)
-
-
 MaxFailedOption = Annotated[
     float,
     typer.Option(
@@ -70,8 +72,7 @@ def _licenses(text: str) -> tuple[str, ...]:
     try:
         return parse_allowed(text)
     except ValueError as exc:
-        _fail(exc)
-        raise
+        fail(exc)
 
 
 NoThrottleOption = Annotated[
@@ -134,7 +135,7 @@ def fetch(
     sources = list(SOURCES) if "all" in source else list(dict.fromkeys(source))
     unknown = set(sources) - set(SOURCES)
     if unknown:
-        _fail(f"unknown source(s) {sorted(unknown)}; choose from {', '.join(SOURCES)} or all")
+        fail(f"unknown source(s) {sorted(unknown)}; choose from {', '.join(SOURCES)} or all")
     _check_date("--since", since)
     settings = settings_from_env(
         taxa=taxa,
@@ -148,16 +149,16 @@ def fetch(
         media=media,
     )
     if media not in ("sound", "image", "both"):
-        _fail(f"--media must be sound, image or both, not {media!r}")
+        fail(f"--media must be sound, image or both, not {media!r}")
     _budget_option(max_failed)
     try:
         results = run_fetch(settings, out, console=console, restart=restart)
     except (TaxonNotFound, MissingKey) as exc:
-        _fail(exc)  # nothing was crawled: no resume advice
+        fail(exc)  # nothing was crawled: no resume advice
     except FetchError as exc:
         kept = (out / "raw").is_dir()
         advice = f" (crawl state kept under {out}/raw: run the same command to resume)"
-        _fail(f"{exc}{advice if kept else ''}")
+        fail(f"{exc}{advice if kept else ''}")
     for r in results:
         _check_budget(f"fetch {r.source}", r.kept, r.dropped, max_failed)
 
@@ -168,7 +169,7 @@ def _budget_option(value: float) -> None:
     try:
         check_max_failed(value)
     except ValueError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 def _check_date(option: str, value: str | None) -> None:
@@ -179,7 +180,7 @@ def _check_date(option: str, value: str | None) -> None:
         try:
             dt.date.fromisoformat(value)
         except ValueError:
-            _fail(f"{option} {value!r} is not a date: give YYYY-MM-DD, e.g. 2024-01-31")
+            fail(f"{option} {value!r} is not a date: give YYYY-MM-DD, e.g. 2024-01-31")
 
 
 @app.command("import-official")
@@ -195,7 +196,7 @@ def import_official_cmd(
     try:
         res = import_official(metadata, out)
     except (OSError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     dropped = ", ".join(f"{k}: {v}" for k, v in sorted(res.dropped.items())) or "none"
     console.print(f"imported {res.kept} recordings into {out}/raw/official; dropped {dropped}")
     _check_budget("import-official", res.kept, res.dropped, max_failed)
@@ -234,7 +235,7 @@ def import_tol_cmd(
             allowed=allowed, exclusive=exclusive,
         )  # fmt: skip
     except (OSError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     dropped = ", ".join(f"{k}: {v}" for k, v in sorted(res.dropped.items())) or "none"
     console.print(
         f"imported {res.kept} images into {out}/raw/treeoflife_200m; dropped {dropped} "
@@ -257,13 +258,13 @@ def import_dwca_cmd(
     from biovita_data.crawl.dwca import import_dwca
 
     if media not in ("sound", "image", "both"):
-        _fail(f"--media must be sound, image or both, not {media!r}")
+        fail(f"--media must be sound, image or both, not {media!r}")
     allowed = _licenses(licenses)
     _budget_option(max_failed)
     try:
         res = import_dwca(download, out, allowed=allowed, media=media)
     except (OSError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     dropped = ", ".join(f"{k}: {v}" for k, v in sorted(res.dropped.items())) or "none"
     console.print(f"imported {res.kept} media records into {out}/raw/gbif; dropped {dropped}")
     _check_budget("import-dwca", res.kept, res.dropped, max_failed)
@@ -279,7 +280,7 @@ def _stage(fn, *args) -> object:
     try:
         return fn(*args)
     except (OSError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     except BudgetExceeded as exc:
         error_line(exc)
         raise typer.Exit(EXIT_OVER_BUDGET) from None
@@ -287,7 +288,7 @@ def _stage(fn, *args) -> object:
         from biovita_data.crawl.http import FetchError
 
         if isinstance(exc, FetchError):
-            _fail(f"{exc}\nWhat was downloaded so far is cached under OUT/raw: run it again.")
+            fail(f"{exc}\nWhat was downloaded so far is cached under OUT/raw: run it again.")
         raise
 
 
@@ -437,7 +438,7 @@ def bench_export_media(
         for r in result.missing.head(10).iter_rows(named=True):
             console.print(f"  not in the media shards: {r['subset']} {r['modality']} id {r['id']} "
                           f"{r['source']} {r['record_id']} ({r['file_path']})")  # fmt: skip
-        _fail(f"{result.missing.height} indexed media are not in the media shards (listed above)")
+        fail(f"{result.missing.height} indexed media are not in the media shards (listed above)")
 
 
 @app.command("stats")
@@ -597,7 +598,7 @@ def publish_cmd(
     from biovita_data.publish import PublishError, publish
 
     if not (out / "manifests").is_dir():
-        _fail(f"{out}: no build here (no manifests/): run the build stages first")
+        fail(f"{out}: no build here (no manifests/): run the build stages first")
     try:
         publish(
             out,
@@ -615,7 +616,7 @@ def publish_cmd(
             allow_empty=allow_empty,
         )
     except (PublishError, OSError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @app.command()
@@ -660,12 +661,12 @@ def update(
             max_failed=max_failed,
         )
     except (UpdateError, MissingKey) as exc:
-        _fail(exc)
+        fail(exc)
     except BudgetExceeded as exc:  # what was merged stays in OUT/raw
         error_line(exc)
         raise typer.Exit(EXIT_OVER_BUDGET) from None
     except FetchError as exc:
-        _fail(f"{exc} (OUT/raw is as before this source; run the same command to resume)")
+        fail(f"{exc} (OUT/raw is as before this source; run the same command to resume)")
 
 
 @app.command()
@@ -682,7 +683,7 @@ def run(
     try:
         p = load_pipeline(pipeline)
     except (OSError, ValueError) as exc:
-        _fail(exc)
+        fail(exc)
     _stage(lambda: run_pipeline(p, out or p.out, console, update=update))
 
 
@@ -726,7 +727,7 @@ def demo(
         run_demo(workdir, size=size, seed=seed, train=train, duplicates=duplicates,
                  console=console, results=cli_console())  # fmt: skip
     except (ValueError, RuntimeError) as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @release_app.command("diff")
@@ -742,7 +743,7 @@ def release_diff_cmd(
     try:
         result = diff(old, new)
     except (ReleaseError, OSError) as exc:
-        _fail(exc)
+        fail(exc)
     if as_json:
         typer.echo(json.dumps(result, indent=2, default=str))
     else:
@@ -775,7 +776,7 @@ def hub_cmd(
     except KeyboardInterrupt:
         pass
     except localhub.HubError as exc:
-        _fail(exc)
+        fail(exc)
 
 
 @sample_app.command("serve")
@@ -808,7 +809,7 @@ def sample_serve(
     from biovita_data.sample.world import World
 
     if output_format not in ("env", "json"):
-        _fail(f"--format {output_format!r}: use env or json")
+        fail(f"--format {output_format!r}: use env or json")
     try:
         server = SampleServer(
             World(size, seed, epoch, duplicates=duplicates),
@@ -818,7 +819,7 @@ def sample_serve(
             gbif_max_offset=gbif_max_offset,
         )
     except ValueError as exc:
-        _fail(exc)
+        fail(exc)
     info = server.environment
     if gbif_max_offset != 100_000:
         info["GBIF_MAX_OFFSET"] = str(gbif_max_offset)

@@ -30,7 +30,7 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 
 from biovita_data.loader import BioVITADataset
-from biovita_model.losses import itc_loss, lambda_ramp, stage1_loss, stage2_loss
+from biovita_model.losses import LOSS_PARTS, itc_loss, lambda_ramp, stage1_loss, stage2_loss
 from biovita_model.model import (
     PAIRS,
     BioVITAModel,
@@ -476,9 +476,6 @@ def _train(cfg: TrainConfig, resume: bool, info: DistInfo, console: Console) -> 
         print_summary(console, result, summary_table(result, cfg))
     barrier()
     return result
-
-
-LOSS_PARTS = ("atc", "aic", "itc")  # forward_loss's parts, in the order a summary names them
 
 
 def epoch_parts(steps: list[dict[str, float]]) -> dict[str, float]:

@@ -20,6 +20,7 @@ from rich.progress import (
 )
 
 from biovita_data.core.progress import LogProgress
+from biovita_model.losses import LOSS_PARTS
 
 _OF = re.compile(r"(\d+)/(\d+)")
 _settings = {"verbose": False}
@@ -91,7 +92,7 @@ def _ramp(first: dict[str, Any], last: dict[str, Any]) -> str:
         return ""
     moves = ", ".join(
         f"{k.upper()} {first[k]:.4f} -> {last[k]:.4f}"
-        for k in ("atc", "aic", "itc")
+        for k in LOSS_PARTS
         if k in first and k in last
     )
     return (
